@@ -1,4 +1,4 @@
-"""stcal_dask: stcal's jump detection, OLS ramp fitting and alignment as a chunked dataflow engine."""
+"""stcal_dask: stcal jump detection, OLS ramp fitting and alignment as a chunked dataflow engine."""
 
 from importlib.metadata import PackageNotFoundError, version
 
