@@ -1,0 +1,331 @@
+"""OLS ramp fitting of one spatial tile, faithful to stcal 1.20.0 (``algorithm="OLS_C"``).
+
+This is a re-implementation of ``stcal.ramp_fitting.ramp_fit.ramp_fit_data`` with
+``algorithm="OLS_C"`` and ``weighting="optimal"`` as a pure numpy/numba kernel. Every pixel is
+independent (the median rate couples only the integrations *of one pixel*), so the kernel works on
+any spatial tile with a halo of 0 and stitching tiles gives exactly the whole-frame result.
+
+Units and shapes
+----------------
+* ``data``: (nints, ngroups, ny, nx) DN; ``groupdq``: same shape, group DQ bits;
+  ``pixeldq``: (ny, nx); ``gain``: (ny, nx) electron/DN; ``readnoise``: (ny, nx) **CDS** read noise
+  in DN (the JWST READNOISE reference file); ``average_dark_current``: (ny, nx) DN/s (stcal adds it
+  directly to a DN/s rate); ``zeroframe``: (nints, ny, nx) DN, 0 meaning "not usable".
+* Rates are DN/s, variances (DN/s)^2, ``err`` DN/s.
+
+Any input dtype is accepted and converted the way stcal needs it (float32 data, gain, readnoise,
+dark and zero frame; uint8 group DQ; uint32 pixel DQ). Inputs are never modified (stcal overwrites
+``readnoise`` in place and, with ``suppress_one_group``, the group DQ; this kernel does neither).
+
+Whole-exposure decisions that are *not* taken here
+--------------------------------------------------
+stcal makes two decisions over the whole exposure before fitting; a tile cannot take them, so the
+dataflow layer must:
+
+* **all-saturated early exit**: if group 0 is SATURATED for every pixel of every integration,
+  stcal returns ``(None, None, None)``. Per tile, :func:`all_group0_saturated` gives the partial
+  answer (combine with ``all``); this kernel itself returns the per-pixel result (NaN, DNU|SAT).
+* **MIRI group trimming** (instrument "MIRI" only): leading/trailing groups that are DO_NOT_USE for
+  every pixel are dropped before fitting. The kernel has no instrument name; trim the cube (and
+  clear JUMP_DET on the new first group) before calling it.
+
+CHARGELOSS
+----------
+The JWST step (``stcal.ramp_fitting.ramp_fit.ramp_fit`` -> ``create_ramp_fit_class``) enables
+stcal's CHARGELOSS read-noise recomputation whenever any group carries CHARGELOSS. That
+recomputation leaves every pixel without a CHARGELOSS group untouched, so it is a per-pixel rule
+and this kernel always applies it (``params.chargeloss_rnoise=True``, the JWST behaviour). Set it to
+False to get the ``ramp_fit_data`` behaviour without ``orig_gdq``.
+
+Slope weighting
+---------------
+``params.slope_weighting="readnoise"`` (default) is stcal >= 1.19.0: segment slopes are combined
+into integration and exposure slopes with weights 1/var_rnoise, and fitopt ``weights`` = 1/var_r.
+``"combined"`` is the earlier (1.7 - 1.18) rule: weights 1/(var_poisson + var_rnoise) and fitopt
+``weights`` = (1/(var_poisson + var_rnoise))^2. Variances and ERR are the same under both rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from stcal_dask import dqflags
+from stcal_dask.errors import UserInputError
+
+__all__ = [
+    "FitoptDims",
+    "FitoptProduct",
+    "RampFitParams",
+    "RampFitResult",
+    "RampTiming",
+    "RateProduct",
+    "all_group0_saturated",
+    "fit_ramps_tile",
+    "fitopt_dims",
+]
+
+_ALGORITHMS = ("OLS_C",)
+_WEIGHTINGS = ("optimal",)
+_SLOPE_WEIGHTINGS = ("readnoise", "combined")
+
+
+@dataclass(frozen=True)
+class RampFitParams:
+    """Parameters of the ramp-fitting step (JWST ``RampFitStep`` names and defaults).
+
+    Attributes
+    ----------
+    algorithm:
+        Only ``"OLS_C"`` (case-insensitive) is supported.
+    weighting:
+        Only ``"optimal"`` (Fixsen et al. 2000 optimal weighting), as in stcal.
+    suppress_one_group:
+        Suppress (DO_NOT_USE, NaN slope) integrations with exactly one usable group. JWST default
+        True. As in ``stcal.ramp_fitting.ramp_fit.ramp_fit`` it is ignored when NGROUPS == 1.
+    save_opt:
+        Also produce the optional per-segment "fitopt" product.
+    slope_weighting:
+        ``"readnoise"`` (stcal >= 1.19.0, default) or ``"combined"`` (stcal 1.7 - 1.18): how segment
+        slopes are weighted into integration and exposure slopes (see the module docstring).
+    chargeloss_rnoise:
+        Recompute the read-noise variance of integrations with CHARGELOSS groups as the JWST step
+        does (default True); False reproduces ``ramp_fit_data`` without ``orig_gdq``.
+    """
+
+    algorithm: str = "OLS_C"
+    weighting: str = "optimal"
+    suppress_one_group: bool = True
+    save_opt: bool = False
+    slope_weighting: str = "readnoise"
+    chargeloss_rnoise: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.algorithm, str) or self.algorithm.upper() not in _ALGORITHMS:
+            raise UserInputError(
+                f"ramp fit parameter algorithm must be 'OLS_C', got {self.algorithm!r}"
+            )
+        if self.weighting not in _WEIGHTINGS:
+            raise UserInputError(
+                f"ramp fit parameter weighting must be 'optimal', got {self.weighting!r}"
+            )
+        if self.slope_weighting not in _SLOPE_WEIGHTINGS:
+            raise UserInputError(
+                "ramp fit parameter slope_weighting must be 'readnoise' or 'combined', "
+                f"got {self.slope_weighting!r}"
+            )
+        for name in ("suppress_one_group", "save_opt", "chargeloss_rnoise"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise UserInputError(f"ramp fit parameter {name} must be a bool, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RampTiming:
+    """Exposure timing (JWST keywords in brackets).
+
+    Attributes
+    ----------
+    frame_time: seconds per frame [TFRAME].
+    group_time: seconds per group [TGROUP].
+    nframes: frames averaged per group [NFRAMES], >= 1.
+    groupgap: frames dropped between groups [GROUPGAP], >= 0.
+    drop_frames1: frames dropped at the start of an integration [DRPFRMS1], >= 0 (used only by
+        the fitopt pedestal).
+    """
+
+    frame_time: float
+    group_time: float
+    nframes: int
+    groupgap: int = 0
+    drop_frames1: int = 0
+
+    def __post_init__(self):
+        for name in ("frame_time", "group_time"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float | np.number) or not math.isfinite(value) or (
+                value <= 0
+            ):
+                raise UserInputError(f"ramp timing {name} must be a finite number > 0 s, got {value!r}")
+        for name, low in (("nframes", 1), ("groupgap", 0), ("drop_frames1", 0)):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | np.integer)
+                or int(value) < low
+            ):
+                raise UserInputError(f"ramp timing {name} must be an integer >= {low}, got {value!r}")
+
+
+class RateProduct(NamedTuple):
+    """Slope image(s): 2-D (ny, nx) for "rate", 3-D (nints, ny, nx) for "rateints"."""
+
+    slope: np.ndarray
+    """float32 DN/s; NaN where the result is unusable (DO_NOT_USE or SATURATED)."""
+    dq: np.ndarray
+    """uint32 DQ bits."""
+    var_poisson: np.ndarray
+    """float32 (DN/s)^2."""
+    var_rnoise: np.ndarray
+    """float32 (DN/s)^2."""
+    err: np.ndarray
+    """float32 DN/s."""
+
+
+class FitoptProduct(NamedTuple):
+    """The optional per-segment product (stcal's ``opt_info``), all float32.
+
+    ``slope, sigslope, yint, sigyint, weights, var_poisson, var_rnoise``: (nints, nseg, ny, nx);
+    ``pedestal``: (nints, ny, nx) DN; ``crmag``: (nints, ncr, ny, nx) DN.
+    """
+
+    slope: np.ndarray
+    sigslope: np.ndarray
+    yint: np.ndarray
+    sigyint: np.ndarray
+    weights: np.ndarray
+    var_poisson: np.ndarray
+    var_rnoise: np.ndarray
+    pedestal: np.ndarray
+    crmag: np.ndarray
+
+
+class RampFitResult(NamedTuple):
+    """Result of :func:`fit_ramps_tile`."""
+
+    rate: RateProduct
+    rateints: RateProduct
+    fitopt: FitoptProduct | None
+
+
+class FitoptDims(NamedTuple):
+    """Sizes of the fitopt segment and cosmic-ray axes needed by one tile."""
+
+    n_segments: int
+    n_crmag: int
+
+
+def fitopt_dims(
+    groupdq: np.ndarray,
+    *,
+    params: RampFitParams,
+    zeroframe: np.ndarray | None = None,
+) -> FitoptDims:
+    """Sizes of the fitopt segment and CR axes that this tile needs.
+
+    stcal sizes the fitopt arrays by the largest segment count and the largest JUMP_DET count over
+    the *whole* frame; combine the per-tile results with ``max`` and pass them to
+    :func:`fit_ramps_tile` as ``n_segments``/``n_crmag``.
+
+    Parameters
+    ----------
+    groupdq: (nints, ngroups, ny, nx) group DQ.
+    params: the step parameters (``suppress_one_group`` changes the segments).
+    zeroframe: (nints, ny, nx) DN or None; a usable zero frame adds a one-group segment.
+    """
+    from stcal_dask.kernels import _ramp_numba as rn
+
+    gdq, zf = _prepare_dims_inputs(groupdq, zeroframe)
+    suppress = _effective_suppress(params, gdq.shape[1])
+    nseg, ncr = rn.fitopt_dims_tile(gdq, zf, zf is not None, suppress, *_flag_args())
+    return FitoptDims(int(nseg), int(ncr))
+
+
+def all_group0_saturated(groupdq: np.ndarray) -> bool:
+    """True if group 0 is SATURATED in every pixel of every integration of this tile.
+
+    stcal returns ``(None, None, None)`` when this holds for the whole frame (combine tiles with
+    ``all``); the decision belongs to the dataflow layer.
+    """
+    g0 = np.asarray(groupdq)[:, 0]
+    return bool(np.all((g0.astype(np.uint32) & dqflags.SATURATED) != 0))
+
+
+def fit_ramps_tile(
+    data: np.ndarray,
+    groupdq: np.ndarray,
+    pixeldq: np.ndarray,
+    gain: np.ndarray,
+    readnoise: np.ndarray,
+    *,
+    params: RampFitParams,
+    timing: RampTiming,
+    zeroframe: np.ndarray | None = None,
+    average_dark_current: np.ndarray | None = None,
+    n_segments: int | None = None,
+    n_crmag: int | None = None,
+) -> RampFitResult:
+    """Fit the ramps of one spatial tile with stcal 1.20.0's OLS_C rules.
+
+    Parameters
+    ----------
+    data: (nints, ngroups, ny, nx) science ramps, DN.
+    groupdq: (nints, ngroups, ny, nx) group DQ (uint8 bits).
+    pixeldq: (ny, nx) pixel DQ (uint32 bits), OR-ed into every output DQ.
+    gain: (ny, nx) electron/DN; 0, negative or NaN gain gives DO_NOT_USE | NO_GAIN_VALUE.
+    readnoise: (ny, nx) CDS read noise, DN.
+    params: :class:`RampFitParams`.
+    timing: :class:`RampTiming`.
+    zeroframe: optional (nints, ny, nx) ZEROFRAME, DN (0 = unusable).
+    average_dark_current: optional (ny, nx) DN/s.
+    n_segments, n_crmag: sizes of the fitopt segment / CR axes (the frame-wide maxima from
+        :func:`fitopt_dims`); None means this tile's own maxima. Ignored unless ``save_opt``.
+
+    Returns
+    -------
+    RampFitResult(rate, rateints, fitopt): ``rate`` 2-D, ``rateints`` (nints, ny, nx), ``fitopt``
+    a :class:`FitoptProduct` when ``params.save_opt`` else None.
+    """
+    from stcal_dask.kernels import _ramp_numba as rn
+
+    return rn.fit_tile(
+        data,
+        groupdq,
+        pixeldq,
+        gain,
+        readnoise,
+        params=params,
+        timing=timing,
+        zeroframe=zeroframe,
+        average_dark_current=average_dark_current,
+        n_segments=n_segments,
+        n_crmag=n_crmag,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers shared with _ramp_numba
+
+
+def _effective_suppress(params: RampFitParams, ngroups: int) -> bool:
+    """``suppress_one_group`` as stcal's ``ramp_fit`` applies it (forced off for NGROUPS == 1)."""
+    return bool(params.suppress_one_group) and ngroups > 1
+
+
+def _flag_args() -> tuple[int, int, int, int, int, int]:
+    """(DNU, SAT, JUMP, PERSISTENCE, CHARGELOSS, NO_GAIN_VALUE) as plain ints for numba."""
+    return (
+        dqflags.DO_NOT_USE,
+        dqflags.SATURATED,
+        dqflags.JUMP_DET,
+        dqflags.PERSISTENCE,
+        dqflags.CHARGELOSS,
+        dqflags.NO_GAIN_VALUE,
+    )
+
+
+def _prepare_dims_inputs(groupdq, zeroframe):
+    gdq = np.asarray(groupdq)
+    if gdq.ndim != 4:
+        raise UserInputError(f"groupdq must be 4-D (nints, ngroups, ny, nx), got shape {gdq.shape}")
+    gdq = gdq.astype(np.uint8, copy=False)
+    zf = None
+    if zeroframe is not None:
+        zf = np.asarray(zeroframe).astype(np.float32, copy=False)
+        expected = (gdq.shape[0],) + gdq.shape[2:]
+        if zf.shape != expected:
+            raise UserInputError(f"zeroframe must have shape {expected}, got {zf.shape}")
+    return gdq, zf
