@@ -146,10 +146,14 @@ class RampTiming:
     def __post_init__(self):
         for name in ("frame_time", "group_time"):
             value = getattr(self, name)
-            if not isinstance(value, int | float | np.number) or not math.isfinite(value) or (
-                value <= 0
+            if (
+                not isinstance(value, int | float | np.number)
+                or not math.isfinite(value)
+                or (value <= 0)
             ):
-                raise UserInputError(f"ramp timing {name} must be a finite number > 0 s, got {value!r}")
+                raise UserInputError(
+                    f"ramp timing {name} must be a finite number > 0 s, got {value!r}"
+                )
         for name, low in (("nframes", 1), ("groupgap", 0), ("drop_frames1", 0)):
             value = getattr(self, name)
             if (
@@ -157,7 +161,9 @@ class RampTiming:
                 or not isinstance(value, int | np.integer)
                 or int(value) < low
             ):
-                raise UserInputError(f"ramp timing {name} must be an integer >= {low}, got {value!r}")
+                raise UserInputError(
+                    f"ramp timing {name} must be an integer >= {low}, got {value!r}"
+                )
 
 
 class RateProduct(NamedTuple):
