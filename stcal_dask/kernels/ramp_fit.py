@@ -236,7 +236,12 @@ def fitopt_dims(
 
     gdq, zf = _prepare_dims_inputs(groupdq, zeroframe)
     suppress = _effective_suppress(params, gdq.shape[1])
-    nseg, ncr = rn.fitopt_dims_tile(gdq, zf, zf is not None, suppress, *_flag_args())
+    has_zf = zf is not None
+    if not has_zf:
+        zf = np.zeros((1, 1, 1), dtype=np.float32)
+    if not gdq.flags.c_contiguous:
+        gdq = np.ascontiguousarray(gdq)
+    nseg, ncr = rn.fitopt_dims_tile(gdq, zf, has_zf, suppress, *_flag_args())
     return FitoptDims(int(nseg), int(ncr))
 
 
