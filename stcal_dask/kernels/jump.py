@@ -1,0 +1,583 @@
+"""Two-point-difference jump detection of one spatial tile, faithful to stcal 1.20.0.
+
+Re-implements ``stcal.jump.jump.detect_jumps_data`` as run by the JWST pipeline in a single
+process (``maximum_cores='1'``, so ``minimum_groups`` is forced to 3) without snowballs or showers:
+the iterative (few groups), single-pass (>= ``min_diffs_single_pass`` usable differences per
+integration) and sigma-clip (>= ``minimum_sigclip_groups`` integrations) detection paths,
+four-neighbour flagging, after-jump flagging, redundant-bit removal and the NO_GAIN_VALUE pixel
+flags. GROUPDQ/PIXELDQ are bit-identical to stcal and the primary count equal.
+
+Units and shapes
+----------------
+* ``data``: (nints, ngroups, ny, nx) DN (float32 for JWST); ``groupdq``: same shape, unsigned
+  integer group DQ; ``pixeldq``: (ny, nx) uint32; ``gain``: (ny, nx) electron/DN; ``readnoise``:
+  (ny, nx) **CDS** read noise in DN. Data and read noise are converted to electrons with the
+  per-pixel gain, in the inputs' dtype, exactly as stcal does.
+* ``nframes``: frames averaged per group (enters as RN^2 / nframes); ``group_time``: seconds per
+  group (converts ``after_jump_flag_time1/2`` to a number of groups: ``int(time // group_time)``).
+* Outputs: new arrays (inputs are never modified): ``groupdq`` (input dtype), ``pixeldq`` (input
+  dtype), ``primary_count`` (ny, nx) int32.
+
+Whole-frame decisions and the sequence a dataflow layer must follow
+-------------------------------------------------------------------
+stcal takes four decisions over the whole frame. A tile cannot, so they are computed once from
+per-tile partials and passed to every tile as :class:`JumpGlobals`:
+
+1. **Pass 1 (no halo needed)**: for every tile call
+   ``jump_globals_partial(groupdq_tile, gain_tile) -> JumpGlobalsPartial`` (the tile's non-NaN
+   gain values and its per-(integration, group) "every pixel DO_NOT_USE" flags).
+2. **Reduce**: ``merge_jump_globals_partials(*partials)`` is associative (use it in a tree
+   reduction), then ``finalize_jump_globals(merged, params=params) -> JumpGlobals``. This gives
+   the median gain (``np.nanmedian`` of the frame's gain, bad gains included, NaN excluded; used
+   for the after-jump electron thresholds), the whole-plane DO_NOT_USE flags and the path
+   (``"skip"``, ``"sigclip"``, ``"single"``, ``"iterative"``). ``combine_jump_globals(partials,
+   params=params)`` does both steps for a list.
+3. **Sigma-clip path only** (``globals.needs_sigclip_pass``): stcal resets pure-JUMP values of
+   every (integration, group) plane in which *every* pixel carries JUMP or DO_NOT_USE after
+   detection. For every tile (no halo needed) call ``sigclip_reset_partial(data, groupdq, gain,
+   params=params, globals=globals)``, reduce with ``merge_sigclip_reset_partials(*parts)``
+   (logical AND) and attach it: ``globals = with_sigclip_reset(globals, merged)``.
+4. **Pass 2**: for every tile *with a halo of* ``jump_halo(params)`` pixels (clipped at the array
+   edges) call ``detect_jumps_tile(data, groupdq, pixeldq, gain, readnoise, params=params,
+   nframes=nframes, group_time=group_time, globals=globals)`` and crop the halo off every field of
+   the :class:`JumpResult`. The frame's primary count is ``total_primary_crs(sum of the cropped
+   primary_count maps, globals)`` (stcal reports -99 when the exposure is skipped).
+
+:func:`detect_jumps` does all of this for a whole frame in memory.
+
+Deliberate scope
+----------------
+Snowballs (``expand_large_events``) and showers (``find_showers``) are not implemented, so their
+parameters are not accepted. stcal's multiprocessing row slicing (whose whole-plane tests are
+per slice) is not reproduced: results equal the single-process run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+
+from stcal_dask import dqflags
+from stcal_dask.errors import UserInputError
+from stcal_dask.kernels import _jump_numba as _nb
+
+__all__ = [
+    "JumpParams",
+    "JumpGlobalsPartial",
+    "JumpGlobals",
+    "JumpResult",
+    "jump_halo",
+    "jump_globals_partial",
+    "merge_jump_globals_partials",
+    "finalize_jump_globals",
+    "combine_jump_globals",
+    "sigclip_reset_partial",
+    "merge_sigclip_reset_partials",
+    "with_sigclip_reset",
+    "detect_jumps_tile",
+    "detect_jumps",
+    "total_primary_crs",
+    "choose_path",
+]
+
+SKIPPED_PRIMARY_COUNT = -99
+"""What stcal reports as the primary-jump count when the exposure is skipped."""
+
+PATHS = ("skip", "sigclip", "single", "iterative")
+_PATH_CODE = {
+    "skip": _nb.PATH_SKIP,
+    "sigclip": _nb.PATH_SIGCLIP,
+    "single": _nb.PATH_SINGLE,
+    "iterative": _nb.PATH_ITERATIVE,
+}
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool | np.bool_)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not _is_bool(v)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not _is_bool(v)
+
+
+@dataclass(frozen=True)
+class JumpParams:
+    """Jump-step parameters, with the JWST ``JumpStep`` names and defaults.
+
+    Thresholds are in sigma; ``after_jump_flag_dn*`` in DN (converted to electrons with the
+    frame's median gain); ``after_jump_flag_time*`` in seconds (converted to groups with the group
+    time). ``minimum_groups`` is accepted for compatibility but, as in a single-process stcal run
+    (JWST default ``maximum_cores='1'``), the effective value is always 3.
+    """
+
+    rejection_threshold: float = 4.0
+    """Sigma threshold with >= 4 usable differences, and of the single-pass/sigma-clip paths."""
+    three_group_rejection_threshold: float = 6.0
+    """Sigma threshold when exactly 2 usable differences remain (3 groups)."""
+    four_group_rejection_threshold: float = 5.0
+    """Sigma threshold when exactly 3 usable differences remain (4 groups)."""
+    flag_4_neighbors: bool = True
+    """Also flag the 4 edge-adjacent pixels of a jump (same group)."""
+    max_jump_to_flag_neighbors: float = 1000.0
+    """Upper limit (sigma, exclusive) of a jump whose neighbours are flagged."""
+    min_jump_to_flag_neighbors: float = 10.0
+    """Lower limit (sigma, exclusive) of a jump whose neighbours are flagged."""
+    after_jump_flag_dn1: float = 0.0
+    """Jumps of at least this many DN get the groups within ``after_jump_flag_time1`` flagged."""
+    after_jump_flag_time1: float = 0.0
+    """Seconds after a jump >= dn1 to flag (0 disables)."""
+    after_jump_flag_dn2: float = 0.0
+    """Second (larger) DN threshold."""
+    after_jump_flag_time2: float = 0.0
+    """Seconds after a jump >= dn2 to flag (0 disables)."""
+    minimum_groups: int = 3
+    """Accepted for compatibility; single-process stcal forces 3 (so does this kernel)."""
+    minimum_sigclip_groups: int = 100
+    """Integrations (or total groups if not ``only_use_ints``) needed for the sigma-clip path."""
+    only_use_ints: bool = True
+    """Sigma-clip each difference across integrations only (else all differences of a pixel)."""
+    min_diffs_single_pass: int = 10
+    """Usable differences per integration needed for the single-pass path."""
+
+    def __post_init__(self):
+        for name in (
+            "rejection_threshold",
+            "three_group_rejection_threshold",
+            "four_group_rejection_threshold",
+            "max_jump_to_flag_neighbors",
+            "min_jump_to_flag_neighbors",
+            "after_jump_flag_dn1",
+            "after_jump_flag_time1",
+            "after_jump_flag_dn2",
+            "after_jump_flag_time2",
+        ):
+            v = getattr(self, name)
+            if not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0:
+                raise UserInputError(
+                    f"jump parameter {name} must be a finite number >= 0, got {v!r}"
+                )
+        for name in ("flag_4_neighbors", "only_use_ints"):
+            v = getattr(self, name)
+            if not _is_bool(v):
+                raise UserInputError(f"jump parameter {name} must be True or False, got {v!r}")
+        for name in ("minimum_groups", "minimum_sigclip_groups", "min_diffs_single_pass"):
+            v = getattr(self, name)
+            if not _is_int(v) or int(v) < 1:
+                raise UserInputError(f"jump parameter {name} must be an integer >= 1, got {v!r}")
+
+    def to_dict(self) -> dict:
+        """Parameters as a plain JSON-serialisable dict."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = bool(v) if _is_bool(v) else (int(v) if _is_int(v) else float(v))
+        return out
+
+
+class JumpResult(NamedTuple):
+    """Output of :func:`detect_jumps_tile` / :func:`detect_jumps` (all spatial, new arrays)."""
+
+    groupdq: np.ndarray
+    """(nints, ngroups, ny, nx), input dtype: GROUPDQ with JUMP_DET added."""
+    pixeldq: np.ndarray
+    """(ny, nx), input dtype: PIXELDQ with NO_GAIN_VALUE|DO_NOT_USE where gain <= 0 or NaN."""
+    primary_count: np.ndarray
+    """(ny, nx) int32: JUMP bits per pixel right after detection (stcal's primary count,
+    including JUMP bits already in the input; 0 everywhere when the exposure is skipped)."""
+
+    @property
+    def n_primary(self) -> int:
+        """Sum of ``primary_count`` (use :func:`total_primary_crs` for stcal's -99 on skip)."""
+        return int(self.primary_count.sum(dtype=np.int64))
+
+
+class JumpGlobalsPartial(NamedTuple):
+    """Per-tile partial of the whole-frame statistics (see the module docstring)."""
+
+    gain_values: np.ndarray
+    """1-D, gain dtype: the tile's non-NaN gain values (for the frame's nanmedian)."""
+    plane_dnu: np.ndarray
+    """(nints, ngroups) bool: every pixel of the tile has DO_NOT_USE in that group."""
+
+
+class JumpGlobals(NamedTuple):
+    """Whole-frame statistics passed to every tile."""
+
+    median_gain: np.floating
+    """nanmedian of the frame's gain (electron/DN, gain dtype; NaN if no finite gain)."""
+    plane_dnu: np.ndarray
+    """(nints, ngroups) bool: every pixel of the frame has DO_NOT_USE in that group."""
+    path: str
+    """"skip", "sigclip", "single" or "iterative" (chosen once for the frame)."""
+    sigclip_reset: np.ndarray | None = None
+    """(nints, ngroups) bool, sigma-clip path only: planes where every pixel has JUMP or
+    DO_NOT_USE after detection (pure-JUMP values there are reset). None until pass 1b."""
+
+    @property
+    def skip(self) -> bool:
+        """True when stcal skips detection for this exposure (too few usable groups)."""
+        return self.path == "skip"
+
+    @property
+    def needs_sigclip_pass(self) -> bool:
+        """True when the sigma-clip reset planes must still be computed (step 3)."""
+        return self.path == "sigclip" and self.sigclip_reset is None
+
+
+def jump_halo(params: JumpParams) -> int:
+    """Spatial halo (pixels on each side) a tile needs: 1 with neighbour flagging, else 0."""
+    return 1 if params.flag_4_neighbors else 0
+
+
+def choose_path(plane_dnu: np.ndarray, params: JumpParams) -> str:
+    """stcal 1.20.0's single-process skip test and path choice from the whole-plane DNU flags.
+
+    ``plane_dnu`` is (nints, ngroups). Returns one of :data:`PATHS`.
+    """
+    plane_dnu = np.asarray(plane_dnu, dtype=bool)
+    nints, ngroups = plane_dnu.shape
+    per_int = plane_dnu.sum(axis=1)
+    max_flagged = int(per_int.max()) if nints else 0
+    total_flagged = int(per_int.sum())
+    min_usable_groups = ngroups - max_flagged
+    total_groups = nints * ngroups - total_flagged
+    min_usable_diffs = min_usable_groups - 1
+    total_sigclip_groups = nints if params.only_use_ints else total_groups
+    minimum_groups = 3  # single-process stcal overrides the parameter
+    if params.only_use_ints:
+        sigclip_fails = nints < params.minimum_sigclip_groups
+    else:
+        sigclip_fails = total_sigclip_groups < params.minimum_sigclip_groups
+    if min_usable_groups < minimum_groups and sigclip_fails:
+        return "skip"
+    if params.only_use_ints:
+        use_sigclip = nints >= params.minimum_sigclip_groups
+    else:
+        use_sigclip = total_groups >= params.minimum_sigclip_groups
+    if use_sigclip:
+        return "sigclip"
+    if min_usable_diffs >= params.min_diffs_single_pass:
+        return "single"
+    return "iterative"
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_cube(data, groupdq):
+    data = np.asarray(data)
+    groupdq = np.asarray(groupdq)
+    if data.ndim != 4:
+        raise UserInputError(
+            f"jump: data must be 4-D (nints, ngroups, ny, nx), got shape {data.shape}"
+        )
+    if data.dtype.kind != "f":
+        raise UserInputError(f"jump: data must be floating point, got dtype {data.dtype}")
+    if groupdq.shape != data.shape:
+        raise UserInputError(
+            f"jump: groupdq shape {groupdq.shape} does not match data shape {data.shape}"
+        )
+    if groupdq.dtype.kind != "u":
+        raise UserInputError(f"jump: groupdq must be unsigned integer, got dtype {groupdq.dtype}")
+    if data.shape[1] < 1 or data.shape[0] < 1:
+        raise UserInputError(f"jump: data needs at least one integration and group, {data.shape}")
+    return data, groupdq
+
+
+def _check_plane(name, arr, shape, kinds):
+    arr = np.asarray(arr)
+    if arr.shape != shape:
+        raise UserInputError(f"jump: {name} shape {arr.shape} does not match (ny, nx) = {shape}")
+    if arr.dtype.kind not in kinds:
+        raise UserInputError(f"jump: {name} has unsupported dtype {arr.dtype}")
+    return arr
+
+
+def _check_globals(globals_, nints, ngroups):
+    if not isinstance(globals_, JumpGlobals):
+        raise UserInputError("jump: globals must be a JumpGlobals (see combine_jump_globals)")
+    if globals_.plane_dnu.shape != (nints, ngroups):
+        raise UserInputError(
+            f"jump: globals are for (nints, ngroups) = {globals_.plane_dnu.shape}, "
+            f"tile has {(nints, ngroups)}"
+        )
+    if globals_.needs_sigclip_pass:
+        raise UserInputError(
+            "jump: sigma-clip path needs globals.sigclip_reset (run sigclip_reset_partial, "
+            "merge_sigclip_reset_partials and with_sigclip_reset first)"
+        )
+
+
+def _after_jump_groups(time_s: float, group_time) -> int:
+    if time_s <= 0:
+        return 0
+    if group_time is None or not _is_real(group_time) or not float(group_time) > 0:
+        raise UserInputError(
+            f"jump: group_time must be a number > 0 s for after-jump flagging, got {group_time!r}"
+        )
+    return int(float(time_s) // float(group_time))
+
+
+# ---------------------------------------------------------------------------------------------
+# global statistics
+
+
+def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
+    """Pass-1 partial for one tile (any tiling; halo not needed).
+
+    ``groupdq``: (nints, ngroups, ty, tx); ``gain``: (ty, tx) electron/DN.
+    """
+    gain = np.asarray(gain)
+    groupdq = np.asarray(groupdq)
+    if groupdq.ndim != 4 or gain.shape != groupdq.shape[2:]:
+        raise UserInputError(
+            f"jump: groupdq {groupdq.shape} and gain {gain.shape} tiles do not match"
+        )
+    flat = gain.reshape(-1)
+    values = flat[~np.isnan(flat)].copy()
+    return JumpGlobalsPartial(values, _nb.whole_plane_flags(groupdq, dqflags.DO_NOT_USE))
+
+
+def merge_jump_globals_partials(*partials: JumpGlobalsPartial) -> JumpGlobalsPartial:
+    """Associative merge of pass-1 partials (concatenate gain values, AND the plane flags)."""
+    if not partials:
+        raise ValueError("merge_jump_globals_partials needs at least one partial")
+    plane = partials[0].plane_dnu.copy()
+    for p in partials[1:]:
+        if p.plane_dnu.shape != plane.shape:
+            raise UserInputError("jump: partials disagree on (nints, ngroups)")
+        plane &= p.plane_dnu
+    values = np.concatenate([p.gain_values for p in partials])
+    return JumpGlobalsPartial(values, plane)
+
+
+def finalize_jump_globals(partial: JumpGlobalsPartial, *, params: JumpParams) -> JumpGlobals:
+    """Turn the frame's merged pass-1 partial into :class:`JumpGlobals`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(partial.gain_values) if partial.gain_values.size else np.float32(np.nan)
+    return JumpGlobals(
+        median_gain=med,
+        plane_dnu=np.asarray(partial.plane_dnu, dtype=bool),
+        path=choose_path(partial.plane_dnu, params),
+        sigclip_reset=None,
+    )
+
+
+def combine_jump_globals(partials, *, params: JumpParams) -> JumpGlobals:
+    """``finalize_jump_globals(merge_jump_globals_partials(*partials), params=params)``."""
+    return finalize_jump_globals(merge_jump_globals_partials(*partials), params=params)
+
+
+def _sigclip_candidates(data, groupdq, gain, params: JumpParams) -> np.ndarray:
+    """(nints, ndiffs, ty, tx) bool: sigma-clip jump candidates of stcal's sigma-clip path."""
+    from astropy.stats import sigma_clip
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    dscr = np.empty(data.shape[:2], dtype=np.result_type(data.dtype, gain.dtype))
+    diffs = _nb.diffs_cube(data, groupdq, gain, dscr)
+    axis = 0 if params.only_use_ints else (0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        clipped = sigma_clip(diffs, sigma=params.rejection_threshold, axis=axis, masked=True)
+    cand = np.ma.getmaskarray(clipped)
+    cand &= np.isfinite(diffs)
+    cand &= (groupdq[:, 1:] & (dqflags.SATURATED | dqflags.DO_NOT_USE)) == 0
+    return cand
+
+
+def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: JumpGlobals):
+    """Pass-1b partial (sigma-clip path only; any tiling, halo not needed).
+
+    Returns (nints, ngroups) bool: every pixel of the tile has JUMP or DO_NOT_USE in that plane
+    after sigma-clip detection. Merge with :func:`merge_sigclip_reset_partials`.
+    """
+    data, groupdq = _check_cube(data, groupdq)
+    gain = _check_plane("gain", gain, data.shape[2:], "fiu")
+    if globals.path != "sigclip":
+        raise UserInputError(f"jump: sigclip_reset_partial called on the {globals.path!r} path")
+    cand = _sigclip_candidates(data, groupdq, gain, params)
+    gdq = groupdq.copy()
+    gdq[:, 1:] |= cand.astype(gdq.dtype) * np.asarray(dqflags.JUMP_DET, gdq.dtype)
+    return _nb.whole_plane_flags(gdq, dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+
+
+def merge_sigclip_reset_partials(*parts) -> np.ndarray:
+    """Associative merge of :func:`sigclip_reset_partial` results (logical AND)."""
+    if not parts:
+        raise ValueError("merge_sigclip_reset_partials needs at least one partial")
+    out = np.asarray(parts[0], dtype=bool).copy()
+    for p in parts[1:]:
+        out &= np.asarray(p, dtype=bool)
+    return out
+
+
+def with_sigclip_reset(globals: JumpGlobals, reset) -> JumpGlobals:
+    """Attach the merged sigma-clip reset planes to ``globals``."""
+    reset = np.asarray(reset, dtype=bool)
+    if reset.shape != globals.plane_dnu.shape:
+        raise UserInputError(
+            f"jump: sigclip reset shape {reset.shape} != {globals.plane_dnu.shape}"
+        )
+    return globals._replace(sigclip_reset=reset)
+
+
+def total_primary_crs(primary_sum: int, globals: JumpGlobals) -> int:
+    """stcal's ``total_primary_crs``: summed primary count, or -99 if the exposure is skipped."""
+    return SKIPPED_PRIMARY_COUNT if globals.skip else int(primary_sum)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tile kernel
+
+
+def detect_jumps_tile(
+    data,
+    groupdq,
+    pixeldq,
+    gain,
+    readnoise,
+    *,
+    params: JumpParams,
+    nframes: int,
+    group_time: float | None,
+    globals: JumpGlobals,
+) -> JumpResult:
+    """Detect jumps in one tile (the arrays are treated as a frame whose edges are the tile's).
+
+    Give the tile with a halo of :func:`jump_halo` pixels (clipped at the frame edges) and crop
+    the halo off the result; with ``globals`` from the whole frame the cropped result equals the
+    whole-frame result. Shapes and units: see the module docstring. Inputs are not modified.
+    """
+    if not isinstance(params, JumpParams):
+        raise UserInputError("jump: params must be a JumpParams")
+    data, groupdq = _check_cube(data, groupdq)
+    nints, ngroups, ny, nx = data.shape
+    pixeldq = _check_plane("pixeldq", pixeldq, (ny, nx), "ui")
+    gain = _check_plane("gain", gain, (ny, nx), "fiu")
+    readnoise = _check_plane("readnoise", readnoise, (ny, nx), "fiu")
+    if not _is_int(nframes) or int(nframes) < 1:
+        raise UserInputError(f"jump: nframes must be an integer >= 1, got {nframes!r}")
+    _check_globals(globals, nints, ngroups)
+    n1 = _after_jump_groups(params.after_jump_flag_time1, group_time)
+    n2 = _after_jump_groups(params.after_jump_flag_time2, group_time)
+
+    # PIXELDQ: bad gains (<= 0 or NaN) get NO_GAIN_VALUE | DO_NOT_USE.
+    pdq = pixeldq.copy()
+    with np.errstate(invalid="ignore"):
+        bad_gain = (gain <= 0.0) | np.isnan(gain)
+    pdq[bad_gain] |= np.asarray(dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE, dtype=pdq.dtype)
+
+    gdq = groupdq.copy()
+    primary = np.zeros((ny, nx), dtype=np.int32)
+    if globals.skip or ny == 0 or nx == 0 or ngroups < 2:
+        _nb.remove_redundant(gdq)
+        return JumpResult(gdq, pdq, primary)
+
+    path = globals.path
+    # Read noise in electrons and its square, in the inputs' dtype (stcal: rn * gain, then **2),
+    # then RN^2 / (0.5 * n_reads_groupdiff) with n_reads_groupdiff = 2 * nframes, float64.
+    with np.errstate(invalid="ignore", over="ignore"):
+        rn_e = readnoise * gain
+        rn2 = rn_e**2
+        rnterm = rn2.astype(np.float64) / (0.5 * (np.ones(1) * 2 * nframes))[0]
+    if path == "sigclip":
+        clip_jump = _sigclip_candidates(data, groupdq, gain, params)
+        reset = globals.sigclip_reset
+    else:
+        clip_jump = np.zeros((1, 1, 1, 1), dtype=np.bool_)
+        reset = np.zeros((nints, ngroups), dtype=np.bool_)
+
+    dscr = np.empty((nints, ngroups), dtype=np.result_type(data.dtype, gain.dtype))
+    do_nbr = bool(params.flag_4_neighbors)
+    centre = (
+        np.zeros((nints, ngroups - 1, ny, nx), dtype=np.uint8)
+        if do_nbr
+        else np.zeros((1, 1, 1, 1), dtype=np.uint8)
+    )
+    with np.errstate(all="ignore"):
+        _nb.detect_pass(
+            data,
+            gdq,
+            gain,
+            rnterm,
+            _PATH_CODE[path],
+            clip_jump,
+            reset,
+            float(params.rejection_threshold),
+            float(params.four_group_rejection_threshold),
+            float(params.three_group_rejection_threshold),
+            do_nbr,
+            float(params.min_jump_to_flag_neighbors),
+            float(params.max_jump_to_flag_neighbors),
+            dscr,
+            centre,
+            primary,
+        )
+    del clip_jump
+
+    do_after = n1 > 0 or n2 > 0
+    # e = dn * median gain, evaluated like stcal (python float times a numpy scalar).
+    med = globals.median_gain
+    e1 = float(float(params.after_jump_flag_dn1) * med)
+    e2 = float(float(params.after_jump_flag_dn2) * med)
+    jmax1 = max(0, min(n1, ngroups - 2))
+    jmax2 = max(0, min(n2, ngroups - 2))
+    _nb.post_pass(data, gdq, gain, do_nbr, centre, do_after, e1, jmax1, e2, jmax2, dscr)
+    return JumpResult(gdq, pdq, primary)
+
+
+def detect_jumps(
+    data,
+    groupdq,
+    pixeldq,
+    gain,
+    readnoise,
+    *,
+    params: JumpParams | None = None,
+    nframes: int,
+    group_time: float | None = None,
+) -> JumpResult:
+    """Whole-frame jump detection: computes the globals itself and runs one tile.
+
+    Equivalent to stcal 1.20.0 ``detect_jumps_data`` in a single process (without snowballs or
+    showers). The primary count stcal reports is ``total_primary_crs(result.n_primary, globals)``
+    (-99 on skipped exposures); :func:`detect_jumps_globals` gives the globals used.
+    """
+    params = JumpParams() if params is None else params
+    g = detect_jumps_globals(data, groupdq, gain, params=params)
+    return detect_jumps_tile(
+        data,
+        groupdq,
+        pixeldq,
+        gain,
+        readnoise,
+        params=params,
+        nframes=nframes,
+        group_time=group_time,
+        globals=g,
+    )
+
+
+def detect_jumps_globals(data, groupdq, gain, *, params: JumpParams) -> JumpGlobals:
+    """The :class:`JumpGlobals` of a whole frame held in memory (steps 1-3 on one tile)."""
+    data, groupdq = _check_cube(data, groupdq)
+    gain = _check_plane("gain", gain, data.shape[2:], "fiu")
+    g = combine_jump_globals([jump_globals_partial(groupdq, gain)], params=params)
+    if g.needs_sigclip_pass:
+        part = sigclip_reset_partial(data, groupdq, gain, params=params, globals=g)
+        g = with_sigclip_reset(g, merge_sigclip_reset_partials(part))
+    return g
+
+
+__all__ += ["detect_jumps_globals", "SKIPPED_PRIMARY_COUNT", "PATHS"]
