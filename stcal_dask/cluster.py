@@ -1,0 +1,230 @@
+"""Where the dask graphs run: an embedded ``LocalCluster`` or an existing ``distributed`` cluster.
+
+:func:`get_client` is the one entry point the CLI, the demo and the benchmarks use::
+
+    with get_client(n_workers=2, memory_limit="2GB") as client:
+        compute(rate_write, rateints_write, quiet=False)   # progress bar on the terminal
+
+* ``scheduler=None`` and no ``DASK_SCHEDULER_ADDRESS`` in the environment: an in-process
+  :class:`distributed.LocalCluster` whose workers are separate **processes** with one thread each
+  (the tile kernels are numba/numpy code holding the GIL for much of their run, so processes scale
+  and threads would not), no dashboard (or one on a free port with ``dashboard=True``).
+* ``scheduler="tcp://HOST:PORT"`` (or ``DASK_SCHEDULER_ADDRESS``): connect to a running scheduler
+  (``dask scheduler`` / ``dask worker``, dask-jobqueue, dask-kubernetes; see ``deploy/``). A
+  scheduler that does not answer within ``connect_timeout`` seconds gives a one-line
+  :class:`~stcal_dask.errors.UserInputError`.
+
+Worker memory limits are the ``distributed`` ones: a worker spills to disk at 60 % of its limit,
+pauses at 80 % and is restarted at 95 %; the tile graphs keep only a few tiles per worker alive, so
+an exposure larger than the cluster's total memory streams through.
+
+numba and BLAS/OpenMP thread pools are pinned to one thread per worker thread
+(``NUMBA_NUM_THREADS``,
+``OMP_NUM_THREADS``, ... in the spawned workers' environment, and :func:`limit_threads` called by
+every tile task), so ``n_workers`` x ``threads_per_worker`` is the real CPU use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+from dask.utils import parse_bytes
+
+from stcal_dask.errors import UserInputError
+
+__all__ = ["compute", "get_client", "limit_threads", "parse_memory_limit", "THREAD_ENV"]
+
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+}
+"""Environment given to spawned worker processes: one thread for every native thread pool."""
+
+_ADDRESS_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://[^\s:/]+(:\d+)?/?$|^[^\s:/]+:\d+$")
+
+
+def parse_memory_limit(value: str | int | float | None) -> int | str | None:
+    """Validate a per-worker memory limit: bytes, a string like ``"2GB"``/``"1.5 GiB"``, ``"auto"``
+    or None (distributed's default: the machine's memory divided among the workers).
+    """
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        nbytes = int(value)
+    else:
+        try:
+            nbytes = int(parse_bytes(str(value)))
+        except (ValueError, TypeError):
+            raise UserInputError(
+                f"--memory-limit must be a size such as '2GB' or '500MiB', got {value!r}"
+            ) from None
+    if nbytes < 32 * 2**20:
+        raise UserInputError(f"--memory-limit must be at least 32 MiB per worker, got {value!r}")
+    return nbytes
+
+
+def limit_threads() -> None:
+    """Pin numba's parallel regions to one thread for the calling thread (cheap; idempotent).
+
+    Called at the start of every tile task so that a worker with N threads never runs more than
+    N busy OS threads, whatever the worker's environment was.
+    """
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return
+    try:
+        if numba.get_num_threads() != 1:
+            numba.set_num_threads(1)
+    except Exception:  # threading layer not available: nothing to pin
+        pass
+
+
+class _PinThreadsPlugin:
+    """Worker plugin for clusters we did not start: set the thread environment variables.
+
+    Libraries already loaded in the worker keep their pools, but numba's parallel regions are
+    pinned per task by :func:`limit_threads`, and BLAS is not used by the kernels.
+    """
+
+    name = "stcal-dask-pin-threads"
+
+    def setup(self, worker):  # noqa: D401 - distributed plugin hook
+        for key, value in THREAD_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def _check_address(address: str) -> str:
+    address = address.strip()
+    if not _ADDRESS_RE.match(address):
+        raise UserInputError(f"scheduler address must look like tcp://HOST:PORT, got {address!r}")
+    return address
+
+
+@contextlib.contextmanager
+def get_client(
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    memory_limit: str | int | None = None,
+    threads_per_worker: int = 1,
+    *,
+    dashboard: bool = False,
+    connect_timeout: float = 5.0,
+    quiet: bool = True,
+    local_directory: str | None = None,
+) -> Iterator[Any]:
+    """Yield a :class:`distributed.Client`, closing it (and any cluster started here) at exit.
+
+    Parameters
+    ----------
+    scheduler:
+        Address of a running scheduler (``tcp://HOST:PORT``); None uses ``DASK_SCHEDULER_ADDRESS``
+        if set, else starts a ``LocalCluster``.
+    n_workers:
+        Worker processes of the local cluster (default: the number of CPU cores). Ignored when
+        connecting to an existing scheduler.
+    memory_limit:
+        Per-worker memory limit of the local cluster (``"2GB"``, bytes, ``"auto"``/None).
+    threads_per_worker:
+        Threads per worker process (default 1).
+    dashboard:
+        Start the scheduler's dashboard on a free port (default off).
+    connect_timeout:
+        Seconds to wait for an existing scheduler before giving up with :class:`UserInputError`.
+    quiet:
+        Silence distributed's informational logging (warnings and errors still show).
+    local_directory:
+        Where workers spill to disk (default: distributed's temporary directory).
+    """
+    from distributed import Client, LocalCluster
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        address = _check_address(address)
+        try:
+            client = Client(address, timeout=f"{connect_timeout}s", set_as_default=True)
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserInputError(
+                f"cannot reach dask scheduler at {address} within {connect_timeout:g} s ({reason})"
+            ) from None
+        try:
+            with contextlib.suppress(Exception):
+                client.register_plugin(_PinThreadsPlugin())
+            yield client
+        finally:
+            client.close()
+        return
+
+    if n_workers is None:
+        n_workers = max(1, os.cpu_count() or 1)
+    if int(n_workers) < 1:
+        raise UserInputError(f"--n-workers must be >= 1, got {n_workers}")
+    if int(threads_per_worker) < 1:
+        raise UserInputError(f"threads per worker must be >= 1, got {threads_per_worker}")
+    limit = parse_memory_limit(memory_limit)
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    environ.update(THREAD_ENV)
+    if threads_per_worker > 1:
+        environ["NUMBA_NUM_THREADS"] = str(threads_per_worker)
+    kwargs: dict[str, Any] = {}
+    if local_directory is not None:
+        kwargs["local_directory"] = local_directory
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(
+            n_workers=int(n_workers),
+            threads_per_worker=int(threads_per_worker),
+            processes=True,
+            memory_limit=limit if limit is not None else "auto",
+            dashboard_address=":0" if dashboard else None,
+            silence_logs=logging.WARNING if quiet else logging.INFO,
+            **kwargs,
+        )
+    try:
+        client = Client(cluster, set_as_default=True)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def compute(*collections, quiet: bool = False, client=None):
+    """Compute dask collections, with a progress bar on the terminal unless ``quiet``.
+
+    Uses the given ``client`` (or the current default ``distributed`` client if there is one:
+    inside :func:`get_client`); otherwise the local threaded scheduler with
+    :class:`dask.diagnostics.ProgressBar`. Returns a tuple of results like :func:`dask.compute`.
+    """
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ValueError, ImportError):
+            client = None
+    if client is not None:
+        from distributed import progress
+
+        futures = client.compute(list(collections), optimize_graph=True)
+        if not quiet:
+            progress(futures, notebook=False)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return tuple(client.gather(futures))
+    if quiet:
+        return dask.compute(*collections)
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stdout):
+        return dask.compute(*collections)
