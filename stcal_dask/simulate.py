@@ -76,6 +76,9 @@ class SimulationConfig:
     """Fraction of (group, pixel) samples flagged DO_NOT_USE in GROUPDQ."""
     zeroframe: bool = False
     """Also produce a ZEROFRAME (the first frame of each integration, DN)."""
+    pointing: tuple[float, float, float] | None = None
+    """Optional (ra_ref, dec_ref, roll_ref) in degrees; :func:`exposure_wcs` then gives the
+    exposure a JWST-like imaging gwcs (see :mod:`stcal_dask.wcs_sim`). Does not change the data."""
 
     @property
     def group_time(self) -> float:
@@ -265,3 +268,21 @@ def simulate_exposure(cfg: SimulationConfig | None = None, **overrides) -> Synth
     """
     cfg = replace(cfg or SimulationConfig(), **overrides)
     return simulate_region(cfg, 0, cfg.ny, 0, cfg.nx)
+
+
+def exposure_wcs(cfg: SimulationConfig, pixel_scale: float | None = None):
+    """JWST-like imaging gwcs and wcsinfo of the exposure described by ``cfg``.
+
+    Requires ``cfg.pointing = (ra_ref, dec_ref, roll_ref)`` (degrees); the detector is
+    ``(cfg.ny, cfg.nx)`` with the reference pixel at its centre. ``pixel_scale`` is in
+    arcsec/pixel (default: NIRCam long wavelength, 0.063"). Returns
+    :class:`stcal_dask.wcs_sim.ExposureWCS` ``(wcs, wcsinfo)``.
+    """
+    from stcal_dask.errors import UserInputError
+    from stcal_dask.wcs_sim import NIRCAM_LW_SCALE, imaging_wcs
+
+    if cfg.pointing is None:
+        raise UserInputError("SimulationConfig.pointing is None: set (ra_ref, dec_ref, roll_ref)")
+    ra, dec, roll = (float(v) for v in cfg.pointing)
+    scale = NIRCAM_LW_SCALE if pixel_scale is None else pixel_scale
+    return imaging_wcs(ra, dec, roll, shape=(cfg.ny, cfg.nx), pixel_scale=scale)
