@@ -4,6 +4,7 @@ Written from the behaviour described in ``ramp_fit_spec.md`` and runs of stcal 1
 per-pixel arithmetic follows stcal's C fitter step by step in double precision (inputs are read as
 float32 and widened; the optimal-weight power is taken in single precision like C's ``powf``) and
 results are rounded to float32 at the end, so outputs agree with stcal to float32 rounding.
+(Note: in numba ``float(x)`` of a float32 value stays float32, so widening uses ``np.float64``.)
 
 Layout: the tile is processed row by row. The (nints, ngroups) samples of every pixel of a row are
 first copied into a small pixel-major scratch buffer (contiguous reads of the C-ordered cube), then
@@ -254,7 +255,7 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, out
         for k in range(length):
             xval = float(k)
             w = abs((xval - mid) * invmid)
-            w = float(np.float32(w) ** power) * invrn2
+            w = np.float64(np.float32(w) ** power) * invrn2
             xval += float(start)
             v = d[base + start + k]
             if math.isnan(v):
@@ -390,10 +391,10 @@ def fit_tile_core(
         _gather_row_dq(groupdq, y, qrow)
         for x in range(nx):
             # ---------------- pixel setup (spec §3.1, §3.2)
-            g = float(gain[y, x])
+            g = np.float64(gain[y, x])
             # stcal's in-place conversion: R = RN * gain / sqrt(2 nframes), rounded to float32
-            rn = float(np.float32(float(rnoise[y, x]) * (g / sqrt2nf)))
-            dk = float(dark[y, x])
+            rn = np.float64(np.float32(np.float64(rnoise[y, x]) * (g / sqrt2nf)))
+            dk = np.float64(dark[y, x])
             pdq = np.uint32(pixeldq[y, x])
             if g <= 0.0 or math.isnan(g):
                 pdq |= np.uint32(dnu | ngval)
@@ -436,7 +437,7 @@ def fit_tile_core(
                         d[k] = np.nan
                         ns += 1
                     else:
-                        d[k] = float(drow[x, k])
+                        d[k] = np.float64(drow[x, k])
                     if save_opt and gg > 0 and (qq & jump):
                         if ncr >= max_cr_slots:
                             raise ValueError("n_crmag is smaller than this tile needs")
@@ -448,7 +449,7 @@ def fit_tile_core(
                     if ngd == 1 and q[base] == 0:
                         is_0th[i] = True
                     elif ngd == 0 and has_zf:
-                        zv = float(zeroframe[i, y, x])
+                        zv = np.float64(zeroframe[i, y, x])
                         if zv != 0.0:
                             d[base] = zv
                             q[base] = 0
