@@ -1,0 +1,739 @@
+"""JWST FITS in and out, lazily and atomically.
+
+Reading
+-------
+:func:`open_ramp_fits` opens a JWST ``_ramp.fits`` (SCI 4-D float32, PIXELDQ, GROUPDQ, optional
+ZEROFRAME and AVDRKCUR; timing keywords in the primary header) and the gain / readnoise reference
+files (SCI 2-D) as a ramp Dataset (:mod:`stcal_dask.datamodel`). Nothing is loaded: each
+extension becomes a dask array whose tasks memory-map just their window of the file (big-endian
+and BZERO-unsigned encodings are converted per block). Full-frame (or larger subarray) references
+are cut to the data's subarray with the SUBSTRT1/SUBSTRT2 keywords (1-based; axis 1 = x).
+
+Writing
+-------
+The writers lay out the file themselves: headers are written first, the data regions are
+allocated (sparse) and then filled block by block from numpy or dask arrays through a
+memory-map of the output (``dask.array.store``), so a large product is never materialised in
+memory and the blocks can be computed on any scheduler, including a distributed cluster sharing
+the file system. The file is written as ``.NAME.partial-<uuid>`` in the destination directory and
+renamed into place when complete. Layouts follow the stdatamodels schemas:
+
+* rate  -> ImageModel: SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE (2-D; BUNIT DN/s);
+* rateints -> CubeModel: the same, 3-D;
+* fitopt -> RampFitOutputModel: SLOPE, SIGSLOPE, VAR_POISSON, VAR_RNOISE, YINT, SIGYINT,
+  PEDESTAL, WEIGHTS, CRMAG;
+* ramp / jump -> RampModel: SCI, PIXELDQ, GROUPDQ (+ ZEROFRAME, AVDRKCUR);
+* gain / readnoise reference files: SCI.
+
+The primary header of each product copies the input's primary header (``header_from``: a FITS
+path, an astropy Header or a dict; by default the ramp's ``source`` file if it is a FITS file, and
+the Dataset's JWST keyword attrs), and sets DATAMODL, TELESCOP (default JWST), FILENAME and the
+package version (STCDASKV), with the step parameters as HISTORY.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+from stcal_dask.datamodel import (
+    DEFAULT_MEMORY_BUDGET,
+    FITOPT_VARIABLES,
+    RATE_VARIABLES,
+    SUBARRAY_KEYWORDS,
+    TIMING_KEYWORDS,
+    _normalize_tile,
+    _package_version,
+    choose_tile_size,
+    make_ramp_dataset,
+    validate_ramp,
+)
+from stcal_dask.errors import UserInputError
+from stcal_dask.io._atomic import PendingWrite, check_target, commit, partial_path, remove_path
+
+__all__ = [
+    "JWST_SUFFIXES",
+    "open_ramp_fits",
+    "output_name",
+    "reference_paths",
+    "write_fitopt_fits",
+    "write_jump_fits",
+    "write_ramp_fits",
+    "write_rate_fits",
+    "write_rateints_fits",
+    "write_reference_fits",
+]
+
+JWST_SUFFIXES = (
+    "uncal", "dq_init", "saturation", "superbias", "refpix", "linearity", "dark", "dark_current",
+    "ramp", "jump", "rate", "rateints", "fitopt", "trapsfilled", "cal", "calints", "gain",
+    "readnoise",
+)
+"""File-name suffixes recognised (and replaced) by :func:`output_name`."""
+
+_BLOCK = 2880
+_BITPIX_RAW = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|XTENSION|PCOUNT|GCOUNT|EXTNAME|EXTVER|BZERO|BSCALE|BLANK|"
+    r"CHECKSUM|DATASUM|DATAMODL|FILENAME|STCDASKV|TFIELDS|THEAP|ZIMAGE)$"
+)
+_KEYWORD = re.compile(r"^[A-Z0-9_-]{1,8}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------
+
+
+def output_name(input_path, suffix: str, *, ext: str | None = None, output_dir=None) -> Path:
+    """JWST-style output name: ``X_ramp.fits`` -> ``X_<suffix>.fits``.
+
+    A trailing JWST suffix (:data:`JWST_SUFFIXES`, e.g. ``_ramp``, ``_uncal``) is replaced by
+    ``_<suffix>``; otherwise ``_<suffix>`` is appended (``X.zarr`` -> ``X_rate.zarr``).
+
+    Parameters
+    ----------
+    input_path: the input file or store.
+    suffix: ``"rate"``, ``"rateints"``, ``"fitopt"``, ``"jump"``, ...
+    ext: the output extension (``".fits"``, ``".zarr"``); default that of the input.
+    output_dir: directory of the output; default the input's directory.
+    """
+    p = Path(os.fspath(input_path))
+    name = p.name
+    stem, in_ext = (name[: -len(p.suffix)], p.suffix) if p.suffix else (name, "")
+    for known in sorted(JWST_SUFFIXES, key=len, reverse=True):
+        if stem.endswith("_" + known) and len(stem) > len(known) + 1:
+            stem = stem[: -len(known) - 1]
+            break
+    ext = in_ext if ext is None else (ext if ext.startswith(".") or not ext else "." + ext)
+    out_dir = p.parent if output_dir is None else Path(os.fspath(output_dir))
+    return out_dir / f"{stem}_{suffix}{ext}"
+
+
+def reference_paths(ramp_path) -> tuple[Path, Path]:
+    """Gain and readnoise reference file names that go with a ramp file: ``X_gain.fits``,
+    ``X_readnoise.fits`` beside ``X_ramp.fits``."""
+    return (output_name(ramp_path, "gain", ext=".fits"),
+            output_name(ramp_path, "readnoise", ext=".fits"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lazy reading
+# ---------------------------------------------------------------------------------------------
+
+
+class _FitsImage:
+    """A picklable, lazily read window of one FITS image HDU (dask ``from_array`` source).
+
+    Each ``__getitem__`` memory-maps the file read-only and converts just the requested block to
+    native byte order and the physical dtype.
+    """
+
+    def __init__(self, path: str, offset: int, full_shape: tuple[int, ...], bitpix: int,
+                 bscale: float, bzero: float, origin: tuple[int, ...] | None = None,
+                 shape: tuple[int, ...] | None = None):
+        self.path = path
+        self.offset = int(offset)
+        self.full_shape = tuple(int(n) for n in full_shape)
+        self.bitpix = int(bitpix)
+        self.bscale, self.bzero = float(bscale), float(bzero)
+        self.origin = tuple(origin) if origin is not None else (0,) * len(self.full_shape)
+        self.shape = tuple(shape) if shape is not None else self.full_shape
+        self.ndim = len(self.shape)
+        raw = np.dtype(_BITPIX_RAW[self.bitpix])
+        self._xor = 0
+        if self.bscale == 1.0 and self.bitpix > 8 and self.bzero == 2.0 ** (self.bitpix - 1):
+            self._raw = np.dtype(f">u{self.bitpix // 8}")
+            self._xor = 1 << (self.bitpix - 1)
+            self.dtype = np.dtype(f"u{self.bitpix // 8}")
+        elif self.bscale == 1.0 and self.bitpix == 8 and self.bzero == -128.0:
+            self._raw = raw
+            self._xor = 0x80
+            self.dtype = np.dtype(np.int8)
+        elif self.bscale == 1.0 and self.bzero == 0.0:
+            self._raw = raw
+            self.dtype = raw.newbyteorder("=")
+        else:
+            self._raw = raw
+            self.dtype = np.dtype(np.float32 if self.bitpix in (8, 16, -32) else np.float64)
+
+    def _convert(self, raw: np.ndarray) -> np.ndarray:
+        if self._xor:
+            out = raw.astype(raw.dtype.newbyteorder("="))
+            out ^= out.dtype.type(self._xor)
+            return out.view(self.dtype)
+        if self.bscale == 1.0 and self.bzero == 0.0:
+            return raw.astype(self.dtype)
+        return (raw.astype(np.float64) * self.bscale + self.bzero).astype(self.dtype)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) == self.ndim and all(isinstance(k, slice) for k in key):
+            window = []
+            for k, n, o in zip(key, self.shape, self.origin, strict=True):
+                start, stop, step = k.indices(n)
+                window.append(slice(start + o, max(stop, start) + o, step))
+            rest = ()
+        else:
+            window = [slice(o, o + n) for o, n in zip(self.origin, self.shape, strict=True)]
+            rest = key
+        if any(s.stop <= s.start for s in window) or self.offset is None:
+            block = np.empty([len(range(s.start, s.stop, s.step or 1)) for s in window],
+                             self.dtype)
+            return block[rest] if rest else block
+        mm = np.memmap(self.path, dtype=self._raw, mode="r", offset=self.offset,
+                       shape=self.full_shape)
+        try:
+            block = self._convert(np.asarray(mm[tuple(window)]))
+        finally:
+            del mm
+        return block[rest] if rest else block
+
+    def window(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> _FitsImage:
+        """A sub-window (offsets relative to this window)."""
+        return _FitsImage(
+            self.path, self.offset, self.full_shape, self.bitpix, self.bscale, self.bzero,
+            tuple(a + b for a, b in zip(self.origin, origin, strict=True)), shape,
+        )
+
+
+def _open_fits(path, what: str) -> tuple[Path, fits.HDUList]:
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise UserInputError(f"{what} {p} does not exist")
+    if p.is_dir():
+        raise UserInputError(f"{what} {p} is a directory, not a FITS file")
+    try:
+        hdul = fits.open(p, memmap=True, lazy_load_hdus=False)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserInputError(f"{what} {p} is not a readable FITS file ({msg})") from None
+    return p, hdul
+
+
+def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
+           required: bool = True) -> _FitsImage | None:
+    try:
+        hdu = hdul[extname]
+    except KeyError:
+        if not required:
+            return None
+        raise UserInputError(f"{what} {p}: missing extension {extname}") from None
+    if isinstance(hdu, fits.CompImageHDU) or not isinstance(hdu, fits.ImageHDU | fits.PrimaryHDU):
+        raise UserInputError(
+            f"{what} {p}: extension {extname} is not an uncompressed image "
+            f"({type(hdu).__name__})"
+        )
+    hdr = hdu.header
+    naxis = int(hdr.get("NAXIS", 0))
+    shape = tuple(int(hdr[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
+    bitpix = int(hdr["BITPIX"])
+    if bitpix not in _BITPIX_RAW:
+        raise UserInputError(f"{what} {p}: extension {extname} has unsupported BITPIX {bitpix}")
+    offset = hdu.fileinfo()["datLoc"]
+    return _FitsImage(str(p), offset, shape, bitpix, hdr.get("BSCALE", 1.0),
+                      hdr.get("BZERO", 0.0))
+
+
+def _as_dask(img: _FitsImage, chunks, name: str) -> da.Array:
+    st = os.stat(img.path)
+    token = dask.base.tokenize(img.path, st.st_mtime_ns, st.st_size, img.offset, img.origin,
+                               img.shape, chunks)
+    return da.from_array(img, chunks=chunks, name=f"fits-{name}-{token}", lock=False,
+                         asarray=False, fancy=False,
+                         meta=np.empty((0,) * img.ndim, dtype=img.dtype))
+
+
+def _check_ndim(img: _FitsImage, ndim: int, p: Path, what: str, extname: str, dims: str) -> None:
+    if img.ndim != ndim:
+        raise UserInputError(
+            f"{what} {p}: extension {extname} has {img.ndim} dimensions (shape {img.shape}); "
+            f"expected {ndim} ({dims})"
+        )
+
+
+def _keywords(hdul: fits.HDUList) -> dict[str, Any]:
+    """Timing and subarray keywords: primary header first, then the SCI header."""
+    out: dict[str, Any] = {}
+    headers = [hdul[0].header]
+    if "SCI" in hdul:
+        headers.append(hdul["SCI"].header)
+    for key in (*TIMING_KEYWORDS, *SUBARRAY_KEYWORDS):
+        for h in headers:
+            if key in h and h[key] is not None and not isinstance(h[key], fits.card.Undefined):
+                out[key] = h[key]
+                break
+    return out
+
+
+def _reference(path, reftype: str, ny: int, nx: int, sub: dict, tile, ramp_path: Path):
+    what = f"{reftype} reference file"
+    p, hdul = _open_fits(path, what)
+    with hdul:
+        img = _image(p, hdul, "SCI", what)
+        _check_ndim(img, 2, p, what, "SCI", "ny, nx")
+        ref_hdr = hdul[0].header
+        ref_start = (int(ref_hdr.get("SUBSTRT2", 1) or 1), int(ref_hdr.get("SUBSTRT1", 1) or 1))
+    if img.shape != (ny, nx):
+        if "SUBSTRT1" not in sub or "SUBSTRT2" not in sub:
+            raise UserInputError(
+                f"{what} {p} has shape {img.shape} but the ramp {ramp_path} is {(ny, nx)} and "
+                "has no SUBSTRT1/SUBSTRT2 keywords to cut it with"
+            )
+        y0 = sub["SUBSTRT2"] - ref_start[0]
+        x0 = sub["SUBSTRT1"] - ref_start[1]
+        if y0 < 0 or x0 < 0 or y0 + ny > img.shape[0] or x0 + nx > img.shape[1]:
+            raise UserInputError(
+                f"{what} {p} (shape {img.shape}, starting at x={ref_start[1]}, y={ref_start[0]}) "
+                f"does not cover the ramp's subarray SUBSTRT1={sub['SUBSTRT1']}, "
+                f"SUBSTRT2={sub['SUBSTRT2']} of shape {(ny, nx)}"
+            )
+        img = img.window((y0, x0), (ny, nx))
+    return img
+
+
+def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
+                   memory_budget_bytes: int | None = None) -> xr.Dataset:
+    """Open a JWST ``_ramp.fits`` and its gain / readnoise reference files as a lazy ramp.
+
+    Parameters
+    ----------
+    path: the ramp file (RampModel layout: SCI (nints, ngroups, ny, nx) DN, PIXELDQ, GROUPDQ,
+        optional ZEROFRAME and AVDRKCUR; NINTS, NGROUPS, NFRAMES, GROUPGAP, TFRAME, TGROUP,
+        DRPFRMS1 and optionally SUBSTRT1/2, SUBSIZE1/2 in the primary header).
+    gain_path: GAIN reference file (SCI 2-D, electron/DN).
+    readnoise_path: READNOISE reference file (SCI 2-D, CDS read noise in DN).
+    chunks: ``"auto"`` (tile from ``memory_budget_bytes``, default
+        :data:`~stcal_dask.datamodel.DEFAULT_MEMORY_BUDGET`), ``(tile_y, tile_x)``, or None (one
+        chunk per array). Integrations and groups are never split.
+
+    Returns
+    -------
+    xr.Dataset
+        A validated ramp (schema in :mod:`stcal_dask.datamodel`), every variable a dask array
+        reading its window of the memory-mapped files on compute; ``attrs["source"]`` is the
+        ramp path. References are cut to the data's subarray when their shapes differ.
+
+    Raises
+    ------
+    UserInputError
+        Missing file or extension, wrong number of dimensions, missing or invalid keyword,
+        mismatched shapes, a reference that does not cover the subarray.
+    """
+    what = "ramp file"
+    p, hdul = _open_fits(path, what)
+    with hdul:
+        sci = _image(p, hdul, "SCI", what)
+        _check_ndim(sci, 4, p, what, "SCI", "nints, ngroups, ny, nx")
+        gdq = _image(p, hdul, "GROUPDQ", what)
+        _check_ndim(gdq, 4, p, what, "GROUPDQ", "nints, ngroups, ny, nx")
+        pdq = _image(p, hdul, "PIXELDQ", what)
+        _check_ndim(pdq, 2, p, what, "PIXELDQ", "ny, nx")
+        zf = _image(p, hdul, "ZEROFRAME", what, required=False)
+        if zf is not None:
+            _check_ndim(zf, 3, p, what, "ZEROFRAME", "nints, ny, nx")
+        dark = _image(p, hdul, "AVDRKCUR", what, required=False)
+        if dark is not None:
+            _check_ndim(dark, 2, p, what, "AVDRKCUR", "ny, nx")
+        keywords = _keywords(hdul)
+    nints, ngroups, ny, nx = sci.shape
+    for key, n in (("SUBSIZE1", nx), ("SUBSIZE2", ny)):
+        if key in keywords and int(keywords[key]) != n:
+            raise UserInputError(
+                f"{what} {p}: keyword {key}={keywords[key]} does not match the SCI "
+                f"{'x' if key.endswith('1') else 'y'} size {n}"
+            )
+    sub = {k: int(v) for k, v in keywords.items() if k in SUBARRAY_KEYWORDS}
+    timing = {k: v for k, v in keywords.items() if k in TIMING_KEYWORDS}
+    source = f"{what} {p}"
+    # Validate the keywords before building anything (clear one-line errors).
+    from stcal_dask.datamodel import _check_timing
+
+    _check_timing(timing, source)
+    gain = _reference(gain_path, "GAIN", ny, nx, sub, None, p)
+    rnoise = _reference(readnoise_path, "READNOISE", ny, nx, sub, None, p)
+
+    if chunks is None:
+        ty, tx = ny, nx
+    elif isinstance(chunks, str):
+        if chunks != "auto":
+            raise UserInputError(f"chunks must be 'auto', (tile_y, tile_x) or None, got {chunks!r}")
+        ty, tx = choose_tile_size(nints, ngroups, ny, nx,
+                                  memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
+    else:
+        ty, tx = _normalize_tile(chunks, ny, nx)
+
+    def arr(img, lead, name):
+        return _as_dask(img, (*img.shape[:lead], ty, tx), name)
+
+    ds = make_ramp_dataset(
+        arr(sci, 2, "sci"), arr(gdq, 2, "groupdq"), arr(pdq, 0, "pixeldq"),
+        arr(gain, 0, "gain"), arr(rnoise, 0, "readnoise"),
+        timing=timing,
+        zeroframe=None if zf is None else arr(zf, 1, "zeroframe"),
+        average_dark_current=None if dark is None else arr(dark, 0, "avdrkcur"),
+        subarray=sub, source=source,
+    )
+    ds.attrs["source"] = str(p)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-wise writing
+# ---------------------------------------------------------------------------------------------
+
+
+class _FitsRegion:
+    """A picklable ``dask.array.store`` target: one HDU data region of a FITS file on disk."""
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape = path, int(offset), tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self._raw, self._xor = _raw_dtype(self.dtype)
+
+    def __setitem__(self, key, value) -> None:
+        if math.prod(self.shape) == 0:
+            return
+        mm = np.memmap(self.path, dtype=self._raw, mode="r+", offset=self.offset,
+                       shape=self.shape)
+        try:
+            mm[key] = _encode(np.asarray(value), self.dtype, self._xor)
+            mm.flush()
+        finally:
+            del mm
+
+
+def _raw_dtype(dtype: np.dtype) -> tuple[np.dtype, int]:
+    """On-disk dtype and the XOR that maps physical unsigned values to FITS BZERO storage."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return np.dtype("u1"), 0
+    if dtype.kind == "u":
+        return np.dtype(f">u{dtype.itemsize}"), 1 << (8 * dtype.itemsize - 1)
+    return dtype.newbyteorder(">"), 0
+
+
+def _encode(value: np.ndarray, dtype: np.dtype, xor: int) -> np.ndarray:
+    value = value.astype(dtype, copy=False)
+    if xor:
+        value = value ^ dtype.type(xor)
+    return value
+
+
+def _bitpix(dtype: np.dtype) -> int:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return -8 * dtype.itemsize
+    return 8 * dtype.itemsize
+
+
+def _extension_header(name: str, shape: tuple[int, ...], dtype: np.dtype,
+                      extra: Mapping[str, Any] | None) -> fits.Header:
+    h = fits.Header()
+    h["XTENSION"] = ("IMAGE", "Image extension")
+    h["BITPIX"] = _bitpix(dtype)
+    h["NAXIS"] = len(shape)
+    for i, n in enumerate(reversed(shape), start=1):
+        h[f"NAXIS{i}"] = int(n)
+    h["PCOUNT"] = 0
+    h["GCOUNT"] = 1
+    if np.dtype(dtype).kind == "u" and np.dtype(dtype).itemsize > 1:
+        h["BSCALE"] = 1
+        h["BZERO"] = 1 << (8 * np.dtype(dtype).itemsize - 1)
+    h["EXTNAME"] = (name, "extension name")
+    for k, v in dict(extra or {}).items():
+        h[k] = v
+    return h
+
+
+def _header_source(header_from, ds: xr.Dataset | None) -> fits.Header:
+    """Keywords to copy into a product's primary header."""
+    out = fits.Header()
+    src = header_from
+    if src is None and ds is not None:
+        s = ds.attrs.get("source")
+        if isinstance(s, str) and s.lower().endswith((".fits", ".fit", ".fits.gz")) \
+                and Path(s).is_file():
+            src = s
+    if isinstance(src, str | os.PathLike):
+        p, hdul = _open_fits(src, "header_from file")
+        with hdul:
+            src = hdul[0].header.copy()
+    if isinstance(src, fits.Header):
+        for card in src.cards:
+            if card.keyword and _STRUCTURAL.match(card.keyword):
+                continue
+            try:
+                out.append(card, end=True)
+            except Exception:  # a card astropy cannot re-serialise: skip it
+                continue
+    elif isinstance(src, Mapping):
+        _add_keywords(out, src)
+    elif src is not None:
+        raise TypeError(f"header_from must be a path, a Header or a dict, got {type(src)}")
+    if ds is not None:
+        _add_keywords(out, ds.attrs, only_missing=True)
+    return out
+
+
+def _add_keywords(out: fits.Header, mapping: Mapping[str, Any], only_missing=False) -> None:
+    for k, v in mapping.items():
+        if not isinstance(k, str) or not _KEYWORD.match(k) or _STRUCTURAL.match(k):
+            continue
+        if only_missing and k in out:
+            continue
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, bool | int | float | str):
+            try:
+                out[k] = v
+            except (ValueError, TypeError):
+                continue
+
+
+def _primary_header(copy: fits.Header, datamodl: str, filename: str,
+                    parameters: str | None) -> fits.Header:
+    h = fits.Header()
+    h["SIMPLE"] = True
+    h["BITPIX"] = 8
+    h["NAXIS"] = 0
+    h["EXTEND"] = True
+    h["DATAMODL"] = (datamodl, "Type of data model")
+    h["FILENAME"] = (filename, "Name of the file")
+    if "TELESCOP" not in copy:
+        h["TELESCOP"] = ("JWST", "Telescope used to acquire the data")
+    for card in copy.cards:
+        h.append(card, end=True)
+    h["STCDASKV"] = (_package_version(), "stcal_dask version that wrote this file")
+    if parameters and parameters != "{}":
+        text = f"stcal_dask {_package_version()} parameters: {parameters}"
+        for i in range(0, len(text), 70):
+            h.add_history(text[i:i + 70])
+    return h
+
+
+def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.dtype, dict]],
+                *, overwrite: bool, compute: bool, check_only=()):
+    """Write primary + image extensions (name, array, dtype, extra keywords) atomically."""
+    path = check_target(path, overwrite=overwrite)
+    for other in check_only:
+        check_target(other, overwrite=overwrite)
+    partial = partial_path(path)
+    layout = []
+    pos = 0
+    headers = [primary.tostring(padding=True).encode("ascii")]
+    pos += len(headers[0])
+    for name, arr, dtype, extra in extensions:
+        shape = tuple(int(n) for n in arr.shape)
+        hdr = _extension_header(name, shape, dtype, extra).tostring(padding=True)
+        headers.append(hdr.encode("ascii"))
+        pos += len(headers[-1])
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        layout.append((pos - len(headers[-1]), pos, shape, arr, dtype))
+        pos += -(-nbytes // _BLOCK) * _BLOCK
+    stores_src, stores_dst = [], []
+    try:
+        with open(partial, "wb") as f:
+            f.write(headers[0])
+            for (hdr_pos, _, _, _, _), hdr in zip(layout, headers[1:], strict=True):
+                f.seek(hdr_pos)
+                f.write(hdr)
+            f.truncate(pos)
+        for _, data_pos, shape, arr, dtype in layout:
+            target = _FitsRegion(str(partial), data_pos, shape, dtype)
+            if isinstance(arr, da.Array):
+                stores_src.append(arr)
+                stores_dst.append(target)
+            else:
+                target[...] = np.asarray(arr)
+    except BaseException:
+        remove_path(partial)
+        raise
+    stored = da.store(stores_src, stores_dst, lock=False, compute=False) if stores_src else None
+    if compute:
+        try:
+            if stored is not None:
+                dask.compute(stored)
+            commit(partial, path, overwrite)
+        except BaseException:
+            remove_path(partial)
+            raise
+        return path
+    deps = () if stored is None else (stored,)
+    final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, *deps)
+    return PendingWrite(path=path, partial=partial, delayed=final)
+
+
+def _data(var: xr.DataArray):
+    return var.data
+
+
+def _check_product(ds: xr.Dataset, names, ndim: int, product: str) -> None:
+    if not isinstance(ds, xr.Dataset):
+        raise UserInputError(f"{product}: expected an xarray Dataset, got {type(ds).__name__}")
+    for n in names:
+        if n not in ds.data_vars:
+            raise UserInputError(f"{product} Dataset: missing array {n}")
+        if ndim and ds[n].ndim != ndim:
+            raise UserInputError(
+                f"{product} Dataset: array {n} has {ds[n].ndim} dimensions; expected {ndim}"
+            )
+
+
+_EXT_RATE = {"sci": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON",
+             "var_rnoise": "VAR_RNOISE"}
+
+
+def _write_rate_like(ds, path, header_from, overwrite, compute, ndim, product, datamodl):
+    _check_product(ds, RATE_VARIABLES, ndim, product)
+    exts = []
+    for n, ext in _EXT_RATE.items():
+        dtype, units = RATE_VARIABLES[n]
+        exts.append((ext, _data(ds[n]), dtype, {"BUNIT": units} if units else {}))
+    copy = _header_source(header_from, ds)
+    primary = _primary_header(copy, datamodl, Path(path).name, ds.attrs.get("parameters"))
+    return _write_fits(path, primary, exts, overwrite=overwrite, compute=compute)
+
+
+def write_rate_fits(rate_ds: xr.Dataset, path, *, header_from=None, overwrite: bool = False,
+                    compute: bool = True):
+    """Write a rate Dataset as a JWST ``_rate.fits`` (ImageModel).
+
+    Extensions SCI, ERR (BUNIT DN/s), DQ (uint32), VAR_POISSON, VAR_RNOISE ((DN/s)^2), 2-D.
+    ``header_from``: a FITS path, astropy Header or dict whose primary keywords are copied (default:
+    the Dataset's ``source`` FITS file if any, plus its JWST keyword attrs). Written atomically;
+    dask arrays are computed block-wise into the file. Returns the final ``Path``, or a
+    :class:`~stcal_dask.io.PendingWrite` with ``compute=False``.
+
+    Raises UserInputError if ``path`` exists and ``overwrite`` is False.
+    """
+    return _write_rate_like(rate_ds, path, header_from, overwrite, compute, 2, "rate",
+                            "ImageModel")
+
+
+def write_rateints_fits(rateints_ds: xr.Dataset, path, *, header_from=None,
+                        overwrite: bool = False, compute: bool = True):
+    """Write a rateints Dataset as a JWST ``_rateints.fits`` (CubeModel); the same extensions
+    as :func:`write_rate_fits`, 3-D (nints, ny, nx)."""
+    return _write_rate_like(rateints_ds, path, header_from, overwrite, compute, 3, "rateints",
+                            "CubeModel")
+
+
+def write_fitopt_fits(fitopt_ds: xr.Dataset, path, *, header_from=None, overwrite: bool = False,
+                      compute: bool = True):
+    """Write a fitopt Dataset as a JWST ``_fitopt.fits`` (RampFitOutputModel).
+
+    Extensions in the schema's order: SLOPE, SIGSLOPE, VAR_POISSON, VAR_RNOISE, YINT, SIGYINT
+    (4-D: nints, nsegments, ny, nx), PEDESTAL (3-D), WEIGHTS (4-D), CRMAG (nints, ncr, ny, nx);
+    all float32. Other arguments as in :func:`write_rate_fits`.
+    """
+    _check_product(fitopt_ds, FITOPT_VARIABLES, 0, "fitopt")
+    exts = []
+    for n, (dims, dtype, units) in FITOPT_VARIABLES.items():
+        if fitopt_ds[n].ndim != len(dims):
+            raise UserInputError(
+                f"fitopt Dataset: array {n} has {fitopt_ds[n].ndim} dimensions; expected "
+                f"{len(dims)} {dims}"
+            )
+        exts.append((n.upper(), _data(fitopt_ds[n]), dtype, {"BUNIT": units}))
+    copy = _header_source(header_from, fitopt_ds)
+    primary = _primary_header(copy, "RampFitOutputModel", Path(path).name,
+                              fitopt_ds.attrs.get("parameters"))
+    return _write_fits(path, primary, exts, overwrite=overwrite, compute=compute)
+
+
+def _ramp_extensions(ds: xr.Dataset) -> list:
+    exts = [
+        ("SCI", _data(ds["sci"]), np.dtype(np.float32), {"BUNIT": "DN"}),
+        ("PIXELDQ", _data(ds["pixeldq"]), np.dtype(np.uint32), {}),
+        ("GROUPDQ", _data(ds["groupdq"]), np.dtype(np.uint8), {}),
+    ]
+    if "zeroframe" in ds.data_vars:
+        exts.append(("ZEROFRAME", _data(ds["zeroframe"]), np.dtype(np.float32), {"BUNIT": "DN"}))
+    if "average_dark_current" in ds.data_vars:
+        exts.append(("AVDRKCUR", _data(ds["average_dark_current"]), np.dtype(np.float32),
+                     {"BUNIT": "DN/s"}))
+    return exts
+
+
+def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_from=None,
+                    references: bool = False, compute: bool = True):
+    """Write a ramp Dataset as a JWST ``_ramp.fits`` (RampModel: SCI, PIXELDQ, GROUPDQ, optional
+    ZEROFRAME and AVDRKCUR; timing / subarray keywords in the primary header).
+
+    With ``references=True`` the ``gain`` and ``readnoise`` arrays are also written as reference
+    files at :func:`reference_paths` (``X_gain.fits``, ``X_readnoise.fits``; same ``overwrite``
+    rule, all targets checked before anything is written). Atomic and block-wise as
+    :func:`write_rate_fits`; with ``compute=False`` the references are written immediately only
+    if they are numpy arrays, else they are computed now.
+    """
+    source = str(ds.attrs.get("source", "ramp")) if isinstance(ds, xr.Dataset) else "ramp"
+    ds = validate_ramp(ds, source=source)
+    refs = reference_paths(path) if references else ()
+    for r in refs:
+        check_target(r, overwrite=overwrite)
+    copy = _header_source(header_from, ds)
+    primary = _primary_header(copy, "RampModel", Path(path).name, None)
+    out = _write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite, compute=compute,
+                      check_only=refs)
+    if references:
+        sub = {k: ds.attrs[k] for k in SUBARRAY_KEYWORDS if k in ds.attrs}
+        for r, name, reftype in zip(refs, ("gain", "readnoise"), ("GAIN", "READNOISE"),
+                                    strict=True):
+            write_reference_fits(ds[name].data, r, reftype=reftype, overwrite=overwrite,
+                                 header=sub)
+    return out
+
+
+def write_jump_fits(ds: xr.Dataset, path, *, header_from=None, overwrite: bool = False,
+                    compute: bool = True):
+    """Write the jump-flagged ramp as a JWST ``_jump.fits`` (RampModel layout, see
+    :func:`write_ramp_fits`; gain / readnoise are not written)."""
+    return write_ramp_fits(ds, path, overwrite=overwrite, header_from=header_from,
+                           references=False, compute=compute)
+
+
+_REF_UNITS = {"GAIN": ("electron/DN", "GainModel"), "READNOISE": ("DN", "ReadnoiseModel")}
+
+
+def write_reference_fits(array, path, reftype: str = "GAIN", *, overwrite: bool = False,
+                         header: Mapping[str, Any] | None = None) -> Path:
+    """Write a gain or readnoise reference file (SCI 2-D float32) atomically.
+
+    Parameters
+    ----------
+    array: (ny, nx) numpy or dask array: gain in electron/DN, or CDS read noise in DN.
+    reftype: ``"GAIN"`` or ``"READNOISE"``.
+    header: extra primary keywords, e.g. ``SUBSTRT1, SUBSTRT2, SUBSIZE1, SUBSIZE2`` when the
+        reference is itself a subarray (default: full frame starting at 1, 1).
+    """
+    reftype = str(reftype).upper()
+    if reftype not in _REF_UNITS:
+        raise UserInputError(f"reftype must be 'GAIN' or 'READNOISE', got {reftype!r}")
+    if not hasattr(array, "ndim"):
+        array = np.asarray(array)
+    if array.ndim != 2:
+        raise UserInputError(
+            f"{reftype} reference array has {array.ndim} dimensions; expected 2 (ny, nx)"
+        )
+    units, model = _REF_UNITS[reftype]
+    copy = fits.Header()
+    copy["REFTYPE"] = reftype
+    ny, nx = array.shape
+    _add_keywords(copy, {"SUBSTRT1": 1, "SUBSTRT2": 1, "SUBSIZE1": nx, "SUBSIZE2": ny,
+                         **dict(header or {})})
+    primary = _primary_header(copy, model, Path(path).name, None)
+    return _write_fits(path, primary, [("SCI", array, np.dtype(np.float32), {"BUNIT": units})],
+                       overwrite=overwrite, compute=True)
