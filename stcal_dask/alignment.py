@@ -57,6 +57,7 @@ from stcal_dask.errors import UserInputError
 
 __all__ = [
     "WCSINFO_KEYS",
+    "calc_pixmap",
     "calc_rotation_matrix",
     "compute_fiducial",
     "compute_scale",
@@ -503,6 +504,33 @@ def reproject(wcs1: Any, wcs2: Any):
         return tuple(np.reshape(p, x.shape) for p in pix[:2])
 
     return _reproject
+
+
+def calc_pixmap(wcs_from: Any, wcs_to: Any, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Output-pixel coordinates of every input pixel centre (for drizzling).
+
+    Parameters
+    ----------
+    wcs_from, wcs_to : gwcs.WCS or astropy.wcs.WCS
+        Input and output WCS; bounding boxes are ignored (input pixels that fall outside the
+        output still get coordinates).
+    shape : (ny, nx), optional
+        Input array shape; default ``wcs_from.array_shape``, else ``ceil(hi + 0.5)`` of its
+        bounding box (numpy order, unlike stcal 1.7.1 which transposed ``pixel_shape``).
+
+    Returns
+    -------
+    ndarray, shape (ny, nx, 2), float64
+        ``[..., 0]`` = x and ``[..., 1]`` = y in ``wcs_to`` (0-based).
+    """
+    if shape is None:
+        shape = getattr(wcs_from, "array_shape", None)
+    if shape is None:
+        bb = _resolve_bbox(wcs_from, what="wcs_from")
+        shape = tuple(math.ceil(hi + 0.5) for _, hi in bb)[::-1]
+    ny, nx = (int(s) for s in tuple(shape)[-2:])
+    yy, xx = np.indices((ny, nx), dtype=float)
+    return np.dstack(reproject(wcs_from, wcs_to)(xx, yy))
 
 
 # ---------------------------------------------------------------------------------------------

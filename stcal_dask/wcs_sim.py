@@ -39,6 +39,7 @@ __all__ = [
     "dither_pattern",
     "imaging_wcs",
     "offset_pointing",
+    "simple_imaging_wcs",
 ]
 
 NIRCAM_LW_SCALE = 0.0629970438
@@ -193,3 +194,35 @@ def dither_pattern(
         ra, dec = offset_pointing(center[0], center[1], dx, dy, pa=roll)
         out.append(Pointing(ra, dec, float(roll + k * roll_step)))
     return out
+
+
+def simple_imaging_wcs(
+    fiducial: tuple[float, float],
+    shape: Sequence[int] = (3, 3),
+    scale: tuple[float, float] = (2.8e-5, 2.8e-5),
+    *,
+    frame: str = "fk5",
+) -> gwcs.WCS:
+    """The minimal imaging gwcs of stcal's alignment tests: pixel (0, 0) is the fiducial.
+
+    ``Scale(sx) & Scale(sy) | TAN | RotateNative2Celestial(lon, lat, 180)``, Frame2D
+    ``detector`` -> CelestialFrame (``frame``: ``"fk5"`` or ``"icrs"``), RA increasing with x,
+    bounding box the full frame of ``shape`` (ny, nx). ``scale`` in degrees/pixel.
+    """
+    from astropy.coordinates import FK5
+
+    refs = {"fk5": FK5(), "icrs": ICRS()}
+    if frame not in refs:
+        raise UserInputError(f"frame must be one of {sorted(refs)}, got {frame!r}")
+    ny, nx = (int(s) for s in shape)
+    transform = (
+        (m.Shift(0.0) & m.Shift(0.0))
+        | (m.Scale(scale[0]) & m.Scale(scale[1]))
+        | m.Pix2Sky_TAN()
+        | m.RotateNative2Celestial(fiducial[0], fiducial[1], 180.0)
+    )
+    detector = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
+    sky = cf.CelestialFrame(reference_frame=refs[frame], name=frame, unit=(u.deg, u.deg))
+    w = gwcs.WCS([(detector, transform), (sky, None)])
+    w.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    return w
