@@ -142,11 +142,11 @@ def offset_pointing(ra: float, dec: float, dx: float, dy: float, pa: float = 0.0
     at position angle ``pa`` (deg, East of North) and +x at ``pa - 90`` (West when ``pa = 0``).
     Returns (ra, dec) in degrees, RA in [0, 360)."""
     c, s = math.cos(math.radians(pa)), math.sin(math.radians(pa))
-    # tangent-plane offsets East (e) and North (n); TAN with lon_pole 180 has +x = -RA direction
+    # tangent-plane offsets East (e) and North (n); with lon_pole 180, native +x points East
     e = -dx * c + dy * s
     n = dx * s + dy * c
     tan = m.Pix2Sky_TAN() | m.RotateNative2Celestial(ra % 360.0, dec, 180.0)
-    lon, lat = tan(-e / 3600.0, n / 3600.0)
+    lon, lat = tan(e / 3600.0, n / 3600.0)
     return float(lon % 360.0), float(lat)
 
 
