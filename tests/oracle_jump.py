@@ -69,5 +69,6 @@ def run_stcal_jump(
         nframes=nframes,
         group_time=group_time,
     )
-    gdq, pdq, total, _n_ext = detect_jumps_data(jd)
+    with np.errstate(all="ignore"):
+        gdq, pdq, total, _n_ext = detect_jumps_data(jd)
     return gdq, pdq, int(total)

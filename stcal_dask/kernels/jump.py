@@ -344,7 +344,8 @@ def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
         )
     flat = gain.reshape(-1)
     values = flat[~np.isnan(flat)].copy()
-    return JumpGlobalsPartial(values, _nb.whole_plane_flags(groupdq, dqflags.DO_NOT_USE))
+    plane = _nb.whole_plane_flags(np.ascontiguousarray(groupdq), dqflags.DO_NOT_USE)
+    return JumpGlobalsPartial(values, plane)
 
 
 def merge_jump_globals_partials(*partials: JumpGlobalsPartial) -> JumpGlobalsPartial:
@@ -406,6 +407,7 @@ def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: J
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
     if globals.path != "sigclip":
         raise UserInputError(f"jump: sigclip_reset_partial called on the {globals.path!r} path")
+    data, groupdq, gain = (np.ascontiguousarray(a) for a in (data, groupdq, gain))
     cand = _sigclip_candidates(data, groupdq, gain, params)
     gdq = groupdq.copy()
     gdq[:, 1:] |= cand.astype(gdq.dtype) * np.asarray(dqflags.JUMP_DET, gdq.dtype)
@@ -469,6 +471,8 @@ def detect_jumps_tile(
     if not _is_int(nframes) or int(nframes) < 1:
         raise UserInputError(f"jump: nframes must be an integer >= 1, got {nframes!r}")
     _check_globals(globals, nints, ngroups)
+    # C-contiguous views (no copy for dask blocks / whole frames) keep numba to one signature.
+    data, groupdq, gain = (np.ascontiguousarray(a) for a in (data, groupdq, gain))
     n1 = _after_jump_groups(params.after_jump_flag_time1, group_time)
     n2 = _after_jump_groups(params.after_jump_flag_time2, group_time)
 
