@@ -119,7 +119,8 @@ def _close(name, ours, ref, rtol):
     ok = ~nan_r
     a, b = ours[ok].astype(np.float64), ref[ok].astype(np.float64)
     both_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
-    diff = np.abs(a - b)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - b)
     # relative tolerance, with a floor of float32 resolution of the array's scale for zeros
     tol = rtol * np.abs(b) + 1e-30
     bad = (diff > tol) & ~both_inf
