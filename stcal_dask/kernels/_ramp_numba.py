@@ -197,23 +197,46 @@ def _rnoise_default(rn, gain, tg, seglen):
     return rnum / rden
 
 
+_POWERS = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
+
+
 @numba.njit(**_JIT)
-def _snr_power(snr):
+def _snr_power_index(snr):
+    """Index into ``_POWERS`` of the optimal-weighting exponent for a segment's S/N (§3.5)."""
     if snr < 5.0:
-        return 0.0
+        return 0
     if snr < 10.0:
-        return 0.4
+        return 1
     if snr < 20.0:
-        return 1.0
+        return 2
     if snr < 50.0:
-        return 3.0
+        return 3
     if snr < 100.0:
-        return 6.0
-    return 10.0
+        return 4
+    return 5  # also NaN
 
 
 @numba.njit(**_JIT)
-def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, out):
+def _weight_table(ngroups):
+    """Unscaled optimal weights |(k - c)/c|^P for every exponent and segment length >= 3.
+
+    ``table[p, n, k]`` for exponent ``_POWERS[p]``, segment length ``n`` and sample ``k``; the power
+    is evaluated in single precision as stcal's ``powf`` does. Precomputed once per tile.
+    """
+    powers = np.array(_POWERS, dtype=np.float32)
+    table = np.zeros((6, ngroups + 1, ngroups + 1), dtype=np.float64)
+    for n in range(3, ngroups + 1):
+        mid = float(n - 1) / 2.0
+        invmid = 1.0 / mid
+        for k in range(n):
+            w = np.float32(abs((float(k) - mid) * invmid))
+            for p in range(6):
+                table[p, n, k] = np.float64(w ** powers[p])
+    return table
+
+
+@numba.njit(**_JIT)
+def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wtab, out):
     """Fit one segment; ``out`` = [slope, sigslope, var_p, var_r, var_e, yint, sigyint]."""
     for k in range(7):
         out[k] = 0.0
@@ -243,9 +266,7 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, out
         else:
             s = delta * gain / math.sqrt(den)
             snr = 0.0 if s < 0.0 else s
-        power = np.float32(_snr_power(snr))
-        mid = float(length - 1) / 2.0
-        invmid = 1.0 / mid
+        pidx = _snr_power_index(snr)
         invrn2 = 1.0 / (rn * rn)
         sumw = 0.0
         sumx = 0.0
@@ -253,10 +274,8 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, out
         sumy = 0.0
         sumxy = 0.0
         for k in range(length):
-            xval = float(k)
-            w = abs((xval - mid) * invmid)
-            w = np.float64(np.float32(w) ** power) * invrn2
-            xval += float(start)
+            w = wtab[pidx, length, k] * invrn2
+            xval = float(k) + float(start)
             v = d[base + start + k]
             if math.isnan(v):
                 v = 0.0
@@ -385,6 +404,7 @@ def fit_tile_core(
     ivr = np.empty(nints, dtype=np.float64)
     ierr = np.empty(nints, dtype=np.float64)
     seg = np.empty(7, dtype=np.float64)
+    wtab = _weight_table(ngroups)
 
     for y in range(ny):
         _gather_row_data(data, y, drow)
@@ -549,7 +569,7 @@ def fit_tile_core(
                     for s in range(nk):
                         st = starts[i, s]
                         ln = ends[i, s] - st
-                        _fit_segment(d, base, st, ln, timing1, rn, g, dk, mrate, tg, seg)
+                        _fit_segment(d, base, st, ln, timing1, rn, g, dk, mrate, tg, wtab, seg)
                         inv_r += 1.0 / seg[3]
                         if seg[2] > 0.0:
                             inv_p += 1.0 / seg[2]
