@@ -1,0 +1,601 @@
+"""The mosaic-WCS workflow: many rate products -> footprints on a dask cluster -> output WCS.
+
+Each input is a rate product carrying a gwcs in one of three documented ways:
+
+* a **JWST FITS** file (``*_rate.fits``, ``*_cal.fits``, any ``.fits``) with the gwcs in its ASDF
+  extension (``meta.wcs``) and ``meta.wcsinfo`` -- what the JWST pipeline writes and
+  ``stdatamodels.jwst.datamodels.ImageModel(path).meta.wcs`` reads. We read the ASDF extension
+  directly (no stdatamodels import needed on the workers); :func:`write_rate_fits_with_wcs`
+  writes such files (needs stdatamodels).
+* a **zarr rate store** (a directory) whose root attributes hold ``wcs_asdf`` (the gwcs as ASDF
+  text, arrays inline, see :func:`wcs_to_asdf_text`) and ``wcsinfo`` (a dict). Add them to a
+  Dataset's attrs before writing it (:func:`wcs_attrs`) or to an existing store
+  (:func:`attach_wcs`). The array shape comes from the store's ``sci`` variable.
+* a **sidecar ASDF** file whose tree has ``wcs`` and optionally ``wcsinfo`` and ``shape``.
+
+:func:`compute_footprints` computes one footprint per exposure, one dask task each (``client.map``
+on a distributed cluster, else ``dask.delayed`` on the current scheduler); only small arrays come
+back. :func:`build_mosaic_wcs` turns them into the output WCS with
+:func:`stcal_dask.alignment.wcs_from_sregions` (the first input is the reference: frames, pixel
+scale at its ``(ra_ref, dec_ref)``, orientation from its ``roll_ref, v3yangle, vparity``), and
+:func:`write_mosaic_wcs` writes it as ASDF atomically (temporary name, then rename), with the
+output shape, bounding box, CRPIX/CRVAL/pixel scale/PC, S_REGION and the inputs' footprints.
+
+CLI: ``stcal-dask mosaic-wcs INPUTS... --output mosaic_wcs.asdf [--pscale ARCSEC]
+[--pscale-ratio R] [--rotation DEG] [--crval RA DEC] [--crpix X Y] [--shape NY NX]
+[--align-edges] [--overwrite] [--scheduler ADDRESS] [--n-workers N]`` (:func:`add_parser`,
+:func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import asdf
+import gwcs
+import numpy as np
+
+from stcal_dask import alignment as al
+from stcal_dask.errors import UserInputError
+
+__all__ = [
+    "WCSINFO_ATTR",
+    "WCS_ATTR",
+    "ExposureFootprint",
+    "ExposureWCS",
+    "MosaicWCS",
+    "add_parser",
+    "attach_wcs",
+    "build_mosaic_wcs",
+    "compute_footprints",
+    "exposure_footprint",
+    "read_exposure_wcs",
+    "read_mosaic_wcs",
+    "run",
+    "wcs_attrs",
+    "wcs_from_asdf_text",
+    "wcs_to_asdf_text",
+    "write_mosaic_wcs",
+    "write_rate_fits_with_wcs",
+]
+
+WCS_ATTR = "wcs_asdf"
+"""zarr store attribute holding the exposure's gwcs as ASDF text."""
+WCSINFO_ATTR = "wcsinfo"
+"""zarr store attribute holding the exposure's wcsinfo dict (ra_ref, dec_ref, roll_ref, ...)."""
+
+
+class ExposureWCS(NamedTuple):
+    """The WCS of one input product."""
+
+    path: str
+    wcs: gwcs.WCS
+    """Bounding box set (from the array shape when the stored WCS has none)."""
+    wcsinfo: dict | None
+    """ra_ref, dec_ref, roll_ref, v3yangle (deg), vparity, ... or None when absent."""
+    shape: tuple[int, int] | None
+    """(ny, nx) of the science array, when known."""
+
+
+class ExposureFootprint(NamedTuple):
+    """What a footprint task sends back (small)."""
+
+    path: str
+    footprint: np.ndarray
+    """(4, 2) (RA, Dec) degrees of the bounding-box corners (pixel edges), RA in [0, 360)."""
+    wcsinfo: dict | None
+    shape: tuple[int, int] | None
+    wcs: gwcs.WCS | None
+    """Only for the reference exposure (``with_wcs=True``), else None."""
+
+
+class MosaicWCS(NamedTuple):
+    """The output WCS and what it was built from."""
+
+    wcs: gwcs.WCS
+    exposures: list[ExposureFootprint]
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialising and attaching WCSs
+# ---------------------------------------------------------------------------------------------
+
+
+def wcs_to_asdf_text(wcs: gwcs.WCS) -> str:
+    """A gwcs as a self-contained ASDF document (text; every array inline)."""
+    buf = io.BytesIO()
+    asdf.AsdfFile({"wcs": wcs}).write_to(buf, all_array_storage="inline")
+    return buf.getvalue().decode("utf-8")
+
+
+def wcs_from_asdf_text(text: str, what: str = "wcs_asdf") -> gwcs.WCS:
+    """Inverse of :func:`wcs_to_asdf_text`."""
+    try:
+        with asdf.open(io.BytesIO(text.encode("utf-8")), lazy_load=False, memmap=False) as af:
+            wcs = af.tree["wcs"]
+    except Exception as exc:  # asdf/yaml raise many kinds
+        raise UserInputError(f"{what} is not a valid ASDF gwcs ({type(exc).__name__})") from None
+    if not isinstance(wcs, gwcs.WCS):
+        raise UserInputError(f"{what} holds a {type(wcs).__name__}, not a gwcs.WCS")
+    return wcs
+
+
+def _plain_wcsinfo(wcsinfo) -> dict:
+    info = wcsinfo.instance if hasattr(wcsinfo, "instance") else wcsinfo
+    out = {}
+    for k, v in dict(info).items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[str(k)] = v
+    return out
+
+
+def wcs_attrs(wcs: gwcs.WCS, wcsinfo) -> dict:
+    """Attributes to merge into a rate Dataset's ``attrs`` before writing its zarr store."""
+    if not isinstance(wcs, gwcs.WCS):
+        raise UserInputError(f"wcs must be a gwcs.WCS, got {type(wcs).__name__}")
+    return {WCS_ATTR: wcs_to_asdf_text(wcs), WCSINFO_ATTR: _plain_wcsinfo(wcsinfo)}
+
+
+def attach_wcs(store, wcs: gwcs.WCS, wcsinfo) -> None:
+    """Add the gwcs and wcsinfo to the root attributes of an existing zarr store."""
+    import zarr
+
+    p = Path(os.fspath(store))
+    if not p.is_dir():
+        raise UserInputError(f"zarr store {p} does not exist")
+    group = zarr.open_group(str(p), mode="r+")
+    group.attrs.update(wcs_attrs(wcs, wcsinfo))
+
+
+def write_rate_fits_with_wcs(
+    path,
+    sci: np.ndarray,
+    wcs: gwcs.WCS,
+    wcsinfo,
+    *,
+    err: np.ndarray | None = None,
+    dq: np.ndarray | None = None,
+    var_poisson: np.ndarray | None = None,
+    var_rnoise: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a JWST-style ``_rate.fits`` (stdatamodels ImageModel) carrying ``meta.wcs``.
+
+    ``sci``/``err`` in DN/s, ``dq`` uint32, variances in (DN/s)^2, all (ny, nx). Written under a
+    temporary name and renamed into place. Requires the ``stdatamodels`` package.
+    """
+    from stcal_dask.io._atomic import check_target, commit, partial_path, remove_path
+
+    try:
+        from stdatamodels.jwst.datamodels import ImageModel
+    except ImportError as exc:  # pragma: no cover - stdatamodels is in the test extra
+        raise UserInputError("writing JWST FITS with a WCS needs stdatamodels installed") from exc
+    path = check_target(path, overwrite=overwrite)
+    sci = np.asarray(sci, dtype=np.float32)
+    if sci.ndim != 2:
+        raise UserInputError(f"sci must be 2-D (ny, nx), got shape {sci.shape}")
+    arrays = {"data": sci}
+    for name, arr, dtype in (
+        ("err", err, np.float32),
+        ("dq", dq, np.uint32),
+        ("var_poisson", var_poisson, np.float32),
+        ("var_rnoise", var_rnoise, np.float32),
+    ):
+        if arr is not None:
+            arr = np.asarray(arr, dtype=dtype)
+            if arr.shape != sci.shape:
+                raise UserInputError(f"{name} has shape {arr.shape}, sci has {sci.shape}")
+            arrays[name] = arr
+    model = ImageModel(**arrays)
+    model.meta.wcs = wcs
+    for key, value in _plain_wcsinfo(wcsinfo).items():
+        setattr(model.meta.wcsinfo, key, value)
+    partial = partial_path(path).with_suffix(".fits")
+    try:
+        model.save(str(partial))
+        commit(partial, path, overwrite)
+    except BaseException:
+        remove_path(partial)
+        raise
+    finally:
+        model.close()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an exposure's WCS
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_fits(p: Path) -> tuple[gwcs.WCS | None, dict | None, tuple[int, int] | None]:
+    from astropy.io import fits
+
+    try:
+        with fits.open(p, memmap=False) as hdul:
+            shape = None
+            if "SCI" in hdul:
+                h = hdul["SCI"].header
+                if h.get("NAXIS", 0) >= 2:
+                    shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
+            if "ASDF" not in hdul:
+                raise UserInputError(f"{p} has no ASDF extension, so no gwcs (meta.wcs)")
+            raw = bytes(hdul["ASDF"].data["ASDF_METADATA"][0])
+    except OSError as exc:
+        raise UserInputError(f"{p} is not a readable FITS file ({exc})") from None
+    with warnings.catch_warnings():
+        # the data arrays are references into the FITS HDUs; we only need the metadata
+        warnings.simplefilter("ignore", asdf.exceptions.AsdfConversionWarning)
+        warnings.simplefilter("ignore", asdf.exceptions.AsdfWarning)
+        with asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False) as af:
+            meta = af.tree.get("meta", {})
+            wcs = meta.get("wcs")
+            wcsinfo = meta.get("wcsinfo")
+            wcsinfo = dict(wcsinfo) if wcsinfo is not None else None
+    return wcs, wcsinfo, shape
+
+
+def _read_zarr(p: Path):
+    import zarr
+
+    try:
+        group = zarr.open_group(str(p), mode="r")
+    except Exception as exc:  # zarr raises a variety of errors for non-stores
+        raise UserInputError(f"{p} is not a zarr store ({type(exc).__name__})") from None
+    attrs = dict(group.attrs)
+    if WCS_ATTR not in attrs:
+        raise UserInputError(
+            f"zarr store {p} has no '{WCS_ATTR}' attribute (attach one with "
+            "stcal_dask.mosaic.attach_wcs)"
+        )
+    wcs = wcs_from_asdf_text(attrs[WCS_ATTR], f"{p} attribute '{WCS_ATTR}'")
+    shape = None
+    if "sci" in group:
+        shape = tuple(int(s) for s in group["sci"].shape[-2:])
+    return wcs, attrs.get(WCSINFO_ATTR), shape
+
+
+def _read_asdf(p: Path):
+    try:
+        with asdf.open(p, lazy_load=False, memmap=False) as af:
+            tree = af.tree
+            wcs = tree.get("wcs")
+            info = tree.get("wcsinfo")
+            shape = tree.get("shape")
+            info = dict(info) if info is not None else None
+            shape = tuple(int(s) for s in shape) if shape is not None else None
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{p} is not a readable ASDF file ({exc})") from None
+    return wcs, info, shape
+
+
+def read_exposure_wcs(path) -> ExposureWCS:
+    """Read the gwcs, wcsinfo and array shape of one input (FITS, zarr store or ASDF sidecar).
+
+    A WCS without a bounding box gets the full-frame box of the array shape.
+    """
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise UserInputError(f"input {p} does not exist")
+    name = p.name.lower()
+    if p.is_dir():
+        wcs, info, shape = _read_zarr(p)
+    elif name.endswith((".fits", ".fit", ".fits.gz")):
+        wcs, info, shape = _read_fits(p)
+    elif name.endswith(".asdf"):
+        wcs, info, shape = _read_asdf(p)
+    else:
+        raise UserInputError(
+            f"input {p}: expected a JWST .fits file, a zarr store directory or an .asdf file"
+        )
+    if not isinstance(wcs, gwcs.WCS):
+        raise UserInputError(f"input {p} carries no gwcs (meta.wcs / '{WCS_ATTR}' / 'wcs')")
+    if wcs.bounding_box is None:
+        if shape is None and wcs.pixel_shape is not None:
+            shape = tuple(wcs.pixel_shape[::-1])
+        if shape is None:
+            raise UserInputError(f"input {p}: its WCS has no bounding box and no array shape")
+        wcs.bounding_box = al.wcs_bbox_from_shape(shape)
+    if info is not None:
+        info = _plain_wcsinfo(info)
+    return ExposureWCS(str(p), wcs, info, shape)
+
+
+def exposure_footprint(path, with_wcs: bool = False) -> ExposureFootprint:
+    """One footprint task: read an input's WCS and return its footprint (pixel-edge corners)."""
+    exp = read_exposure_wcs(path)
+    try:
+        fp = al.footprint(exp.wcs)[:, :2]
+    except UserInputError as exc:
+        raise UserInputError(f"input {exp.path}: {exc}") from None
+    if fp.shape != (4, 2) or not np.all(np.isfinite(fp)):
+        raise UserInputError(f"input {exp.path}: footprint is not 4 finite (RA, Dec) corners")
+    fp = fp.copy()
+    fp[:, 0] %= 360.0
+    return ExposureFootprint(exp.path, fp, exp.wcsinfo, exp.shape, exp.wcs if with_wcs else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# On the cluster
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_footprints(paths: Sequence, client=None, ref_index: int = 0) -> list[ExposureFootprint]:
+    """Footprints of many inputs, one task per input (the reference also returns its gwcs).
+
+    With a ``distributed.Client`` the tasks are submitted with ``client.map``; otherwise they are
+    ``dask.delayed`` calls computed on the current dask scheduler (a default distributed client
+    if one is active, else threads). Order follows ``paths``.
+    """
+    paths = [str(Path(os.fspath(p)).expanduser()) for p in paths]
+    if not paths:
+        raise UserInputError("no inputs given: need at least one rate product")
+    if not 0 <= ref_index < len(paths):
+        raise UserInputError(f"reference index {ref_index} outside the {len(paths)} inputs")
+    flags = [i == ref_index for i in range(len(paths))]
+    if client is not None:
+        futures = client.map(
+            exposure_footprint,
+            paths,
+            flags,
+            pure=False,
+            key=[f"mosaic-footprint-{i}-{os.path.basename(p)}" for i, p in enumerate(paths)],
+        )
+        try:
+            return list(client.gather(futures))
+        finally:
+            for f in futures:
+                f.release()
+    import dask
+
+    tasks = [
+        dask.delayed(exposure_footprint, pure=True, name=f"mosaic-footprint-{i}")(p, flag)
+        for i, (p, flag) in enumerate(zip(paths, flags, strict=True))
+    ]
+    return list(dask.compute(*tasks))
+
+
+def build_mosaic_wcs(
+    paths: Sequence,
+    *,
+    client=None,
+    pscale: float | None = None,
+    pscale_ratio: float | None = None,
+    rotation: float | None = None,
+    crval: Sequence[float] | None = None,
+    crpix: Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
+    align_edges: bool = False,
+) -> MosaicWCS:
+    """Output WCS of a mosaic of ``paths`` (footprints computed on the cluster).
+
+    Parameters are those of :func:`stcal_dask.alignment.wcs_from_sregions`: ``pscale`` in
+    degrees/pixel, ``rotation`` degrees, ``crval`` (RA, Dec) degrees, ``crpix`` 0-based (x, y),
+    ``shape`` (ny, nx). The first input is the reference and must carry wcsinfo.
+    """
+    records = compute_footprints(paths, client=client)
+    ref = records[0]
+    if ref.wcsinfo is None:
+        raise UserInputError(
+            f"reference input {ref.path} has no wcsinfo (ra_ref, dec_ref, roll_ref, v3yangle, "
+            "vparity)"
+        )
+    try:
+        al.wcsinfo_from(ref.wcsinfo)
+    except UserInputError as exc:
+        raise UserInputError(f"reference input {ref.path}: {exc}") from None
+    wcs = al.wcs_from_sregions(
+        [r.footprint for r in records],
+        ref.wcs,
+        ref.wcsinfo,
+        pscale_ratio=pscale_ratio,
+        pscale=pscale,
+        rotation=rotation,
+        shape=shape,
+        crpix=crpix,
+        crval=crval,
+        align_edges=align_edges,
+    )
+    return MosaicWCS(wcs, records)
+
+
+def write_mosaic_wcs(
+    mosaic: MosaicWCS | gwcs.WCS, path, *, overwrite: bool = False, parameters=None
+) -> Path:
+    """Write the output WCS as ASDF, atomically (``.NAME.partial-*`` then rename).
+
+    Tree: ``wcs`` (gwcs with bounding box and pixel shape), ``shape`` [ny, nx],
+    ``bounding_box`` [[xlo, xhi], [ylo, yhi]], ``crpix`` (0-based), ``crval`` (deg), ``pixel_scale``
+    (deg/pixel), ``pc``, ``s_region`` (pixel edges), and when known ``inputs`` and
+    ``input_footprints`` ((4, 2) RA/Dec each) plus the ``parameters`` used.
+    """
+    from stcal_dask import __version__
+    from stcal_dask.io._atomic import check_target, commit, partial_path, remove_path
+
+    wcs, records = (mosaic.wcs, mosaic.exposures) if isinstance(mosaic, MosaicWCS) else (mosaic, [])
+    path = check_target(path, overwrite=overwrite, what="output WCS")
+    bbox = wcs.bounding_box.bounding_box(order="F")
+    tree: dict[str, Any] = {
+        "wcs": wcs,
+        "shape": [int(s) for s in wcs.array_shape],
+        "bounding_box": [[float(lo), float(hi)] for lo, hi in bbox],
+        "s_region": al.compute_s_region_keyword(_wrap(al.footprint(wcs))),
+        "software": {"name": "stcal_dask", "version": __version__},
+    }
+    ft = wcs.forward_transform
+    if hasattr(ft, "crpix"):
+        tree["crpix"] = [float(v) for v in np.ravel(ft.crpix.value)]
+        tree["crval"] = [float(v) for v in np.ravel(ft.crval.value)]
+        tree["pixel_scale"] = float(np.ravel(ft.cdelt.value)[0])
+        tree["pc"] = np.asarray(ft.pc.value, dtype=float).tolist()
+    if records:
+        tree["inputs"] = [r.path for r in records]
+        tree["input_footprints"] = [np.asarray(r.footprint, float).tolist() for r in records]
+    if parameters:
+        tree["parameters"] = {k: v for k, v in dict(parameters).items() if v is not None}
+    partial = partial_path(path)
+    try:
+        asdf.AsdfFile(tree).write_to(str(partial), all_array_storage="inline")
+        commit(partial, path, overwrite)
+    except BaseException:
+        remove_path(partial)
+        raise
+    return path
+
+
+def _wrap(fp: np.ndarray) -> np.ndarray:
+    fp = np.array(fp[:, :2], dtype=float)
+    fp[:, 0] %= 360.0
+    return fp
+
+
+def read_mosaic_wcs(path) -> gwcs.WCS:
+    """Read the gwcs written by :func:`write_mosaic_wcs`."""
+    wcs, _, _ = _read_asdf(Path(os.fspath(path)))
+    if not isinstance(wcs, gwcs.WCS):
+        raise UserInputError(f"{path} holds no 'wcs' gwcs")
+    return wcs
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mosaic-wcs`` on an ``argparse`` subparsers object; returns the sub-parser."""
+    p = subparsers.add_parser(
+        "mosaic-wcs",
+        help="compute the output WCS of a mosaic of rate products",
+        description=(
+            "Compute the footprints of many rate products on a dask cluster (one task per "
+            "exposure) and write the mosaic's output WCS (gwcs with shape and bounding box) as "
+            "ASDF. Inputs: JWST FITS files with a gwcs in their ASDF extension, zarr rate stores "
+            "with a 'wcs_asdf' attribute, or .asdf files with a 'wcs'. The first input is the "
+            "reference (pixel scale and orientation); numbers match stcal 1.20.0's "
+            "wcs_from_sregions."
+        ),
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="rate products (the first is the reference)"
+    )
+    p.add_argument("--output", "-o", required=True, help="output ASDF file (e.g. mosaic_wcs.asdf)")
+    p.add_argument(
+        "--pscale",
+        type=float,
+        default=None,
+        metavar="ARCSEC",
+        help="output pixel scale in arcsec/pixel (default: the reference's, times --pscale-ratio)",
+    )
+    p.add_argument(
+        "--pscale-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="output/input pixel-scale ratio (ignored with --pscale)",
+    )
+    p.add_argument(
+        "--rotation",
+        type=float,
+        default=None,
+        metavar="DEG",
+        help="position angle of the output +y axis East of North (default: reference detector)",
+    )
+    p.add_argument(
+        "--crval",
+        type=float,
+        nargs=2,
+        metavar=("RA", "DEC"),
+        default=None,
+        help="world coordinates (deg) of the reference pixel (default: centre)",
+    )
+    p.add_argument(
+        "--crpix",
+        type=float,
+        nargs=2,
+        metavar=("X", "Y"),
+        default=None,
+        help="0-based pixel of CRVAL (default: from the footprints)",
+    )
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        metavar=("NY", "NX"),
+        default=None,
+        help="output array shape (default: from the footprints)",
+    )
+    p.add_argument(
+        "--align-edges",
+        action="store_true",
+        help="put the union of footprints exactly on pixel edges (no half-pixel loss; "
+        "differs from stcal by 0.5 px in CRPIX)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="dask scheduler address tcp://HOST:PORT (default: a local cluster)",
+    )
+    p.add_argument(
+        "--n-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes of the local cluster (default: CPU cores)",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mosaic-wcs``; returns 0. User mistakes raise :class:`UserInputError` (one line)."""
+    from stcal_dask.cluster import get_client
+    from stcal_dask.io._atomic import check_target
+
+    # fail before starting a cluster when the output exists or inputs are missing
+    check_target(args.output, overwrite=args.overwrite, what="output WCS")
+    for p in args.inputs:
+        if not Path(p).expanduser().exists():
+            raise UserInputError(f"input {p} does not exist")
+    pscale = getattr(args, "pscale", None)
+    if pscale is not None and not (math.isfinite(pscale) and pscale > 0):
+        raise UserInputError(f"--pscale must be > 0 arcsec, got {pscale}")
+    options = {
+        "pscale": None if pscale is None else pscale / 3600.0,
+        "pscale_ratio": getattr(args, "pscale_ratio", None),
+        "rotation": getattr(args, "rotation", None),
+        "crval": getattr(args, "crval", None),
+        "crpix": getattr(args, "crpix", None),
+        "shape": getattr(args, "shape", None),
+        "align_edges": bool(getattr(args, "align_edges", False)),
+    }
+    with get_client(getattr(args, "scheduler", None), getattr(args, "n_workers", None)) as client:
+        mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
+    out = write_mosaic_wcs(mosaic, args.output, overwrite=args.overwrite, parameters=options)
+    ny, nx = mosaic.wcs.array_shape
+    scale = (
+        float(
+            al.compute_scale(
+                mosaic.wcs,
+                mosaic.wcs.forward_transform(
+                    *[(lo + hi) / 2 for lo, hi in mosaic.wcs.bounding_box.bounding_box(order="F")]
+                ),
+            )
+        )
+        * 3600.0
+    )
+    print(
+        f"mosaic-wcs: {len(mosaic.exposures)} exposures -> {ny} x {nx} pixels "
+        f"at {scale:.6f} arcsec/pixel; wrote {out}"
+    )
+    return 0
