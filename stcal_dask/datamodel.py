@@ -473,9 +473,11 @@ def make_ramp_dataset(
     }
     data_vars = {}
     for name, arr in arrays.items():
-        if arr is None:
-            continue
         spec = RAMP_VARIABLES[name]
+        if arr is None:
+            if spec.required:
+                raise UserInputError(f"{source}: missing array {name}")
+            continue
         if not hasattr(arr, "ndim") or not hasattr(arr, "dtype"):
             arr = np.asarray(arr)
         if arr.ndim != len(spec.dims):
@@ -484,6 +486,15 @@ def make_ramp_dataset(
                 f"expected {len(spec.dims)}: {spec.dims}"
             )
         data_vars[name] = xr.Variable(spec.dims, arr, {"units": spec.units})
+    nints, ngroups, ny, nx = data_vars["sci"].shape
+    sizes = {"integration": nints, "group": ngroups, "y": ny, "x": nx}
+    for name, var in data_vars.items():
+        expected = tuple(sizes[d] for d in var.dims)
+        if tuple(var.shape) != expected:
+            raise UserInputError(
+                f"{source}: array {name} has shape {tuple(var.shape)}; expected {expected} "
+                f"to match sci {tuple(data_vars['sci'].shape)}"
+            )
     attrs = dict(timing) if isinstance(timing, Mapping) else {}
     if not isinstance(timing, Mapping):
         _check_timing(timing, source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ import dask
 
 from stcal_dask.errors import UserInputError
 
-__all__ = ["PendingWrite", "check_target", "commit", "partial_path", "remove_path"]
+__all__ = [
+    "PendingWrite", "check_target", "cleanup_failed", "commit", "partial_path", "remove_path"
+]
 
 
 def check_target(path, *, overwrite: bool, what: str = "output") -> Path:
@@ -49,6 +52,25 @@ def remove_path(p) -> None:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+def cleanup_failed(p, settle_s: float = 0.5) -> None:
+    """Remove a partial output after a failed computation.
+
+    When one task fails, the scheduler raises while other write tasks may still be running and
+    can recreate (parts of) a zarr partial store; keep removing it until it stays gone for
+    ``settle_s`` seconds. (A partial FITS file is not recreated: writers open it ``r+``.)
+    """
+    was_dir = Path(p).is_dir()
+    remove_path(p)
+    if not was_dir:
+        return
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle_s:
+        time.sleep(0.05)
+        if Path(p).exists():
+            remove_path(p)
+            quiet_since = time.monotonic()
 
 
 def commit(partial, path, overwrite: bool, *_deps: Any) -> str:
@@ -84,22 +106,28 @@ class PendingWrite:
         other outputs in one ``dask.compute`` call, under a progress bar) writes the data and
         renames the output into place; its result is ``str(path)``.
 
+    also_partial: further temporary outputs written by the same ``delayed`` (e.g. the reference
+        files written with a ramp); :meth:`abort` removes them too.
+
     If the computation fails or is interrupted, call :meth:`abort` to remove the partial output.
     """
 
     path: Path
     partial: Path
     delayed: Any
+    also_partial: tuple[Path, ...] = ()
 
     def compute(self, **kwargs) -> Path:
         """Compute the write now (``kwargs`` go to ``dask.compute``); abort on failure."""
         try:
             dask.compute(self.delayed, **kwargs)
         except BaseException:
-            self.abort()
+            for p in (self.partial, *self.also_partial):
+                cleanup_failed(p)
             raise
         return self.path
 
     def abort(self) -> None:
-        """Remove the partial output (safe to call more than once)."""
-        remove_path(self.partial)
+        """Remove the partial output(s) (safe to call more than once)."""
+        for p in (self.partial, *self.also_partial):
+            remove_path(p)

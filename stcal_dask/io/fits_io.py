@@ -59,7 +59,14 @@ from stcal_dask.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io._atomic import PendingWrite, check_target, commit, partial_path, remove_path
+from stcal_dask.io._atomic import (
+    PendingWrite,
+    check_target,
+    cleanup_failed,
+    commit,
+    partial_path,
+    remove_path,
+)
 
 __all__ = [
     "JWST_SUFFIXES",
@@ -568,7 +575,7 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
                 dask.compute(stored)
             commit(partial, path, overwrite)
         except BaseException:
-            remove_path(partial)
+            cleanup_failed(partial)
             raise
         return path
     deps = () if stored is None else (stored,)
@@ -668,6 +675,10 @@ def _ramp_extensions(ds: xr.Dataset) -> list:
     return exts
 
 
+def _first(*results):
+    return results[0]
+
+
 def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_from=None,
                     references: bool = False, compute: bool = True):
     """Write a ramp Dataset as a JWST ``_ramp.fits`` (RampModel: SCI, PIXELDQ, GROUPDQ, optional
@@ -675,26 +686,41 @@ def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_fro
 
     With ``references=True`` the ``gain`` and ``readnoise`` arrays are also written as reference
     files at :func:`reference_paths` (``X_gain.fits``, ``X_readnoise.fits``; same ``overwrite``
-    rule, all targets checked before anything is written). Atomic and block-wise as
-    :func:`write_rate_fits`; with ``compute=False`` the references are written immediately only
-    if they are numpy arrays, else they are computed now.
+    rule, all targets checked before anything is written), in the same dask computation as the
+    ramp (so a lazily simulated ramp is generated once). Atomic and block-wise as
+    :func:`write_rate_fits`. Returns the ramp's final ``Path``, or with ``compute=False`` one
+    :class:`~stcal_dask.io.PendingWrite` covering all files.
     """
     source = str(ds.attrs.get("source", "ramp")) if isinstance(ds, xr.Dataset) else "ramp"
     ds = validate_ramp(ds, source=source)
     refs = reference_paths(path) if references else ()
+    check_target(path, overwrite=overwrite)
     for r in refs:
         check_target(r, overwrite=overwrite)
     copy = _header_source(header_from, ds)
     primary = _primary_header(copy, "RampModel", Path(path).name, None)
-    out = _write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite, compute=compute,
-                      check_only=refs)
-    if references:
-        sub = {k: ds.attrs[k] for k in SUBARRAY_KEYWORDS if k in ds.attrs}
-        for r, name, reftype in zip(refs, ("gain", "readnoise"), ("GAIN", "READNOISE"),
-                                    strict=True):
-            write_reference_fits(ds[name].data, r, reftype=reftype, overwrite=overwrite,
-                                 header=sub)
-    return out
+    pendings = [_write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite,
+                            compute=False)]
+    try:
+        if references:
+            sub = {k: ds.attrs[k] for k in SUBARRAY_KEYWORDS if k in ds.attrs}
+            for r, name, reftype in zip(refs, ("gain", "readnoise"), ("GAIN", "READNOISE"),
+                                        strict=True):
+                pendings.append(write_reference_fits(
+                    ds[name].data, r, reftype=reftype, overwrite=overwrite, header=sub,
+                    compute=False,
+                ))
+    except BaseException:
+        for p in pendings:
+            p.abort()
+        raise
+    main = pendings[0]
+    pending = PendingWrite(
+        path=main.path, partial=main.partial,
+        delayed=dask.delayed(_first, pure=False)(*(p.delayed for p in pendings)),
+        also_partial=tuple(p.partial for p in pendings[1:]),
+    )
+    return pending.compute() if compute else pending
 
 
 def write_jump_fits(ds: xr.Dataset, path, *, header_from=None, overwrite: bool = False,
@@ -709,7 +735,7 @@ _REF_UNITS = {"GAIN": ("electron/DN", "GainModel"), "READNOISE": ("DN", "Readnoi
 
 
 def write_reference_fits(array, path, reftype: str = "GAIN", *, overwrite: bool = False,
-                         header: Mapping[str, Any] | None = None) -> Path:
+                         header: Mapping[str, Any] | None = None, compute: bool = True):
     """Write a gain or readnoise reference file (SCI 2-D float32) atomically.
 
     Parameters
@@ -718,6 +744,7 @@ def write_reference_fits(array, path, reftype: str = "GAIN", *, overwrite: bool 
     reftype: ``"GAIN"`` or ``"READNOISE"``.
     header: extra primary keywords, e.g. ``SUBSTRT1, SUBSTRT2, SUBSIZE1, SUBSIZE2`` when the
         reference is itself a subarray (default: full frame starting at 1, 1).
+    compute: as in :func:`write_rate_fits`.
     """
     reftype = str(reftype).upper()
     if reftype not in _REF_UNITS:
@@ -736,4 +763,4 @@ def write_reference_fits(array, path, reftype: str = "GAIN", *, overwrite: bool 
                          **dict(header or {})})
     primary = _primary_header(copy, model, Path(path).name, None)
     return _write_fits(path, primary, [("SCI", array, np.dtype(np.float32), {"BUNIT": units})],
-                       overwrite=overwrite, compute=True)
+                       overwrite=overwrite, compute=compute)

@@ -35,7 +35,14 @@ from stcal_dask.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io._atomic import PendingWrite, check_target, commit, partial_path, remove_path
+from stcal_dask.io._atomic import (
+    PendingWrite,
+    check_target,
+    cleanup_failed,
+    commit,
+    partial_path,
+    remove_path,
+)
 
 __all__ = ["PendingWrite", "open_ramp", "simulate_to_zarr", "write_dataset_atomic", "write_ramp"]
 
@@ -110,7 +117,7 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
             dask.compute(delayed_write)
             commit(partial, path, overwrite)
         except BaseException:
-            remove_path(partial)
+            cleanup_failed(partial)
             raise
         return path
     final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, delayed_write)

@@ -1,0 +1,234 @@
+"""Zarr ramp stores: round trip, chunking, laziness, errors, atomic writes, simulate_to_zarr."""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from zarr.storage import LocalStore
+
+from stcal_dask.datamodel import choose_tile_size, ramp_from_exposure, rate_dataset
+from stcal_dask.errors import UserInputError
+from stcal_dask.io import (
+    PendingWrite,
+    open_product,
+    open_ramp,
+    simulate_ramp_lazy,
+    simulate_to_zarr,
+    write_dataset_atomic,
+    write_ramp,
+)
+from stcal_dask.simulate import SimulationConfig, simulate_exposure
+
+
+@pytest.fixture
+def ramp(small_exposure):
+    return ramp_from_exposure(small_exposure)
+
+
+def _assert_same(a: xr.Dataset, b: xr.Dataset):
+    assert set(a.data_vars) == set(b.data_vars)
+    for n in a.data_vars:
+        assert a[n].dtype == b[n].dtype, n
+        assert a[n].dims == b[n].dims, n
+        np.testing.assert_array_equal(a[n].values, b[n].values, err_msg=n)
+
+
+def test_round_trip_and_chunks(tmp_path, ramp):
+    out = write_ramp(ramp, tmp_path / "r.zarr", tile=(16, 20))
+    assert out == tmp_path / "r.zarr"
+    back = open_ramp(out)
+    _assert_same(back, ramp)
+    assert back.sci.data.chunks == ((2,), (6,), (16, 16, 8), (20, 20, 10))
+    assert back.pixeldq.data.chunks == ((16, 16, 8), (20, 20, 10))
+    for key in ("NINTS", "NGROUPS", "NFRAMES", "GROUPGAP", "TFRAME", "TGROUP", "DRPFRMS1"):
+        assert back.attrs[key] == ramp.attrs[key]
+    assert back.attrs["source"] == str(out)
+    assert back.sci.attrs["units"] == "DN"
+    # xarray alone opens the store too
+    plain = xr.open_zarr(out, consolidated=False)
+    assert plain.groupdq.dtype == np.uint8
+    # re-chunk on open
+    assert open_ramp(out, chunks=(40, 50)).sci.data.chunks[2:] == ((40,), (50,))
+
+
+def test_automatic_tile_from_budget(tmp_path, ramp):
+    budget = 200_000
+    write_ramp(ramp, tmp_path / "r.zarr", memory_budget_bytes=budget)
+    back = open_ramp(tmp_path / "r.zarr")
+    ty, tx = choose_tile_size(2, 6, 40, 50, budget)
+    assert back.sci.data.chunks[2][0] == ty and back.sci.data.chunks[3][0] == tx
+    assert (ty, tx) != (40, 50)
+
+
+def test_open_ramp_reads_no_chunk_data(tmp_path, ramp, monkeypatch):
+    write_ramp(ramp, tmp_path / "r.zarr", tile=(20, 25))
+    keys = []
+    original = LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        keys.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    ds = open_ramp(tmp_path / "r.zarr")
+    assert all(isinstance(ds[n].data, da.Array) for n in ds.data_vars)
+    assert not [k for k in keys if "/c/" in k], keys
+    _ = ds.sci[0, 0, :5, :5].values  # a read does go through the store (the test can fail)
+    assert [k for k in keys if k.startswith("sci/c/")]
+
+
+def test_open_ramp_errors(tmp_path, ramp):
+    with pytest.raises(UserInputError, match=r"ramp store .*nope.zarr does not exist"):
+        open_ramp(tmp_path / "nope.zarr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match=r"empty is not a zarr ramp store"):
+        open_ramp(tmp_path / "empty")
+    write_dataset_atomic(ramp.drop_vars("readnoise"), tmp_path / "norn.zarr")
+    with pytest.raises(UserInputError, match=r"norn.zarr: missing array readnoise"):
+        open_ramp(tmp_path / "norn.zarr")
+    bad = ramp.copy()
+    bad.attrs.pop("TGROUP")
+    write_dataset_atomic(bad, tmp_path / "nokw.zarr")
+    with pytest.raises(UserInputError, match=r"nokw.zarr: missing keyword TGROUP"):
+        open_ramp(tmp_path / "nokw.zarr")
+    with pytest.raises(UserInputError, match=r"product store .* does not exist"):
+        open_product(tmp_path / "x_rate.zarr")
+
+
+def test_write_existing_overwrite_and_missing_dir(tmp_path, ramp):
+    target = tmp_path / "r.zarr"
+    write_ramp(ramp, target, tile=(40, 50))
+    with pytest.raises(UserInputError, match="already exists"):
+        write_ramp(ramp, target)
+    ramp2 = ramp.copy()
+    ramp2["sci"] = ramp2.sci + np.float32(1)
+    write_ramp(ramp2, target, overwrite=True)
+    np.testing.assert_array_equal(open_ramp(target).sci.values, ramp2.sci.values)
+    assert sorted(os.listdir(tmp_path)) == ["r.zarr"]  # nothing left aside
+    with pytest.raises(UserInputError, match="directory .* does not exist"):
+        write_ramp(ramp, tmp_path / "no" / "r.zarr")
+
+
+def _failing(shape, chunks, bad_block=1):
+    def block(x, block_info=None):
+        if block_info[None]["chunk-location"][0] == bad_block:
+            raise RuntimeError("disk on fire")
+        return x
+
+    return da.zeros(shape, chunks=chunks, dtype=np.float32).map_blocks(block, dtype=np.float32)
+
+
+def test_failed_write_leaves_nothing_and_keeps_old(tmp_path):
+    ok = rate_dataset(*(np.ones((8, 8)),) * 5)
+    bad = rate_dataset(_failing((8, 8), (4, 8)), *(np.ones((8, 8)),) * 4)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_dataset_atomic(bad, tmp_path / "x_rate.zarr")
+    assert os.listdir(tmp_path) == []
+    write_dataset_atomic(ok, tmp_path / "x_rate.zarr")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_dataset_atomic(bad, tmp_path / "x_rate.zarr", overwrite=True)
+    assert os.listdir(tmp_path) == ["x_rate.zarr"]
+    np.testing.assert_array_equal(open_product(tmp_path / "x_rate.zarr").sci.values, 1)
+
+
+def test_pending_write(tmp_path):
+    ds = rate_dataset(*(da.ones((30, 20), chunks=(7, 20)),) * 5, parameters={"a": 1})
+    pending = write_dataset_atomic(ds, tmp_path / "x_rate.zarr", compute=False)
+    assert isinstance(pending, PendingWrite)
+    assert not pending.path.exists() and pending.partial.exists()
+    assert pending.partial.name.startswith(".x_rate.zarr.partial-")
+    (result,) = dask.compute(pending.delayed, scheduler="threads")
+    assert result == str(tmp_path / "x_rate.zarr") and not pending.partial.exists()
+    back = open_product(result)
+    assert back.sci.data.chunks == ((7, 7, 7, 7, 2), (20,))  # irregular last chunk kept
+    assert back.attrs["parameters"] == '{"a": 1}' and back.sci.attrs["units"] == "DN/s"
+    # abort removes the partial
+    p2 = write_dataset_atomic(ds, tmp_path / "y_rate.zarr", compute=False)
+    p2.abort()
+    assert sorted(os.listdir(tmp_path)) == ["x_rate.zarr"]
+
+
+def test_irregular_dask_chunks_are_regularised(tmp_path):
+    sci = da.ones((30, 20), chunks=((5, 10, 15), (20,)))
+    ds = rate_dataset(sci, sci, sci, sci, sci)
+    write_dataset_atomic(ds, tmp_path / "x.zarr")
+    back = open_product(tmp_path / "x.zarr")
+    np.testing.assert_array_equal(back.sci.values, 1)
+
+
+def test_simulate_to_zarr_bit_identical(tmp_path):
+    cfg = SimulationConfig(nints=2, ngroups=4, ny=150, nx=140, seed=5, zeroframe=True,
+                           nan_fraction=0.01, do_not_use_fraction=0.01)
+    exp = simulate_exposure(cfg)
+    simulate_to_zarr(cfg, tmp_path / "s.zarr", tile=(48, 100))
+    back = open_ramp(tmp_path / "s.zarr")
+    assert back.sci.data.chunks[2:] == ((48, 48, 48, 6), (100, 40))
+    _assert_same(back, ramp_from_exposure(exp))
+    # automatic tiles (cell-aligned) give the same store contents
+    simulate_to_zarr(cfg, tmp_path / "auto.zarr", memory_budget_bytes=3_600_000)
+    auto = open_ramp(tmp_path / "auto.zarr")
+    assert auto.sci.data.chunks[2:] == ((128, 22), (140,))
+    _assert_same(auto, back)
+    with pytest.raises(UserInputError, match="nints must be >= 1"):
+        simulate_to_zarr(SimulationConfig(nints=0), tmp_path / "bad.zarr")
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_simulate_lazy_builds_nothing():
+    calls = []
+    import stcal_dask.simulate as sim
+
+    original = sim.simulate_region
+
+    def spy(*a, **k):
+        calls.append(a)
+        return original(*a, **k)
+
+    sim.simulate_region = spy
+    try:
+        ds = simulate_ramp_lazy(SimulationConfig(ny=64, nx=64, ngroups=3), tile=(32, 32))
+        assert calls == []
+        _ = ds.gain.values, ds.sci.values
+        assert len(calls) == 8  # 4 tiles, each simulated once per compute
+    finally:
+        sim.simulate_region = original
+
+
+@pytest.mark.cluster
+def test_distributed_writes(tmp_path):
+    """simulate_to_zarr, a pending zarr write and a block-wise FITS write on a LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    from stcal_dask.io import open_ramp_fits, write_rate_fits
+
+    cfg = SimulationConfig(nints=1, ngroups=4, ny=96, nx=80, seed=9)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        simulate_to_zarr(cfg, tmp_path / "s.zarr", tile=(48, 40))
+        ramp = open_ramp(tmp_path / "s.zarr")
+        rate = rate_dataset(ramp.sci[0, -1] - ramp.sci[0, 0], ramp.gain, ramp.pixeldq,
+                            ramp.readnoise, ramp.gain)
+        zpending = write_dataset_atomic(rate, tmp_path / "s_rate.zarr", compute=False)
+        fpending = write_rate_fits(rate, tmp_path / "s_rate.fits", compute=False)
+        dask.compute(zpending.delayed, fpending.delayed)
+        from stcal_dask.io import write_ramp_fits
+
+        write_ramp_fits(ramp, tmp_path / "s_ramp.fits", references=True)
+        fits_ramp = open_ramp_fits(tmp_path / "s_ramp.fits", tmp_path / "s_gain.fits",
+                                   tmp_path / "s_readnoise.fits", chunks=(32, 32))
+        total = float(fits_ramp.sci.sum().compute())
+    exp = simulate_exposure(cfg)
+    _assert_same(open_ramp(tmp_path / "s.zarr"), ramp_from_exposure(exp))
+    expected = exp.data[0, -1] - exp.data[0, 0]
+    np.testing.assert_array_equal(open_product(tmp_path / "s_rate.zarr").sci.values, expected)
+    from astropy.io import fits
+
+    with fits.open(tmp_path / "s_rate.fits") as hdul:
+        np.testing.assert_array_equal(hdul["SCI"].data, expected)
+        np.testing.assert_array_equal(hdul["ERR"].data, exp.gain)
+    assert total == pytest.approx(float(exp.data.astype(np.float64).sum()), rel=1e-6)
