@@ -87,6 +87,8 @@ def test_ramp_round_trip_lazy_and_chunked(ramp_files, ramp, monkeypatch):
     auto = open_ramp_fits(path, gain, rn, memory_budget_bytes=100_000)
     assert auto.sci.data.chunks[2][0] == choose_tile_size(2, 6, 40, 50, 100_000)[0]
     assert open_ramp_fits(path, gain, rn, chunks=None).sci.data.chunks[2:] == ((40,), (50,))
+    assert open_ramp_fits(path, gain, rn, chunks={"y": 20}).sci.data.chunks[2:] == ((20, 20),
+                                                                                    (50,))
 
 
 def test_stdatamodels_reads_our_ramp_and_we_read_theirs(tmp_path, ramp_files, ramp):

@@ -310,6 +310,10 @@ def _reference(path, reftype: str, ny: int, nx: int, sub: dict, tile, ramp_path:
     return img
 
 
+def _size(value, full: int) -> int:
+    return full if value in (-1, None) else value
+
+
 def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
                    memory_budget_bytes: int | None = None) -> xr.Dataset:
     """Open a JWST ``_ramp.fits`` and its gain / readnoise reference files as a lazy ramp.
@@ -322,8 +326,9 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
     gain_path: GAIN reference file (SCI 2-D, electron/DN).
     readnoise_path: READNOISE reference file (SCI 2-D, CDS read noise in DN).
     chunks: ``"auto"`` (tile from ``memory_budget_bytes``, default
-        :data:`~stcal_dask.datamodel.DEFAULT_MEMORY_BUDGET`), ``(tile_y, tile_x)``, or None (one
-        chunk per array). Integrations and groups are never split.
+        :data:`~stcal_dask.datamodel.DEFAULT_MEMORY_BUDGET`), ``(tile_y, tile_x)``, a dict
+        ``{"y": tile_y, "x": tile_x}`` (-1 or absent: whole axis), or None (one chunk per array).
+        Integrations and groups are never split.
 
     Returns
     -------
@@ -375,9 +380,14 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
         ty, tx = ny, nx
     elif isinstance(chunks, str):
         if chunks != "auto":
-            raise UserInputError(f"chunks must be 'auto', (tile_y, tile_x) or None, got {chunks!r}")
+            raise UserInputError(
+                f"chunks must be 'auto', (tile_y, tile_x), a dict or None, got {chunks!r}"
+            )
         ty, tx = choose_tile_size(nints, ngroups, ny, nx,
                                   memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
+    elif isinstance(chunks, Mapping):
+        ty, tx = _normalize_tile((_size(chunks.get("y", -1), ny), _size(chunks.get("x", -1), nx)),
+                                 ny, nx)
     else:
         ty, tx = _normalize_tile(chunks, ny, nx)
 
@@ -416,8 +426,9 @@ class _FitsRegion:
         mm = np.memmap(self.path, dtype=self._raw, mode="r+", offset=self.offset,
                        shape=self.shape)
         try:
+            # No msync: the page cache is coherent for every process on this machine, and the
+            # file is renamed into place only after all blocks are written.
             mm[key] = _encode(np.asarray(value), self.dtype, self._xor)
-            mm.flush()
         finally:
             del mm
 
