@@ -1,0 +1,587 @@
+"""The dataflow layer: the tile kernels mapped over chunked ramps with dask, lazily.
+
+:func:`detect_jumps` and :func:`fit_ramps` take a ramp Dataset (schema in
+:mod:`stcal_dask.datamodel`; ``open_ramp``/``open_ramp_fits`` give lazy ones) and return Datasets
+whose variables are dask arrays: **building them computes nothing** (except the fitopt sizes, see
+below). Compute them on any scheduler, e.g. with :func:`stcal_dask.cluster.compute` inside
+:func:`stcal_dask.cluster.get_client`.
+
+Chunking
+--------
+Work is split into spatial tiles: chunks are ``(all integrations, all groups, tile_y, tile_x)``
+(the ramp's own chunks, or ``tile=(ty, tx)``; integration/group chunks are merged). Results do not
+depend on the tiling: each tile is given a halo of the kernel's declared width
+(:func:`stcal_dask.kernels.jump.jump_halo`, 0 for ramp fitting) from its neighbours
+(``dask.array.overlap.overlap`` with ``boundary="none"``: no padding at the frame edges), runs the
+kernel and crops the halo off. A tile returns all its outputs in one structured numpy array (one
+field per output, leading axes as sub-array dimensions) from which the output arrays are views,
+so every kernel runs once per tile however many outputs are computed together.
+
+Frame-wide statistics
+---------------------
+stcal takes some decisions over the whole frame; they are computed once with dask reductions
+(tree reductions of per-tile partials) and passed to every tile as a single graph node:
+
+* jump: the nanmedian gain, the per-(integration, group) "every pixel DO_NOT_USE" planes and the
+  detection path (pass 1); on the sigma-clip path, the planes whose every pixel is JUMP or
+  DO_NOT_USE after detection (pass 1b, a second read of the data, built into the graph only when
+  the shape makes the sigma-clip path possible); see :mod:`stcal_dask.kernels.jump`;
+* ramp fit: the fitopt segment / cosmic-ray axis sizes (maxima over all tiles).
+
+The pass-1 reductions read their inputs through cloned graph keys
+(:func:`dask.graph_manipulation.clone`), so the scheduler does not keep every chunk that a
+reduction has touched alive until the tile that needs it runs: memory stays bounded by a few tiles.
+
+The fitopt arrays' sizes depend on the data (the largest number of segments), and an xarray needs
+concrete sizes, so :func:`fit_ramps` with ``save_opt`` computes that small reduction (on
+``groupdq`` only) when it is called, unless ``fitopt_dims`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.graph_manipulation import clone
+
+from stcal_dask import dqflags
+from stcal_dask.cluster import limit_threads
+from stcal_dask.datamodel import (
+    rate_dataset,
+    rateints_dataset,
+    timing_from_attrs,
+    validate_ramp,
+)
+from stcal_dask.errors import UserInputError
+from stcal_dask.kernels import jump as jk
+from stcal_dask.kernels import ramp_fit as rk
+
+__all__ = [
+    "JUMP_COUNT_VARIABLE",
+    "all_group0_saturated",
+    "detect_jumps",
+    "fit_ramps",
+    "frame_fitopt_dims",
+    "jump_globals",
+    "prepare_ramp",
+]
+
+JUMP_COUNT_VARIABLE = "primary_jumps"
+"""0-d int64 variable of :func:`detect_jumps`' result: stcal's primary-jump count (-99 if the
+exposure was skipped), computed on demand."""
+
+_FAN_IN = 8
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _tree_reduce(items: Sequence[Any], merge: Callable, fan_in: int = _FAN_IN):
+    """Delayed tree reduction ``merge(*group)`` of a list of Delayed objects."""
+    items = list(items)
+    if not items:
+        raise ValueError("nothing to reduce")
+    level = 0
+    while len(items) > 1:
+        items = [
+            dask.delayed(merge, pure=True)(*items[i : i + fan_in])
+            for i in range(0, len(items), fan_in)
+        ]
+        level += 1
+    if level == 0:
+        items = [dask.delayed(merge, pure=True)(items[0])]
+    return items[0]
+
+
+def prepare_ramp(ramp: xr.Dataset, tile=None) -> xr.Dataset:
+    """Validate a ramp and give every variable consistent dask chunks.
+
+    Chunks are ``(all integrations, all groups, tile_y, tile_x)``: ``tile=(ty, tx)`` if given,
+    else the chunks of ``sci`` along y and x (or an automatic tile when ``sci`` is not chunked).
+    Nothing is computed.
+    """
+    from stcal_dask.datamodel import ramp_chunks
+
+    source = str(ramp.attrs.get("source", "ramp")) if isinstance(ramp, xr.Dataset) else "ramp"
+    ramp = validate_ramp(ramp, source=source)
+    sci = ramp["sci"].data
+    if tile is not None:
+        chunks = ramp_chunks(ramp, tile=tile)
+    elif isinstance(sci, da.Array):
+        chunks = {"integration": -1, "group": -1, "y": sci.chunks[2], "x": sci.chunks[3]}
+    else:
+        chunks = ramp_chunks(ramp)
+    full = {"integration": -1, "group": -1}
+    chunks = {**chunks, **full}
+    out = ramp.copy(deep=False)
+    for name, var in ramp.data_vars.items():
+        if not set(var.dims) <= {"integration", "group", "y", "x"}:
+            continue
+        want = {d: chunks[d] for d in var.dims}
+        out[name] = var.chunk(want)
+    return out
+
+
+def _arr(ramp: xr.Dataset, name: str) -> da.Array | None:
+    if name not in ramp.data_vars:
+        return None
+    return ramp[name].data
+
+
+def _overlap(a: da.Array, halo: int) -> da.Array:
+    """Give every block ``halo`` pixels of its neighbours along the last two axes (no padding at
+    the frame edges)."""
+    if halo <= 0:
+        return a
+    depth = {a.ndim - 2: halo, a.ndim - 1: halo}
+    # overlap needs every chunk at least as large as the halo
+    yc, xc = a.chunks[-2:]
+    if min(yc) < halo or min(xc) < halo:
+        raise ValueError("tiles smaller than the halo; rechunk first")
+    return da.overlap.overlap(a, depth=depth, boundary="none")
+
+
+def _min_tile(ramp: xr.Dataset, halo: int) -> xr.Dataset:
+    """Merge tiles thinner than ``halo`` into their neighbours (results do not depend on it)."""
+    if halo <= 0:
+        return ramp
+    yc, xc = ramp["sci"].data.chunks[2:]
+    if min(yc) >= halo and min(xc) >= halo:
+        return ramp
+    from dask.array.overlap import ensure_minimum_chunksize
+
+    ny_c = ensure_minimum_chunksize(halo, yc)
+    nx_c = ensure_minimum_chunksize(halo, xc)
+    return ramp.chunk({"y": ny_c, "x": nx_c})
+
+
+def _crop(block_info, halo: int) -> tuple[slice, slice]:
+    """Slices that remove the halo of an overlapped block (none at the frame edges)."""
+    info = block_info[None]
+    by, bx = info["chunk-location"][-2:]
+    cy, cx = info["chunk-shape"][-2:]
+    top = halo if by > 0 else 0
+    left = halo if bx > 0 else 0
+    return slice(top, top + cy), slice(left, left + cx)
+
+
+def _pack(dtype: np.dtype, fields: dict[str, np.ndarray], ny: int, nx: int) -> np.ndarray:
+    """One (ny, nx) structured array from arrays whose last two axes are (y, x)."""
+    out = np.empty((ny, nx), dtype=dtype)
+    for name, arr in fields.items():
+        arr = np.asarray(arr)
+        if arr.ndim > 2:
+            arr = np.moveaxis(arr, tuple(range(arr.ndim - 2)), tuple(range(2, arr.ndim)))
+        out[name] = arr
+    return out
+
+
+def _field_block(block: np.ndarray, name: str) -> np.ndarray:
+    arr = block[name]
+    if arr.ndim > 2:
+        arr = np.moveaxis(arr, (0, 1), (arr.ndim - 2, arr.ndim - 1))
+    return np.ascontiguousarray(arr)
+
+
+def _unpack(packed: da.Array, name: str) -> da.Array:
+    """The field ``name`` of a packed (y, x) structured dask array, leading axes first."""
+    sub = packed.dtype[name]
+    lead = sub.shape
+    base = sub.base if sub.shape else sub
+    chunks = tuple((n,) for n in lead) + packed.chunks
+    return packed.map_blocks(
+        _field_block,
+        name,
+        dtype=base,
+        chunks=chunks,
+        new_axis=list(range(len(lead))) if lead else None,
+        meta=np.empty((0,) * (len(lead) + 2), dtype=base),
+        name=f"{packed.name}-{name}",
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# jump detection
+
+
+def _globals_partial(gdq, gain):
+    limit_threads()
+    return jk.jump_globals_partial(gdq, gain)
+
+
+def _finalize_globals(merged, params):
+    return jk.finalize_jump_globals(merged, params=params)
+
+
+def _sigclip_partial(sci, gdq, gain, params, globals_):
+    if globals_.path != "sigclip":
+        return None
+    limit_threads()
+    return jk.sigclip_reset_partial(sci, gdq, gain, params=params, globals=globals_)
+
+
+def _merge_sigclip(*parts):
+    parts = [p for p in parts if p is not None]
+    return jk.merge_sigclip_reset_partials(*parts) if parts else None
+
+
+def _attach_sigclip(globals_, reset):
+    if globals_.path != "sigclip":
+        return globals_
+    return jk.with_sigclip_reset(globals_, reset)
+
+
+def _sigclip_possible(nints: int, ngroups: int, params: jk.JumpParams) -> bool:
+    """Whether the sigma-clip path can be chosen for this shape, whatever the DQ planes."""
+    if params.only_use_ints:
+        return nints >= params.minimum_sigclip_groups
+    return nints * ngroups >= params.minimum_sigclip_groups
+
+
+def jump_globals(ramp: xr.Dataset, params: jk.JumpParams | None = None):
+    """The frame-wide :class:`~stcal_dask.kernels.jump.JumpGlobals` of a ramp, as a Delayed.
+
+    ``ramp`` must already be prepared (:func:`prepare_ramp`). Pass 1 (median gain, whole-plane
+    DO_NOT_USE, path) is a tree reduction over the tiles; on the sigma-clip path pass 1b (the
+    reset planes) follows. Nothing is computed.
+    """
+    params = jk.JumpParams() if params is None else params
+    sci, gdq, gain = _arr(ramp, "sci"), _arr(ramp, "groupdq"), _arr(ramp, "gain")
+    nints, ngroups = sci.shape[:2]
+    gdq_c = clone(gdq, assume_layers=False)
+    gdq_b = gdq_c.to_delayed()
+    gain_b = gain.to_delayed()
+    nby, nbx = gain_b.shape
+    parts = [
+        dask.delayed(_globals_partial, pure=True)(gdq_b[0, 0, i, j], gain_b[i, j])
+        for i in range(nby)
+        for j in range(nbx)
+    ]
+    merged = _tree_reduce(parts, jk.merge_jump_globals_partials)
+    glob = dask.delayed(_finalize_globals, pure=True)(merged, params)
+    if _sigclip_possible(nints, ngroups, params):
+        sci_c, gdq_c2 = clone(sci, gdq, assume_layers=False)
+        sci_b, gdq_b2 = sci_c.to_delayed(), gdq_c2.to_delayed()
+        sparts = [
+            dask.delayed(_sigclip_partial, pure=True)(
+                sci_b[0, 0, i, j], gdq_b2[0, 0, i, j], gain_b[i, j], params, glob
+            )
+            for i in range(nby)
+            for j in range(nbx)
+        ]
+        reset = _tree_reduce(sparts, _merge_sigclip)
+        glob = dask.delayed(_attach_sigclip, pure=True)(glob, reset)
+    return glob
+
+
+def _jump_block(sci, gdq, pdq, gain, rn, *, globals_, params, nframes, group_time, halo, out_dtype,
+                block_info=None):
+    limit_threads()
+    res = jk.detect_jumps_tile(
+        sci, gdq, pdq, gain, rn, params=params, nframes=nframes, group_time=group_time,
+        globals=globals_,
+    )
+    ys, xs = _crop(block_info, halo)
+    ny, nx = ys.stop - ys.start, xs.stop - xs.start
+    return _pack(
+        out_dtype,
+        {
+            "groupdq": res.groupdq[..., ys, xs],
+            "pixeldq": res.pixeldq[ys, xs],
+            "primary": res.primary_count[ys, xs],
+        },
+        ny,
+        nx,
+    )
+
+
+def _total_primary(total, globals_):
+    return np.int64(jk.total_primary_crs(int(total), globals_))
+
+
+def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=None
+                 ) -> xr.Dataset:
+    """Flag jumps in a ramp, lazily: stcal 1.20.0 ``detect_jumps_data`` over dask tiles.
+
+    Parameters
+    ----------
+    ramp:
+        A ramp Dataset (``sci`` DN, ``groupdq``, ``pixeldq``, ``gain`` electron/DN, ``readnoise``
+        DN; attrs NFRAMES and TGROUP are used). numpy- or dask-backed.
+    params:
+        :class:`~stcal_dask.kernels.jump.JumpParams` (JWST defaults if None).
+    tile:
+        Optional ``(tile_y, tile_x)`` to re-tile; default the ramp's own chunks.
+
+    Returns
+    -------
+    xr.Dataset
+        The ramp with ``groupdq`` (JUMP_DET added; uint8, (integration, group, y, x)) and
+        ``pixeldq`` (NO_GAIN_VALUE | DO_NOT_USE for bad gains; uint32, (y, x)) replaced by lazy
+        arrays, plus the 0-d int64 variable ``primary_jumps`` (stcal's primary count, -99 when
+        the exposure is skipped) and ``attrs["jump_parameters"]`` (JSON). Nothing is computed.
+    """
+    params = jk.JumpParams() if params is None else params
+    if not isinstance(params, jk.JumpParams):
+        raise UserInputError(f"jump parameters must be a JumpParams, got {type(params).__name__}")
+    ramp = prepare_ramp(ramp, tile)
+    halo = jk.jump_halo(params)
+    ramp = _min_tile(ramp, halo)
+    timing = timing_from_attrs(ramp.attrs)
+    sci, gdq, pdq = _arr(ramp, "sci"), _arr(ramp, "groupdq"), _arr(ramp, "pixeldq")
+    gain, rn = _arr(ramp, "gain"), _arr(ramp, "readnoise")
+    nints, ngroups = sci.shape[:2]
+    glob = jump_globals(ramp, params)
+
+    dtype = np.dtype(
+        [
+            ("groupdq", gdq.dtype, (nints, ngroups)),
+            ("pixeldq", pdq.dtype),
+            ("primary", np.int32),
+        ]
+    )
+    inputs = [_overlap(a, halo) for a in (sci, gdq, pdq, gain, rn)]
+    packed = da.map_blocks(
+        _jump_block,
+        *inputs,
+        globals_=glob,
+        params=params,
+        nframes=int(timing["NFRAMES"]),
+        group_time=float(timing["TGROUP"]),
+        halo=halo,
+        out_dtype=dtype,
+        dtype=dtype,
+        drop_axis=[0, 1],
+        chunks=sci.chunks[2:],
+        meta=np.empty((0, 0), dtype=dtype),
+        name="stcal-dask-jump-tile-" + dask.base.tokenize(sci, gdq, pdq, gain, rn, params, halo),
+    )
+    new_gdq = _unpack(packed, "groupdq")
+    new_pdq = _unpack(packed, "pixeldq")
+    primary = _unpack(packed, "primary")
+    total = primary.sum(dtype=np.int64)
+    count = da.from_delayed(
+        dask.delayed(_total_primary, pure=True)(total, glob), shape=(), dtype=np.int64
+    )
+    out = ramp.copy(deep=False)
+    out["groupdq"] = xr.Variable(ramp["groupdq"].dims, new_gdq, ramp["groupdq"].attrs)
+    out["pixeldq"] = xr.Variable(ramp["pixeldq"].dims, new_pdq, ramp["pixeldq"].attrs)
+    out[JUMP_COUNT_VARIABLE] = xr.Variable((), count, {"long_name": "primary jumps flagged"})
+    out.attrs["jump_parameters"] = json.dumps(params.to_dict(), sort_keys=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# ramp fitting
+
+_RATE_FIELDS = ("slope", "dq", "var_poisson", "var_rnoise", "err")
+_SEG_FIELDS = ("slope", "sigslope", "yint", "sigyint", "weights", "var_poisson", "var_rnoise")
+
+
+def _timing(attrs) -> rk.RampTiming:
+    t = timing_from_attrs(attrs)
+    return rk.RampTiming(
+        frame_time=float(t["TFRAME"]),
+        group_time=float(t["TGROUP"]),
+        nframes=int(t["NFRAMES"]),
+        groupgap=int(t["GROUPGAP"]),
+        drop_frames1=int(t["DRPFRMS1"]),
+    )
+
+
+def _dims_partial(gdq, zf, params):
+    limit_threads()
+    zf = None if zf is None else zf[:, 0]
+    d = rk.fitopt_dims(gdq, params=params, zeroframe=zf)
+    return (int(d.n_segments), int(d.n_crmag))
+
+
+def _dims_merge(*parts):
+    return (max(p[0] for p in parts), max(p[1] for p in parts))
+
+
+def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
+    """Lazy (Delayed) frame-wide fitopt sizes ``(n_segments, n_crmag)``: the max over tiles."""
+    params = rk.RampFitParams(save_opt=True) if params is None else params
+    ramp = prepare_ramp(ramp)
+    gdq = _arr(ramp, "groupdq")
+    zf = _arr(ramp, "zeroframe")
+    gdq_b = gdq.to_delayed()
+    zf_b = zf[:, None].to_delayed() if zf is not None else None
+    parts = [
+        dask.delayed(_dims_partial, pure=True)(
+            gdq_b[0, 0, i, j], None if zf_b is None else zf_b[0, 0, i, j], params
+        )
+        for i in range(gdq_b.shape[2])
+        for j in range(gdq_b.shape[3])
+    ]
+    return _tree_reduce(parts, _dims_merge)
+
+
+def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
+    """Lazy 0-d bool: group 0 is SATURATED in every pixel of every integration.
+
+    stcal's ``ramp_fit_data`` returns no product at all in that case (the JWST step skips);
+    :func:`fit_ramps` still gives per-pixel results, so callers check this.
+    """
+    gdq = ramp["groupdq"].data
+    if not isinstance(gdq, da.Array):
+        gdq = da.from_array(gdq)
+    return da.all((gdq[:, 0] & np.uint8(dqflags.SATURATED)) != 0)
+
+
+def _fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, dims, out_dtype):
+    limit_threads()
+    rest = list(rest)
+    zf = rest.pop(0)[:, 0] if has_zf else None
+    dark = rest.pop(0) if has_dark else None
+    nseg, ncr = dims if dims is not None else (None, None)
+    res = rk.fit_ramps_tile(
+        sci, gdq, pdq, gain, rn, params=params, timing=timing, zeroframe=zf,
+        average_dark_current=dark, n_segments=nseg, n_crmag=ncr,
+    )
+    ny, nx = pdq.shape
+    fields = {}
+    for f in _RATE_FIELDS:
+        fields["rate_" + f] = getattr(res.rate, f)
+        fields["ints_" + f] = getattr(res.rateints, f)
+    if res.fitopt is not None:
+        for f in (*_SEG_FIELDS, "pedestal", "crmag"):
+            fields["opt_" + f] = getattr(res.fitopt, f)
+    return _pack(out_dtype, fields, ny, nx)
+
+
+def fit_ramps(
+    ramp: xr.Dataset,
+    params: rk.RampFitParams | None = None,
+    *,
+    tile=None,
+    fitopt_dims: tuple[int, int] | None = None,
+    parameters: dict | None = None,
+):
+    """Fit the ramps (OLS_C, optimal weighting), lazily: stcal 1.20.0 ``ramp_fit_data`` on tiles.
+
+    Parameters
+    ----------
+    ramp:
+        A ramp Dataset (usually the output of :func:`detect_jumps`); timing from its attrs
+        (TFRAME, TGROUP, NFRAMES, GROUPGAP, DRPFRMS1); optional ``zeroframe`` and
+        ``average_dark_current`` are used when present.
+    params:
+        :class:`~stcal_dask.kernels.ramp_fit.RampFitParams` (JWST defaults if None).
+    tile:
+        Optional ``(tile_y, tile_x)`` to re-tile.
+    fitopt_dims:
+        ``(n_segments, n_crmag)`` of the fitopt product. With ``params.save_opt`` and None they
+        are computed now by a dask reduction over ``groupdq`` (the only computation done here:
+        the sizes of the arrays depend on the data).
+    parameters:
+        Extra entries for the products' ``parameters`` attr (e.g. the jump parameters; taken from
+        ``ramp.attrs["jump_parameters"]`` when present).
+
+    Returns
+    -------
+    ``(rate, rateints)`` or, with ``params.save_opt``, ``(rate, rateints, fitopt)`` Datasets
+    (see :mod:`stcal_dask.datamodel`): rate (y, x), rateints (integration, y, x) with ``sci``,
+    ``err`` (DN/s), ``dq``, ``var_poisson``, ``var_rnoise`` ((DN/s)^2); fitopt per segment.
+    """
+    from stcal_dask.datamodel import fitopt_dataset
+
+    params = rk.RampFitParams() if params is None else params
+    if not isinstance(params, rk.RampFitParams):
+        raise UserInputError(
+            f"ramp fit parameters must be a RampFitParams, got {type(params).__name__}"
+        )
+    ramp = prepare_ramp(ramp, tile)
+    timing = _timing(ramp.attrs)
+    sci, gdq, pdq = _arr(ramp, "sci"), _arr(ramp, "groupdq"), _arr(ramp, "pixeldq")
+    gain, rn = _arr(ramp, "gain"), _arr(ramp, "readnoise")
+    zf, dark = _arr(ramp, "zeroframe"), _arr(ramp, "average_dark_current")
+    nints = sci.shape[0]
+
+    dims = None
+    if params.save_opt:
+        if fitopt_dims is None:
+            (dims,) = dask.compute(frame_fitopt_dims(ramp, params))
+        else:
+            dims = fitopt_dims
+        try:
+            dims = (int(dims[0]), int(dims[1]))
+        except (TypeError, ValueError, IndexError):
+            raise UserInputError(
+                f"fitopt_dims must be (n_segments, n_crmag), got {dims!r}"
+            ) from None
+        if min(dims) < 0:
+            raise UserInputError(f"fitopt_dims must be >= 0, got {dims}")
+
+    f32, u32 = np.dtype(np.float32), np.dtype(np.uint32)
+    spec = []
+    for f in _RATE_FIELDS:
+        spec.append(("rate_" + f, u32 if f == "dq" else f32))
+    for f in _RATE_FIELDS:
+        spec.append(("ints_" + f, u32 if f == "dq" else f32, (nints,)))
+    if dims is not None:
+        for f in _SEG_FIELDS:
+            spec.append(("opt_" + f, f32, (nints, dims[0])))
+        spec.append(("opt_pedestal", f32, (nints,)))
+        spec.append(("opt_crmag", f32, (nints, dims[1])))
+    dtype = np.dtype(spec)
+
+    inputs = [sci, gdq, pdq, gain, rn]
+    if zf is not None:
+        inputs.append(zf[:, None])
+    if dark is not None:
+        inputs.append(dark)
+    packed = da.map_blocks(
+        _fit_block,
+        *inputs,
+        params=params,
+        timing=timing,
+        has_zf=zf is not None,
+        has_dark=dark is not None,
+        dims=dims,
+        out_dtype=dtype,
+        dtype=dtype,
+        drop_axis=[0, 1],
+        chunks=sci.chunks[2:],
+        meta=np.empty((0, 0), dtype=dtype),
+        name="stcal-dask-fit-tile-" + dask.base.tokenize(*inputs, params, timing, dims),
+    )
+
+    record: dict[str, Any] = {}
+    if "jump_parameters" in ramp.attrs:
+        record["jump"] = json.loads(ramp.attrs["jump_parameters"])
+    record["rampfit"] = {k: _plain_param(v) for k, v in vars(params).items()}
+    record.update(parameters or {})
+    keep = ("NINTS", "NGROUPS", "NFRAMES", "GROUPGAP", "TFRAME", "TGROUP", "DRPFRMS1",
+            "SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2", "source")
+    attrs = {k: ramp.attrs[k] for k in keep if k in ramp.attrs}
+
+    def rate_args(prefix):
+        u = {f: _unpack(packed, prefix + f) for f in _RATE_FIELDS}
+        return u["slope"], u["err"], u["dq"], u["var_poisson"], u["var_rnoise"]
+
+    rate = rate_dataset(*rate_args("rate_"), parameters=record, attrs=attrs)
+    rateints = rateints_dataset(*rate_args("ints_"), parameters=record, attrs=attrs)
+    if dims is None:
+        return rate, rateints
+    opt = {f: _unpack(packed, "opt_" + f) for f in (*_SEG_FIELDS, "pedestal", "crmag")}
+    fitopt = fitopt_dataset(
+        opt["slope"], opt["sigslope"], opt["yint"], opt["sigyint"], opt["weights"],
+        opt["var_poisson"], opt["var_rnoise"], opt["pedestal"], opt["crmag"],
+        parameters=record, attrs=attrs,
+    )
+    return rate, rateints, fitopt
+
+
+def _plain_param(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
