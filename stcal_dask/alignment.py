@@ -107,11 +107,6 @@ def _require_wcs(w: Any, what: str = "WCS") -> str:
         raise UserInputError(
             f"{what} must be a gwcs.WCS or astropy.wcs.WCS object, got {_describe(w)}"
         )
-    if kind == "gwcs" and w.output_frame is None:
-        raise UserInputError(
-            f"{what} has no output frame (a legacy gwcs whose frames are strings); "
-            "give it real coordinate frames"
-        )
     return kind
 
 
@@ -119,6 +114,15 @@ def _axes_types(w: Any) -> tuple[str, ...]:
     """Type of each world axis: ``"SPATIAL"``, ``"SPECTRAL"`` or another upper-case name."""
     kind = _require_wcs(w)
     if kind == "gwcs":
+        if w.output_frame is None:
+            # a legacy gwcs whose frames were stored as strings: a 2-output one is taken as
+            # celestial (every imaging WCS of that era was)
+            if w.forward_transform.n_outputs == 2:
+                return ("SPATIAL", "SPATIAL")
+            raise UserInputError(
+                "WCS has no output frame (a legacy gwcs whose frames are strings) and "
+                f"{w.forward_transform.n_outputs} outputs; give it real coordinate frames"
+            )
         return tuple(str(t).upper() for t in w.output_frame.axes_type)
     types = []
     for i in range(w.wcs.naxis):

@@ -512,6 +512,23 @@ def test_bad_input_spectral_without_disp_axis():
         al.wcs_from_footprints([(w, TEST_INFO)])
 
 
+def test_legacy_gwcs_with_string_frames():
+    """Old ASDF files store frames as strings (they load as None); stcal 1.20.0 fails on them."""
+    w1, w2 = _pair()
+    legacy = gwcs.WCS(
+        forward_transform=w1.forward_transform, input_frame="detector", output_frame="fk5"
+    )
+    assert legacy.output_frame is None
+    legacy.bounding_box = ((-0.5, 2.5), (-0.5, 2.5))
+    fps = [al.footprint(w1), al.footprint(w2)]
+    a = al.wcs_from_sregions(fps, legacy, TEST_INFO)
+    b = al.wcs_from_sregions(fps, w1, TEST_INFO)
+    assert a.array_shape == b.array_shape
+    np.testing.assert_allclose(a.forward_transform.crpix.value, b.forward_transform.crpix.value)
+    assert a.output_frame is not None  # default detector -> ICRS world frames
+    np.testing.assert_allclose(al.compute_fiducial([legacy]), al.compute_fiducial([w1]), atol=1e-12)
+
+
 def test_offset_pointing_round_trip():
     ra, dec = offset_pointing(10.0, 20.0, 0.0, 36.0, pa=0.0)
     assert ra == pytest.approx(10.0, abs=1e-12) and dec == pytest.approx(20.01, abs=1e-9)
