@@ -587,9 +587,17 @@ def _product(product: str, variables: dict[str, tuple], parameters, attrs) -> xr
 
 
 def _plain(v):
+    """A JSON-serialisable version of an attribute value (numpy scalars/arrays, dataclasses,
+    nested containers; anything else becomes its string)."""
+    if isinstance(v, str | bool | int | float) or v is None:
+        return v
     if isinstance(v, np.generic):
         return v.item()
-    return v
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return json.loads(json.dumps(v, default=_json_default))
 
 
 def rate_dataset(sci, err, dq, var_poisson, var_rnoise, *, parameters=None,

@@ -204,8 +204,21 @@ def test_file_level_errors(tmp_path, ramp_files):
     with pytest.raises(UserInputError, match=r"GAIN reference file .*nogain.fits does not exist"):
         open_ramp_fits(path, tmp_path / "nogain.fits", rn)
     (tmp_path / "text.fits").write_text("not a fits file at all\n" * 200)
-    with pytest.raises(UserInputError, match=r"text.fits is not a readable FITS file"):
+    with pytest.raises(UserInputError, match=r"text.fits is not a FITS file"):
         open_ramp_fits(tmp_path / "text.fits", gain, rn)
+    import gzip
+
+    (tmp_path / "r_ramp.fits.gz").write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(UserInputError, match=r"r_ramp.fits.gz is a compressed file"):
+        open_ramp_fits(tmp_path / "r_ramp.fits.gz", gain, rn)
+    (tmp_path / "trunc.fits").write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(UserInputError, match=r"trunc.fits: (missing|extension SCI is trunc)"):
+        open_ramp_fits(tmp_path / "trunc.fits", gain, rn)
+    with fits.open(path) as hdul:
+        end = hdul["GROUPDQ"].fileinfo()["datLoc"] + 100
+    (tmp_path / "trunc2.fits").write_bytes(path.read_bytes()[:end])
+    with pytest.raises(UserInputError, match=r"trunc2.fits: extension GROUPDQ is truncated"):
+        open_ramp_fits(tmp_path / "trunc2.fits", gain, rn)
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((2, 4, 5)), name="SCI")]).writeto(
         tmp_path / "g3.fits")
     with pytest.raises(UserInputError, match=r"g3.fits: extension SCI has 3 dimensions"):

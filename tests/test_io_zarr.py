@@ -145,6 +145,7 @@ def test_pending_write(tmp_path):
     (result,) = dask.compute(pending.delayed, scheduler="threads")
     assert result == str(tmp_path / "x_rate.zarr") and not pending.partial.exists()
     back = open_product(result)
+    assert back.attrs["stcal_dask_version"]
     assert back.sci.data.chunks == ((7, 7, 7, 7, 2), (20,))  # irregular last chunk kept
     assert back.attrs["parameters"] == '{"a": 1}' and back.sci.attrs["units"] == "DN/s"
     # abort removes the partial
@@ -153,11 +154,14 @@ def test_pending_write(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["x_rate.zarr"]
 
 
-def test_irregular_dask_chunks_are_regularised(tmp_path):
+def test_irregular_dask_chunks_and_odd_attrs(tmp_path):
     sci = da.ones((30, 20), chunks=((5, 10, 15), (20,)))
-    ds = rate_dataset(sci, sci, sci, sci, sci)
+    ds = rate_dataset(sci, sci, sci, sci, sci,
+                      attrs={"shape": np.array([1, 2]), "n": np.int32(3), "d": {"a": (1, 2)}})
     write_dataset_atomic(ds, tmp_path / "x.zarr")
     back = open_product(tmp_path / "x.zarr")
+    assert back.attrs["shape"] == [1, 2] and back.attrs["n"] == 3
+    assert back.attrs["d"] == {"a": [1, 2]}
     np.testing.assert_array_equal(back.sci.values, 1)
 
 
@@ -208,7 +212,7 @@ def test_distributed_writes(tmp_path):
 
     cfg = SimulationConfig(nints=1, ngroups=4, ny=96, nx=80, seed=9)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster):
+                      dashboard_address=":0") as cluster, Client(cluster):
         simulate_to_zarr(cfg, tmp_path / "s.zarr", tile=(48, 40))
         ramp = open_ramp(tmp_path / "s.zarr")
         rate = rate_dataset(ramp.sci[0, -1] - ramp.sci[0, 0], ramp.gain, ramp.pixeldq,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ class _FitsImage:
         else:
             window = [slice(o, o + n) for o, n in zip(self.origin, self.shape, strict=True)]
             rest = key
-        if any(s.stop <= s.start for s in window) or self.offset is None:
+        if any(s.stop <= s.start for s in window):
             block = np.empty([len(range(s.start, s.stop, s.step or 1)) for s in window],
                              self.dtype)
             return block[rest] if rest else block
@@ -222,7 +223,20 @@ def _open_fits(path, what: str) -> tuple[Path, fits.HDUList]:
     if p.is_dir():
         raise UserInputError(f"{what} {p} is a directory, not a FITS file")
     try:
-        hdul = fits.open(p, memmap=True, lazy_load_hdus=False)
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise UserInputError(f"{what} {p} cannot be read ({exc.strerror})") from None
+    if magic[:2] in (b"\x1f\x8b", b"BZ", b"PK"):
+        raise UserInputError(
+            f"{what} {p} is a compressed file; decompress it first (it is read memory-mapped)"
+        )
+    if magic != b"SIMPLE":
+        raise UserInputError(f"{what} {p} is not a FITS file (it does not start with SIMPLE)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # problems surface as our own one-line errors
+            hdul = fits.open(p, memmap=True, lazy_load_hdus=False)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserInputError(f"{what} {p} is not a readable FITS file ({msg})") from None
@@ -249,6 +263,12 @@ def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
     if bitpix not in _BITPIX_RAW:
         raise UserInputError(f"{what} {p}: extension {extname} has unsupported BITPIX {bitpix}")
     offset = hdu.fileinfo()["datLoc"]
+    nbytes = math.prod(shape) * abs(bitpix) // 8 if shape else 0
+    if offset + nbytes > p.stat().st_size:
+        raise UserInputError(
+            f"{what} {p}: extension {extname} is truncated (the file ends before its "
+            f"{nbytes} data bytes)"
+        )
     return _FitsImage(str(p), offset, shape, bitpix, hdr.get("BSCALE", 1.0),
                       hdr.get("BZERO", 0.0))
 
