@@ -54,6 +54,10 @@ def test_round_trip_and_chunks(tmp_path, ramp):
     assert plain.groupdq.dtype == np.uint8
     # re-chunk on open
     assert open_ramp(out, chunks=(40, 50)).sci.data.chunks[2:] == ((40,), (50,))
+    # an opened store can be written again (stale encodings are dropped), NaNs are data
+    assert "_FillValue" not in back.sci.attrs
+    write_ramp(back, tmp_path / "again.zarr", tile=(40, 25))
+    _assert_same(open_ramp(tmp_path / "again.zarr"), ramp)
 
 
 def test_automatic_tile_from_budget(tmp_path, ramp):

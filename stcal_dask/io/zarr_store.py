@@ -10,8 +10,9 @@
   :class:`PendingWrite` whose ``delayed`` the caller computes (e.g. on a distributed cluster with a
   progress bar, together with the other outputs so the graph is shared).
 
-Stores carry no coordinate variables; integer arrays have no fill value, so they read back with
-their own dtype (stores are opened with ``mask_and_scale=False``).
+Stores carry no coordinate variables and no CF ``_FillValue`` (NaN is data, not "missing"), so
+every array reads back with its own dtype and values (stores are opened with
+``mask_and_scale=False``).
 """
 
 from __future__ import annotations
@@ -67,13 +68,12 @@ def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
         else:
             zchunks = tuple(max(n, 1) for n in var.shape)
         ds[name] = var
-        enc = {"chunks": zchunks}
-        if np.dtype(var.dtype).kind in "biu":
-            enc["_FillValue"] = None
-        encoding[name] = enc
+        encoding[name] = {"chunks": zchunks, "_FillValue": None}
     ds.attrs = {k: _plain(v) for k, v in ds.attrs.items()}
     for name in ds.variables:
-        ds[name].attrs = {k: _plain(v) for k, v in ds[name].attrs.items()}
+        ds[name].attrs = {
+            k: _plain(v) for k, v in ds[name].attrs.items() if k not in ("_FillValue",)
+        }
     return ds, encoding
 
 
