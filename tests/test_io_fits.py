@@ -107,6 +107,19 @@ def test_stdatamodels_reads_our_ramp_and_we_read_theirs(tmp_path, ramp_files, ra
         np.testing.assert_array_equal(theirs[n].values, ramp[n].values, err_msg=n)
 
 
+def test_reference_files_interoperate_with_stdatamodels(tmp_path, ramp_files, ramp):
+    path, gain, rn = ramp_files
+    with _no_warnings(dm.GainModel, gain) as m:
+        np.testing.assert_array_equal(m.data, ramp.gain.values)
+        assert m.meta.reftype == "GAIN"
+    with _no_warnings(dm.ReadnoiseModel, rn) as m:
+        np.testing.assert_array_equal(m.data, ramp.readnoise.values)
+    theirs = dm.GainModel(data=np.full((40, 50), 3.5, np.float32))
+    theirs.save(tmp_path / "theirs_gain.fits")
+    ds = open_ramp_fits(path, tmp_path / "theirs_gain.fits", rn)
+    np.testing.assert_array_equal(ds.gain.values, 3.5)
+
+
 def test_zeroframe_and_dark_round_trip(tmp_path):
     exp = simulate_exposure(SimulationConfig(nints=2, ngroups=3, ny=9, nx=11, zeroframe=True))
     dark = np.linspace(0, 1, 99, dtype=np.float32).reshape(9, 11)
