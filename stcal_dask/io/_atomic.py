@@ -122,12 +122,16 @@ class PendingWrite:
         try:
             dask.compute(self.delayed, **kwargs)
         except BaseException:
-            for p in (self.partial, *self.also_partial):
-                cleanup_failed(p)
+            self.abort()
             raise
         return self.path
 
     def abort(self) -> None:
-        """Remove the partial output(s) (safe to call more than once)."""
+        """Remove the partial output(s) (safe to call more than once).
+
+        Meant for after a failed or interrupted computation: a partial zarr store is removed
+        until it stays gone (write tasks still running elsewhere may recreate chunk files; see
+        :func:`cleanup_failed`).
+        """
         for p in (self.partial, *self.also_partial):
-            remove_path(p)
+            cleanup_failed(p)
