@@ -262,5 +262,34 @@ def test_random_fuzz(seed):
 
 def test_uint32_groupdq_and_preexisting_pixeldq():
     data, gdq, pdq, gain, rn = _sim(1, 6, 12, 12, seed=18, cr_rate=0.05, bad_gain_fraction=0.1)
-    pdq[:] = dqflags.HOT if hasattr(dqflags, "HOT") else 2048
+    pdq[:] = int(dqflags.DQ.HOT)
     _compare(data, gdq.astype(np.uint32), pdq, gain, rn)
+
+
+@pytest.mark.parametrize("seed, ngroups, rej", [(1, 7, 4.0), (2, 8, 3.0), (3, 6, 4.0)])
+def test_float32_rounding_near_ties(seed, ngroups, rej):
+    """Group values from an alphabet of f32 neighbours (1000 +- 1 ulp, 2^-15 + 2^-38, ...):
+    the iterative path's float32 rounding of |d| - c and of the clipped median decides ties
+    here, so only an exact emulation of stcal's precision gives the same flags."""
+    rng = np.random.default_rng(seed)
+    u = 2.0**-14
+    alphabet = np.array(
+        [0, 2**-15, 2**-15 + 2**-38, 2**-15 + 2**-37, 1, 1 + 2**-23, 3, 7.5, 500, 500 + 2**-15,
+         1000, 1000 + u, 1000 - u, 2000, -1000],
+        np.float32,
+    )  # fmt: skip
+    data = rng.choice(alphabet, size=(1, ngroups, 40, 40)).astype(np.float32)
+    rn = rng.choice(np.array([0.5, 1, 50, 222.2, 300], np.float32), size=(40, 40))
+    params = JumpParams(
+        rejection_threshold=rej,
+        four_group_rejection_threshold=rej + 1,
+        three_group_rejection_threshold=rej + 2,
+    )
+    _compare(
+        data,
+        np.zeros(data.shape, np.uint8),
+        np.zeros((40, 40), np.uint32),
+        np.ones((40, 40), np.float32),
+        rn.astype(np.float32),
+        params=params,
+    )
