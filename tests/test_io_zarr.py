@@ -156,6 +156,12 @@ def test_pending_write(tmp_path):
     p2 = write_dataset_atomic(ds, tmp_path / "y_rate.zarr", compute=False)
     p2.abort()
     assert sorted(os.listdir(tmp_path)) == ["x_rate.zarr"]
+    # a failing pending write cleans up after itself
+    bad = rate_dataset(_failing((40, 8), (4, 8), bad_block=3), *(np.ones((40, 8)),) * 4)
+    p3 = write_dataset_atomic(bad, tmp_path / "z_rate.zarr", compute=False)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        p3.compute(scheduler="threads", num_workers=4)
+    assert sorted(os.listdir(tmp_path)) == ["x_rate.zarr"]
 
 
 def test_irregular_dask_chunks_and_odd_attrs(tmp_path):
