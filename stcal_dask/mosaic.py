@@ -33,6 +33,7 @@ import argparse
 import io
 import math
 import os
+import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -342,12 +343,14 @@ def compute_footprints(paths: Sequence, client=None, ref_index: int = 0) -> list
         raise UserInputError(f"reference index {ref_index} outside the {len(paths)} inputs")
     flags = [i == ref_index for i in range(len(paths))]
     if client is not None:
+        token = uuid.uuid4().hex[:12]
         futures = client.map(
             exposure_footprint,
             paths,
             flags,
             pure=False,
-            key=[f"mosaic-footprint-{i}-{os.path.basename(p)}" for i, p in enumerate(paths)],
+            # unique per call: files may have changed since an earlier call with the same names
+            key=[f"mosaic-footprint-{i}-{token}" for i in range(len(paths))],
         )
         try:
             return list(client.gather(futures))
@@ -356,8 +359,9 @@ def compute_footprints(paths: Sequence, client=None, ref_index: int = 0) -> list
                 f.release()
     import dask
 
+    token = uuid.uuid4().hex[:12]
     tasks = [
-        dask.delayed(exposure_footprint, pure=True, name=f"mosaic-footprint-{i}")(p, flag)
+        dask.delayed(exposure_footprint)(p, flag, dask_key_name=f"mosaic-footprint-{i}-{token}")
         for i, (p, flag) in enumerate(zip(paths, flags, strict=True))
     ]
     return list(dask.compute(*tasks))
