@@ -116,6 +116,9 @@ def test_write_existing_overwrite_and_missing_dir(tmp_path, ramp):
     assert sorted(os.listdir(tmp_path)) == ["r.zarr"]  # nothing left aside
     with pytest.raises(UserInputError, match="directory .* does not exist"):
         write_ramp(ramp, tmp_path / "no" / "r.zarr")
+    (tmp_path / "f.zarr").write_text("a file in the way")
+    write_ramp(ramp, tmp_path / "f.zarr", overwrite=True)
+    _assert_same(open_ramp(tmp_path / "f.zarr"), ramp)
 
 
 def _failing(shape, chunks, bad_block=1):

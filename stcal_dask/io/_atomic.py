@@ -84,7 +84,8 @@ def commit(partial, path, overwrite: bool, *_deps: Any) -> str:
         if not overwrite:
             remove_path(partial)
             raise UserInputError(f"output {path} already exists (use overwrite to replace it)")
-        if path.is_dir() and not path.is_symlink():
+        replace_in_one_step = not path.is_dir() and not partial.is_dir()  # file over file
+        if not replace_in_one_step:
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
             os.rename(path, old)
             os.rename(partial, path)
