@@ -95,6 +95,8 @@ class ExposureFootprint(NamedTuple):
     shape: tuple[int, int] | None
     wcs: gwcs.WCS | None
     """Only for the reference exposure (``with_wcs=True``), else None."""
+    frame: str | None = None
+    """Celestial reference system of the WCS's output frame (``"ICRS"``, ``"FK5"``, ...)."""
 
 
 class MosaicWCS(NamedTuple):
@@ -321,7 +323,14 @@ def exposure_footprint(path, with_wcs: bool = False) -> ExposureFootprint:
         raise UserInputError(f"input {exp.path}: footprint is not 4 finite (RA, Dec) corners")
     fp = fp.copy()
     fp[:, 0] %= 360.0
-    return ExposureFootprint(exp.path, fp, exp.wcsinfo, exp.shape, exp.wcs if with_wcs else None)
+    return ExposureFootprint(
+        exp.path,
+        fp,
+        exp.wcsinfo,
+        exp.shape,
+        exp.wcs if with_wcs else None,
+        al._celestial_frame_name(exp.wcs),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +396,12 @@ def build_mosaic_wcs(
     """
     records = compute_footprints(paths, client=client)
     ref = records[0]
+    for r in records[1:]:
+        if r.frame != ref.frame:
+            raise UserInputError(
+                f"input {r.path} is in celestial frame {r.frame} but the reference {ref.path} is "
+                f"in {ref.frame}; all inputs must share one frame"
+            )
     if ref.wcsinfo is None:
         raise UserInputError(
             f"reference input {ref.path} has no wcsinfo (ra_ref, dec_ref, roll_ref, v3yangle, "

@@ -246,6 +246,13 @@ def test_cli_errors(client, inputs, exposures, tmp_path):
     bad = tmp_path / "badinfo.asdf"
     asdf.AsdfFile({"wcs": exposures[0].wcs, "wcsinfo": bad_info}).write_to(bad)
     cases.append((["mosaic-wcs", str(bad), "-o", out + "7", *sched], "vparity"))
+    from stcal_dask.wcs_sim import simple_imaging_wcs
+
+    fk5 = tmp_path / "fk5.asdf"
+    asdf.AsdfFile({"wcs": simple_imaging_wcs((53.16, -27.79), (10, 10), (1e-5, 1e-5))}).write_to(
+        fk5
+    )
+    cases.append((["mosaic-wcs", inputs[0], str(fk5), "-o", out + "8", *sched], "frame FK5"))
     for argv, match in cases:
         with pytest.raises(UserInputError, match=match) as exc:
             mosaic.run(_parse(argv))
