@@ -200,6 +200,7 @@ def _hdul(sci_shape=(1, 3, 4, 5), drop=(), primary=None, sci_ndim=None):
         (dict(primary={"NGROUPS": 5}), r"NGROUPS=5 do not match array sci"),
         (dict(primary={"TFRAME": "fast"}), r"keyword TFRAME must be a time in seconds"),
         (dict(primary={"SUBSIZE1": 7}), r"keyword SUBSIZE1=7 does not match the SCI x size 5"),
+        (dict(primary={"SUBSTRT1": "left"}), r"keyword SUBSTRT1 must be an integer >= 1"),
     ],
 )
 def test_ramp_file_errors(tmp_path, kwargs, match):

@@ -53,6 +53,8 @@ from stcal_dask.datamodel import (
     RATE_VARIABLES,
     SUBARRAY_KEYWORDS,
     TIMING_KEYWORDS,
+    _check_subarray,
+    _check_timing,
     _normalize_tile,
     _package_version,
     choose_tile_size,
@@ -304,14 +306,18 @@ def _keywords(hdul: fits.HDUList) -> dict[str, Any]:
     return out
 
 
-def _reference(path, reftype: str, ny: int, nx: int, sub: dict, tile, ramp_path: Path):
+def _reference(path, reftype: str, ny: int, nx: int, sub: dict, ramp_path: Path) -> _FitsImage:
+    """The reference file's SCI image, cut to the ramp's (ny, nx) subarray if needed."""
     what = f"{reftype} reference file"
     p, hdul = _open_fits(path, what)
     with hdul:
         img = _image(p, hdul, "SCI", what)
         _check_ndim(img, 2, p, what, "SCI", "ny, nx")
-        ref_hdr = hdul[0].header
-        ref_start = (int(ref_hdr.get("SUBSTRT2", 1) or 1), int(ref_hdr.get("SUBSTRT1", 1) or 1))
+        ref_sub = _check_subarray(
+            {k: hdul[0].header[k] for k in ("SUBSTRT1", "SUBSTRT2") if k in hdul[0].header},
+            f"{what} {p}",
+        )
+        ref_start = (ref_sub.get("SUBSTRT2", 1), ref_sub.get("SUBSTRT1", 1))
     if img.shape != (ny, nx):
         if "SUBSTRT1" not in sub or "SUBSTRT2" not in sub:
             raise UserInputError(
@@ -380,21 +386,19 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
             _check_ndim(dark, 2, p, what, "AVDRKCUR", "ny, nx")
         keywords = _keywords(hdul)
     nints, ngroups, ny, nx = sci.shape
-    for key, n in (("SUBSIZE1", nx), ("SUBSIZE2", ny)):
-        if key in keywords and int(keywords[key]) != n:
-            raise UserInputError(
-                f"{what} {p}: keyword {key}={keywords[key]} does not match the SCI "
-                f"{'x' if key.endswith('1') else 'y'} size {n}"
-            )
-    sub = {k: int(v) for k, v in keywords.items() if k in SUBARRAY_KEYWORDS}
-    timing = {k: v for k, v in keywords.items() if k in TIMING_KEYWORDS}
     source = f"{what} {p}"
     # Validate the keywords before building anything (clear one-line errors).
-    from stcal_dask.datamodel import _check_timing
-
+    timing = {k: v for k, v in keywords.items() if k in TIMING_KEYWORDS}
     _check_timing(timing, source)
-    gain = _reference(gain_path, "GAIN", ny, nx, sub, None, p)
-    rnoise = _reference(readnoise_path, "READNOISE", ny, nx, sub, None, p)
+    sub = _check_subarray(keywords, source)
+    for key, n in (("SUBSIZE1", nx), ("SUBSIZE2", ny)):
+        if key in sub and sub[key] != n:
+            raise UserInputError(
+                f"{what} {p}: keyword {key}={sub[key]} does not match the SCI "
+                f"{'x' if key.endswith('1') else 'y'} size {n}"
+            )
+    gain = _reference(gain_path, "GAIN", ny, nx, sub, p)
+    rnoise = _reference(readnoise_path, "READNOISE", ny, nx, sub, p)
 
     if chunks is None:
         ty, tx = ny, nx
