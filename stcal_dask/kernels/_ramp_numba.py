@@ -31,7 +31,7 @@ _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @numba.njit(**_JIT)
-def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends):
+def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends, row):
     """Segment one integration's group DQ ``q[base:base+ngroups]`` (stcal's rules, spec §3.4).
 
     Returns ``(n_kept, n_reported, sat0)``: kept segments are in ``starts/ends[:n_kept]`` ([start,
@@ -62,8 +62,8 @@ def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends):
             in_seg = False
             if length == 1 and max_len > 1:
                 continue
-            starts[size] = start
-            ends[size] = g
+            starts[row, size] = start
+            ends[row, size] = g
             size += 1
             if length > max_len:
                 max_len = length
@@ -74,9 +74,9 @@ def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends):
         return 1, size, False
     kept = 0
     for k in range(size):
-        if ends[k] - starts[k] != 1:
-            starts[kept] = starts[k]
-            ends[kept] = ends[k]
+        if ends[row, k] - starts[row, k] != 1:
+            starts[row, kept] = starts[row, k]
+            ends[row, kept] = ends[row, k]
             kept += 1
     return kept, kept, False
 
@@ -131,8 +131,8 @@ def fitopt_dims_tile(groupdq, zeroframe, has_zf, suppress, dnu, sat, jump, pers,
     n = nints * ngroups
     qrow = np.empty((nx, n), dtype=np.uint8)
     q = np.empty(n, dtype=np.uint8)
-    starts = np.empty(ngroups + 1, dtype=np.int64)
-    ends = np.empty(ngroups + 1, dtype=np.int64)
+    starts = np.empty((1, ngroups + 1), dtype=np.int64)
+    ends = np.empty((1, ngroups + 1), dtype=np.int64)
     max_seg = 0
     max_cr = 0
     for y in range(ny):
@@ -153,7 +153,7 @@ def fitopt_dims_tile(groupdq, zeroframe, has_zf, suppress, dnu, sat, jump, pers,
                 if (not suppress) and has_zf and ngood == 0:
                     if zeroframe[i, y, x] != 0.0:
                         q[base] = 0
-                _, nrep, _ = _segments(q, base, ngroups, npers, jump, sat, True, starts, ends)
+                _, nrep, _ = _segments(q, base, ngroups, npers, jump, sat, True, starts, ends, 0)
                 if nrep > max_seg:
                     max_seg = nrep
     return max_seg, max_cr
@@ -299,24 +299,45 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
 
 
 @numba.njit(**_JIT)
-def _median_nan_sorted(buf, n):
-    """Median of ``buf[:n]`` ignoring NaN (insertion sort in place of the non-NaN values)."""
+def _median_nan(buf, n, lt, le):
+    """Median of ``buf[:n]`` ignoring NaN (mean of the two middle values for an even count).
+
+    Selection by rank counting, written so that the O(n^2) comparisons vectorise: the k-th
+    smallest value v is the one with ``#(u < v) <= k < #(u <= v)``; this picks exactly the
+    values a sort would. ``buf`` is compacted in place (NaN removed); ``lt``/``le`` are int64
+    scratch arrays of length >= n.
+    """
     m = 0
-    for k in range(n):
-        v = buf[k]
+    for j in range(n):
+        v = buf[j]
         if not math.isnan(v):
-            j = m
-            while j > 0 and buf[j - 1] > v:
-                buf[j] = buf[j - 1]
-                j -= 1
-            buf[j] = v
+            buf[m] = v
             m += 1
     if m == 0:
         return np.nan
-    half = m >> 1
+    if m == 1:
+        return buf[0]
+    for a in range(m):
+        lt[a] = 0
+        le[a] = 0
+    for b in range(m):
+        u = buf[b]
+        for a in range(m):
+            v = buf[a]
+            lt[a] += np.int64(u < v)
+            le[a] += np.int64(u <= v)
+    khi = m >> 1
+    klo = khi if (m & 1) else khi - 1
+    vlo = 0.0
+    vhi = 0.0
+    for a in range(m):
+        if lt[a] <= klo and klo < le[a]:
+            vlo = buf[a]
+        if lt[a] <= khi and khi < le[a]:
+            vhi = buf[a]
     if m & 1:
-        return buf[half]
-    return (buf[half] + buf[half - 1]) / 2.0
+        return vhi
+    return (vhi + vlo) / 2.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,10 +407,12 @@ def fit_tile_core(
     q = np.empty(n, dtype=np.uint8)
     oq = np.empty(n, dtype=np.uint8)
     mbuf = np.empty(max(ngroups, 1), dtype=np.float64)
+    lt_buf = np.empty(max(ngroups, 1), dtype=np.int64)
+    le_buf = np.empty(max(ngroups, 1), dtype=np.int64)
     starts = np.empty((nints, ngroups + 1), dtype=np.int64)
     ends = np.empty((nints, ngroups + 1), dtype=np.int64)
-    cstarts = np.empty(ngroups + 1, dtype=np.int64)
-    cends = np.empty(ngroups + 1, dtype=np.int64)
+    cstarts = np.empty((1, ngroups + 1), dtype=np.int64)
+    cends = np.empty((1, ngroups + 1), dtype=np.int64)
     nkept = np.empty(nints, dtype=np.int64)
     cnt_sat = np.empty(nints, dtype=np.int64)
     cnt_dnu = np.empty(nints, dtype=np.int64)
@@ -524,7 +547,7 @@ def fit_tile_core(
                             prev = cur
                         if all_nan and not math.isnan(r0):
                             mbuf[0] = r0
-                        mi = _median_nan_sorted(mbuf, ngroups - 1)
+                        mi = _median_nan(mbuf, ngroups - 1, lt_buf, le_buf)
                     if math.isnan(mi):
                         mi = 0.0
                     acc += mi
@@ -541,7 +564,7 @@ def fit_tile_core(
             for i in range(nints):
                 base = i * ngroups
                 nk, nrep, sat0 = _segments(
-                    q, base, ngroups, npers, jump, sat, True, starts[i], ends[i]
+                    q, base, ngroups, npers, jump, sat, True, starts, ends, i
                 )
                 nkept[i] = nk
                 if sat0:
@@ -678,7 +701,9 @@ def fit_tile_core(
                     for gg in range(ngroups):
                         if oq[base + gg] & chargeloss:
                             oq[base + gg] ^= dnu_chg
-                    nk, _, _ = _segments(oq, base, ngroups, npers, jump, sat, False, cstarts, cends)
+                    nk, _, _ = _segments(
+                        oq, base, ngroups, npers, jump, sat, False, cstarts, cends, 0
+                    )
                     if suppress:
                         timing1 = tg
                     elif is_0th[i]:
@@ -689,7 +714,7 @@ def fit_tile_core(
                         timing1 = tg
                     inv_r = 0.0
                     for s in range(nk):
-                        ln = cends[s] - cstarts[s]
+                        ln = cends[0, s] - cstarts[0, s]
                         if ln == 1:
                             sv = _rnoise_len1(rn, g, timing1)
                         elif ln == 2:
