@@ -39,7 +39,17 @@ from dask.utils import parse_bytes
 
 from stcal_dask.errors import UserInputError
 
-__all__ = ["compute", "get_client", "limit_threads", "parse_memory_limit", "THREAD_ENV"]
+__all__ = [
+    "LOCAL_SCHEDULERS",
+    "THREAD_ENV",
+    "compute",
+    "get_client",
+    "limit_threads",
+    "parse_memory_limit",
+]
+
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+"""Scheduler names that select dask's local schedulers instead of a distributed cluster."""
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -128,7 +138,9 @@ def get_client(
     ----------
     scheduler:
         Address of a running scheduler (``tcp://HOST:PORT``); None uses ``DASK_SCHEDULER_ADDRESS``
-        if set, else starts a ``LocalCluster``.
+        if set, else starts a ``LocalCluster``. ``"threads"``, ``"processes"`` or
+        ``"synchronous"`` use dask's local scheduler of that name instead (no cluster; the
+        context yields None).
     n_workers:
         Worker processes of the local cluster (default: the number of CPU cores). Ignored when
         connecting to an existing scheduler.
@@ -148,6 +160,11 @@ def get_client(
     from distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address in LOCAL_SCHEDULERS:
+        # no distributed cluster: dask's local scheduler (tests, small jobs, debugging)
+        with dask.config.set(scheduler=address):
+            yield None
+        return
     if address:
         address = _check_address(address)
         try:
@@ -206,6 +223,8 @@ def compute(*collections, quiet: bool = False, client=None):
     inside :func:`get_client`); otherwise the local threaded scheduler with
     :class:`dask.diagnostics.ProgressBar`. Returns a tuple of results like :func:`dask.compute`.
     """
+    if client is None and dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+        client = False  # inside get_client("threads") etc.: never pick up a distributed client
     if client is None:
         try:
             from distributed import default_client
@@ -213,7 +232,7 @@ def compute(*collections, quiet: bool = False, client=None):
             client = default_client()
         except (ValueError, ImportError):
             client = None
-    if client is not None:
+    if client is not None and client is not False:
         from distributed import progress
 
         futures = client.compute(list(collections), optimize_graph=True)

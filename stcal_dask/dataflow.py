@@ -64,6 +64,7 @@ from stcal_dask.kernels import ramp_fit as rk
 __all__ = [
     "JUMP_COUNT_VARIABLE",
     "all_group0_saturated",
+    "auto_tile",
     "detect_jumps",
     "fit_ramps",
     "frame_fitopt_dims",
@@ -97,6 +98,40 @@ def _tree_reduce(items: Sequence[Any], merge: Callable, fan_in: int = _FAN_IN):
     if level == 0:
         items = [dask.delayed(merge, pure=True)(items[0])]
     return items[0]
+
+
+def auto_tile(
+    nints: int,
+    ngroups: int,
+    ny: int,
+    nx: int,
+    *,
+    n_workers: int = 1,
+    tiles_per_worker: int = 4,
+    memory_budget_bytes: int | None = None,
+    align: int = 16,
+) -> tuple[int, int]:
+    """A tile that fits the per-tile memory budget *and* keeps every worker busy.
+
+    Starts from :func:`stcal_dask.datamodel.choose_tile_size` (largest tile within the budget,
+    full-width strips when possible) and shrinks the strip height until the frame has at least
+    ``tiles_per_worker * n_workers`` tiles (never below ``align`` rows), rounding heights to
+    multiples of ``align``.
+    """
+    from stcal_dask.datamodel import DEFAULT_MEMORY_BUDGET, choose_tile_size
+
+    ty, tx = choose_tile_size(nints, ngroups, ny, nx, memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
+    want = max(1, int(n_workers) * int(tiles_per_worker))
+    ntiles = -(-ny // ty) * -(-nx // tx)
+    if ntiles >= want:
+        return ty, tx
+    per_row = -(-nx // tx)
+    rows_needed = -(-want // per_row)
+    new_ty = -(-ny // rows_needed)
+    if new_ty > align:
+        new_ty = -(-new_ty // align) * align
+    new_ty = max(min(align, ny), min(new_ty, ty))
+    return int(new_ty), int(tx)
 
 
 def prepare_ramp(ramp: xr.Dataset, tile=None) -> xr.Dataset:
