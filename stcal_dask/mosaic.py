@@ -582,6 +582,11 @@ def run(args: argparse.Namespace) -> int:
     from stcal_dask.io._atomic import check_target
 
     # fail before starting a cluster when the output exists or inputs are missing
+    out_path = Path(args.output).expanduser()
+    if (out_path.exists() or out_path.is_symlink()) and not args.overwrite:
+        raise UserInputError(
+            f"output WCS {out_path} already exists (use --overwrite to replace it)"
+        )
     check_target(args.output, overwrite=args.overwrite, what="output WCS")
     for p in args.inputs:
         if not Path(p).expanduser().exists():
