@@ -51,6 +51,13 @@ def _corners_px(out, w):
     return np.array(al.reproject(w, out)(*al._bbox_vertices(al._resolve_bbox(w), True)))
 
 
+def _position_angle(ra0, dec0, ra1, dec1):
+    """Position angle (deg, East of North) of point 1 seen from point 0."""
+    from astropy.coordinates import position_angle
+
+    return float(position_angle(*np.deg2rad([ra0, dec0, ra1, dec1])).to_value(u.deg))
+
+
 def _fits_wcs(cdelt, shape, crval=(0.0, 0.0)):
     w = fitswcs.WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
@@ -142,7 +149,7 @@ def test_wcs_from_footprints_rotation_sets_position_angle():
         nw = al.wcs_from_footprints([(w1, TEST_INFO), (w2, TEST_INFO)], rotation=rotation)
         (ra0, dec0), (ra1, dec1) = nw(1.0, 1.0), nw(1.0, 2.0)
         # position angle of +y, East of North
-        pa = math.degrees(math.atan2((ra1 - ra0) * math.cos(math.radians(dec0)), dec1 - dec0))
+        pa = _position_angle(ra0, dec0, ra1, dec1)
         assert ((pa - rotation + 180) % 360) - 180 == pytest.approx(0.0, abs=1e-6)
 
 
@@ -534,3 +541,35 @@ def test_offset_pointing_round_trip():
     assert ra == pytest.approx(10.0, abs=1e-12) and dec == pytest.approx(20.01, abs=1e-9)
     ra, dec = offset_pointing(10.0, 20.0, 0.0, 36.0, pa=90.0)  # +y East
     assert ra > 10.0 and dec == pytest.approx(20.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("vparity", [-1, 1])
+def test_wcs_sim_orientation_and_mosaic_alignment(vparity):
+    """+y of the synthetic detector points at PA roll_ref - vparity * v3yangle, the detector
+    centre at (ra_ref, dec_ref), and a rotation=None mosaic keeps the detector axes."""
+    roll, v3y = 37.0, 1.5
+    e = imaging_wcs(210.0, -45.0, roll, shape=(41, 61), v3yangle=v3y, vparity=vparity)
+    np.testing.assert_allclose(e.wcs(30.0, 20.0), (210.0, -45.0), atol=1e-10)
+    (ra0, dec0), (ra1, dec1) = e.wcs(30.0, 20.0), e.wcs(30.0, 21.0)
+    pa = _position_angle(ra0, dec0, ra1, dec1)
+    assert ((pa - (roll - vparity * v3y) + 180) % 360) - 180 == pytest.approx(0.0, abs=1e-6)
+    assert e.wcsinfo["vparity"] == vparity and e.wcsinfo["v3yangle"] == v3y
+    out = al.wcs_from_footprints([(e.wcs, e.wcsinfo)])
+    f = al.reproject(e.wcs, out)
+    x0, y0 = f(30.0, 20.0)
+    x1, y1 = f(31.0, 20.0)
+    x2, y2 = f(30.0, 21.0)
+    np.testing.assert_allclose((x1 - x0, y1 - y0, x2 - x0, y2 - y0), (1, 0, 0, 1), atol=1e-6)
+    assert out.array_shape == (41, 61)
+
+
+def test_simulation_config_pointing_gives_exposure_wcs():
+    from stcal_dask.simulate import SimulationConfig, exposure_wcs
+
+    cfg = SimulationConfig(ny=30, nx=50, pointing=(12.0, -3.0, 100.0))
+    wcs, info = exposure_wcs(cfg)
+    assert wcs.pixel_shape == (50, 30)
+    assert info["roll_ref"] == 100.0
+    np.testing.assert_allclose(wcs(24.5, 14.5), (12.0, -3.0), atol=1e-10)
+    with pytest.raises(UserInputError, match="pointing"):
+        exposure_wcs(SimulationConfig())
