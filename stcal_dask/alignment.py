@@ -266,7 +266,7 @@ def _bbox_vertices(bb: tuple[tuple[float, float], ...], all_spatial: bool) -> np
     return np.array(list(itertools.product(*bb)), dtype=float).T
 
 
-def footprint(w: Any, bounding_box=None, center: bool = False) -> np.ndarray:
+def footprint(w: Any, bounding_box=None, center: bool = False, *, what: str = "WCS") -> np.ndarray:
     """World coordinates of the corners of a WCS's bounding box.
 
     Parameters
@@ -278,6 +278,8 @@ def footprint(w: Any, bounding_box=None, center: bool = False) -> np.ndarray:
     center : bool
         False (stcal's and jwst's imaging convention): the corners are the pixel *edges* of the
         box. True: the centres of the outermost pixels (each edge moved 0.5 px inwards).
+    what : str
+        Name of the WCS in error messages.
 
     Returns
     -------
@@ -286,7 +288,7 @@ def footprint(w: Any, bounding_box=None, center: bool = False) -> np.ndarray:
         ``WCS.footprint``; otherwise the product of the (low, high) corners of every axis.
     """
     types = _axes_types(w)
-    bb = _resolve_bbox(w, bounding_box)
+    bb = _resolve_bbox(w, bounding_box, what=what)
     if center:
         bb = tuple((lo + 0.5, hi - 0.5) for lo, hi in bb)
     vertices = _bbox_vertices(bb, all(t == "SPATIAL" for t in types))
@@ -369,7 +371,10 @@ def compute_fiducial(wcslist: Sequence, bounding_box=None) -> np.ndarray:
     wcslist = _validate_wcs_list(wcslist)
     types = np.array(_check_same_frames(wcslist))
     fps = np.vstack(
-        [footprint(w, bounding_box=bounding_box) for w in wcslist]
+        [
+            footprint(w, bounding_box=bounding_box, what=f"wcslist[{i}]")
+            for i, w in enumerate(wcslist)
+        ]
     )  # (nvertices, naxes)
     fiducial = np.zeros(len(types))
     spatial = np.flatnonzero(types == "SPATIAL")
@@ -913,6 +918,18 @@ def _model_wcs(item: Any, what: str) -> tuple[Any, Any]:
     )
 
 
+def _data_bbox(item: Any, w: Any):
+    """Full-frame box of a datamodel's ``data`` when its WCS has no bounding box or pixel shape
+    (what jwst's resample does before building the output WCS); None otherwise."""
+    has_box = w.bounding_box is not None if _kind(w) == "gwcs" else w.pixel_bounds is not None
+    if has_box or w.pixel_shape is not None:
+        return None
+    shape = getattr(getattr(item, "data", None), "shape", None)
+    if shape is None or len(shape) < 2:
+        return None
+    return wcs_bbox_from_shape(shape)
+
+
 def wcs_from_footprints(
     dmodels: Sequence,
     refmodel: Any = None,
@@ -932,8 +949,9 @@ def wcs_from_footprints(
     Parameters
     ----------
     dmodels : list
-        Each a datamodel-like object with ``meta.wcs`` (gwcs or FITS WCS with a bounding box or a
-        pixel shape) and ``meta.wcsinfo``, a ``(wcs, wcsinfo_dict)`` pair, or a bare WCS.
+        Each a datamodel-like object with ``meta.wcs`` (gwcs or FITS WCS with a bounding box, a
+        pixel shape, or a ``data`` array whose shape gives the full frame) and ``meta.wcsinfo``,
+        a ``(wcs, wcsinfo_dict)`` pair, or a bare WCS.
     refmodel : optional
         Same kinds; gives the frames, the pixel scale (at its ``ra_ref, dec_ref``) and the
         orientation (``roll_ref, v3yangle, vparity``). Default: ``dmodels[0]``.
@@ -962,7 +980,10 @@ def wcs_from_footprints(
     types = _check_same_frames([ref_wcs, *wcslist], "wcs")
     if types != ("SPATIAL", "SPATIAL"):
         raise UserInputError(f"wcs_from_footprints supports 2-D celestial WCSs, got {list(types)}")
-    fps = [footprint(w) for w in wcslist]
+    fps = [
+        footprint(w, bounding_box=_data_bbox(m, w), what=f"dmodels[{i}] wcs")
+        for i, (m, w) in enumerate(zip(items, wcslist, strict=True))
+    ]
 
     full = None
     if transform is not None:

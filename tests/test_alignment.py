@@ -443,12 +443,18 @@ def test_bad_input_empty_list():
 def test_bad_input_no_bounding_box_no_shape():
     w1, w2 = _pair()
     w2.bounding_box = None
-    with pytest.raises(UserInputError, match="neither a bounding box nor a pixel shape") as exc:
+    with pytest.raises(UserInputError, match=r"dmodels\[1\] wcs has neither a bounding box") as exc:
         al.wcs_from_footprints([(w1, TEST_INFO), (w2, TEST_INFO)])
     _one_line(exc)
     with pytest.raises(UserInputError):
         al.compute_fiducial([w2])
-    # a pixel shape is enough
+    # a datamodel's data array is enough (as in jwst's resample) and the WCS is not modified
+    model = SimpleNamespace(
+        meta=SimpleNamespace(wcs=w2, wcsinfo=TEST_INFO), data=np.zeros((3, 3), np.float32)
+    )
+    assert al.wcs_from_footprints([(w1, TEST_INFO), model]).array_shape == (4, 4)
+    assert w2.bounding_box is None
+    # and so is a pixel shape
     w2.pixel_shape = (3, 3)
     assert al.wcs_from_footprints([(w1, TEST_INFO), (w2, TEST_INFO)]).array_shape == (4, 4)
 
