@@ -579,3 +579,27 @@ def test_simulation_config_pointing_gives_exposure_wcs():
     np.testing.assert_allclose(wcs(24.5, 14.5), (12.0, -3.0), atol=1e-10)
     with pytest.raises(UserInputError, match="pointing"):
         exposure_wcs(SimulationConfig())
+
+
+def test_wcs_from_footprints_on_jwst_datamodels():
+    """Real stdatamodels ImageModels (meta.wcs + meta.wcsinfo node) as stcal 1.7.1 took them."""
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    pts = dither_pattern(3, center=(80.5, -69.5), roll=250.0, tile=2.0, dither=0.2)
+    exposures = [imaging_wcs(p.ra, p.dec, p.roll, shape=(20, 24)) for p in pts]
+    models = []
+    for e in exposures:
+        model = ImageModel(data=np.zeros((20, 24), np.float32))
+        model.meta.wcs = e.wcs
+        for key, value in e.wcsinfo.items():
+            setattr(model.meta.wcsinfo, key, value)
+        models.append(model)
+    a = al.wcs_from_footprints(models, rotation=10.0)
+    b = al.wcs_from_footprints([(e.wcs, e.wcsinfo) for e in exposures], rotation=10.0)
+    assert a.array_shape == b.array_shape
+    np.testing.assert_allclose(a.forward_transform.crpix.value, b.forward_transform.crpix.value)
+    np.testing.assert_allclose(a.forward_transform.pc.value, b.forward_transform.pc.value)
+    c = al.wcs_from_footprints(models, refmodel=models[2])
+    assert c.forward_transform.crval.value[0] == pytest.approx(a.forward_transform.crval.value[0])
+    for model in models:
+        model.close()
