@@ -603,7 +603,8 @@ def run(args: argparse.Namespace) -> int:
         "shape": getattr(args, "shape", None),
         "align_edges": bool(getattr(args, "align_edges", False)),
     }
-    with get_client(getattr(args, "scheduler", None), getattr(args, "n_workers", None)) as client:
+    scheduler, n_workers = getattr(args, "scheduler", None), getattr(args, "n_workers", None)
+    with get_client(scheduler=scheduler, n_workers=n_workers) as client:
         mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
     out = write_mosaic_wcs(mosaic, args.output, overwrite=args.overwrite, parameters=options)
     ny, nx = mosaic.wcs.array_shape

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         roll_step=args.roll_step,
     )
     t0 = time.perf_counter()
-    with get_client(args.scheduler, args.n_workers) as client:
+    with get_client(scheduler=args.scheduler, n_workers=args.n_workers) as client:
         paths, pending = [], []
         for i, pt in enumerate(pointings):
             cfg = SimulationConfig(
