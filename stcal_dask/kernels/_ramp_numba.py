@@ -13,6 +13,7 @@ each pixel is fitted from that buffer. Memory besides the outputs is O(nx * nint
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -298,15 +299,50 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
     out[4] = out[2] + out[3]
 
 
-@numba.njit(**_JIT)
-def _median_nan(buf, n, lt, le):
-    """Median of ``buf[:n]`` ignoring NaN (mean of the two middle values for an even count).
+def _oddeven_merge_pairs(size):
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``size`` (a power of 2)."""
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
 
-    Selection by rank counting, written so that the O(n^2) comparisons vectorise: the k-th
-    smallest value v is the one with ``#(u < v) <= k < #(u <= v)``; this picks exactly the
-    values a sort would. ``buf`` is compacted in place (NaN removed); ``lt``/``le`` are int64
-    scratch arrays of length >= n.
+
+@functools.lru_cache(maxsize=64)
+def sorting_networks(nmax):
+    """Sorting networks for every length m <= ``nmax``: ``(table, count)``.
+
+    ``table[m, :count[m]]`` are the comparators of Batcher's network for the next power of two,
+    keeping only those acting on positions < m (the others would only compare +inf padding).
+    Data-independent, so the median needs no unpredictable branches.
     """
+    size = 1
+    while size < max(nmax, 1):
+        size *= 2
+    full = _oddeven_merge_pairs(size)
+    table = np.zeros((nmax + 1, max(len(full), 1), 2), dtype=np.int64)
+    count = np.zeros(nmax + 1, dtype=np.int64)
+    for m in range(nmax + 1):
+        kept = [pair for pair in full if pair[1] < m]
+        count[m] = len(kept)
+        if kept:
+            table[m, : len(kept)] = kept
+    table.flags.writeable = False
+    count.flags.writeable = False
+    return table, count
+
+
+@numba.njit(**_JIT)
+def _median_nan(buf, n, net, net_count):
+    """Median of ``buf[:n]`` ignoring NaN (mean of the two middle values for an even count),
+    like stcal's NaN-aware sort + middle pick. ``buf`` is compacted and sorted in place."""
     m = 0
     for j in range(n):
         v = buf[j]
@@ -315,29 +351,17 @@ def _median_nan(buf, n, lt, le):
             m += 1
     if m == 0:
         return np.nan
-    if m == 1:
-        return buf[0]
-    for a in range(m):
-        lt[a] = 0
-        le[a] = 0
-    for b in range(m):
-        u = buf[b]
-        for a in range(m):
-            v = buf[a]
-            lt[a] += np.int64(u < v)
-            le[a] += np.int64(u <= v)
-    khi = m >> 1
-    klo = khi if (m & 1) else khi - 1
-    vlo = 0.0
-    vhi = 0.0
-    for a in range(m):
-        if lt[a] <= klo and klo < le[a]:
-            vlo = buf[a]
-        if lt[a] <= khi and khi < le[a]:
-            vhi = buf[a]
+    for c in range(net_count[m]):
+        i = net[m, c, 0]
+        j = net[m, c, 1]
+        a = buf[i]
+        b = buf[j]
+        buf[i] = b if b < a else a
+        buf[j] = a if b < a else b
+    half = m >> 1
     if m & 1:
-        return vhi
-    return (vhi + vlo) / 2.0
+        return buf[half]
+    return (buf[half] + buf[half - 1]) / 2.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -369,6 +393,8 @@ def fit_tile_core(
     pers,
     chargeloss,
     ngval,
+    net,
+    net_count,
     # outputs
     r_slope,
     r_dq,
@@ -406,9 +432,8 @@ def fit_tile_core(
     d = np.empty(n, dtype=np.float64)
     q = np.empty(n, dtype=np.uint8)
     oq = np.empty(n, dtype=np.uint8)
+    clean = np.empty(nints, dtype=np.bool_)
     mbuf = np.empty(max(ngroups, 1), dtype=np.float64)
-    lt_buf = np.empty(max(ngroups, 1), dtype=np.int64)
-    le_buf = np.empty(max(ngroups, 1), dtype=np.int64)
     starts = np.empty((nints, ngroups + 1), dtype=np.int64)
     ends = np.empty((nints, ngroups + 1), dtype=np.int64)
     cstarts = np.empty((1, ngroups + 1), dtype=np.int64)
@@ -442,9 +467,6 @@ def fit_tile_core(
             if g <= 0.0 or math.isnan(g):
                 pdq |= np.uint32(dnu | ngval)
             rdq = pdq
-            for k in range(n):
-                oq[k] = qrow[x, k]
-            _prepare_pixel_dq(qrow, x, q, nints, ngroups, npers, dnu, suppress)
             any_cl = False
             for i in range(nints):
                 base = i * ngroups
@@ -453,39 +475,57 @@ def fit_tile_core(
                 ivp[i] = 0.0
                 ivr[i] = 0.0
                 ierr[i] = 0.0
+                # copy the samples; fast path for an integration without any flag
+                orq = np.uint8(0)
+                for k in range(base, base + ngroups):
+                    qq = qrow[x, k]
+                    q[k] = qq
+                    orq |= qq
+                    d[k] = np.float64(drow[x, k])
                 ns = 0
                 nd = 0
                 nds = 0
-                ngd = 0
+                ngd = ngroups
                 fj = False
                 fp = False
                 fc = False
-                ncr = 0
-                for gg in range(ngroups):
-                    k = base + gg
-                    qq = q[k]
-                    if qq & jump:
-                        fj = True
-                    if qq & pers:
-                        fp = True
-                    if qq & chargeloss:
-                        fc = True
-                    if qq == 0:
-                        ngd += 1
-                    elif qq & dnu:
-                        nd += 1
-                    if qq & invalid:
-                        nds += 1
-                    if qq & sat:
-                        d[k] = np.nan
-                        ns += 1
-                    else:
-                        d[k] = np.float64(drow[x, k])
-                    if save_opt and gg > 0 and (qq & jump):
-                        if ncr >= max_cr_slots:
-                            raise ValueError("n_crmag is smaller than this tile needs")
-                        o_crmag[i, ncr, y, x] = np.float32(d[k] - d[k - 1])
-                        ncr += 1
+                is_clean = orq == 0 and not (suppress and ngroups == 1)
+                clean[i] = is_clean
+                if not is_clean:
+                    if suppress:
+                        # suppress_one_group: exactly one usable group -> DO_NOT_USE everywhere
+                        ngood = 0
+                        for k in range(base, base + ngroups):
+                            if (q[k] & npers) == 0:
+                                ngood += 1
+                        if ngood == 1:
+                            for k in range(base, base + ngroups):
+                                q[k] |= dnu
+                    ngd = 0
+                    ncr = 0
+                    for gg in range(ngroups):
+                        k = base + gg
+                        qq = q[k]
+                        if qq & jump:
+                            fj = True
+                        if qq & pers:
+                            fp = True
+                        if qq & chargeloss:
+                            fc = True
+                        if qq == 0:
+                            ngd += 1
+                        elif qq & dnu:
+                            nd += 1
+                        if qq & invalid:
+                            nds += 1
+                        if qq & sat:
+                            d[k] = np.nan
+                            ns += 1
+                        if save_opt and gg > 0 and (qq & jump):
+                            if ncr >= max_cr_slots:
+                                raise ValueError("n_crmag is smaller than this tile needs")
+                            o_crmag[i, ncr, y, x] = np.float32(d[k] - d[k - 1])
+                            ncr += 1
                 is_0th[i] = False
                 is_zf[i] = False
                 if not suppress:
@@ -547,7 +587,7 @@ def fit_tile_core(
                             prev = cur
                         if all_nan and not math.isnan(r0):
                             mbuf[0] = r0
-                        mi = _median_nan(mbuf, ngroups - 1, lt_buf, le_buf)
+                        mi = _median_nan(mbuf, ngroups - 1, net, net_count)
                     if math.isnan(mi):
                         mi = 0.0
                     acc += mi
@@ -563,9 +603,14 @@ def fit_tile_core(
             rate_sat = False
             for i in range(nints):
                 base = i * ngroups
-                nk, nrep, sat0 = _segments(
-                    q, base, ngroups, npers, jump, sat, True, starts, ends, i
-                )
+                if clean[i]:
+                    nk, nrep, sat0 = 1, 1, False
+                    starts[i, 0] = 0
+                    ends[i, 0] = ngroups
+                else:
+                    nk, nrep, sat0 = _segments(
+                        q, base, ngroups, npers, jump, sat, True, starts, ends, i
+                    )
                 nkept[i] = nk
                 if sat0:
                     idq[i] |= np.uint32(invalid)
@@ -698,9 +743,11 @@ def fit_tile_core(
                         if ivr[i] > 0.0:
                             evar_r += 1.0 / ivr[i]
                         continue
-                    for gg in range(ngroups):
-                        if oq[base + gg] & chargeloss:
-                            oq[base + gg] ^= dnu_chg
+                    for k in range(base, base + ngroups):
+                        v = qrow[x, k]  # the group DQ before suppression (stcal's orig_gdq)
+                        if v & chargeloss:
+                            v ^= dnu_chg
+                        oq[k] = v
                     nk, _, _ = _segments(
                         oq, base, ngroups, npers, jump, sat, False, cstarts, cends, 0
                     )
@@ -862,6 +909,7 @@ def fit_tile(
             pers,
             chargeloss,
             ngval,
+            *sorting_networks(max(ngroups - 1, 1)),
             *r,
             *ri,
             *o,
