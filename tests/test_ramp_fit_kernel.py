@@ -661,7 +661,7 @@ def test_any_dtype_accepted(small_exposure):
         ex.data.astype(np.float64),
         ex.groupdq.astype(np.int32),
         ex.pixeldq.astype(np.int64),
-        ex.gain.astype(np.float64),
+        np.broadcast_to(ex.gain.astype(np.float64), ex.gain.shape),  # read-only
         np.asfortranarray(ex.readnoise.astype(np.float64)),
         params=p,
         timing=t,

@@ -797,14 +797,24 @@ def fit_tile_core(
 # Python wrapper
 
 
+def readonly_c(a, dtype):
+    """``a`` as a C-contiguous array of ``dtype`` (copied only if needed), as a read-only view.
+
+    Every input reaches numba read-only and C-ordered, so there is one compiled specialisation
+    whatever the caller passes (writeable or not) and the kernel cannot write into the caller's
+    arrays.
+    """
+    a = np.ascontiguousarray(np.asarray(a).astype(dtype, copy=False))
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
 def _as(arr, dtype, name, shape):
     a = np.asarray(arr)
     if a.shape != shape:
         raise UserInputError(f"{name} must have shape {shape}, got {a.shape}")
-    a = a.astype(dtype, copy=False)
-    if not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    return a
+    return readonly_c(a, dtype)
 
 
 def fit_tile(
@@ -850,14 +860,14 @@ def fit_tile(
     gain32 = _as(gain, np.float32, "gain", img)
     rn32 = _as(readnoise, np.float32, "readnoise", img)
     if average_dark_current is None:
-        dark = np.zeros(img, dtype=np.float32)
+        dark = readonly_c(np.zeros(img, dtype=np.float32), np.float32)
     else:
         dark = _as(average_dark_current, np.float32, "average_dark_current", img)
     has_zf = zeroframe is not None
     if has_zf:
         zf = _as(zeroframe, np.float32, "zeroframe", (nints, ny, nx))
     else:
-        zf = np.zeros((1, 1, 1), dtype=np.float32)
+        zf = readonly_c(np.zeros((1, 1, 1), dtype=np.float32), np.float32)
 
     suppress = _effective_suppress(params, ngroups)
     save_opt = bool(params.save_opt)

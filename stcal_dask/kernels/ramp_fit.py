@@ -55,6 +55,7 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
+from stcal_dask.kernels import _ramp_numba as rn
 
 __all__ = [
     "FitoptDims",
@@ -232,15 +233,13 @@ def fitopt_dims(
     params: the step parameters (``suppress_one_group`` changes the segments).
     zeroframe: (nints, ny, nx) DN or None; a usable zero frame adds a one-group segment.
     """
-    from stcal_dask.kernels import _ramp_numba as rn
-
     gdq, zf = _prepare_dims_inputs(groupdq, zeroframe)
     suppress = _effective_suppress(params, gdq.shape[1])
     has_zf = zf is not None
     if not has_zf:
         zf = np.zeros((1, 1, 1), dtype=np.float32)
-    if not gdq.flags.c_contiguous:
-        gdq = np.ascontiguousarray(gdq)
+    gdq = rn.readonly_c(gdq, np.uint8)
+    zf = rn.readonly_c(zf, np.float32)
     nseg, ncr = rn.fitopt_dims_tile(gdq, zf, has_zf, suppress, *_flag_args())
     return FitoptDims(int(nseg), int(ncr))
 
@@ -290,8 +289,6 @@ def fit_ramps_tile(
     RampFitResult(rate, rateints, fitopt): ``rate`` 2-D, ``rateints`` (nints, ny, nx), ``fitopt``
     a :class:`FitoptProduct` when ``params.save_opt`` else None.
     """
-    from stcal_dask.kernels import _ramp_numba as rn
-
     return rn.fit_tile(
         data,
         groupdq,
