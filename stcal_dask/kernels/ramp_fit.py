@@ -43,6 +43,22 @@ Slope weighting
 into integration and exposure slopes with weights 1/var_rnoise, and fitopt ``weights`` = 1/var_r.
 ``"combined"`` is the earlier (1.7 - 1.18) rule: weights 1/(var_poisson + var_rnoise) and fitopt
 ``weights`` = (1/(var_poisson + var_rnoise))^2. Variances and ERR are the same under both rules.
+
+Other choices
+-------------
+* ``suppress_one_group`` is ignored for NGROUPS == 1, as the JWST entry point ``ramp_fit`` does
+  (``ramp_fit_data`` alone would suppress every single-group ramp).
+* stcal's multiprocessing quirks (suppression lost in worker slices, fitopt segment axis >= 1) are
+  not reproduced: results equal stcal's single-process (``max_cores="none"``) run.
+* Precision: every per-pixel quantity is computed in double from the float32 inputs in stcal's
+  order of operations (the converted read noise is rounded to float32 as stcal's in-place
+  conversion does; optimal weights use single-precision powers) and rounded to float32 once, so
+  results normally agree with stcal bit for bit, and always within float32 rounding.
+* The fitopt segment axis follows stcal, including its quirk of counting every length-1 segment
+  when only length-1 segments exist (the extra slots stay 0).
+
+The numba core lives in :mod:`stcal_dask.kernels._ramp_numba` (``nogil``: tiles can be fitted in
+parallel threads).
 """
 
 from __future__ import annotations
