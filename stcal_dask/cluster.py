@@ -232,18 +232,21 @@ def compute(*collections, quiet: bool = False, client=None):
             client = default_client()
         except (ValueError, ImportError):
             client = None
-    if client is not None and client is not False:
-        from distributed import progress
+    # No low-level fusion: it renames tasks per consumer, so a tile kernel shared by a Delayed
+    # write and an array reduction would run twice.
+    with dask.config.set({"optimization.fuse.active": False}):
+        if client is not None and client is not False:
+            from distributed import progress
 
-        futures = client.compute(list(collections), optimize_graph=True)
-        if not quiet:
-            progress(futures, notebook=False)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        return tuple(client.gather(futures))
-    if quiet:
-        return dask.compute(*collections)
-    from dask.diagnostics import ProgressBar
+            futures = client.compute(list(collections), optimize_graph=True)
+            if not quiet:
+                progress(futures, notebook=False)
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            return tuple(client.gather(futures))
+        if quiet:
+            return dask.compute(*collections)
+        from dask.diagnostics import ProgressBar
 
-    with ProgressBar(out=sys.stdout):
-        return dask.compute(*collections)
+        with ProgressBar(out=sys.stdout):
+            return dask.compute(*collections)

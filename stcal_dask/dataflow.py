@@ -32,6 +32,12 @@ The pass-1 reductions read their inputs through cloned graph keys
 (:func:`dask.graph_manipulation.clone`), so the scheduler does not keep every chunk that a
 reduction has touched alive until the tile that needs it runs: memory stays bounded by a few tiles.
 
+Compute several products of one graph **together** (one ``dask.compute`` call, or
+:func:`stcal_dask.cluster.compute`), so each tile kernel runs once. That function
+also switches off dask's low-level task fusion: fusion renames tasks per consumer, and a kernel
+fused into one consumer (e.g. the jump count) would run again for the others (e.g. a Delayed
+write).
+
 The fitopt arrays' sizes depend on the data (the largest number of segments), and an xarray needs
 concrete sizes, so :func:`fit_ramps` with ``save_opt`` computes that small reduction (on
 ``groupdq`` only) when it is called, unless ``fitopt_dims`` is given.
@@ -237,7 +243,7 @@ def _unpack(packed: da.Array, name: str) -> da.Array:
         chunks=chunks,
         new_axis=list(range(len(lead))) if lead else None,
         meta=np.empty((0,) * (len(lead) + 2), dtype=base),
-        name=f"{packed.name}-{name}",
+        name=f"stcal-dask-unpack-{name}-" + dask.base.tokenize(packed.name, name),
     )
 
 
@@ -291,7 +297,7 @@ def jump_globals(ramp: xr.Dataset, params: jk.JumpParams | None = None):
     nints, ngroups = sci.shape[:2]
     gdq_c = clone(gdq, assume_layers=False)
     gdq_b = gdq_c.to_delayed()
-    gain_b = gain.to_delayed()
+    gain_b = gain.to_delayed(optimize_graph=False)
     nby, nbx = gain_b.shape
     parts = [
         dask.delayed(_globals_partial, pure=True)(gdq_b[0, 0, i, j], gain_b[i, j])
@@ -336,8 +342,8 @@ def _jump_block(sci, gdq, pdq, gain, rn, *, globals_, params, nframes, group_tim
     )
 
 
-def _total_primary(total, globals_):
-    return np.int64(jk.total_primary_crs(int(total), globals_))
+def _is_skipped(globals_) -> np.bool_:
+    return np.bool_(globals_.skip)
 
 
 def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=None
@@ -400,10 +406,14 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
     new_gdq = _unpack(packed, "groupdq")
     new_pdq = _unpack(packed, "pixeldq")
     primary = _unpack(packed, "primary")
-    total = primary.sum(dtype=np.int64)
-    count = da.from_delayed(
-        dask.delayed(_total_primary, pure=True)(total, glob), shape=(), dtype=np.int64
+    # stay in dask.array (a dask array handed to a Delayed is optimized on its own, which would
+    # fuse and rename the tile tasks and run every kernel twice)
+    skipped = da.from_delayed(
+        dask.delayed(_is_skipped, pure=True)(glob), shape=(), dtype=bool
     )
+    count = da.where(
+        skipped, np.int64(jk.SKIPPED_PRIMARY_COUNT), primary.sum(dtype=np.int64)
+    ).astype(np.int64)
     out = ramp.copy(deep=False)
     out["groupdq"] = xr.Variable(ramp["groupdq"].dims, new_gdq, ramp["groupdq"].attrs)
     out["pixeldq"] = xr.Variable(ramp["pixeldq"].dims, new_pdq, ramp["pixeldq"].attrs)
@@ -447,8 +457,8 @@ def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
     ramp = prepare_ramp(ramp)
     gdq = _arr(ramp, "groupdq")
     zf = _arr(ramp, "zeroframe")
-    gdq_b = gdq.to_delayed()
-    zf_b = zf[:, None].to_delayed() if zf is not None else None
+    gdq_b = gdq.to_delayed(optimize_graph=False)
+    zf_b = zf[:, None].to_delayed(optimize_graph=False) if zf is not None else None
     parts = [
         dask.delayed(_dims_partial, pure=True)(
             gdq_b[0, 0, i, j], None if zf_b is None else zf_b[0, 0, i, j], params

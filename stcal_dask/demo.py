@@ -16,7 +16,6 @@ The demo owns its output directory's ``demo_*`` files and replaces them on every
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -67,8 +66,14 @@ def _hist_median(hist: np.ndarray) -> float:
     if n == 0:
         return float("nan")
     c = np.cumsum(hist)
-    i = int(np.searchsorted(c, (n + 1) / 2))
-    return float(math.sqrt(_REL_BINS[i] * _REL_BINS[i + 1])) if i > 0 else float(_REL_BINS[1])
+    half = n / 2.0
+    i = int(np.searchsorted(c, half))
+    below = c[i - 1] if i > 0 else 0
+    frac = (half - below) / hist[i] if hist[i] else 0.5
+    lo, hi = _REL_BINS[i], _REL_BINS[i + 1]
+    if lo <= 0:
+        return float(hi * frac)
+    return float(lo * (hi / lo) ** frac)  # log-interpolated within the bin
 
 
 def tile_stats(gdq, slope, dq, gain, flux, cr_mask) -> DemoSummary:
@@ -295,12 +300,14 @@ def run_demo(
                     p = writer(ds, target, overwrite=overwrite, compute=False)
                 pendings.append(p)
                 written.append(target)
-        gdq_b = jumped["groupdq"].data.to_delayed()
-        slope_b = rate["sci"].data.to_delayed()
-        dq_b = rate["dq"].data.to_delayed()
-        gain_b = ramp["gain"].data.to_delayed()
-        flux_b = truth["flux"].data.rechunk(rate["sci"].data.chunks).to_delayed()
-        cr_b = truth["cr_mask"].data.rechunk(jumped["groupdq"].data.chunks).to_delayed()
+        gdq_b = jumped["groupdq"].data.to_delayed(optimize_graph=False)
+        slope_b = rate["sci"].data.to_delayed(optimize_graph=False)
+        dq_b = rate["dq"].data.to_delayed(optimize_graph=False)
+        gain_b = ramp["gain"].data.to_delayed(optimize_graph=False)
+        flux_b = truth["flux"].data.rechunk(rate["sci"].data.chunks)
+        flux_b = flux_b.to_delayed(optimize_graph=False)
+        cr_b = truth["cr_mask"].data.rechunk(jumped["groupdq"].data.chunks)
+        cr_b = cr_b.to_delayed(optimize_graph=False)
         parts = [
             dask.delayed(tile_stats, pure=True)(
                 gdq_b[0, 0, i, j], slope_b[i, j], dq_b[i, j], gain_b[i, j], flux_b[i, j],

@@ -1,0 +1,247 @@
+"""The dataflow layer: chunk invariance against the whole-frame kernels, laziness, frame-wide
+statistics, the threaded scheduler."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import dask
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+
+from stcal_dask import dataflow, dqflags
+from stcal_dask.datamodel import make_ramp_dataset, ramp_from_exposure
+from stcal_dask.kernels import jump as jk
+from stcal_dask.kernels import ramp_fit as rk
+from stcal_dask.simulate import SimulationConfig, simulate_exposure
+
+CHUNKINGS = [(40, 50), (16, 16), (7, 13), (1, 50), (40, 3)]
+"""Whole frame, square tiles, odd tiles, one-row strips, three-column strips (all < 64 px)."""
+
+RATE_MAP = {"sci": "slope", "err": "err", "dq": "dq", "var_poisson": "var_poisson",
+            "var_rnoise": "var_rnoise"}
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("the graph was computed while it should only have been built")
+
+
+class _CountTasks(Callback):
+    """Counts executed tasks whose key name starts with a prefix."""
+
+    def __init__(self, needle: str):
+        super().__init__()
+        self.needle, self.count = needle, 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        name = key[0] if isinstance(key, tuple) else key
+        if str(name).startswith(self.needle):
+            self.count += 1
+
+
+@pytest.fixture(scope="module")
+def exposure():
+    cfg = SimulationConfig(nints=2, ngroups=6, ny=40, nx=50, seed=11, cr_rate=0.05,
+                           zeroframe=True, do_not_use_fraction=0.01, nan_fraction=0.002)
+    return simulate_exposure(cfg)
+
+
+def _whole_frame(exp, jparams, rparams):
+    """The kernels on the whole frame: the reference every chunking must reproduce."""
+    cfg = exp.config
+    g = jk.detect_jumps_globals(exp.data, exp.groupdq, exp.gain, params=jparams)
+    jr = jk.detect_jumps_tile(exp.data, exp.groupdq, exp.pixeldq, exp.gain, exp.readnoise,
+                              params=jparams, nframes=cfg.nframes, group_time=cfg.group_time,
+                              globals=g)
+    timing = rk.RampTiming(cfg.frame_time, cfg.group_time, cfg.nframes, cfg.groupgap,
+                           cfg.drop_frames1)
+    dims = rk.fitopt_dims(jr.groupdq, params=rparams, zeroframe=exp.zeroframe)
+    fr = rk.fit_ramps_tile(exp.data, jr.groupdq, jr.pixeldq, exp.gain, exp.readnoise,
+                           params=rparams, timing=timing, zeroframe=exp.zeroframe,
+                           n_segments=dims.n_segments, n_crmag=dims.n_crmag)
+    return g, jr, fr
+
+
+def _assert_equal(name, ours, ref):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
+    assert ours.dtype == ref.dtype, f"{name}: dtype {ours.dtype} != {ref.dtype}"
+    assert np.array_equal(ours, ref, equal_nan=ours.dtype.kind == "f"), f"{name} differs"
+
+
+def _check_products(products, fr):
+    rate, rateints, fitopt = products
+    for var, field in RATE_MAP.items():
+        _assert_equal(f"rate.{var}", rate[var].values, getattr(fr.rate, field))
+        _assert_equal(f"rateints.{var}", rateints[var].values, getattr(fr.rateints, field))
+    for var in fitopt.data_vars:
+        _assert_equal(f"fitopt.{var}", fitopt[var].values, getattr(fr.fitopt, var))
+
+
+@pytest.mark.parametrize("tile", CHUNKINGS)
+def test_chunk_invariance_default_parameters(exposure, tile):
+    jparams, rparams = jk.JumpParams(), rk.RampFitParams(save_opt=True)
+    g, jr, fr = _whole_frame(exposure, jparams, rparams)
+    ramp = ramp_from_exposure(exposure, chunks=tile)
+    jumped = dataflow.detect_jumps(ramp, jparams)
+    products = dataflow.fit_ramps(jumped, rparams)
+    jumped, products = dask.compute(jumped, products, scheduler="threads")
+    _assert_equal("groupdq", jumped["groupdq"].values, jr.groupdq)
+    _assert_equal("pixeldq", jumped["pixeldq"].values, jr.pixeldq)
+    assert int(jumped[dataflow.JUMP_COUNT_VARIABLE]) == jk.total_primary_crs(jr.n_primary, g)
+    assert int(jumped[dataflow.JUMP_COUNT_VARIABLE]) > 0
+    assert (jr.groupdq & dqflags.JUMP_DET).any()
+    _check_products(products, fr)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "jparams", "tile", "path"),
+    [
+        # single-pass path (>= 10 usable differences) with after-jump flagging (median gain)
+        (SimulationConfig(nints=1, ngroups=12, ny=24, nx=30, seed=5, cr_rate=0.04),
+         jk.JumpParams(after_jump_flag_dn1=200.0, after_jump_flag_time1=25.0,
+                       after_jump_flag_dn2=1000.0, after_jump_flag_time2=50.0),
+         (5, 11), "single"),
+        # sigma-clip path (few integrations made enough by the parameter): reset pass 1b
+        (SimulationConfig(nints=6, ngroups=4, ny=20, nx=18, seed=8, cr_rate=0.05),
+         jk.JumpParams(minimum_sigclip_groups=5), (6, 7), "sigclip"),
+        # sigma-clip over all differences of a pixel (only_use_ints=False)
+        (SimulationConfig(nints=3, ngroups=5, ny=16, nx=16, seed=9, cr_rate=0.05),
+         jk.JumpParams(minimum_sigclip_groups=12, only_use_ints=False, flag_4_neighbors=False),
+         (3, 5), "sigclip"),
+    ],
+)
+def test_chunk_invariance_other_paths(cfg, jparams, tile, path):
+    exp = simulate_exposure(cfg)
+    rparams = rk.RampFitParams(save_opt=True)
+    g, jr, fr = _whole_frame(exp, jparams, rparams)
+    assert g.path == path
+    ramp = ramp_from_exposure(exp, chunks=tile)
+    jumped = dataflow.detect_jumps(ramp, jparams)
+    glob = dataflow.jump_globals(dataflow.prepare_ramp(ramp), jparams).compute()
+    assert glob.path == path and float(glob.median_gain) == float(g.median_gain)
+    if path == "sigclip":
+        assert np.array_equal(glob.sigclip_reset, g.sigclip_reset)
+    jumped, products = dask.compute(jumped, dataflow.fit_ramps(jumped, rparams),
+                                    scheduler="threads")
+    _assert_equal("groupdq", jumped["groupdq"].values, jr.groupdq)
+    _assert_equal("pixeldq", jumped["pixeldq"].values, jr.pixeldq)
+    assert int(jumped[dataflow.JUMP_COUNT_VARIABLE]) == jk.total_primary_crs(jr.n_primary, g)
+    _check_products(products, fr)
+
+
+def test_whole_plane_do_not_use_is_a_frame_decision():
+    """Group planes flagged DO_NOT_USE in every pixel change the path for the whole frame (here:
+    skip, count -99) even though each tile alone could not tell a whole plane from a partial one.
+    """
+    exp = simulate_exposure(SimulationConfig(nints=1, ngroups=4, ny=12, nx=12, seed=2))
+    gdq = exp.groupdq.copy()
+    gdq[:, 1:3] |= dqflags.DO_NOT_USE  # two whole planes -> 2 usable groups < 3: skipped
+    gdq[0, 1, 0, 0] &= ~np.uint8(dqflags.DO_NOT_USE)  # ... except one pixel: not whole
+    exp = exp._replace(groupdq=gdq)
+    jparams = jk.JumpParams()
+    g, jr, _ = _whole_frame(exp, jparams, rk.RampFitParams())
+    assert g.path == "iterative"  # plane 1 is not whole, only plane 2 is
+    out = dataflow.detect_jumps(ramp_from_exposure(exp, chunks=(4, 4)), jparams).compute()
+    _assert_equal("groupdq", out["groupdq"].values, jr.groupdq)
+    gdq[0, 1, 0, 0] |= dqflags.DO_NOT_USE  # now both planes are whole -> skip
+    exp = exp._replace(groupdq=gdq)
+    g, jr, _ = _whole_frame(exp, jparams, rk.RampFitParams())
+    assert g.path == "skip"
+    out = dataflow.detect_jumps(ramp_from_exposure(exp, chunks=(4, 4)), jparams).compute()
+    assert int(out[dataflow.JUMP_COUNT_VARIABLE]) == jk.SKIPPED_PRIMARY_COUNT
+    _assert_equal("groupdq", out["groupdq"].values, jr.groupdq)
+
+
+def test_building_the_graphs_computes_nothing(exposure, tmp_path):
+    from stcal_dask.io import open_ramp, write_ramp
+
+    store = write_ramp(ramp_from_exposure(exposure), tmp_path / "r.zarr", tile=(16, 16))
+    jparams = jk.JumpParams(minimum_sigclip_groups=2)  # also builds the sigma-clip pass
+    with dask.config.set(scheduler=_boom):
+        for ramp in (ramp_from_exposure(exposure, chunks=(16, 16)), open_ramp(store)):
+            jumped = dataflow.detect_jumps(ramp, jparams)
+            rate, rateints = dataflow.fit_ramps(jumped, rk.RampFitParams())
+            _, _, fitopt = dataflow.fit_ramps(jumped, rk.RampFitParams(save_opt=True),
+                                              fitopt_dims=(3, 4))
+            dataflow.all_group0_saturated(ramp)
+            dataflow.frame_fitopt_dims(jumped, rk.RampFitParams(save_opt=True))
+    assert fitopt.sizes["segment"] == 3 and fitopt.sizes["cr"] == 4
+    # ... and computing them does compute (the raising scheduler is really used)
+    with dask.config.set(scheduler=_boom), pytest.raises(AssertionError, match="computed"):
+        rate["sci"].values  # noqa: B018
+
+
+def test_kernels_run_once_per_tile_for_all_outputs(exposure):
+    ramp = ramp_from_exposure(exposure, chunks=(16, 25))  # 3 x 2 tiles
+    jumped = dataflow.detect_jumps(ramp)
+    rate, rateints = dataflow.fit_ramps(jumped)
+    with _CountTasks("stcal-dask-jump-tile") as cj, _CountTasks("stcal-dask-fit-tile") as cf:
+        dask.compute(jumped, rate, rateints, scheduler="synchronous")
+    assert cj.count == 6
+    assert cf.count == 6
+
+
+def test_threaded_and_synchronous_agree(exposure):
+    ramp = ramp_from_exposure(exposure, chunks=(8, 10))
+    jumped = dataflow.detect_jumps(ramp)
+    rate, rateints = dataflow.fit_ramps(jumped)
+    a = dask.compute(jumped["groupdq"], rate["sci"], rateints["dq"], scheduler="threads")
+    b = dask.compute(jumped["groupdq"], rate["sci"], rateints["dq"], scheduler="synchronous")
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.values, y.values, equal_nan=True)
+
+
+def test_fitopt_dims_reduction_and_saturation(exposure):
+    rparams = rk.RampFitParams(save_opt=True)
+    jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(9, 9)))
+    gdq = jumped["groupdq"].values
+    whole = rk.fitopt_dims(gdq, params=rparams, zeroframe=exposure.zeroframe)
+    dims = dataflow.frame_fitopt_dims(jumped, rparams).compute()
+    assert dims == (whole.n_segments, whole.n_crmag)
+    assert not bool(dataflow.all_group0_saturated(jumped).compute())
+    sat = exposure.groupdq | np.uint8(dqflags.SATURATED)
+    ramp = ramp_from_exposure(exposure._replace(groupdq=sat), chunks=(9, 9))
+    assert bool(dataflow.all_group0_saturated(ramp).compute())
+
+
+def test_products_carry_schema_and_parameters(exposure):
+    jparams = jk.JumpParams(rejection_threshold=5.0)
+    jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(20, 25)), jparams)
+    rate, rateints = dataflow.fit_ramps(jumped, rk.RampFitParams(suppress_one_group=False))
+    assert rate["sci"].dims == ("y", "x") and rate["sci"].dtype == np.float32
+    assert rateints["dq"].dims == ("integration", "y", "x") and rateints["dq"].dtype == np.uint32
+    assert rate["sci"].attrs["units"] == "DN/s"
+    import json
+
+    recorded = json.loads(rate.attrs["parameters"])
+    assert recorded["jump"]["rejection_threshold"] == 5.0
+    assert recorded["rampfit"]["suppress_one_group"] is False
+    assert rate.attrs["NGROUPS"] == exposure.config.ngroups
+
+
+def test_auto_tile_keeps_workers_busy_and_fits_budget():
+    from stcal_dask.datamodel import choose_tile_size
+
+    for shape in [(1, 10, 2048, 2048), (2, 6, 40, 50), (1, 10, 1024, 4096), (50, 5, 512, 512)]:
+        for nw in (1, 2, 8):
+            ty, tx = dataflow.auto_tile(*shape, n_workers=nw)
+            bty, btx = choose_tile_size(*shape)
+            assert ty * tx <= bty * btx
+            ntiles = -(-shape[2] // ty) * -(-shape[3] // tx)
+            assert ntiles >= min(4 * nw, -(-shape[2] // 16))
+
+
+def test_numpy_backed_ramp_is_accepted_and_parameters_are_validated(exposure):
+    ramp = make_ramp_dataset(exposure.data, exposure.groupdq, exposure.pixeldq, exposure.gain,
+                             exposure.readnoise, timing=exposure.timing)
+    jumped = dataflow.detect_jumps(ramp, tile=(20, 20))
+    assert jumped["groupdq"].data.chunks[2:] == ((20, 20), (20, 20, 10))
+    from stcal_dask.errors import UserInputError
+
+    with pytest.raises(UserInputError):
+        dataflow.detect_jumps(ramp, params=rk.RampFitParams())
+    with pytest.raises(UserInputError):
+        dataflow.fit_ramps(ramp, params=replace(rk.RampFitParams(), save_opt=True),
+                           fitopt_dims=(-1, 0))
