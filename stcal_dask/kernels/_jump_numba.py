@@ -52,22 +52,42 @@ def _sort_prefix(buf, n):
         buf[:n] = np.sort(buf[:n])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _kth_small(buf, n, p):
+    """The ``p``-th smallest (0-based) of ``buf[:n]`` (no NaN) by rank counting, for short runs."""
+    for i in range(n):
+        v = buf[i]
+        less = 0
+        leq = 0
+        for j in range(n):
+            w = buf[j]
+            less += w < v
+            leq += w <= v
+        if less <= p < leq:
+            return v
+    return np.nan
+
+
+@njit(cache=True, inline="always")
 def _median_prefix(buf, n):
-    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. Sorts ``buf[:n]``.
+    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. May reorder ``buf[:n]``.
 
     Even counts give ``(lo + hi) / 2`` as numpy's (nan)median does.
     """
     if n == 0:
         return np.nan
-    _sort_prefix(buf, n)
     h = n // 2
+    if n <= 24:
+        if n % 2 == 1:
+            return _kth_small(buf, n, h)
+        return (_kth_small(buf, n, h - 1) + _kth_small(buf, n, h)) / 2.0
+    _sort_prefix(buf, n)
     if n % 2 == 1:
         return buf[h]
     return (buf[h - 1] + buf[h]) / 2.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _nanmedian(vals, n, buf):
     """nanmedian of ``vals[:n]`` (float64) using ``buf`` as scratch."""
     m = 0
@@ -79,7 +99,7 @@ def _nanmedian(vals, n, buf):
     return _median_prefix(buf, m)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _clipped_median(a, n, buf):
     """stcal's clipped median of ``a[:n]`` (values already absolute, NaN = unusable).
 
@@ -117,7 +137,7 @@ def _clipped_median(a, n, buf):
     return _median_prefix(buf, m), n_use
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _load_pixel(data, gdq, gain, y, x, dscr, diffs):
     """Electrons of one pixel into ``dscr`` (NaN on SAT/DNU groups) and its first differences
     (float64, flattened (nints, ndiffs)) into ``diffs``."""
@@ -173,166 +193,216 @@ def diffs_cube(data, gdq, gain, dscr):
     return out
 
 
-@njit(cache=True)
-def detect_pass(
-    data,
-    gdq,
-    gain,
-    rnterm,
-    path,
-    clip_jump,
-    reset_planes,
-    rej,
-    thr_3diff,
-    thr_2diff,
-    do_neighbors,
-    nbr_min,
-    nbr_max,
-    dscr,
-    centre,
-    primary,
-):
-    """Detection pass over every pixel; ``gdq`` (the output copy) is updated in place.
+@njit(cache=True, inline="always")
+def _rn_term(readnoise, gain, y, x, nreads_half):
+    """RN_e^2 / (0.5 * n_reads_groupdiff) as stcal: ``(rn * gain) ** 2`` in the inputs' dtype,
+    then widened to float64 and divided by ``nreads_half`` (= nframes)."""
+    rn_e = readnoise[y, x] * gain[y, x]
+    rn2 = rn_e * rn_e
+    return np.float64(rn2) / nreads_half
 
-    ``rnterm`` = RN_e^2 / nframes (float64, (ny, nx)); ``clip_jump`` (sigma-clip path only) the
-    (nints, ndiffs, ny, nx) candidate mask; ``reset_planes`` (nints, ngroups) bool, planes whose
-    pure-JUMP values are reset (sigma-clip path). Fills ``primary`` (ny, nx) with the JUMP count
-    after detection and, if ``do_neighbors``, ``centre`` (nints, ndiffs, ny, nx) with 1 where the
-    pixel is a neighbour-flagging centre.
+
+@njit(cache=True, inline="always")
+def _median_sigma(diffs, ntot, buf, rnterm):
+    """Signed nanmedian of the differences and sigma = sqrt(|m| + RN^2/nframes) (0 -> NaN)."""
+    m = _nanmedian(diffs, ntot, buf)
+    sig = math.sqrt(abs(m) + rnterm)
+    if sig == 0.0:
+        sig = np.nan
+    return m, sig
+
+
+@njit(cache=True, inline="always")
+def _detect_pixel(
+    gp, ep, diffs, rnterm, nints, ngroups, path, clip_jump, reset_planes, y, x,
+    rej, thr_3diff, thr_2diff, absd, ratio, buf,
+):  # fmt: skip
+    """Detection for one pixel held in row buffers.
+
+    ``gp`` (nints * ngroups,) the pixel's group DQ (updated in place), ``ep`` its electrons in
+    the inputs' product dtype (NaN on SAT/DNU groups); fills ``diffs`` (nints * (ngroups - 1),
+    float64). Returns ``(m, sigma, have_m)``: the signed median of the differences and its
+    read-noise sigma when already computed (``have_m``); they are needed later only for pixels
+    carrying JUMP (neighbour centres, after-jump excess), so they are computed lazily.
     """
-    nints, ngroups, ny, nx = data.shape
     nd = ngroups - 1
     ntot = nints * nd
-    diffs = np.empty(ntot, dtype=np.float64)
-    absd = np.empty(ntot, dtype=np.float64)
-    ratio = np.empty(ntot, dtype=np.float64)
-    buf = np.empty(max(ntot, 1), dtype=np.float64)
-    for y in range(ny):
-        for x in range(nx):
-            _load_pixel(data, gdq, gain, y, x, dscr, diffs)
-            m = _nanmedian(diffs, ntot, buf)
-            sig = math.sqrt(abs(m) + rnterm[y, x])
-            if sig == 0.0:
-                sig = np.nan
+    for i in range(nints):
+        for k in range(nd):
+            # difference in the product dtype (float32 for JWST), then widened
+            diffs[i * nd + k] = np.float64(ep[i * ngroups + k + 1] - ep[i * ngroups + k])
+    m = np.nan
+    sig = np.nan
+    have_m = False
 
-            if path == PATH_SIGCLIP:
-                for i in range(nints):
-                    for k in range(nd):
-                        if clip_jump[i, k, y, x]:
-                            gdq[i, k + 1, y, x] |= _JUMP
-                for i in range(nints):
-                    for k in range(ngroups):
-                        if reset_planes[i, k] and gdq[i, k, y, x] == _JUMP:
-                            gdq[i, k, y, x] = 0
-            elif path == PATH_SINGLE:
-                for j in range(ntot):
-                    d = diffs[j]
-                    if math.isfinite(d) and abs(d - m) / sig > rej:
-                        i = j // nd
-                        gdq[i, j - i * nd + 1, y, x] |= _JUMP
-            elif path == PATH_ITERATIVE:
-                for j in range(ntot):
-                    absd[j] = abs(diffs[j])
-                first = True
-                for _round in range(ntot):
-                    c, n_use = _clipped_median(absd, ntot, buf)
-                    if n_use < 2:
-                        break
-                    if not first:
-                        c = np.float64(np.float32(c))
-                    first = False
-                    sig_it = math.sqrt(abs(c) + rnterm[y, x])
-                    if sig_it == 0.0:
-                        sig_it = np.nan
-                    if n_use >= 4:
-                        thr = rej
-                    elif n_use == 3:
-                        thr = thr_3diff
-                    else:
-                        thr = thr_2diff
-                    gmax = np.nan
-                    for j in range(ntot):
-                        e = np.float32(absd[j] - c)
-                        r = abs(np.float64(e)) / sig_it
-                        ratio[j] = r
-                        if not math.isnan(r) and (math.isnan(gmax) or r > gmax):
-                            gmax = r
-                    if not gmax > thr:
-                        break
-                    for j in range(ntot):
-                        if ratio[j] == gmax:
-                            i = j // nd
-                            gdq[i, j - i * nd + 1, y, x] |= _JUMP
-                            absd[j] = np.nan
-
-            cnt = 0
+    if path == PATH_SIGCLIP:
+        for i in range(nints):
+            for k in range(nd):
+                if clip_jump[i, k, y, x]:
+                    gp[i * ngroups + k + 1] |= _JUMP
+        for i in range(nints):
+            for k in range(ngroups):
+                if reset_planes[i, k] and gp[i * ngroups + k] == _JUMP:
+                    gp[i * ngroups + k] = 0
+    elif path == PATH_SINGLE:
+        m, sig = _median_sigma(diffs, ntot, buf, rnterm)
+        have_m = True
+        for i in range(nints):
+            for k in range(nd):
+                d = diffs[i * nd + k]
+                if math.isfinite(d) and abs(d - m) / sig > rej:
+                    gp[i * ngroups + k + 1] |= _JUMP
+    elif path == PATH_ITERATIVE:
+        for j in range(ntot):
+            absd[j] = abs(diffs[j])
+        first = True
+        for _round in range(ntot):
+            c, n_use = _clipped_median(absd, ntot, buf)
+            if n_use < 2:
+                break
+            if not first:
+                # stcal stores later-round medians in a float32 array
+                c = np.float64(np.float32(c))
+            first = False
+            sig_it = math.sqrt(abs(c) + rnterm)
+            if sig_it == 0.0:
+                sig_it = np.nan
+            if n_use >= 4:
+                thr = rej
+            elif n_use == 3:
+                thr = thr_3diff
+            else:
+                thr = thr_2diff
+            gmax = np.nan
+            for j in range(ntot):
+                # stcal stores |d| - c in a float32 array
+                e = np.float32(absd[j] - c)
+                r = abs(np.float64(e)) / sig_it
+                ratio[j] = r
+                if not math.isnan(r) and (math.isnan(gmax) or r > gmax):
+                    gmax = r
+            if not gmax > thr:
+                break
             for i in range(nints):
-                for k in range(ngroups):
-                    if gdq[i, k, y, x] & _JUMP:
-                        cnt += 1
-            primary[y, x] = cnt
-
-            if do_neighbors:
-                for j in range(ntot):
-                    i = j // nd
-                    k = j - i * nd
-                    is_c = 0
-                    if gdq[i, k + 1, y, x] & _JUMP:
-                        r0 = abs(diffs[j] - m) / sig
-                        if r0 < nbr_max and r0 > nbr_min:
-                            is_c = 1
-                    centre[i, k, y, x] = is_c
+                for k in range(nd):
+                    j = i * nd + k
+                    if ratio[j] == gmax:
+                        gp[i * ngroups + k + 1] |= _JUMP
+                        absd[j] = np.nan
+    return m, sig, have_m
 
 
 @njit(cache=True)
-def post_pass(
-    data,
-    gdq,
-    gain,
-    do_neighbors,
-    centre,
-    do_after,
-    e1,
-    jmax1,
-    e2,
-    jmax2,
-    dscr,
-):
-    """Neighbour flagging, after-jump flagging and redundant-bit removal, pixel by pixel.
+def run_frame(
+    data, groupdq, gdq_out, gain, readnoise, nreads_half, path, clip_jump, reset_planes,
+    rej, thr_3diff, thr_2diff, do_neighbors, nbr_min, nbr_max,
+    do_after, e1, jmax1, e2, jmax2, eproto, primary,
+):  # fmt: skip
+    """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
 
-    ``centre`` comes from :func:`detect_pass`; ``e1``/``e2`` are the after-jump thresholds in
-    electrons and ``jmax1``/``jmax2`` the number of following groups to flag.
+    Reads ``data``/``groupdq`` (never modified) and writes every element of ``gdq_out``;
+    ``primary`` (ny, nx) receives each pixel's JUMP count right after detection.
+
+    Rows are streamed through small pixel-major buffers: row y is copied in (contiguous reads of
+    each group plane, which also avoids the cache-set conflicts of reading many planes a
+    power-of-two stride apart), detected, and post-processed once row y + 1 has been detected,
+    then written out. Only three rows of group DQ, differences and neighbour centres are held.
+
+    ``nreads_half`` = 0.5 * n_reads_groupdiff (= nframes); ``clip_jump`` (sigma-clip path only)
+    the (nints, ndiffs, ny, nx) candidate mask; ``reset_planes`` (nints, ngroups) bool, planes
+    whose pure-JUMP values are reset (sigma-clip path); ``e1``/``e2`` after-jump thresholds in
+    electrons, ``jmax1``/``jmax2`` groups to flag after a jump; ``eproto`` a 1-element array of
+    the electrons dtype (product of data and gain dtypes).
     """
     nints, ngroups, ny, nx = data.shape
     nd = ngroups - 1
     ntot = nints * nd
-    diffs = np.empty(max(ntot, 1), dtype=np.float64)
+    ng_all = nints * ngroups
+    absd = np.empty(max(ntot, 1), dtype=np.float64)
+    ratio = np.empty(max(ntot, 1), dtype=np.float64)
     buf = np.empty(max(ntot, 1), dtype=np.float64)
+    erow = np.empty((nx, ng_all), dtype=eproto.dtype)
+    gring = np.empty((3, nx, ng_all), dtype=gdq_out.dtype)
+    centre = np.zeros((3, nx, max(ntot, 1)), dtype=np.bool_)
+    dring = np.empty((3, nx, max(ntot, 1)), dtype=np.float64)
+    mring = np.empty((3, nx), dtype=np.float64)
+    mvalid = np.zeros((3, nx), dtype=np.bool_)
     addf = np.zeros(ngroups, dtype=np.bool_)
-    for y in range(ny):
+    for yy in range(ny + 1):
+        if yy < ny:
+            ry = yy % 3
+            # copy row yy in, pixel-major
+            for i in range(nints):
+                for g in range(ngroups):
+                    q = i * ngroups + g
+                    for x in range(nx):
+                        gv = groupdq[i, g, yy, x]
+                        gring[ry, x, q] = gv
+                        if gv & _SAT_DNU:
+                            erow[x, q] = np.nan
+                        else:
+                            erow[x, q] = data[i, g, yy, x] * gain[yy, x]
+            # detection of row yy
+            for x in range(nx):
+                gp = gring[ry, x]
+                diffs = dring[ry, x]
+                rnterm = _rn_term(readnoise, gain, yy, x, nreads_half)
+                m, sig, have_m = _detect_pixel(
+                    gp, erow[x], diffs, rnterm, nints, ngroups, path, clip_jump, reset_planes,
+                    yy, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
+                )  # fmt: skip
+                cnt = 0
+                for q in range(ng_all):
+                    if gp[q] & _JUMP:
+                        cnt += 1
+                primary[yy, x] = cnt
+                if do_neighbors:
+                    cp = centre[ry, x]
+                    for i in range(nints):
+                        for k in range(nd):
+                            j = i * nd + k
+                            is_c = False
+                            if gp[i * ngroups + k + 1] & _JUMP:
+                                if not have_m:
+                                    m, sig = _median_sigma(diffs, ntot, buf, rnterm)
+                                    have_m = True
+                                r0 = abs(diffs[j] - m) / sig
+                                is_c = r0 < nbr_max and r0 > nbr_min
+                            cp[j] = is_c
+                mring[ry, x] = m
+                mvalid[ry, x] = have_m
+        if yy == 0:
+            continue
+        # post-processing of row y = yy - 1 (rows y - 1, y, y + 1 are detected by now)
+        y = yy - 1
+        ry = y % 3
+        rup = (y + 2) % 3
+        rdn = (y + 1) % 3
         for x in range(nx):
+            gp = gring[ry, x]
             if do_neighbors:
                 for i in range(nints):
                     for k in range(nd):
-                        hit = False
-                        if y > 0 and centre[i, k, y - 1, x]:
-                            hit = True
-                        elif y + 1 < ny and centre[i, k, y + 1, x]:
-                            hit = True
-                        elif x > 0 and centre[i, k, y, x - 1]:
-                            hit = True
-                        elif x + 1 < nx and centre[i, k, y, x + 1]:
-                            hit = True
-                        if hit and (gdq[i, k + 1, y, x] & _SAT_DNU) == 0:
-                            gdq[i, k + 1, y, x] |= _JUMP
+                        j = i * nd + k
+                        hit = (
+                            (y > 0 and centre[rup, x, j])
+                            or (y + 1 < ny and centre[rdn, x, j])
+                            or (x > 0 and centre[ry, x - 1, j])
+                            or (x + 1 < nx and centre[ry, x + 1, j])
+                        )
+                        q = i * ngroups + k + 1
+                        if hit and (gp[q] & _SAT_DNU) == 0:
+                            gp[q] |= _JUMP
             if do_after:
-                _load_pixel(data, gdq, gain, y, x, dscr, diffs)
-                m = _nanmedian(diffs, ntot, buf)
+                m = mring[ry, x]
+                diffs = dring[ry, x]
+                if not mvalid[ry, x]:
+                    m = _nanmedian(diffs, ntot, buf)
                 for i in range(nints):
                     for g in range(ngroups):
                         addf[g] = False
                     for g in range(1, ngroups):
-                        if gdq[i, g, y, x] & _JUMP:
+                        if gp[i * ngroups + g] & _JUMP:
                             ej = diffs[i * nd + g - 1] - m
                             if ej >= e1:
                                 for h in range(g, min(g + jmax1, ngroups - 1) + 1):
@@ -341,13 +411,19 @@ def post_pass(
                                 for h in range(g, min(g + jmax2, ngroups - 1) + 1):
                                     addf[h] = True
                     for g in range(ngroups):
-                        if addf[g] and (gdq[i, g, y, x] & _SAT_DNU) == 0:
-                            gdq[i, g, y, x] |= _JUMP
-            for i in range(nints):
-                for g in range(ngroups):
-                    v = gdq[i, g, y, x]
-                    if (v & _JUMP) and (v & _SAT_DNU):
-                        gdq[i, g, y, x] = v ^ _JUMP
+                        q = i * ngroups + g
+                        if addf[g] and (gp[q] & _SAT_DNU) == 0:
+                            gp[q] |= _JUMP
+            for q in range(ng_all):
+                v = gp[q]
+                if (v & _JUMP) and (v & _SAT_DNU):
+                    gp[q] = v ^ _JUMP
+        # write row y out
+        for i in range(nints):
+            for g in range(ngroups):
+                q = i * ngroups + g
+                for x in range(nx):
+                    gdq_out[i, g, y, x] = gring[ry, x, q]
 
 
 @njit(cache=True)

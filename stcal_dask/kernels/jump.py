@@ -482,19 +482,13 @@ def detect_jumps_tile(
         bad_gain = (gain <= 0.0) | np.isnan(gain)
     pdq[bad_gain] |= np.asarray(dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE, dtype=pdq.dtype)
 
-    gdq = groupdq.copy()
     primary = np.zeros((ny, nx), dtype=np.int32)
     if globals.skip or ny == 0 or nx == 0 or ngroups < 2:
+        gdq = groupdq.copy()
         _nb.remove_redundant(gdq)
         return JumpResult(gdq, pdq, primary)
 
     path = globals.path
-    # Read noise in electrons and its square, in the inputs' dtype (stcal: rn * gain, then **2),
-    # then RN^2 / (0.5 * n_reads_groupdiff) with n_reads_groupdiff = 2 * nframes, float64.
-    with np.errstate(invalid="ignore", over="ignore"):
-        rn_e = readnoise * gain
-        rn2 = rn_e**2
-        rnterm = rn2.astype(np.float64) / (0.5 * (np.ones(1) * 2 * nframes))[0]
     if path == "sigclip":
         clip_jump = _sigclip_candidates(data, groupdq, gain, params)
         reset = globals.sigclip_reset
@@ -502,42 +496,39 @@ def detect_jumps_tile(
         clip_jump = np.zeros((1, 1, 1, 1), dtype=np.bool_)
         reset = np.zeros((nints, ngroups), dtype=np.bool_)
 
-    dscr = np.empty((nints, ngroups), dtype=np.result_type(data.dtype, gain.dtype))
-    do_nbr = bool(params.flag_4_neighbors)
-    centre = (
-        np.zeros((nints, ngroups - 1, ny, nx), dtype=np.uint8)
-        if do_nbr
-        else np.zeros((1, 1, 1, 1), dtype=np.uint8)
-    )
+    # stcal: e = dn * nanmedian(gain), a python float times a numpy scalar (gain dtype).
+    med = globals.median_gain
+    e1 = float(float(params.after_jump_flag_dn1) * med)
+    e2 = float(float(params.after_jump_flag_dn2) * med)
+    # stcal: RN^2 / (0.5 * n_reads_groupdiff) with n_reads_groupdiff = ones(1) * 2 * nframes
+    nreads_half = float((0.5 * (np.ones(1) * 2 * nframes))[0])
+    eproto = np.empty(1, dtype=np.result_type(data.dtype, gain.dtype))
+    gdq = np.empty_like(groupdq)
     with np.errstate(all="ignore"):
-        _nb.detect_pass(
+        _nb.run_frame(
             data,
+            groupdq,
             gdq,
             gain,
-            rnterm,
+            np.ascontiguousarray(readnoise),
+            nreads_half,
             _PATH_CODE[path],
             clip_jump,
             reset,
             float(params.rejection_threshold),
             float(params.four_group_rejection_threshold),
             float(params.three_group_rejection_threshold),
-            do_nbr,
+            bool(params.flag_4_neighbors),
             float(params.min_jump_to_flag_neighbors),
             float(params.max_jump_to_flag_neighbors),
-            dscr,
-            centre,
+            n1 > 0 or n2 > 0,
+            e1,
+            max(0, min(n1, ngroups - 2)),
+            e2,
+            max(0, min(n2, ngroups - 2)),
+            eproto,
             primary,
         )
-    del clip_jump
-
-    do_after = n1 > 0 or n2 > 0
-    # e = dn * median gain, evaluated like stcal (python float times a numpy scalar).
-    med = globals.median_gain
-    e1 = float(float(params.after_jump_flag_dn1) * med)
-    e2 = float(float(params.after_jump_flag_dn2) * med)
-    jmax1 = max(0, min(n1, ngroups - 2))
-    jmax2 = max(0, min(n2, ngroups - 2))
-    _nb.post_pass(data, gdq, gain, do_nbr, centre, do_after, e1, jmax1, e2, jmax2, dscr)
     return JumpResult(gdq, pdq, primary)
 
 
