@@ -1,0 +1,197 @@
+"""Benchmark: stcal_dask's jump kernel vs stcal 1.20.0 ``detect_jumps_data`` on one core.
+
+Simulates an exposure (default 1 x 10 x 2048 x 2048, like a NIRCam full frame), writes it to a
+temporary directory and runs each implementation in a **fresh subprocess** (so peak RSS is that
+run's own): ours (``detect_jumps`` on the whole frame, numba warmed up on a tiny array first)
+and stcal (``detect_jumps_data`` with ``max_cores='none'``, i.e. one process). Each child
+reports the wall time of the detection call alone, its peak RSS (``ru_maxrss``) and its RSS just
+before loading the inputs (imports only). The parent checks that GROUPDQ, PIXELDQ and the primary
+count agree bit for bit and prints a table with the ratios and whether the targets are met:
+>= 5x faster than stcal, and peak memory <= 3x the input cube (the float32 data array) -- the
+latter judged on the memory above the import baseline, with the raw peak printed as well.
+
+    python benchmarks/bench_jump.py                       # full frame
+    python benchmarks/bench_jump.py --ny 512 --nx 512     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+NAMES = ("data", "groupdq", "pixeldq", "gain", "readnoise")
+
+
+def _rss_mib() -> float:
+    """Current resident set size (MiB) from /proc (Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _load(d: Path):
+    import numpy as np
+
+    return [np.load(d / f"{n}.npy") for n in NAMES]
+
+
+def child_ours(d: Path, nframes: int, group_time: float) -> dict:
+    import numpy as np
+
+    from stcal_dask.kernels.jump import (
+        JumpParams,
+        detect_jumps,
+        detect_jumps_globals,
+        total_primary_crs,
+    )
+
+    params = JumpParams()
+    # warm up numba (loads the on-disk cache or compiles) on a tiny array
+    tiny = np.zeros((1, 4, 3, 3), np.float32)
+    ones = np.ones((3, 3), np.float32)
+    detect_jumps(tiny, np.zeros(tiny.shape, np.uint8), np.zeros((3, 3), np.uint32), ones, ones,
+                 params=params, nframes=1)  # fmt: skip
+    base = _rss_mib()
+    data, gdq, pdq, gain, rn = _load(d)
+    t0 = time.perf_counter()
+    res = detect_jumps(
+        data, gdq, pdq, gain, rn, params=params, nframes=nframes, group_time=group_time
+    )
+    wall = time.perf_counter() - t0
+    peak = _peak_mib()
+    g = detect_jumps_globals(data, gdq, gain, params=params)
+    np.save(d / "ours_gdq.npy", res.groupdq)
+    np.save(d / "ours_pdq.npy", res.pixeldq)
+    return {
+        "wall_s": wall,
+        "peak_mib": peak,
+        "base_mib": base,
+        "n_primary": total_primary_crs(res.n_primary, g),
+        "path": g.path,
+    }
+
+
+def child_stcal(d: Path, nframes: int, group_time: float) -> dict:
+    import logging
+
+    import numpy as np
+    from stcal.jump.jump import detect_jumps_data
+    from stcal.jump.jump_class import JumpData
+
+    from stcal_dask import dqflags
+
+    logging.getLogger("stcal").setLevel(logging.WARNING)
+    base = _rss_mib()
+    data, gdq, pdq, gain, rn = _load(d)
+    jd = JumpData(gain2d=gain, rnoise2d=rn, dqflags=dqflags.as_dict())
+    jd.init_arrays_from_arrays(data, gdq, pdq)
+    jd.nframes = nframes
+    jd.dt_group = np.ones(1)  # as JumpData sets them for a JWST model
+    jd.n_reads_groupdiff = np.ones(1) * 2 * nframes
+    jd.max_cores = "none"
+    t0 = time.perf_counter()
+    with np.errstate(all="ignore"):
+        out_gdq, out_pdq, total, _ = detect_jumps_data(jd)
+    wall = time.perf_counter() - t0
+    peak = _peak_mib()
+    np.save(d / "stcal_gdq.npy", out_gdq)
+    np.save(d / "stcal_pdq.npy", out_pdq)
+    return {"wall_s": wall, "peak_mib": peak, "base_mib": base, "n_primary": int(total)}
+
+
+def _run_child(which: str, d: Path, nframes: int, group_time: float) -> dict:
+    cmd = [sys.executable, __file__, "--child", which, "--dir", str(d),
+           "--nframes", str(nframes), "--group-time", repr(group_time)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nints", type=int, default=1)
+    ap.add_argument("--ngroups", type=int, default=10)
+    ap.add_argument("--ny", type=int, default=2048)
+    ap.add_argument("--nx", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each; the best is reported")
+    ap.add_argument("--child", choices=("ours", "stcal"), help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    ap.add_argument("--nframes", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--group-time", type=float, default=10.73677, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        fn = child_ours if args.child == "ours" else child_stcal
+        print(json.dumps(fn(Path(args.dir), args.nframes, args.group_time)))
+        return 0
+
+    import numpy as np
+
+    from stcal_dask.simulate import SimulationConfig, simulate_exposure
+
+    cfg = SimulationConfig(
+        nints=args.nints, ngroups=args.ngroups, ny=args.ny, nx=args.nx, seed=args.seed
+    )
+    print(f"simulating {cfg.shape} (nints, ngroups, ny, nx) ...", flush=True)
+    exp = simulate_exposure(cfg)
+    cube_mib = exp.data.nbytes / 2**20
+    with tempfile.TemporaryDirectory(prefix="bench_jump_") as tmp:
+        d = Path(tmp)
+        for n in NAMES:
+            np.save(d / f"{n}.npy", getattr(exp, n))
+        del exp
+        runs = {}
+        for which in ("ours", "stcal"):
+            best = None
+            for _ in range(args.repeat):
+                r = _run_child(which, d, cfg.nframes, cfg.group_time)
+                if best is None or r["wall_s"] < best["wall_s"]:
+                    best = r
+            runs[which] = best
+            print(f"{which}: {best}", flush=True)
+        same_gdq = np.array_equal(np.load(d / "ours_gdq.npy"), np.load(d / "stcal_gdq.npy"))
+        same_pdq = np.array_equal(np.load(d / "ours_pdq.npy"), np.load(d / "stcal_pdq.npy"))
+    same_n = runs["ours"]["n_primary"] == runs["stcal"]["n_primary"]
+
+    o, s = runs["ours"], runs["stcal"]
+    speedup = s["wall_s"] / o["wall_s"]
+    o_work, s_work = o["peak_mib"] - o["base_mib"], s["peak_mib"] - s["base_mib"]
+    print()
+    print(f"exposure {cfg.shape}, path {o['path']}, input cube (float32 data) {cube_mib:.1f} MiB,"
+          f" one core, cpu_count {os.cpu_count()}")  # fmt: skip
+    print(f"{'':8s} {'wall s':>9s} {'peak RSS MiB':>13s} {'imports MiB':>12s} "
+          f"{'above imports':>14s} {'x cube':>7s}")  # fmt: skip
+    for name, r, work in (("stcal", s, s_work), ("ours", o, o_work)):
+        print(f"{name:8s} {r['wall_s']:9.3f} {r['peak_mib']:13.1f} {r['base_mib']:12.1f} "
+              f"{work:14.1f} {work / cube_mib:7.2f}")  # fmt: skip
+    print()
+    print(f"speed-up (stcal / ours)            : {speedup:.1f}x  target >= 5x: "
+          f"{'MET' if speedup >= 5 else 'NOT MET'}")  # fmt: skip
+    print(f"our memory above imports / cube    : {o_work / cube_mib:.2f}  target <= 3: "
+          f"{'MET' if o_work <= 3 * cube_mib else 'NOT MET'}")  # fmt: skip
+    print(f"our raw peak RSS / cube            : {o['peak_mib'] / cube_mib:.2f}  "
+          f"({'<=' if o['peak_mib'] <= 3 * cube_mib else '>'} 3)")  # fmt: skip
+    print(f"memory ratio (stcal / ours, above imports): {s_work / o_work:.1f}x")
+    print(
+        f"GROUPDQ identical: {same_gdq}; PIXELDQ identical: {same_pdq}; "
+        f"primary count {o['n_primary']} vs {s['n_primary']}: {'equal' if same_n else 'DIFFER'}"
+    )
+    return 0 if (same_gdq and same_pdq and same_n) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
