@@ -292,3 +292,23 @@ def test_combined_weighting_shares_variances_with_stcal():
         np.testing.assert_array_equal(getattr(ours.rate, f), image[f])
         np.testing.assert_array_equal(getattr(ours.rateints, f), integ[f])
     np.testing.assert_array_equal(np.isnan(ours.rate.slope), np.isnan(image["slope"]))
+
+
+def test_long_integration_over_256_groups():
+    """More than 256 groups (stcal once had a uint8 counter bug there); DNU first/last group."""
+    cfg = SimulationConfig(
+        nints=1, ngroups=321, ny=4, nx=6, seed=5, frame_time=3.0, cr_rate=0.01, saturation_dn=1e9
+    )
+    ex = simulate_exposure(cfg)
+    gdq = ex.groupdq | (ex.cr_mask.astype(np.uint8) * np.uint8(JUMP))
+    gdq[0, 0] |= DNU
+    gdq[0, -1] |= DNU
+    compare(
+        ex.data,
+        gdq,
+        ex.pixeldq,
+        ex.gain,
+        ex.readnoise,
+        params=RampFitParams(save_opt=True),
+        timing=RampTiming(3.0, 3.0, 1),
+    )
