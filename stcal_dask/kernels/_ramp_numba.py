@@ -83,25 +83,7 @@ def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends, row):
 
 
 # ------------------------------------------------------------------------------------------------
-# per-pixel preparation shared by the fit and the fitopt dimension pass
-
-
-@numba.njit(**_JIT)
-def _prepare_pixel_dq(qrow, x, q, nints, ngroups, npers, dnu, suppress):
-    """Copy a pixel's group DQ from the row buffer into ``q`` and apply one-group suppression."""
-    n = nints * ngroups
-    for k in range(n):
-        q[k] = qrow[x, k]
-    if suppress:
-        for i in range(nints):
-            base = i * ngroups
-            ngood = 0
-            for g in range(ngroups):
-                if (q[base + g] & npers) == 0:
-                    ngood += 1
-            if ngood == 1:
-                for g in range(ngroups):
-                    q[base + g] |= dnu
+# row gathering and the fitopt dimension pass
 
 
 @numba.njit(**_JIT)
@@ -139,9 +121,26 @@ def fitopt_dims_tile(groupdq, zeroframe, has_zf, suppress, dnu, sat, jump, pers,
     for y in range(ny):
         _gather_row_dq(groupdq, y, qrow)
         for x in range(nx):
-            _prepare_pixel_dq(qrow, x, q, nints, ngroups, npers, dnu, suppress)
             for i in range(nints):
                 base = i * ngroups
+                orq = np.uint8(0)
+                for k in range(base, base + ngroups):
+                    qq = qrow[x, k]
+                    q[k] = qq
+                    orq |= qq
+                if orq == 0 and not (suppress and ngroups == 1):
+                    # flag-free integration: one segment, no cosmic ray
+                    if max_seg < 1:
+                        max_seg = 1
+                    continue
+                if suppress:
+                    ngood = 0
+                    for k in range(base, base + ngroups):
+                        if (q[k] & npers) == 0:
+                            ngood += 1
+                    if ngood == 1:
+                        for k in range(base, base + ngroups):
+                            q[k] |= dnu
                 ncr = 0
                 ngood = 0
                 for g in range(ngroups):
