@@ -112,6 +112,9 @@ def worker(which: str, workdir: Path, save_opt: bool) -> None:
             data, gdq, pdq, gain, rn, params=RampFitParams(save_opt=save_opt), timing=timing
         )
         rate, rateints = res.rate._asdict(), res.rateints._asdict()
+        out_bytes = sum(a.nbytes for a in (*res.rate, *res.rateints))
+        if res.fitopt is not None:
+            out_bytes += sum(a.nbytes for a in res.fitopt)
     else:
         rd = RampData()
         rd.set_arrays(data, gdq, pdq, np.zeros(gain.shape, np.float32))
@@ -120,7 +123,7 @@ def worker(which: str, workdir: Path, save_opt: bool) -> None:
         )
         rd.set_dqflags(dqflags.as_dict())
         rd.suppress_one_group_ramps = True
-        rate, rateints, _ = ramp_fit.ramp_fit_data(
+        rate, rateints, opt = ramp_fit.ramp_fit_data(
             rd, save_opt, rn, gain, "OLS_C", "optimal", "none"
         )
     elapsed = time.perf_counter() - t0
@@ -128,7 +131,11 @@ def worker(which: str, workdir: Path, save_opt: bool) -> None:
     for f in FIELDS:
         np.save(workdir / f"{which}_rate_{f}.npy", rate[f])
         np.save(workdir / f"{which}_rateints_{f}.npy", rateints[f])
-    report = {"seconds": elapsed, "peak_bytes": peak}
+    if which == "stcal":
+        out_bytes = sum(a.nbytes for a in (*rate.values(), *rateints.values()))
+        if opt is not None:
+            out_bytes += sum(a.nbytes for a in opt.values())
+    report = {"seconds": elapsed, "peak_bytes": peak, "output_bytes": out_bytes}
     (workdir / f"{which}.json").write_text(json.dumps(report))
 
 
@@ -219,6 +226,10 @@ def run_shape(nints, ngroups, ny, nx, save_opt, seed=0):
     print(
         f"  memory      : {mem_ratio:.2f}x input  (target <= {MEMORY_TARGET}x: "
         f"{'MET' if mem_ratio <= MEMORY_TARGET else 'NOT MET'})"
+    )
+    print(
+        f"  (outputs    : {o['output_bytes'] / 2**20:.0f} MiB = "
+        f"{o['output_bytes'] / input_bytes:.2f}x input; the memory target is for save_opt=False)"
     )
     print(
         "  agreement   : "
