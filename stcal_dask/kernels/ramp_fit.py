@@ -304,6 +304,11 @@ def fit_ramps_tile(
     -------
     RampFitResult(rate, rateints, fitopt): ``rate`` 2-D, ``rateints`` (nints, ny, nx), ``fitopt``
     a :class:`FitoptProduct` when ``params.save_opt`` else None.
+
+    Raises
+    ------
+    UserInputError: wrong array shapes or parameter types.
+    ValueError: ``n_segments``/``n_crmag`` smaller than this tile needs.
     """
     return rn.fit_tile(
         data,
