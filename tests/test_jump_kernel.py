@@ -422,7 +422,7 @@ def test_skip_returns_minus_99_and_only_removes_redundant_bits():
 )
 def test_clipped_median_rules(vals, expected, n_use):
     a = np.asarray(vals, np.float64)
-    c, n = nb._clipped_median(a, a.size, np.empty(a.size))
+    c, n, _mx, _mn = nb._clipped_median(a, a.size, np.empty(a.size))
     assert n == n_use
     np.testing.assert_equal(c, expected)
 

@@ -37,51 +37,55 @@ _JUMP = dqflags.JUMP_DET
 _SAT_DNU = dqflags.SATURATED | dqflags.DO_NOT_USE
 
 
+def _batcher_network(n: int) -> list[tuple[int, int]]:
+    """Compare-exchange pairs of Batcher's odd-even merge sort for ``n`` elements (any n)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+_NET_MAX = 32
+_nets = [_batcher_network(n) for n in range(_NET_MAX + 1)]
+_NET_OFF = np.cumsum([0] + [len(t) for t in _nets]).astype(np.int64)
+_NET_A = np.array([a for t in _nets for a, _ in t], dtype=np.int64)
+_NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
+del _nets
+
+
 @njit(cache=True)
 def _sort_prefix(buf, n):
-    """Sort ``buf[:n]`` in place (insertion sort for short runs, numpy sort otherwise)."""
-    if n <= 32:
-        for i in range(1, n):
-            v = buf[i]
-            j = i - 1
-            while j >= 0 and buf[j] > v:
-                buf[j + 1] = buf[j]
-                j -= 1
-            buf[j + 1] = v
+    """Sort ``buf[:n]`` (no NaN) in place: a branch-free sorting network up to 32 values."""
+    if n <= _NET_MAX:
+        for t in range(_NET_OFF[n], _NET_OFF[n + 1]):
+            a = _NET_A[t]
+            b = _NET_B[t]
+            va = buf[a]
+            vb = buf[b]
+            buf[a] = vb if vb < va else va
+            buf[b] = va if vb < va else vb
     else:
         buf[:n] = np.sort(buf[:n])
 
 
 @njit(cache=True, inline="always")
-def _kth_small(buf, n, p):
-    """The ``p``-th smallest (0-based) of ``buf[:n]`` (no NaN) by rank counting, for short runs."""
-    for i in range(n):
-        v = buf[i]
-        less = 0
-        leq = 0
-        for j in range(n):
-            w = buf[j]
-            less += w < v
-            leq += w <= v
-        if less <= p < leq:
-            return v
-    return np.nan
-
-
-@njit(cache=True, inline="always")
 def _median_prefix(buf, n):
-    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. May reorder ``buf[:n]``.
+    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. Sorts ``buf[:n]``.
 
     Even counts give ``(lo + hi) / 2`` as numpy's (nan)median does.
     """
     if n == 0:
         return np.nan
-    h = n // 2
-    if n <= 24:
-        if n % 2 == 1:
-            return _kth_small(buf, n, h)
-        return (_kth_small(buf, n, h - 1) + _kth_small(buf, n, h)) / 2.0
     _sort_prefix(buf, n)
+    h = n // 2
     if n % 2 == 1:
         return buf[h]
     return (buf[h - 1] + buf[h]) / 2.0
@@ -103,8 +107,9 @@ def _nanmedian(vals, n, buf):
 def _clipped_median(a, n, buf):
     """stcal's clipped median of ``a[:n]`` (values already absolute, NaN = unusable).
 
-    Returns ``(c, n_use)``: n_use >= 4 drops every entry equal to the maximum and takes the median
-    of the rest; n_use == 3 plain median; n_use == 2 the smaller value; otherwise NaN.
+    Returns ``(c, n_use, max, min)``: n_use >= 4 drops every entry equal to the maximum and takes
+    the median of the rest; n_use == 3 plain median; n_use == 2 the smaller value; otherwise NaN.
+    ``max``/``min`` are the extremes of the usable values.
     """
     n_use = 0
     mx = -np.inf
@@ -118,9 +123,9 @@ def _clipped_median(a, n, buf):
             if v < mn:
                 mn = v
     if n_use < 2:
-        return np.nan, n_use
+        return np.nan, n_use, mx, mn
     if n_use == 2:
-        return mn, n_use
+        return mn, n_use, mx, mn
     m = 0
     if n_use == 3:
         for j in range(n):
@@ -128,13 +133,13 @@ def _clipped_median(a, n, buf):
             if not math.isnan(v):
                 buf[m] = v
                 m += 1
-        return _median_prefix(buf, m), n_use
+        return _median_prefix(buf, m), n_use, mx, mn
     for j in range(n):
         v = a[j]
         if not math.isnan(v) and v != mx:
             buf[m] = v
             m += 1
-    return _median_prefix(buf, m), n_use
+    return _median_prefix(buf, m), n_use, mx, mn
 
 
 @njit(cache=True, inline="always")
@@ -214,23 +219,28 @@ def _median_sigma(diffs, ntot, buf, rnterm):
 
 @njit(cache=True, inline="always")
 def _detect_pixel(
-    gp, ep, diffs, rnterm, nints, ngroups, path, clip_jump, reset_planes, y, x,
+    grow, erow, drow, rnterm, nints, ngroups, path, clip_jump, reset_planes, y, x,
     rej, thr_3diff, thr_2diff, absd, ratio, buf,
 ):  # fmt: skip
     """Detection for one pixel held in row buffers.
 
-    ``gp`` (nints * ngroups,) the pixel's group DQ (updated in place), ``ep`` its electrons in
-    the inputs' product dtype (NaN on SAT/DNU groups); fills ``diffs`` (nints * (ngroups - 1),
-    float64). Returns ``(m, sigma, have_m)``: the signed median of the differences and its
-    read-noise sigma when already computed (``have_m``); they are needed later only for pixels
-    carrying JUMP (neighbour centres, after-jump excess), so they are computed lazily.
+    Row buffers are pixel-major and indexed ``[x, ...]`` (no per-pixel views, which would cost
+    reference counting): ``grow[x]`` (nints * ngroups,) the pixel's group DQ (updated in place),
+    ``erow[x]`` its electrons in the inputs' product dtype (NaN on SAT/DNU groups); fills
+    ``drow[x]`` (nints * (ngroups - 1),) with the float64 differences.
+
+    Returns ``(m, sigma, have_m)``: the signed median of the differences and its read-noise sigma
+    when already computed (``have_m``); they are needed later only for pixels carrying JUMP
+    (neighbour centres, after-jump excess), so they are computed lazily.
     """
     nd = ngroups - 1
     ntot = nints * nd
     for i in range(nints):
         for k in range(nd):
             # difference in the product dtype (float32 for JWST), then widened
-            diffs[i * nd + k] = np.float64(ep[i * ngroups + k + 1] - ep[i * ngroups + k])
+            drow[x, i * nd + k] = np.float64(
+                erow[x, i * ngroups + k + 1] - erow[x, i * ngroups + k]
+            )
     m = np.nan
     sig = np.nan
     have_m = False
@@ -239,25 +249,25 @@ def _detect_pixel(
         for i in range(nints):
             for k in range(nd):
                 if clip_jump[i, k, y, x]:
-                    gp[i * ngroups + k + 1] |= _JUMP
+                    grow[x, i * ngroups + k + 1] |= _JUMP
         for i in range(nints):
             for k in range(ngroups):
-                if reset_planes[i, k] and gp[i * ngroups + k] == _JUMP:
-                    gp[i * ngroups + k] = 0
+                if reset_planes[i, k] and grow[x, i * ngroups + k] == _JUMP:
+                    grow[x, i * ngroups + k] = 0
     elif path == PATH_SINGLE:
-        m, sig = _median_sigma(diffs, ntot, buf, rnterm)
+        m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
         have_m = True
         for i in range(nints):
             for k in range(nd):
-                d = diffs[i * nd + k]
+                d = drow[x, i * nd + k]
                 if math.isfinite(d) and abs(d - m) / sig > rej:
-                    gp[i * ngroups + k + 1] |= _JUMP
+                    grow[x, i * ngroups + k + 1] |= _JUMP
     elif path == PATH_ITERATIVE:
         for j in range(ntot):
-            absd[j] = abs(diffs[j])
+            absd[j] = abs(drow[x, j])
         first = True
         for _round in range(ntot):
-            c, n_use = _clipped_median(absd, ntot, buf)
+            c, n_use, amax, amin = _clipped_median(absd, ntot, buf)
             if n_use < 2:
                 break
             if not first:
@@ -273,6 +283,12 @@ def _detect_pixel(
                 thr = thr_3diff
             else:
                 thr = thr_2diff
+            # The ratio |f32(a - c)| / sigma is quasi-convex in a, so its maximum is reached at
+            # the smallest or the largest usable a: most pixels stop here.
+            r_hi = abs(np.float64(np.float32(amax - c))) / sig_it
+            r_lo = abs(np.float64(np.float32(amin - c))) / sig_it
+            if not (r_hi > thr or r_lo > thr):
+                break
             gmax = np.nan
             for j in range(ntot):
                 # stcal stores |d| - c in a float32 array
@@ -287,7 +303,7 @@ def _detect_pixel(
                 for k in range(nd):
                     j = i * nd + k
                     if ratio[j] == gmax:
-                        gp[i * ngroups + k + 1] |= _JUMP
+                        grow[x, i * ngroups + k + 1] |= _JUMP
                         absd[j] = np.nan
     return m, sig, have_m
 
@@ -332,43 +348,46 @@ def run_frame(
         if yy < ny:
             ry = yy % 3
             # copy row yy in, pixel-major
+            grow = gring[ry]
+            gain_row = gain[yy]
             for i in range(nints):
                 for g in range(ngroups):
                     q = i * ngroups + g
+                    src_g = groupdq[i, g, yy]
+                    src_d = data[i, g, yy]
                     for x in range(nx):
-                        gv = groupdq[i, g, yy, x]
-                        gring[ry, x, q] = gv
+                        gv = src_g[x]
+                        grow[x, q] = gv
                         if gv & _SAT_DNU:
                             erow[x, q] = np.nan
                         else:
-                            erow[x, q] = data[i, g, yy, x] * gain[yy, x]
+                            erow[x, q] = src_d[x] * gain_row[x]
             # detection of row yy
+            drow = dring[ry]
+            crow = centre[ry]
             for x in range(nx):
-                gp = gring[ry, x]
-                diffs = dring[ry, x]
                 rnterm = _rn_term(readnoise, gain, yy, x, nreads_half)
                 m, sig, have_m = _detect_pixel(
-                    gp, erow[x], diffs, rnterm, nints, ngroups, path, clip_jump, reset_planes,
+                    grow, erow, drow, rnterm, nints, ngroups, path, clip_jump, reset_planes,
                     yy, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
                 )  # fmt: skip
                 cnt = 0
                 for q in range(ng_all):
-                    if gp[q] & _JUMP:
+                    if grow[x, q] & _JUMP:
                         cnt += 1
                 primary[yy, x] = cnt
                 if do_neighbors:
-                    cp = centre[ry, x]
                     for i in range(nints):
                         for k in range(nd):
                             j = i * nd + k
                             is_c = False
-                            if gp[i * ngroups + k + 1] & _JUMP:
+                            if grow[x, i * ngroups + k + 1] & _JUMP:
                                 if not have_m:
-                                    m, sig = _median_sigma(diffs, ntot, buf, rnterm)
+                                    m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
                                     have_m = True
-                                r0 = abs(diffs[j] - m) / sig
+                                r0 = abs(drow[x, j] - m) / sig
                                 is_c = r0 < nbr_max and r0 > nbr_min
-                            cp[j] = is_c
+                            crow[x, j] = is_c
                 mring[ry, x] = m
                 mvalid[ry, x] = have_m
         if yy == 0:
@@ -378,32 +397,35 @@ def run_frame(
         ry = y % 3
         rup = (y + 2) % 3
         rdn = (y + 1) % 3
+        grow = gring[ry]
+        drow = dring[ry]
+        crow = centre[ry]
+        cup = centre[rup]
+        cdn = centre[rdn]
         for x in range(nx):
-            gp = gring[ry, x]
             if do_neighbors:
                 for i in range(nints):
                     for k in range(nd):
                         j = i * nd + k
                         hit = (
-                            (y > 0 and centre[rup, x, j])
-                            or (y + 1 < ny and centre[rdn, x, j])
-                            or (x > 0 and centre[ry, x - 1, j])
-                            or (x + 1 < nx and centre[ry, x + 1, j])
+                            (y > 0 and cup[x, j])
+                            or (y + 1 < ny and cdn[x, j])
+                            or (x > 0 and crow[x - 1, j])
+                            or (x + 1 < nx and crow[x + 1, j])
                         )
                         q = i * ngroups + k + 1
-                        if hit and (gp[q] & _SAT_DNU) == 0:
-                            gp[q] |= _JUMP
+                        if hit and (grow[x, q] & _SAT_DNU) == 0:
+                            grow[x, q] |= _JUMP
             if do_after:
                 m = mring[ry, x]
-                diffs = dring[ry, x]
                 if not mvalid[ry, x]:
-                    m = _nanmedian(diffs, ntot, buf)
+                    m = _nanmedian(drow[x], ntot, buf)
                 for i in range(nints):
                     for g in range(ngroups):
                         addf[g] = False
                     for g in range(1, ngroups):
-                        if gp[i * ngroups + g] & _JUMP:
-                            ej = diffs[i * nd + g - 1] - m
+                        if grow[x, i * ngroups + g] & _JUMP:
+                            ej = drow[x, i * nd + g - 1] - m
                             if ej >= e1:
                                 for h in range(g, min(g + jmax1, ngroups - 1) + 1):
                                     addf[h] = True
@@ -412,18 +434,19 @@ def run_frame(
                                     addf[h] = True
                     for g in range(ngroups):
                         q = i * ngroups + g
-                        if addf[g] and (gp[q] & _SAT_DNU) == 0:
-                            gp[q] |= _JUMP
+                        if addf[g] and (grow[x, q] & _SAT_DNU) == 0:
+                            grow[x, q] |= _JUMP
             for q in range(ng_all):
-                v = gp[q]
+                v = grow[x, q]
                 if (v & _JUMP) and (v & _SAT_DNU):
-                    gp[q] = v ^ _JUMP
+                    grow[x, q] = v ^ _JUMP
         # write row y out
         for i in range(nints):
             for g in range(ngroups):
                 q = i * ngroups + g
+                dst = gdq_out[i, g, y]
                 for x in range(nx):
-                    gdq_out[i, g, y, x] = gring[ry, x, q]
+                    dst[x] = grow[x, q]
 
 
 @njit(cache=True)
