@@ -587,3 +587,22 @@ def test_input_validation():
         detect_jumps_tile(
             data, gdq, pdq, two, two, params={}, nframes=1, group_time=1.0, globals=None
         )
+
+
+def test_read_only_and_non_contiguous_inputs():
+    e = simulate_exposure(nints=2, ngroups=5, ny=9, nx=12, seed=6, cr_rate=0.1)
+    arrays = [e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise]
+    ref = detect_jumps(*arrays, nframes=1)
+    ro = []
+    for a in arrays:
+        v = a.view()
+        v.flags.writeable = False
+        ro.append(v)
+    res = detect_jumps(*ro, nframes=1)
+    # every other column of a wider frame: non-contiguous views
+    wide = [np.repeat(a, 2, axis=-1)[..., ::2] for a in arrays]
+    res2 = detect_jumps(*wide, nframes=1)
+    for r in (res, res2):
+        np.testing.assert_array_equal(r.groupdq, ref.groupdq)
+        np.testing.assert_array_equal(r.pixeldq, ref.pixeldq)
+        assert r.groupdq.flags.writeable

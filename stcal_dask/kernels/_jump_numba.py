@@ -1,9 +1,11 @@
 """Numba internals of the two-point-difference jump kernel (see :mod:`stcal_dask.kernels.jump`).
 
-Everything here works pixel by pixel with small scratch buffers: a pixel's samples (all
-integrations and groups) are gathered into a (nints, ngroups) buffer, its first differences into a
-(nints * (ngroups - 1),) float64 buffer, and the decisions are written straight into the output
-GROUPDQ cube. No whole-cube float temporaries are made.
+:func:`run_frame` streams the frame row by row through small pixel-major buffers (three rows of
+group DQ, float64 first differences and neighbour-centre flags, one row of electrons), so memory
+beyond the inputs and outputs is O(nx * nints * ngroups) and each pixel's samples are contiguous
+(reading many group planes a power-of-two stride apart pixel by pixel would thrash the cache).
+Row y is detected, then post-processed (neighbour flags, after-jump flags, redundant-bit removal)
+once row y + 1 has been detected, and written out. Medians use a branch-free sorting network.
 
 Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical):
 
@@ -73,7 +75,7 @@ def _sort_prefix(buf, n):
             buf[a] = vb if vb < va else va
             buf[b] = va if vb < va else vb
     else:
-        buf[:n] = np.sort(buf[:n])
+        buf[:n].sort()
 
 
 @njit(cache=True, inline="always")

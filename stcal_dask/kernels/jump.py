@@ -82,6 +82,9 @@ __all__ = [
     "detect_jumps",
     "total_primary_crs",
     "choose_path",
+    "detect_jumps_globals",
+    "SKIPPED_PRIMARY_COUNT",
+    "PATHS",
 ]
 
 SKIPPED_PRIMARY_COUNT = -99
@@ -273,6 +276,17 @@ def choose_path(plane_dnu: np.ndarray, params: JumpParams) -> str:
 # input checks
 
 
+def _ro(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, read-only view (a copy only if not contiguous) of an input for numba.
+
+    Always handing numba read-only C arrays keeps it to one compiled specialisation whether the
+    caller's arrays are writable or not (dask blocks often are not), and makes writes impossible.
+    """
+    v = np.ascontiguousarray(a).view()
+    v.flags.writeable = False
+    return v
+
+
 def _check_cube(data, groupdq):
     data = np.asarray(data)
     groupdq = np.asarray(groupdq)
@@ -344,7 +358,7 @@ def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
         )
     flat = gain.reshape(-1)
     values = flat[~np.isnan(flat)].copy()
-    plane = _nb.whole_plane_flags(np.ascontiguousarray(groupdq), dqflags.DO_NOT_USE)
+    plane = _nb.whole_plane_flags(_ro(groupdq), dqflags.DO_NOT_USE)
     return JumpGlobalsPartial(values, plane)
 
 
@@ -407,11 +421,11 @@ def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: J
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
     if globals.path != "sigclip":
         raise UserInputError(f"jump: sigclip_reset_partial called on the {globals.path!r} path")
-    data, groupdq, gain = (np.ascontiguousarray(a) for a in (data, groupdq, gain))
+    data, groupdq, gain = (_ro(a) for a in (data, groupdq, gain))
     cand = _sigclip_candidates(data, groupdq, gain, params)
     gdq = groupdq.copy()
     gdq[:, 1:] |= cand.astype(gdq.dtype) * np.asarray(dqflags.JUMP_DET, gdq.dtype)
-    return _nb.whole_plane_flags(gdq, dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+    return _nb.whole_plane_flags(_ro(gdq), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
 
 
 def merge_sigclip_reset_partials(*parts) -> np.ndarray:
@@ -471,8 +485,7 @@ def detect_jumps_tile(
     if not _is_int(nframes) or int(nframes) < 1:
         raise UserInputError(f"jump: nframes must be an integer >= 1, got {nframes!r}")
     _check_globals(globals, nints, ngroups)
-    # C-contiguous views (no copy for dask blocks / whole frames) keep numba to one signature.
-    data, groupdq, gain = (np.ascontiguousarray(a) for a in (data, groupdq, gain))
+    data, groupdq, gain, readnoise = (_ro(a) for a in (data, groupdq, gain, readnoise))
     n1 = _after_jump_groups(params.after_jump_flag_time1, group_time)
     n2 = _after_jump_groups(params.after_jump_flag_time2, group_time)
 
@@ -510,7 +523,7 @@ def detect_jumps_tile(
             groupdq,
             gdq,
             gain,
-            np.ascontiguousarray(readnoise),
+            readnoise,
             nreads_half,
             _PATH_CODE[path],
             clip_jump,
@@ -573,6 +586,3 @@ def detect_jumps_globals(data, groupdq, gain, *, params: JumpParams) -> JumpGlob
         part = sigclip_reset_partial(data, groupdq, gain, params=params, globals=g)
         g = with_sigclip_reset(g, merge_sigclip_reset_partials(part))
     return g
-
-
-__all__ += ["detect_jumps_globals", "SKIPPED_PRIMARY_COUNT", "PATHS"]
