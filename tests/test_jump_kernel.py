@@ -606,3 +606,13 @@ def test_read_only_and_non_contiguous_inputs():
         np.testing.assert_array_equal(r.groupdq, ref.groupdq)
         np.testing.assert_array_equal(r.pixeldq, ref.pixeldq)
         assert r.groupdq.flags.writeable
+
+
+def test_network_median_matches_numpy():
+    rng = np.random.default_rng(0)
+    for n in range(1, 41):
+        for _ in range(30):
+            v = rng.choice([0.0, -0.5, 1.0, 2.5, np.inf, -np.inf, 7.0], n)
+            v = np.where(rng.random(n) < 0.5, rng.normal(size=n), v)
+            buf = v.copy()
+            np.testing.assert_equal(nb._median_prefix(buf, n), np.median(v))

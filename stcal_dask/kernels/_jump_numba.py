@@ -55,8 +55,21 @@ def _batcher_network(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def _median_network(n: int) -> list[tuple[int, int]]:
+    """Batcher's network for ``n`` pruned to the comparators the middle output(s) depend on."""
+    if n == 0:
+        return []
+    need = {n // 2} if n % 2 else {n // 2 - 1, n // 2}
+    keep = []
+    for a, b in reversed(_batcher_network(n)):
+        if a in need or b in need:
+            keep.append((a, b))
+            need |= {a, b}
+    return keep[::-1]
+
+
 _NET_MAX = 32
-_nets = [_batcher_network(n) for n in range(_NET_MAX + 1)]
+_nets = [_median_network(n) for n in range(_NET_MAX + 1)]
 _NET_OFF = np.cumsum([0] + [len(t) for t in _nets]).astype(np.int64)
 _NET_A = np.array([a for t in _nets for a, _ in t], dtype=np.int64)
 _NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
@@ -65,7 +78,8 @@ del _nets
 
 @njit(cache=True)
 def _sort_prefix(buf, n):
-    """Sort ``buf[:n]`` (no NaN) in place: a branch-free sorting network up to 32 values."""
+    """Bring the middle element(s) of ``buf[:n]`` (no NaN) to their sorted positions, in place:
+    a branch-free median network up to 32 values, a full sort beyond."""
     if n <= _NET_MAX:
         for t in range(_NET_OFF[n], _NET_OFF[n + 1]):
             a = _NET_A[t]
@@ -80,7 +94,7 @@ def _sort_prefix(buf, n):
 
 @njit(cache=True, inline="always")
 def _median_prefix(buf, n):
-    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. Sorts ``buf[:n]``.
+    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. Reorders ``buf[:n]``.
 
     Even counts give ``(lo + hi) / 2`` as numpy's (nan)median does.
     """
@@ -345,6 +359,7 @@ def run_frame(
     dring = np.empty((3, nx, max(ntot, 1)), dtype=np.float64)
     mring = np.empty((3, nx), dtype=np.float64)
     mvalid = np.zeros((3, nx), dtype=np.bool_)
+    anyc = np.zeros((3, nx), dtype=np.bool_)
     addf = np.zeros(ngroups, dtype=np.bool_)
     for yy in range(ny + 1):
         if yy < ny:
@@ -379,17 +394,22 @@ def run_frame(
                         cnt += 1
                 primary[yy, x] = cnt
                 if do_neighbors:
-                    for i in range(nints):
-                        for k in range(nd):
-                            j = i * nd + k
-                            is_c = False
-                            if grow[x, i * ngroups + k + 1] & _JUMP:
-                                if not have_m:
-                                    m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
-                                    have_m = True
-                                r0 = abs(drow[x, j] - m) / sig
-                                is_c = r0 < nbr_max and r0 > nbr_min
-                            crow[x, j] = is_c
+                    # crow[x] is only read where anyc[ry, x] is set, so it is not cleared
+                    has_c = False
+                    if cnt > 0:
+                        for i in range(nints):
+                            for k in range(nd):
+                                j = i * nd + k
+                                is_c = False
+                                if grow[x, i * ngroups + k + 1] & _JUMP:
+                                    if not have_m:
+                                        m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
+                                        have_m = True
+                                    r0 = abs(drow[x, j] - m) / sig
+                                    is_c = r0 < nbr_max and r0 > nbr_min
+                                crow[x, j] = is_c
+                                has_c = has_c or is_c
+                    anyc[ry, x] = has_c
                 mring[ry, x] = m
                 mvalid[ry, x] = have_m
         if yy == 0:
@@ -406,19 +426,30 @@ def run_frame(
         cdn = centre[rdn]
         for x in range(nx):
             if do_neighbors:
-                for i in range(nints):
-                    for k in range(nd):
-                        j = i * nd + k
-                        hit = (
-                            (y > 0 and cup[x, j])
-                            or (y + 1 < ny and cdn[x, j])
-                            or (x > 0 and crow[x - 1, j])
-                            or (x + 1 < nx and crow[x + 1, j])
-                        )
-                        q = i * ngroups + k + 1
-                        if hit and (grow[x, q] & _SAT_DNU) == 0:
-                            grow[x, q] |= _JUMP
+                up = y > 0 and anyc[rup, x]
+                dn = y + 1 < ny and anyc[rdn, x]
+                lf = x > 0 and anyc[ry, x - 1]
+                rt = x + 1 < nx and anyc[ry, x + 1]
+                if up or dn or lf or rt:
+                    for i in range(nints):
+                        for k in range(nd):
+                            j = i * nd + k
+                            hit = (
+                                (up and cup[x, j])
+                                or (dn and cdn[x, j])
+                                or (lf and crow[x - 1, j])
+                                or (rt and crow[x + 1, j])
+                            )
+                            q = i * ngroups + k + 1
+                            if hit and (grow[x, q] & _SAT_DNU) == 0:
+                                grow[x, q] |= _JUMP
+            any_jump = False
             if do_after:
+                for i in range(nints):
+                    for g in range(1, ngroups):
+                        if grow[x, i * ngroups + g] & _JUMP:
+                            any_jump = True
+            if any_jump:
                 m = mring[ry, x]
                 if not mvalid[ry, x]:
                     m = _nanmedian(drow[x], ntot, buf)
