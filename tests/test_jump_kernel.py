@@ -616,3 +616,11 @@ def test_network_median_matches_numpy():
             v = np.where(rng.random(n) < 0.5, rng.normal(size=n), v)
             buf = v.copy()
             np.testing.assert_equal(nb._median_prefix(buf, n), np.median(v))
+
+
+@pytest.mark.parametrize("step, flagged", [(15.0, False), (15.000001, True), (16.0, True)])
+def test_single_pass_threshold_is_strict(step, flagged):
+    # 12 groups -> 11 diffs -> single pass; median 0, sigma = rn = 5 e-, threshold 3
+    ramp = np.zeros(12)
+    ramp[5:] = step
+    assert (jump_groups(run(ramp, rn=5.0)) == [5]) is flagged

@@ -273,10 +273,13 @@ def _detect_pixel(
     elif path == PATH_SINGLE:
         m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
         have_m = True
+        # |d - m| <= lim guarantees |d - m| / sig <= rej, so most divisions are skipped
+        lim = rej * sig * (1.0 - 1e-9)
         for i in range(nints):
             for k in range(nd):
                 d = drow[x, i * nd + k]
-                if math.isfinite(d) and abs(d - m) / sig > rej:
+                a = abs(d - m)
+                if a > lim and math.isfinite(d) and a / sig > rej:
                     grow[x, i * ngroups + k + 1] |= _JUMP
     elif path == PATH_ITERATIVE:
         for j in range(ntot):
