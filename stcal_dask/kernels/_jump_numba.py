@@ -486,6 +486,17 @@ def run_frame(
 
 
 @njit(cache=True)
+def flag_bad_gain(gain, pdq, bits):
+    """OR ``bits`` into ``pdq`` (in place) where the gain is <= 0 or NaN."""
+    ny, nx = gain.shape
+    for y in range(ny):
+        for x in range(nx):
+            g = gain[y, x]
+            if g <= 0.0 or math.isnan(g):
+                pdq[y, x] |= bits
+
+
+@njit(cache=True)
 def remove_redundant(gdq):
     """Clear JUMP wherever the same element also has SATURATED or DO_NOT_USE (in place)."""
     nints, ngroups, ny, nx = gdq.shape

@@ -491,9 +491,7 @@ def detect_jumps_tile(
 
     # PIXELDQ: bad gains (<= 0 or NaN) get NO_GAIN_VALUE | DO_NOT_USE.
     pdq = pixeldq.copy()
-    with np.errstate(invalid="ignore"):
-        bad_gain = (gain <= 0.0) | np.isnan(gain)
-    pdq[bad_gain] |= np.asarray(dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE, dtype=pdq.dtype)
+    _nb.flag_bad_gain(gain, pdq, dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE)
 
     primary = np.zeros((ny, nx), dtype=np.int32)
     if globals.skip or ny == 0 or nx == 0 or ngroups < 2:
