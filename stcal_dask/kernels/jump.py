@@ -393,21 +393,43 @@ def combine_jump_globals(partials, *, params: JumpParams) -> JumpGlobals:
     return finalize_jump_globals(merge_jump_globals_partials(*partials), params=params)
 
 
+_SIGCLIP_BLOCK_BYTES = 32 * 2**20
+"""Float64 differences handed to astropy's sigma_clip at a time (rows are processed in blocks)."""
+
+
 def _sigclip_candidates(data, groupdq, gain, params: JumpParams) -> np.ndarray:
-    """(nints, ndiffs, ty, tx) bool: sigma-clip jump candidates of stcal's sigma-clip path."""
+    """(nints, ndiffs, ty, tx) bool: sigma-clip jump candidates of stcal's sigma-clip path.
+
+    astropy's ``sigma_clip`` (median centre, population std, 5 iterations, ``sigma`` =
+    ``rejection_threshold``) over the integrations of each difference (``only_use_ints``) or over
+    all differences of a pixel, on the float64 electron differences; a candidate is clipped,
+    finite and its later group has neither SATURATED nor DO_NOT_USE. Each pixel is clipped on its
+    own, so blocks of rows are processed at a time to bound the float64 temporaries.
+    """
     from astropy.stats import sigma_clip
     from astropy.utils.exceptions import AstropyUserWarning
 
+    nints, ngroups, ny, nx = data.shape
+    cand = np.empty((nints, ngroups - 1, ny, nx), dtype=bool)
     dscr = np.empty(data.shape[:2], dtype=np.result_type(data.dtype, gain.dtype))
-    diffs = _nb.diffs_cube(data, groupdq, gain, dscr)
     axis = 0 if params.only_use_ints else (0, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        clipped = sigma_clip(diffs, sigma=params.rejection_threshold, axis=axis, masked=True)
-    cand = np.ma.getmaskarray(clipped)
-    cand &= np.isfinite(diffs)
-    cand &= (groupdq[:, 1:] & (dqflags.SATURATED | dqflags.DO_NOT_USE)) == 0
+    row_bytes = max(1, nints * (ngroups - 1) * nx * 8)
+    step = max(1, _SIGCLIP_BLOCK_BYTES // row_bytes)
+    for y0 in range(0, ny, step):
+        y1 = min(ny, y0 + step)
+        diffs = _nb.diffs_cube(
+            _ro(data[:, :, y0:y1]), _ro(groupdq[:, :, y0:y1]), _ro(gain[y0:y1]), dscr
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            clipped = sigma_clip(
+                diffs, sigma=params.rejection_threshold, axis=axis, masked=True, copy=False
+            )
+        block = cand[:, :, y0:y1]
+        block[...] = np.ma.getmaskarray(clipped)
+        block &= np.isfinite(diffs)
+        block &= (groupdq[:, 1:, y0:y1] & (dqflags.SATURATED | dqflags.DO_NOT_USE)) == 0
     return cand
 
 
