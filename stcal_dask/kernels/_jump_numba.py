@@ -76,20 +76,47 @@ _NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
 del _nets
 
 
+@njit(cache=True, inline="always")
+def _kth_smallest(a, n, k):
+    """k-th smallest of ``a[:n]`` by Wirth's selection, permuting ``a`` in place exactly as
+    astropy's C sigma clipping does (the permutation decides the order of its sums)."""
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        v = a[k]
+        i = lo
+        j = hi
+        while True:
+            while a[i] < v:
+                i += 1
+            while v < a[j]:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+            if i > j:
+                break
+        if j < k:
+            lo = i
+        if k < i:
+            hi = j
+    return a[k]
+
+
 @njit(cache=True)
 def _sort_prefix(buf, n):
-    """Bring the middle element(s) of ``buf[:n]`` (no NaN) to their sorted positions, in place:
-    a branch-free median network up to 32 values, a full sort beyond."""
-    if n <= _NET_MAX:
-        for t in range(_NET_OFF[n], _NET_OFF[n + 1]):
-            a = _NET_A[t]
-            b = _NET_B[t]
-            va = buf[a]
-            vb = buf[b]
-            buf[a] = vb if vb < va else va
-            buf[b] = va if vb < va else vb
-    else:
-        buf[:n].sort()
+    """Bring the middle element(s) of ``buf[:n]`` (no NaN, n <= 32) to their sorted positions,
+    in place, with a branch-free median network."""
+    for t in range(_NET_OFF[n], _NET_OFF[n + 1]):
+        a = _NET_A[t]
+        b = _NET_B[t]
+        va = buf[a]
+        vb = buf[b]
+        buf[a] = vb if vb < va else va
+        buf[b] = va if vb < va else vb
 
 
 @njit(cache=True, inline="always")
@@ -100,8 +127,14 @@ def _median_prefix(buf, n):
     """
     if n == 0:
         return np.nan
-    _sort_prefix(buf, n)
     h = n // 2
+    if n > _NET_MAX:
+        # selection: the k-th smallest values do not depend on the method
+        if n % 2 == 1:
+            return _kth_smallest(buf, n, h)
+        upper = _kth_smallest(buf, n, h)
+        return (_kth_smallest(buf, n, h - 1) + upper) / 2.0
+    _sort_prefix(buf, n)
     if n % 2 == 1:
         return buf[h]
     return (buf[h - 1] + buf[h]) / 2.0
@@ -158,24 +191,6 @@ def _clipped_median(a, n, buf):
     return _median_prefix(buf, m), n_use, mx, mn
 
 
-@njit(cache=True, inline="always")
-def _load_pixel(data, gdq, gain, y, x, dscr, diffs):
-    """Electrons of one pixel into ``dscr`` (NaN on SAT/DNU groups) and its first differences
-    (float64, flattened (nints, ndiffs)) into ``diffs``."""
-    nints, ngroups = data.shape[0], data.shape[1]
-    g = gain[y, x]
-    for i in range(nints):
-        for k in range(ngroups):
-            if gdq[i, k, y, x] & _SAT_DNU:
-                dscr[i, k] = np.nan
-            else:
-                dscr[i, k] = data[i, k, y, x] * g
-    nd = ngroups - 1
-    for i in range(nints):
-        for k in range(nd):
-            diffs[i * nd + k] = np.float64(dscr[i, k + 1] - dscr[i, k])
-
-
 @njit(cache=True)
 def whole_plane_flags(gdq, bits):
     """(nints, ngroups) bool: True where *every* pixel of the plane has one of ``bits`` set."""
@@ -196,22 +211,46 @@ def whole_plane_flags(gdq, bits):
 
 
 @njit(cache=True)
-def diffs_cube(data, gdq, gain, dscr):
-    """Float64 first differences (nints, ngroups - 1, ny, nx) in electrons, NaN where unusable.
+def sigclip_bounds(buf, count, sigma, maxiters):
+    """Clipping bounds of astropy's fast ``sigma_clip`` (median centre, population std) for the
+    ``count`` finite values in ``buf`` (reordered in place); (NaN, NaN) when ``count`` is 0.
 
-    Only used by the sigma-clip path, which hands the cube to astropy's sigma_clip.
+    Reproduces astropy 8's ``compute_sigma_clipped_bounds`` operation for operation: Wirth median
+    (upper middle selected first for even counts), sequential mean and sum of squares over the
+    permuted buffer, order-preserving compaction, stop when nothing or everything is clipped or
+    after ``maxiters`` iterations.
     """
-    nints, ngroups, ny, nx = data.shape
-    nd = ngroups - 1
-    out = np.empty((nints, nd, ny, nx), dtype=np.float64)
-    diffs = np.empty(nints * nd, dtype=np.float64)
-    for y in range(ny):
-        for x in range(nx):
-            _load_pixel(data, gdq, gain, y, x, dscr, diffs)
-            for i in range(nints):
-                for k in range(nd):
-                    out[i, k, y, x] = diffs[i * nd + k]
-    return out
+    if count == 0:
+        return np.nan, np.nan
+    iteration = 0
+    while True:
+        if count % 2 == 0:
+            upper = _kth_smallest(buf, count, count // 2)
+            lower = _kth_smallest(buf, count, count // 2 - 1)
+            cen = 0.5 * (upper + lower)
+        else:
+            cen = _kth_smallest(buf, count, (count - 1) // 2)
+        mean = 0.0
+        for i in range(count):
+            mean += buf[i]
+        mean /= count
+        std = 0.0
+        for i in range(count):
+            std += (buf[i] - mean) * (buf[i] - mean)
+        std = math.sqrt(std / count)
+        blo = cen - sigma * std
+        bhi = cen + sigma * std
+        new = 0
+        for i in range(count):
+            if buf[i] >= blo and buf[i] <= bhi:
+                buf[new] = buf[i]
+                new += 1
+        if new == count or new == 0:
+            return blo, bhi
+        count = new
+        iteration += 1
+        if maxiters != -1 and iteration >= maxiters:
+            return blo, bhi
 
 
 @njit(cache=True, inline="always")
@@ -235,7 +274,7 @@ def _median_sigma(diffs, ntot, buf, rnterm):
 
 @njit(cache=True, inline="always")
 def _detect_pixel(
-    grow, erow, drow, rnterm, nints, ngroups, path, clip_jump, reset_planes, y, x,
+    grow, erow, drow, rnterm, nints, ngroups, path, only_use_ints, reset_planes, x,
     rej, thr_3diff, thr_2diff, absd, ratio, buf,
 ):  # fmt: skip
     """Detection for one pixel held in row buffers.
@@ -262,10 +301,29 @@ def _detect_pixel(
     have_m = False
 
     if path == PATH_SIGCLIP:
-        for i in range(nints):
-            for k in range(nd):
-                if clip_jump[i, k, y, x]:
-                    grow[x, i * ngroups + k + 1] |= _JUMP
+        # astropy sigma_clip(sigma=rej, maxiters=5) across the integrations of each difference
+        # (only_use_ints) or across all differences of the pixel; JUMP where a finite
+        # difference is outside the bounds and its later group is neither SAT nor DNU.
+        nlanes = nd if only_use_ints else 1
+        for lane in range(nlanes):
+            count = 0
+            for i in range(nints):
+                for k in range(nd):
+                    if only_use_ints and k != lane:
+                        continue
+                    v = drow[x, i * nd + k]
+                    if math.isfinite(v):
+                        buf[count] = v
+                        count += 1
+            blo, bhi = sigclip_bounds(buf, count, rej, 5)
+            for i in range(nints):
+                for k in range(nd):
+                    if only_use_ints and k != lane:
+                        continue
+                    v = drow[x, i * nd + k]
+                    q = i * ngroups + k + 1
+                    if math.isfinite(v) and (v < blo or v > bhi) and (grow[x, q] & _SAT_DNU) == 0:
+                        grow[x, q] |= _JUMP
         for i in range(nints):
             for k in range(ngroups):
                 if reset_planes[i, k] and grow[x, i * ngroups + k] == _JUMP:
@@ -329,9 +387,9 @@ def _detect_pixel(
 
 @njit(cache=True)
 def run_frame(
-    data, groupdq, gdq_out, gain, readnoise, nreads_half, path, clip_jump, reset_planes,
+    data, groupdq, gdq_out, gain, readnoise, nreads_half, path, only_use_ints, reset_planes,
     rej, thr_3diff, thr_2diff, do_neighbors, nbr_min, nbr_max,
-    do_after, e1, jmax1, e2, jmax2, eproto, primary,
+    do_after, e1, jmax1, e2, jmax2, remove_redundant_bits, eproto, primary,
 ):  # fmt: skip
     """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
 
@@ -343,11 +401,11 @@ def run_frame(
     power-of-two stride apart), detected, and post-processed once row y + 1 has been detected,
     then written out. Only three rows of group DQ, differences and neighbour centres are held.
 
-    ``nreads_half`` = 0.5 * n_reads_groupdiff (= nframes); ``clip_jump`` (sigma-clip path only)
-    the (nints, ndiffs, ny, nx) candidate mask; ``reset_planes`` (nints, ngroups) bool, planes
-    whose pure-JUMP values are reset (sigma-clip path); ``e1``/``e2`` after-jump thresholds in
-    electrons, ``jmax1``/``jmax2`` groups to flag after a jump; ``eproto`` a 1-element array of
-    the electrons dtype (product of data and gain dtypes).
+    ``nreads_half`` = 0.5 * n_reads_groupdiff (= nframes); ``only_use_ints`` the sigma-clip
+    axis choice; ``reset_planes`` (nints, ngroups) bool, planes whose pure-JUMP values are reset
+    (sigma-clip path); ``e1``/``e2`` after-jump thresholds in electrons, ``jmax1``/``jmax2``
+    groups to flag after a jump; ``remove_redundant_bits`` False only for the sigma-clip reset
+    pass; ``eproto`` a 1-element array of the electrons dtype (product of data and gain dtypes).
     """
     nints, ngroups, ny, nx = data.shape
     nd = ngroups - 1
@@ -355,7 +413,7 @@ def run_frame(
     ng_all = nints * ngroups
     absd = np.empty(max(ntot, 1), dtype=np.float64)
     ratio = np.empty(max(ntot, 1), dtype=np.float64)
-    buf = np.empty(max(ntot, 1), dtype=np.float64)
+    buf = np.empty(max(ntot, nints, 1), dtype=np.float64)
     erow = np.empty((nx, ng_all), dtype=eproto.dtype)
     gring = np.empty((3, nx, ng_all), dtype=gdq_out.dtype)
     centre = np.zeros((3, nx, max(ntot, 1)), dtype=np.bool_)
@@ -388,8 +446,8 @@ def run_frame(
             for x in range(nx):
                 rnterm = _rn_term(readnoise, gain, yy, x, nreads_half)
                 m, sig, have_m = _detect_pixel(
-                    grow, erow, drow, rnterm, nints, ngroups, path, clip_jump, reset_planes,
-                    yy, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
+                    grow, erow, drow, rnterm, nints, ngroups, path, only_use_ints, reset_planes,
+                    x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
                 )  # fmt: skip
                 cnt = 0
                 for q in range(ng_all):
@@ -472,10 +530,11 @@ def run_frame(
                         q = i * ngroups + g
                         if addf[g] and (grow[x, q] & _SAT_DNU) == 0:
                             grow[x, q] |= _JUMP
-            for q in range(ng_all):
-                v = grow[x, q]
-                if (v & _JUMP) and (v & _SAT_DNU):
-                    grow[x, q] = v ^ _JUMP
+            if remove_redundant_bits:
+                for q in range(ng_all):
+                    v = grow[x, q]
+                    if (v & _JUMP) and (v & _SAT_DNU):
+                        grow[x, q] = v ^ _JUMP
         # write row y out
         for i in range(nints):
             for g in range(ngroups):

@@ -393,60 +393,74 @@ def combine_jump_globals(partials, *, params: JumpParams) -> JumpGlobals:
     return finalize_jump_globals(merge_jump_globals_partials(*partials), params=params)
 
 
-_SIGCLIP_BLOCK_BYTES = 32 * 2**20
-"""Float64 differences handed to astropy's sigma_clip at a time (rows are processed in blocks)."""
+_NAN32 = np.float32(np.nan)
 
 
-def _sigclip_candidates(data, groupdq, gain, params: JumpParams) -> np.ndarray:
-    """(nints, ndiffs, ty, tx) bool: sigma-clip jump candidates of stcal's sigma-clip path.
-
-    astropy's ``sigma_clip`` (median centre, population std, 5 iterations, ``sigma`` =
-    ``rejection_threshold``) over the integrations of each difference (``only_use_ints``) or over
-    all differences of a pixel, on the float64 electron differences; a candidate is clipped,
-    finite and its later group has neither SATURATED nor DO_NOT_USE. Each pixel is clipped on its
-    own, so blocks of rows are processed at a time to bound the float64 temporaries.
-    """
-    from astropy.stats import sigma_clip
-    from astropy.utils.exceptions import AstropyUserWarning
-
+def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1, n1=0, n2=0,
+               median_gain=_NAN32, neighbors=True, redundant=True):  # fmt: skip
+    """Call the numba frame driver on read-only C arrays; returns (groupdq, primary_count)."""
     nints, ngroups, ny, nx = data.shape
-    cand = np.empty((nints, ngroups - 1, ny, nx), dtype=bool)
-    dscr = np.empty(data.shape[:2], dtype=np.result_type(data.dtype, gain.dtype))
-    axis = 0 if params.only_use_ints else (0, 1)
-    row_bytes = max(1, nints * (ngroups - 1) * nx * 8)
-    step = max(1, _SIGCLIP_BLOCK_BYTES // row_bytes)
-    for y0 in range(0, ny, step):
-        y1 = min(ny, y0 + step)
-        diffs = _nb.diffs_cube(
-            _ro(data[:, :, y0:y1]), _ro(groupdq[:, :, y0:y1]), _ro(gain[y0:y1]), dscr
+    # stcal: e = dn * nanmedian(gain), a python float times a numpy scalar (gain dtype).
+    e1 = float(float(params.after_jump_flag_dn1) * median_gain)
+    e2 = float(float(params.after_jump_flag_dn2) * median_gain)
+    # stcal: RN^2 / (0.5 * n_reads_groupdiff) with n_reads_groupdiff = ones(1) * 2 * nframes
+    nreads_half = float((0.5 * (np.ones(1) * 2 * nframes))[0])
+    eproto = np.empty(1, dtype=np.result_type(data.dtype, gain.dtype))
+    gdq = np.empty_like(groupdq)
+    primary = np.zeros((ny, nx), dtype=np.int32)
+    with np.errstate(all="ignore"):
+        _nb.run_frame(
+            data,
+            groupdq,
+            gdq,
+            gain,
+            readnoise,
+            nreads_half,
+            _PATH_CODE[path],
+            bool(params.only_use_ints),
+            np.ascontiguousarray(reset, dtype=np.bool_),
+            float(params.rejection_threshold),
+            float(params.four_group_rejection_threshold),
+            float(params.three_group_rejection_threshold),
+            bool(params.flag_4_neighbors) and neighbors,
+            float(params.min_jump_to_flag_neighbors),
+            float(params.max_jump_to_flag_neighbors),
+            n1 > 0 or n2 > 0,
+            e1,
+            max(0, min(n1, ngroups - 2)),
+            e2,
+            max(0, min(n2, ngroups - 2)),
+            redundant,
+            eproto,
+            primary,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            warnings.simplefilter("ignore", AstropyUserWarning)
-            clipped = sigma_clip(
-                diffs, sigma=params.rejection_threshold, axis=axis, masked=True, copy=False
-            )
-        block = cand[:, :, y0:y1]
-        block[...] = np.ma.getmaskarray(clipped)
-        block &= np.isfinite(diffs)
-        block &= (groupdq[:, 1:, y0:y1] & (dqflags.SATURATED | dqflags.DO_NOT_USE)) == 0
-    return cand
+    return gdq, primary
 
 
 def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: JumpGlobals):
     """Pass-1b partial (sigma-clip path only; any tiling, halo not needed).
 
     Returns (nints, ngroups) bool: every pixel of the tile has JUMP or DO_NOT_USE in that plane
-    after sigma-clip detection. Merge with :func:`merge_sigclip_reset_partials`.
+    after sigma-clip detection (before any reset, neighbour or after-jump flagging and
+    redundant-bit removal). Merge with :func:`merge_sigclip_reset_partials`.
     """
     data, groupdq = _check_cube(data, groupdq)
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
     if globals.path != "sigclip":
         raise UserInputError(f"jump: sigclip_reset_partial called on the {globals.path!r} path")
     data, groupdq, gain = (_ro(a) for a in (data, groupdq, gain))
-    cand = _sigclip_candidates(data, groupdq, gain, params)
-    gdq = groupdq.copy()
-    gdq[:, 1:] |= cand.astype(gdq.dtype) * np.asarray(dqflags.JUMP_DET, gdq.dtype)
+    nints, ngroups = data.shape[:2]
+    gdq, _ = _run_frame(
+        data,
+        groupdq,
+        gain,
+        gain,  # read noise is not used by sigma-clip detection itself
+        params=params,
+        path="sigclip",
+        reset=np.zeros((nints, ngroups), dtype=bool),
+        neighbors=False,
+        redundant=False,
+    )
     return _nb.whole_plane_flags(_ro(gdq), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
 
 
@@ -515,53 +529,26 @@ def detect_jumps_tile(
     pdq = pixeldq.copy()
     _nb.flag_bad_gain(gain, pdq, dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE)
 
-    primary = np.zeros((ny, nx), dtype=np.int32)
     if globals.skip or ny == 0 or nx == 0 or ngroups < 2:
         gdq = groupdq.copy()
         _nb.remove_redundant(gdq)
-        return JumpResult(gdq, pdq, primary)
+        return JumpResult(gdq, pdq, np.zeros((ny, nx), dtype=np.int32))
 
     path = globals.path
-    if path == "sigclip":
-        clip_jump = _sigclip_candidates(data, groupdq, gain, params)
-        reset = globals.sigclip_reset
-    else:
-        clip_jump = np.zeros((1, 1, 1, 1), dtype=np.bool_)
-        reset = np.zeros((nints, ngroups), dtype=np.bool_)
-
-    # stcal: e = dn * nanmedian(gain), a python float times a numpy scalar (gain dtype).
-    med = globals.median_gain
-    e1 = float(float(params.after_jump_flag_dn1) * med)
-    e2 = float(float(params.after_jump_flag_dn2) * med)
-    # stcal: RN^2 / (0.5 * n_reads_groupdiff) with n_reads_groupdiff = ones(1) * 2 * nframes
-    nreads_half = float((0.5 * (np.ones(1) * 2 * nframes))[0])
-    eproto = np.empty(1, dtype=np.result_type(data.dtype, gain.dtype))
-    gdq = np.empty_like(groupdq)
-    with np.errstate(all="ignore"):
-        _nb.run_frame(
-            data,
-            groupdq,
-            gdq,
-            gain,
-            readnoise,
-            nreads_half,
-            _PATH_CODE[path],
-            clip_jump,
-            reset,
-            float(params.rejection_threshold),
-            float(params.four_group_rejection_threshold),
-            float(params.three_group_rejection_threshold),
-            bool(params.flag_4_neighbors),
-            float(params.min_jump_to_flag_neighbors),
-            float(params.max_jump_to_flag_neighbors),
-            n1 > 0 or n2 > 0,
-            e1,
-            max(0, min(n1, ngroups - 2)),
-            e2,
-            max(0, min(n2, ngroups - 2)),
-            eproto,
-            primary,
-        )
+    reset = globals.sigclip_reset if path == "sigclip" else np.zeros((nints, ngroups), bool)
+    gdq, primary = _run_frame(
+        data,
+        groupdq,
+        gain,
+        readnoise,
+        params=params,
+        path=path,
+        reset=reset,
+        nframes=int(nframes),
+        n1=n1,
+        n2=n2,
+        median_gain=globals.median_gain,
+    )
     return JumpResult(gdq, pdq, primary)
 
 
