@@ -45,6 +45,16 @@ per-tile partials and passed to every tile as :class:`JumpGlobals`:
 
 :func:`detect_jumps` does all of this for a whole frame in memory.
 
+Implementation
+--------------
+Per-pixel numba loops (:mod:`stcal_dask.kernels._jump_numba`) stream the frame row by row through
+small buffers: no whole-cube float temporaries, so memory is the inputs plus the outputs
+(GROUPDQ copy, PIXELDQ copy, the int32 count map) plus O(nx * nints * ngroups). stcal's
+arithmetic precision is reproduced where it decides a threshold or a tie (float32 electrons and
+differences, float64 medians and ratios, float32 numerators and later-round medians in the
+iterative path). The sigma-clip path re-implements astropy's fast ``sigma_clip`` (median centre,
+population std, 5 iterations) operation for operation, so its bounds are bit-identical.
+
 Deliberate scope
 ----------------
 Snowballs (``expand_large_events``) and showers (``find_showers``) are not implemented, so their
