@@ -16,7 +16,9 @@ Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical)
   round on the clipped median ``c`` is rounded to float32 as well (the first round uses the
   float64 median).
 
-Path codes: ``PATH_SKIP`` (0), ``PATH_SIGCLIP`` (1), ``PATH_SINGLE`` (2), ``PATH_ITERATIVE`` (3).
+Path codes: ``PATH_SKIP`` (0), ``PATH_SIGCLIP`` (1), ``PATH_SINGLE`` (2), ``PATH_ITERATIVE`` (3),
+``PATH_RESET_ONLY`` (4: the group DQ already holds the sigma-clip detections; only the plane
+reset is applied).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ PATH_SKIP = 0
 PATH_SIGCLIP = 1
 PATH_SINGLE = 2
 PATH_ITERATIVE = 3
+PATH_RESET_ONLY = 4
 
 _DNU = dqflags.DO_NOT_USE
 _SAT = dqflags.SATURATED
@@ -273,6 +276,40 @@ def _median_sigma(diffs, ntot, buf, rnterm):
 
 
 @njit(cache=True, inline="always")
+def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf):
+    """Sigma-clip detection (``PATH_SIGCLIP``) and plane reset of one pixel (row buffers)."""
+    nd = ngroups - 1
+    if path == PATH_SIGCLIP:
+        # astropy sigma_clip(sigma=rej, maxiters=5) across the integrations of each difference
+        # (only_use_ints) or across all differences of the pixel; JUMP where a finite
+        # difference is outside the bounds and its later group is neither SAT nor DNU.
+        nlanes = nd if only_use_ints else 1
+        for lane in range(nlanes):
+            count = 0
+            for i in range(nints):
+                for k in range(nd):
+                    if only_use_ints and k != lane:
+                        continue
+                    v = drow[x, i * nd + k]
+                    if math.isfinite(v):
+                        buf[count] = v
+                        count += 1
+            blo, bhi = sigclip_bounds(buf, count, rej, 5)
+            for i in range(nints):
+                for k in range(nd):
+                    if only_use_ints and k != lane:
+                        continue
+                    v = drow[x, i * nd + k]
+                    q = i * ngroups + k + 1
+                    if math.isfinite(v) and (v < blo or v > bhi) and (grow[x, q] & _SAT_DNU) == 0:
+                        grow[x, q] |= _JUMP
+    for i in range(nints):
+        for k in range(ngroups):
+            if reset_planes[i, k] and grow[x, i * ngroups + k] == _JUMP:
+                grow[x, i * ngroups + k] = 0
+
+
+@njit(cache=True, inline="always")
 def _detect_pixel(
     grow, erow, drow, rnterm, nints, ngroups, path, only_use_ints, reset_planes, x,
     rej, thr_3diff, thr_2diff, absd, ratio, buf,
@@ -300,34 +337,8 @@ def _detect_pixel(
     sig = np.nan
     have_m = False
 
-    if path == PATH_SIGCLIP:
-        # astropy sigma_clip(sigma=rej, maxiters=5) across the integrations of each difference
-        # (only_use_ints) or across all differences of the pixel; JUMP where a finite
-        # difference is outside the bounds and its later group is neither SAT nor DNU.
-        nlanes = nd if only_use_ints else 1
-        for lane in range(nlanes):
-            count = 0
-            for i in range(nints):
-                for k in range(nd):
-                    if only_use_ints and k != lane:
-                        continue
-                    v = drow[x, i * nd + k]
-                    if math.isfinite(v):
-                        buf[count] = v
-                        count += 1
-            blo, bhi = sigclip_bounds(buf, count, rej, 5)
-            for i in range(nints):
-                for k in range(nd):
-                    if only_use_ints and k != lane:
-                        continue
-                    v = drow[x, i * nd + k]
-                    q = i * ngroups + k + 1
-                    if math.isfinite(v) and (v < blo or v > bhi) and (grow[x, q] & _SAT_DNU) == 0:
-                        grow[x, q] |= _JUMP
-        for i in range(nints):
-            for k in range(ngroups):
-                if reset_planes[i, k] and grow[x, i * ngroups + k] == _JUMP:
-                    grow[x, i * ngroups + k] = 0
+    if path == PATH_SIGCLIP or path == PATH_RESET_ONLY:
+        _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf)
     elif path == PATH_SINGLE:
         m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
         have_m = True

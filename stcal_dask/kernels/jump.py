@@ -106,6 +106,7 @@ _PATH_CODE = {
     "sigclip": _nb.PATH_SIGCLIP,
     "single": _nb.PATH_SINGLE,
     "iterative": _nb.PATH_ITERATIVE,
+    "reset-only": _nb.PATH_RESET_ONLY,  # internal: sigma-clip detections already in groupdq
 }
 
 
@@ -458,6 +459,13 @@ def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: J
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
     if globals.path != "sigclip":
         raise UserInputError(f"jump: sigclip_reset_partial called on the {globals.path!r} path")
+    gdq = _sigclip_detected(data, groupdq, gain, params)
+    return _nb.whole_plane_flags(_ro(gdq), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+
+
+def _sigclip_detected(data, groupdq, gain, params: JumpParams) -> np.ndarray:
+    """Group DQ right after sigma-clip detection (no reset, neighbours, after-jump flags or
+    redundant-bit removal)."""
     data, groupdq, gain = (_ro(a) for a in (data, groupdq, gain))
     nints, ngroups = data.shape[:2]
     gdq, _ = _run_frame(
@@ -471,7 +479,7 @@ def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: J
         neighbors=False,
         redundant=False,
     )
-    return _nb.whole_plane_flags(_ro(gdq), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+    return gdq
 
 
 def merge_sigclip_reset_partials(*parts) -> np.ndarray:
@@ -521,6 +529,25 @@ def detect_jumps_tile(
     the halo off the result; with ``globals`` from the whole frame the cropped result equals the
     whole-frame result. Shapes and units: see the module docstring. Inputs are not modified.
     """
+    return _detect_jumps_tile(
+        data,
+        groupdq,
+        pixeldq,
+        gain,
+        readnoise,
+        params=params,
+        nframes=nframes,
+        group_time=group_time,
+        globals=globals,
+    )
+
+
+def _detect_jumps_tile(
+    data, groupdq, pixeldq, gain, readnoise, *, params, nframes, group_time, globals,
+    detected=None,
+):  # fmt: skip
+    """:func:`detect_jumps_tile`; ``detected`` (sigma-clip path, whole frame only) is the group
+    DQ after sigma-clip detection from the reset pass, which is then not clipped again."""
     if not isinstance(params, JumpParams):
         raise UserInputError("jump: params must be a JumpParams")
     data, groupdq = _check_cube(data, groupdq)
@@ -546,6 +573,8 @@ def detect_jumps_tile(
 
     path = globals.path
     reset = globals.sigclip_reset if path == "sigclip" else np.zeros((nints, ngroups), bool)
+    if detected is not None and path == "sigclip":
+        groupdq, path = _ro(detected), "reset-only"
     gdq, primary = _run_frame(
         data,
         groupdq,
@@ -580,8 +609,8 @@ def detect_jumps(
     (-99 on skipped exposures); :func:`detect_jumps_globals` gives the globals used.
     """
     params = JumpParams() if params is None else params
-    g = detect_jumps_globals(data, groupdq, gain, params=params)
-    return detect_jumps_tile(
+    g, detected = _frame_globals(data, groupdq, gain, params=params)
+    return _detect_jumps_tile(
         data,
         groupdq,
         pixeldq,
@@ -591,15 +620,23 @@ def detect_jumps(
         nframes=nframes,
         group_time=group_time,
         globals=g,
+        detected=detected,
     )
 
 
 def detect_jumps_globals(data, groupdq, gain, *, params: JumpParams) -> JumpGlobals:
     """The :class:`JumpGlobals` of a whole frame held in memory (steps 1-3 on one tile)."""
+    return _frame_globals(data, groupdq, gain, params=params)[0]
+
+
+def _frame_globals(data, groupdq, gain, *, params: JumpParams):
+    """Whole-frame globals, and on the sigma-clip path the group DQ after sigma-clip detection
+    (so the detection pass is not repeated), else None."""
     data, groupdq = _check_cube(data, groupdq)
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
     g = combine_jump_globals([jump_globals_partial(groupdq, gain)], params=params)
-    if g.needs_sigclip_pass:
-        part = sigclip_reset_partial(data, groupdq, gain, params=params, globals=g)
-        g = with_sigclip_reset(g, merge_sigclip_reset_partials(part))
-    return g
+    if not g.needs_sigclip_pass:
+        return g, None
+    detected = _sigclip_detected(data, groupdq, gain, params)
+    reset = _nb.whole_plane_flags(_ro(detected), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+    return with_sigclip_reset(g, reset), detected
