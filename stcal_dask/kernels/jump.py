@@ -417,6 +417,11 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
     # stcal: RN^2 / (0.5 * n_reads_groupdiff) with n_reads_groupdiff = ones(1) * 2 * nframes
     nreads_half = float((0.5 * (np.ones(1) * 2 * nframes))[0])
     eproto = np.empty(1, dtype=np.result_type(data.dtype, gain.dtype))
+    out_dtype = groupdq.dtype
+    if out_dtype != np.uint8 and (groupdq.size == 0 or int(groupdq.max()) < 256):
+        # wider group DQ holding only 8-bit flags (as in stcal's tests): run the uint8
+        # specialisation (compiling another one costs tens of seconds) and widen the result
+        groupdq = _ro(groupdq.astype(np.uint8))
     gdq = np.empty_like(groupdq)
     primary = np.zeros((ny, nx), dtype=np.int32)
     with np.errstate(all="ignore"):
@@ -445,7 +450,7 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
             eproto,
             primary,
         )
-    return gdq, primary
+    return gdq.astype(out_dtype, copy=False), primary
 
 
 def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: JumpGlobals):
