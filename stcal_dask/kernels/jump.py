@@ -23,7 +23,8 @@ Whole-frame decisions and the sequence a dataflow layer must follow
 stcal takes four decisions over the whole frame. A tile cannot, so they are computed once from
 per-tile partials and passed to every tile as :class:`JumpGlobals`:
 
-1. **Pass 1 (no halo needed)**: for every tile call
+1. **Pass 1 (tiles without halo, partitioning the frame** -- the gain values are pooled for a
+   median, so no pixel may be counted twice): for every tile call
    ``jump_globals_partial(groupdq_tile, gain_tile) -> JumpGlobalsPartial`` (the tile's non-NaN
    gain values and its per-(integration, group) "every pixel DO_NOT_USE" flags).
 2. **Reduce**: ``merge_jump_globals_partials(*partials)`` is associative (use it in a tree
@@ -357,7 +358,7 @@ def _after_jump_groups(time_s: float, group_time) -> int:
 
 
 def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
-    """Pass-1 partial for one tile (any tiling; halo not needed).
+    """Pass-1 partial for one tile (tiles must partition the frame: no halo, no overlap).
 
     ``groupdq``: (nints, ngroups, ty, tx); ``gain``: (ty, tx) electron/DN.
     """
