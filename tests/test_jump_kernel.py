@@ -482,6 +482,9 @@ def test_tile_rejects_bad_globals():
     assert pending.needs_sigclip_pass
     with pytest.raises(UserInputError, match="sigclip_reset"):
         detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, globals=pending)
+    odd = JumpGlobals(np.float32(2.0), np.zeros((1, 4), bool), "reset-only")
+    with pytest.raises(UserInputError, match="globals.path"):
+        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, globals=odd)
     g = detect_jumps_globals(e.data, e.groupdq, e.gain, params=JumpParams())
     with pytest.raises(UserInputError, match="path"):
         sigclip_reset_partial(e.data, e.groupdq, e.gain, params=JumpParams(), globals=g)

@@ -331,6 +331,8 @@ def _check_plane(name, arr, shape, kinds):
 def _check_globals(globals_, nints, ngroups):
     if not isinstance(globals_, JumpGlobals):
         raise UserInputError("jump: globals must be a JumpGlobals (see combine_jump_globals)")
+    if globals_.path not in PATHS:
+        raise UserInputError(f"jump: globals.path must be one of {PATHS}, got {globals_.path!r}")
     if globals_.plane_dnu.shape != (nints, ngroups):
         raise UserInputError(
             f"jump: globals are for (nints, ngroups) = {globals_.plane_dnu.shape}, "
