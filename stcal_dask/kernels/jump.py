@@ -227,7 +227,8 @@ class JumpGlobals(NamedTuple):
     """Whole-frame statistics passed to every tile."""
 
     median_gain: np.floating
-    """nanmedian of the frame's gain (electron/DN, gain dtype; NaN if no finite gain)."""
+    """nanmedian of the frame's gain (electron/DN), kept as a numpy scalar of the gain dtype so
+    that ``dn * median_gain`` rounds as in stcal (float32); NaN if every gain is NaN."""
     plane_dnu: np.ndarray
     """(nints, ngroups) bool: every pixel of the frame has DO_NOT_USE in that group."""
     path: str
