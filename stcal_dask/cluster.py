@@ -8,7 +8,8 @@
 * ``scheduler=None`` and no ``DASK_SCHEDULER_ADDRESS`` in the environment: an in-process
   :class:`distributed.LocalCluster` whose workers are separate **processes** with one thread each
   (the tile kernels are numba/numpy code holding the GIL for much of their run, so processes scale
-  and threads would not), no dashboard (or one on a free port with ``dashboard=True``).
+  and threads would not); the scheduler's HTTP endpoint is on a free port and the Bokeh dashboard
+  is served only with ``dashboard=True``.
 * ``scheduler="tcp://HOST:PORT"`` (or ``DASK_SCHEDULER_ADDRESS``): connect to a running scheduler
   (``dask scheduler`` / ``dask worker``, dask-jobqueue, dask-kubernetes; see ``deploy/``). A
   scheduler that does not answer within ``connect_timeout`` seconds gives a one-line
@@ -149,7 +150,8 @@ def get_client(
     threads_per_worker:
         Threads per worker process (default 1).
     dashboard:
-        Start the scheduler's dashboard on a free port (default off).
+        Serve the Bokeh dashboard (default off); the scheduler's HTTP endpoint is always on a
+        free port.
     connect_timeout:
         Seconds to wait for an existing scheduler before giving up with :class:`UserInputError`.
     quiet:
@@ -202,7 +204,10 @@ def get_client(
             threads_per_worker=int(threads_per_worker),
             processes=True,
             memory_limit=limit if limit is not None else "auto",
-            dashboard_address=":0" if dashboard else None,
+            # the scheduler's HTTP server (health/metrics; the Bokeh dashboard only with
+            # dashboard=True) always on a free port, so concurrent clusters never collide
+            dashboard_address=":0",
+            scheduler_kwargs={"dashboard": bool(dashboard)},
             silence_logs=logging.WARNING if quiet else logging.INFO,
             **kwargs,
         )

@@ -245,3 +245,20 @@ def test_numpy_backed_ramp_is_accepted_and_parameters_are_validated(exposure):
     with pytest.raises(UserInputError):
         dataflow.fit_ramps(ramp, params=replace(rk.RampFitParams(), save_opt=True),
                            fitopt_dims=(-1, 0))
+
+
+def test_writes_and_count_share_the_tile_kernels(exposure, tmp_path):
+    """A Delayed write and an array reduction of the same graph, computed together with
+    cluster.compute, run every tile kernel once (no per-consumer fusion)."""
+    from stcal_dask.cluster import compute
+    from stcal_dask.io import write_dataset_atomic
+
+    jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 25)))
+    rate, _ = dataflow.fit_ramps(jumped)
+    pending = write_dataset_atomic(rate, tmp_path / "rate.zarr", compute=False)
+    with dask.config.set(scheduler="synchronous"):
+        with _CountTasks("stcal-dask-jump-tile") as cj, _CountTasks("stcal-dask-fit") as cf:
+            _, count = compute(pending.delayed, jumped[dataflow.JUMP_COUNT_VARIABLE].data,
+                               quiet=True)
+    assert (cj.count, cf.count) == (6, 6)
+    assert int(count) > 0 and (tmp_path / "rate.zarr").is_dir()

@@ -1,0 +1,329 @@
+"""End-to-end tests of the ``stcal-dask`` command line: FITS and zarr inputs, stcal 1.20.0 parity
+of the FITS products, stdatamodels opening them, and one-line user errors (exit code 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+
+from stcal_dask import dqflags
+from stcal_dask.cli import build_parser, main
+from stcal_dask.kernels.jump import JumpParams
+from stcal_dask.kernels.ramp_fit import RampFitParams, RampTiming
+
+SHAPE = "2x6x40x48"
+LOCAL = ["--scheduler", "threads", "--quiet"]
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in paths:
+        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _run(argv, capsys=None):
+    rc = main([str(a) for a in argv])
+    return rc
+
+
+@pytest.fixture(scope="module")
+def fits_run(tmp_path_factory):
+    """A seeded FITS exposure (with ZEROFRAME) and the CLI's run on it (all products)."""
+    d = tmp_path_factory.mktemp("cli_fits")
+    ramp = d / "expo_ramp.fits"
+    assert main(["simulate", str(ramp), "--shape", SHAPE, "--seed", "7", "--zeroframe",
+                 "--cr-rate", "0.05", *LOCAL]) == 0
+    gain, rnoise = d / "expo_gain.fits", d / "expo_readnoise.fits"
+    assert gain.exists() and rnoise.exists()
+    before = {p: _sha(p) for p in (ramp, gain, rnoise)}
+    out = d / "out"
+    out.mkdir()
+    rc = main(["run", str(ramp), "--gain", str(gain), "--readnoise", str(rnoise),
+               "--output-dir", str(out), "--format", "both", "--save-opt", "--save-jump",
+               "--tile", "16x20", *LOCAL])
+    assert rc == 0
+    after = {p: _sha(p) for p in (ramp, gain, rnoise)}
+    return {"dir": d, "ramp": ramp, "gain": gain, "readnoise": rnoise, "out": out,
+            "before": before, "after": after}
+
+
+@pytest.fixture(scope="module")
+def stcal_oracle(fits_run):
+    """stcal 1.20.0 detect_jumps_data + ramp_fit_data on the same FITS input."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from oracle_jump import run_stcal_jump
+    from oracle_ramp import run_stcal
+
+    with fits.open(fits_run["ramp"]) as h:
+        data = h["SCI"].data.astype(np.float32)
+        gdq = h["GROUPDQ"].data.astype(np.uint8)
+        pdq = h["PIXELDQ"].data.astype(np.uint32)
+        zf = h["ZEROFRAME"].data.astype(np.float32)
+        hdr = h[0].header
+    gain = fits.getdata(fits_run["gain"], "SCI").astype(np.float32)
+    rnoise = fits.getdata(fits_run["readnoise"], "SCI").astype(np.float32)
+    jgdq, jpdq, total = run_stcal_jump(data, gdq, pdq, gain, rnoise, params=JumpParams(),
+                                       nframes=hdr["NFRAMES"], group_time=hdr["TGROUP"])
+    timing = RampTiming(hdr["TFRAME"], hdr["TGROUP"], hdr["NFRAMES"], hdr["GROUPGAP"],
+                        hdr["DRPFRMS1"])
+    image, integ, opt = run_stcal(data, jgdq, jpdq, gain, rnoise,
+                                  params=RampFitParams(save_opt=True), timing=timing,
+                                  zeroframe=zf)
+    return {"gdq": jgdq, "pdq": jpdq, "total": total, "image": image, "integ": integ,
+            "opt": opt}
+
+
+def _close(name, ours, ref, rtol=1e-5):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, f"{name}: {ours.shape} != {ref.shape}"
+    if ref.dtype.kind in "ui":
+        assert np.array_equal(ours.astype(np.int64), ref.astype(np.int64)), f"{name} differs"
+        return
+    assert np.array_equal(np.isnan(ours), np.isnan(ref)), f"{name}: NaN pattern differs"
+    ok = ~np.isnan(ref)
+    np.testing.assert_allclose(ours[ok], ref[ok], rtol=rtol, atol=0, err_msg=name)
+
+
+def test_run_fits_outputs_match_stcal(fits_run, stcal_oracle):
+    out = fits_run["out"]
+    with fits.open(out / "expo_jump.fits") as h:
+        _close("GROUPDQ", h["GROUPDQ"].data, stcal_oracle["gdq"])
+        _close("PIXELDQ", h["PIXELDQ"].data, stcal_oracle["pdq"])
+    assert (stcal_oracle["gdq"] & dqflags.JUMP_DET).any()
+    names = {"SCI": "slope", "ERR": "err", "DQ": "dq", "VAR_POISSON": "var_poisson",
+             "VAR_RNOISE": "var_rnoise"}
+    for fname, ref in (("expo_rate.fits", stcal_oracle["image"]),
+                       ("expo_rateints.fits", stcal_oracle["integ"])):
+        with fits.open(out / fname) as h:
+            assert h["SCI"].header["BUNIT"] == "DN/s"
+            for ext, key in names.items():
+                _close(f"{fname}[{ext}]", h[ext].data, ref[key])
+    with fits.open(out / "expo_fitopt.fits") as h:
+        for key in ("slope", "sigslope", "yint", "sigyint", "weights", "var_poisson",
+                    "var_rnoise", "pedestal", "crmag"):
+            _close(f"fitopt[{key}]", h[key.upper()].data, stcal_oracle["opt"][key])
+
+
+def test_input_never_modified(fits_run):
+    assert fits_run["before"] == fits_run["after"]
+    leftovers = [p.name for p in fits_run["out"].iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_stdatamodels_open_our_products(fits_run):
+    dm = pytest.importorskip("stdatamodels.jwst.datamodels")
+    out = fits_run["out"]
+    with dm.ImageModel(str(out / "expo_rate.fits")) as m:
+        assert m.data.shape == (40, 48) and m.dq.dtype == np.uint32
+    with dm.CubeModel(str(out / "expo_rateints.fits")) as m:
+        assert m.data.shape == (2, 40, 48)
+    with dm.RampFitOutputModel(str(out / "expo_fitopt.fits")) as m:
+        assert m.slope.shape[0] == 2 and m.pedestal.shape == (2, 40, 48)
+    with dm.RampModel(str(out / "expo_jump.fits")) as m:
+        assert m.groupdq.shape == (2, 6, 40, 48)
+
+
+def test_zarr_outputs_equal_fits_outputs(fits_run):
+    out = fits_run["out"]
+    for kind in ("rate", "rateints"):
+        ds = xr.open_zarr(out / f"expo_{kind}.zarr", consolidated=False, mask_and_scale=False)
+        with fits.open(out / f"expo_{kind}.fits") as h:
+            for var, ext in (("sci", "SCI"), ("err", "ERR"), ("dq", "DQ"),
+                             ("var_poisson", "VAR_POISSON"), ("var_rnoise", "VAR_RNOISE")):
+                assert np.array_equal(ds[var].values, h[ext].data, equal_nan=True), (kind, var)
+        params = json.loads(ds.attrs["parameters"])
+        assert params["jump"]["rejection_threshold"] == 4.0
+        assert params["rampfit"]["save_opt"] is True
+
+
+def test_zarr_input_ingest_and_separate_steps(fits_run, tmp_path):
+    """simulate .zarr (same seed) == ingest of the FITS; jump then rampfit == run."""
+    ref_rate = fits.getdata(fits_run["out"] / "expo_rate.fits", "SCI")
+    ref_dq = fits.getdata(fits_run["out"] / "expo_rate.fits", "DQ")
+    store = tmp_path / "ingested_ramp.zarr"
+    assert main(["ingest", str(fits_run["ramp"]), "--gain", str(fits_run["gain"]),
+                 "--readnoise", str(fits_run["readnoise"]), "--output", str(store),
+                 *LOCAL]) == 0
+    sim = tmp_path / "expo.zarr"
+    assert main(["simulate", str(sim), "--shape", SHAPE, "--seed", "7", "--zeroframe",
+                 "--cr-rate", "0.05", "--tile", "24", *LOCAL]) == 0
+    for src in (store, sim):
+        out = tmp_path / ("o_" + src.stem)
+        out.mkdir()
+        assert main(["run", str(src), "-o", str(out), *LOCAL]) == 0
+        name = src.name.replace("_ramp.zarr", "").replace(".zarr", "")
+        rate = xr.open_zarr(out / f"{name}_rate.zarr", consolidated=False,
+                            mask_and_scale=False)
+        assert np.array_equal(rate["sci"].values, ref_rate, equal_nan=True)
+        assert np.array_equal(rate["dq"].values, ref_dq)
+    # two steps: jump -> X_jump.fits, then rampfit on it
+    two = tmp_path / "two"
+    two.mkdir()
+    refs = ["--gain", str(fits_run["gain"]), "--readnoise", str(fits_run["readnoise"])]
+    assert main(["jump", str(fits_run["ramp"]), *refs, "-o", str(two), *LOCAL]) == 0
+    assert main(["rampfit", str(two / "expo_jump.fits"), *refs, "-o", str(two), *LOCAL]) == 0
+    assert np.array_equal(fits.getdata(two / "expo_rate.fits", "SCI"), ref_rate, equal_nan=True)
+    assert np.array_equal(fits.getdata(two / "expo_jump.fits", "GROUPDQ"),
+                          fits.getdata(fits_run["out"] / "expo_jump.fits", "GROUPDQ"))
+
+
+def test_step_options_are_generated_from_the_dataclasses(fits_run, tmp_path):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["run"]
+    options = {o for a in sub._actions for o in a.option_strings}
+    for prefix, cls in (("jump", JumpParams), ("rampfit", RampFitParams)):
+        for f in dataclasses.fields(cls):
+            assert f"--{prefix}.{f.name}" in options
+    out = tmp_path / "opts"
+    out.mkdir()
+    store = fits_run["out"] / "expo_jump.zarr"  # a zarr ramp (flagged; re-flagging is fine)
+    assert main(["run", str(store), "-o", str(out), "--jump.rejection_threshold", "5",
+                 "--jump.flag_4_neighbors", "false", "--rampfit.suppress_one_group", "FALSE",
+                 *LOCAL]) == 0
+    params = json.loads(xr.open_zarr(out / "expo_rate.zarr", consolidated=False)
+                        .attrs["parameters"])
+    assert params["jump"]["rejection_threshold"] == 5.0
+    assert params["jump"]["flag_4_neighbors"] is False
+    assert params["rampfit"]["suppress_one_group"] is False
+
+
+@pytest.mark.parametrize("command", ["simulate", "ingest", "jump", "rampfit", "run", "demo"])
+def test_help_explains_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "example" in text and "stcal-dask" in text
+
+
+def test_top_level_help_and_mosaic_registration(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("simulate", "ingest", "jump", "rampfit", "run", "demo", "mosaic-wcs"):
+        assert command in text
+    with pytest.raises(SystemExit) as exc:
+        main(["mosaic-wcs", "--help"])
+    assert exc.value.code == 0
+    assert "--output" in capsys.readouterr().out
+
+
+def _bad_fits(src: Path, dst: Path, edit) -> Path:
+    with fits.open(src) as h:
+        hdul = fits.HDUList([hdu.copy() for hdu in h])
+    edit(hdul)
+    hdul.writeto(dst)
+    return dst
+
+
+def _error_cases(fits_run, tmp: Path):
+    ramp, gain, rn = fits_run["ramp"], fits_run["gain"], fits_run["readnoise"]
+    refs = ["--gain", str(gain), "--readnoise", str(rn)]
+
+    def drop_ngroups(h):
+        del h[0].header["NGROUPS"]
+
+    def sci_3d(h):
+        h["SCI"].data = h["SCI"].data[0]
+
+    def float_groupdq(h):
+        h["GROUPDQ"].data = h["GROUPDQ"].data.astype(np.float32) + 0.5
+
+    small_gain = tmp / "small_gain.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((10, 10), np.float32),
+                                                   name="SCI")]).writeto(small_gain)
+    existing = tmp / "exists"
+    existing.mkdir()
+    (existing / "expo_rate.fits").write_bytes(b"x")
+    lone = tmp / "lone_ramp.fits"
+    shutil.copy(ramp, lone)
+    return {
+        "missing file": (["run", str(tmp / "nope_ramp.fits"), *refs], "does not exist"),
+        "missing reference": (["run", str(lone)], "--gain"),
+        "missing keyword": (["run", str(_bad_fits(ramp, tmp / "a_ramp.fits", drop_ngroups)),
+                             *refs], "NGROUPS"),
+        "wrong shape": (["run", str(_bad_fits(ramp, tmp / "b_ramp.fits", sci_3d)), *refs],
+                        "SCI"),
+        "wrong dtype": (["run", str(_bad_fits(ramp, tmp / "c_ramp.fits", float_groupdq)),
+                         *refs], "groupdq"),
+        "reference shape": (["run", str(ramp), "--gain", str(small_gain), "--readnoise",
+                             str(rn)], "gain"),
+        "output exists": (["run", str(ramp), *refs, "-o", str(existing)], "--overwrite"),
+        "bad parameter value": (["run", str(ramp), *refs, "--jump.rejection_threshold", "-1"],
+                                "rejection_threshold"),
+        "bad parameter type": (["run", str(ramp), *refs, "--rampfit.save_opt", "perhaps"],
+                               "true or false"),
+        "bad shape option": (["simulate", str(tmp / "x.zarr"), "--shape", "2x3"], "--shape"),
+        "bad output name": (["simulate", str(tmp / "x.txt"), "--shape", "1x3x8x8"], ".zarr"),
+        "unknown option": (["run", str(ramp), "--no-such-option"], "unrecognized"),
+        "bad memory limit": (["run", str(ramp), *refs, "--memory-limit", "lots"],
+                             "--memory-limit"),
+        "bad tile": (["run", str(ramp), *refs, "--tile", "0x5"], "--tile"),
+        "no command": ([], "required"),
+    }
+
+
+def test_user_errors_are_one_line_exit_2(fits_run, tmp_path, capsys):
+    for label, (argv, needle) in _error_cases(fits_run, tmp_path).items():
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            rc = main([*argv, *LOCAL] if argv and argv[0] != "simulate" else argv)
+        finally:
+            os.chdir(cwd)
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == 2, f"{label}: exit {rc}, stderr {err!r}"
+        assert len(lines) == 1 and lines[0].startswith("stcal-dask: error: "), (label, err)
+        assert needle in lines[0], (label, lines[0])
+        assert "Traceback" not in err
+    # nothing was written by the failed runs
+    assert not list(tmp_path.glob("expo_*")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_unreachable_scheduler_is_a_user_error(fits_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
+    rc = main(["run", str(fits_run["ramp"]), "-o", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("stcal-dask: error: cannot reach dask scheduler")
+    assert "\n" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_console_script_subprocess(fits_run, tmp_path):
+    exe = shutil.which("stcal-dask") or str(Path(sys.executable).parent / "stcal-dask")
+    store = fits_run["out"] / "expo_jump.zarr"
+    ok = subprocess.run([exe, "run", str(store), "-o", str(tmp_path), "--scheduler", "threads"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote" in ok.stdout and (tmp_path / "expo_rate.zarr").is_dir()
+    bad = subprocess.run([exe, "run", str(tmp_path / "missing.zarr")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"stcal-dask: error: input {tmp_path / 'missing.zarr'} does not exist"
+    ]
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--size", "64", "--ngroups", "5", "--nints", "2", "--seed", "3",
+                 "-o", str(out), "--scheduler", "threads"]) == 0
+    text = capsys.readouterr().out
+    assert "jumps recovered" in text and "slope accuracy" in text
+    assert (out / "demo_quicklook.png").stat().st_size > 1000
+    assert (out / "demo_rate.zarr").is_dir() and (out / "demo_rateints.zarr").is_dir()

@@ -1,0 +1,171 @@
+"""The dataflow on a real dask.distributed LocalCluster (2 single-threaded worker processes)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import psutil
+import pytest
+import xarray as xr
+
+from stcal_dask import dataflow
+from stcal_dask.cli import main
+from stcal_dask.cluster import compute, get_client, parse_memory_limit
+from stcal_dask.datamodel import make_ramp_dataset
+from stcal_dask.errors import UserInputError
+from stcal_dask.io import open_ramp, simulate_to_zarr, write_dataset_atomic, write_ramp
+from stcal_dask.simulate import SimulationConfig, simulate_exposure
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    with get_client(n_workers=2, memory_limit="1GB") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(client, tmp_path_factory):
+    """A seeded ramp store written by the cluster's workers (simulate_to_zarr)."""
+    cfg = SimulationConfig(nints=2, ngroups=5, ny=96, nx=80, seed=21, cr_rate=0.05)
+    path = tmp_path_factory.mktemp("cluster") / "expo_ramp.zarr"
+    simulate_to_zarr(cfg, path, tile=(32, 40))
+    return path
+
+
+def test_local_cluster_shape(client):
+    info = client.scheduler_info()
+    workers = info["workers"].values()
+    assert len(workers) == 2
+    assert all(w["nthreads"] == 1 for w in workers)
+    assert all(w["memory_limit"] == parse_memory_limit("1GB") for w in workers)
+    env = client.run(lambda: {k: os.environ.get(k) for k in ("NUMBA_NUM_THREADS",
+                                                              "OMP_NUM_THREADS")})
+    assert all(e == {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"} for e in env.values())
+    pids = client.run(os.getpid)
+    assert os.getpid() not in pids.values()  # workers are separate processes
+    http = client.cluster.scheduler.services.get("dashboard")
+    port = http._sockets and next(iter(http._sockets.values())).getsockname()[1] if http else None
+    assert port != 8787  # a free port, never the default one
+    assert "/status" not in str(getattr(http, "request_callback", ""))
+
+
+def test_cluster_results_equal_threaded(client, store):
+    ramp = open_ramp(store)
+    jumped = dataflow.detect_jumps(ramp)
+    rate, rateints = dataflow.fit_ramps(jumped)
+    on_cluster = compute(jumped["groupdq"].data, rate["sci"].data, rateints["dq"].data,
+                         jumped[dataflow.JUMP_COUNT_VARIABLE].data, quiet=True, client=client)
+    local = dask.compute(jumped["groupdq"].data, rate["sci"].data, rateints["dq"].data,
+                         jumped[dataflow.JUMP_COUNT_VARIABLE].data, scheduler="threads")
+    for a, b in zip(on_cluster, local, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    exp = simulate_exposure(SimulationConfig(nints=2, ngroups=5, ny=96, nx=80, seed=21,
+                                             cr_rate=0.05))
+    assert np.array_equal(open_ramp(store)["sci"].values, exp.data)  # workers wrote the store
+
+
+def test_progress_bar_and_quiet(client, capsys):
+    x = da.ones((64, 64), chunks=16).sum()
+    assert compute(x, client=client)[0] == 64 * 64
+    assert "100%" in capsys.readouterr().out
+    assert compute(x, client=client, quiet=True)[0] == 64 * 64
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_on_an_existing_scheduler(client, store, tmp_path):
+    """--scheduler tcp://... runs on that cluster; DASK_SCHEDULER_ADDRESS does the same."""
+    address = client.scheduler.address
+    assert main(["run", str(store), "-o", str(tmp_path), "--scheduler", address,
+                 "--quiet", "--format", "both"]) == 0
+    rate = xr.open_zarr(tmp_path / "expo_rate.zarr", consolidated=False, mask_and_scale=False)
+    ramp = open_ramp(store)
+    ref = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"].data.compute(
+        scheduler="threads"
+    )
+    assert np.array_equal(rate["sci"].values, ref, equal_nan=True)
+    from astropy.io import fits
+
+    assert np.array_equal(fits.getdata(tmp_path / "expo_rate.fits", "SCI"), ref, equal_nan=True)
+    out2 = tmp_path / "env"
+    out2.mkdir()
+    os.environ["DASK_SCHEDULER_ADDRESS"] = address
+    try:
+        assert main(["rampfit", str(store), "-o", str(out2), "--quiet"]) == 0
+    finally:
+        del os.environ["DASK_SCHEDULER_ADDRESS"]
+    assert (out2 / "expo_rateints.zarr").is_dir()
+
+
+def test_unreachable_or_malformed_scheduler():
+    t0 = time.perf_counter()
+    with pytest.raises(UserInputError, match="cannot reach dask scheduler"):
+        with get_client("tcp://127.0.0.1:9", connect_timeout=1.0):
+            pass
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(UserInputError, match="tcp://HOST:PORT"):
+        with get_client("not an address"):
+            pass
+    with pytest.raises(UserInputError, match="memory-limit"):
+        parse_memory_limit("plenty")
+    with pytest.raises(UserInputError, match="at least"):
+        parse_memory_limit("1MB")
+
+
+def _tiled_ramp(reps_y: int, reps_x: int, tile: tuple[int, int]) -> xr.Dataset:
+    """A large ramp made cheaply: a seeded 1x10x128x128 exposure repeated over the frame."""
+    exp = simulate_exposure(SimulationConfig(nints=1, ngroups=10, ny=128, nx=128, seed=4))
+
+    def rep(a):
+        d = da.from_array(a, chunks=a.shape)
+        return da.tile(d, (1,) * (a.ndim - 2) + (reps_y, reps_x)).rechunk(
+            (*a.shape[:-2], *tile)
+        )
+
+    return make_ramp_dataset(rep(exp.data), rep(exp.groupdq), rep(exp.pixeldq), rep(exp.gain),
+                             rep(exp.readnoise), timing=exp.timing, source="tiled")
+
+
+def test_memory_limited_cluster_streams_tiles(tmp_path):
+    """2 workers with a 450 MB limit each process a store tile by tile, every worker's RSS
+    staying under its limit (the >= 2x-of-total-memory case is benchmarks/bench_out_of_core.py).
+    """
+    limit = 450 * 2**20
+    with get_client(n_workers=2, memory_limit=limit) as c:
+        ramp = _tiled_ramp(4, 16, (64, 2048))  # 1x10x512x2048, 8 tiles of 64 rows
+        store = write_ramp(ramp, tmp_path / "big_ramp.zarr", tile=(64, 2048))
+        pids = list(c.run(os.getpid).values())
+        peak = {p: 0 for p in pids}
+        done = threading.Event()
+
+        def poll():
+            procs = [psutil.Process(p) for p in pids]
+            while not done.is_set():
+                for p in procs:
+                    try:
+                        peak[p.pid] = max(peak[p.pid], p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            jumped = dataflow.detect_jumps(open_ramp(store))
+            rate, rateints = dataflow.fit_ramps(jumped)
+            pend = write_dataset_atomic(rate, tmp_path / "big_rate.zarr", compute=False)
+            compute(pend.delayed, quiet=True, client=c)
+        finally:
+            done.set()
+            thread.join()
+        assert set(c.run(os.getpid).values()) == set(pids)  # no worker was restarted
+    assert max(peak.values()) < limit, {p: v / 2**20 for p, v in peak.items()}
+    rate = xr.open_zarr(tmp_path / "big_rate.zarr", consolidated=False)
+    assert rate["sci"].shape == (512, 2048)
+    assert np.isfinite(rate["sci"].values).mean() > 0.9
