@@ -253,6 +253,14 @@ def _common(parser: argparse.ArgumentParser, *, outputs: bool = True, tile: bool
         help="worker processes of the LocalCluster (default: CPU cores)",
     )
     g.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        metavar="N",
+        help="threads per LocalCluster worker process (default 1; the numba kernels release "
+        "the GIL, so e.g. --n-workers 1 --threads-per-worker 2 shares one process's memory)",
+    )
+    g.add_argument(
         "--memory-limit",
         default=None,
         metavar="SIZE",
@@ -507,6 +515,7 @@ def _client(args):
         getattr(args, "scheduler", None),
         n_workers=getattr(args, "n_workers", None),
         memory_limit=getattr(args, "memory_limit", None),
+        threads_per_worker=getattr(args, "threads_per_worker", 1),
         quiet=True,
     )
 

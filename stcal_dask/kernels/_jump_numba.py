@@ -79,7 +79,7 @@ _NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
 del _nets
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _kth_smallest(a, n, k):
     """k-th smallest of ``a[:n]`` by Wirth's selection, permuting ``a`` in place exactly as
     astropy's C sigma clipping does (the permutation decides the order of its sums)."""
@@ -109,7 +109,7 @@ def _kth_smallest(a, n, k):
     return a[k]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sort_prefix(buf, n):
     """Bring the middle element(s) of ``buf[:n]`` (no NaN, n <= 32) to their sorted positions,
     in place, with a branch-free median network."""
@@ -122,7 +122,7 @@ def _sort_prefix(buf, n):
         buf[b] = va if vb < va else vb
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _median_prefix(buf, n):
     """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. Reorders ``buf[:n]``.
 
@@ -143,7 +143,7 @@ def _median_prefix(buf, n):
     return (buf[h - 1] + buf[h]) / 2.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _nanmedian(vals, n, buf):
     """nanmedian of ``vals[:n]`` (float64) using ``buf`` as scratch."""
     m = 0
@@ -155,7 +155,7 @@ def _nanmedian(vals, n, buf):
     return _median_prefix(buf, m)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _clipped_median(a, n, buf):
     """stcal's clipped median of ``a[:n]`` (values already absolute, NaN = unusable).
 
@@ -194,7 +194,7 @@ def _clipped_median(a, n, buf):
     return _median_prefix(buf, m), n_use, mx, mn
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def whole_plane_flags(gdq, bits):
     """(nints, ngroups) bool: True where *every* pixel of the plane has one of ``bits`` set."""
     nints, ngroups, ny, nx = gdq.shape
@@ -213,7 +213,7 @@ def whole_plane_flags(gdq, bits):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sigclip_bounds(buf, count, sigma, maxiters):
     """Clipping bounds of astropy's fast ``sigma_clip`` (median centre, population std) for the
     ``count`` finite values in ``buf`` (reordered in place); (NaN, NaN) when ``count`` is 0.
@@ -256,7 +256,7 @@ def sigclip_bounds(buf, count, sigma, maxiters):
             return blo, bhi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _rn_term(readnoise, gain, y, x, nreads_half):
     """RN_e^2 / (0.5 * n_reads_groupdiff) as stcal: ``(rn * gain) ** 2`` in the inputs' dtype,
     then widened to float64 and divided by ``nreads_half`` (= nframes)."""
@@ -265,7 +265,7 @@ def _rn_term(readnoise, gain, y, x, nreads_half):
     return np.float64(rn2) / nreads_half
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _median_sigma(diffs, ntot, buf, rnterm):
     """Signed nanmedian of the differences and sigma = sqrt(|m| + RN^2/nframes) (0 -> NaN)."""
     m = _nanmedian(diffs, ntot, buf)
@@ -275,7 +275,7 @@ def _median_sigma(diffs, ntot, buf, rnterm):
     return m, sig
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf):
     """Sigma-clip detection (``PATH_SIGCLIP``) and plane reset of one pixel (row buffers)."""
     nd = ngroups - 1
@@ -309,7 +309,7 @@ def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes
                 grow[x, i * ngroups + k] = 0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _detect_pixel(
     grow, erow, drow, rnterm, nints, ngroups, path, only_use_ints, reset_planes, x,
     rej, thr_3diff, thr_2diff, absd, ratio, buf,
@@ -396,7 +396,7 @@ def _detect_pixel(
     return m, sig, have_m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_frame(
     data, groupdq, gdq_out, gain, readnoise, nreads_half, path, only_use_ints, reset_planes,
     rej, thr_3diff, thr_2diff, do_neighbors, nbr_min, nbr_max,
@@ -555,7 +555,7 @@ def run_frame(
                     dst[x] = grow[x, q]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def flag_bad_gain(gain, pdq, bits):
     """OR ``bits`` into ``pdq`` (in place) where the gain is <= 0 or NaN."""
     ny, nx = gain.shape
@@ -566,7 +566,7 @@ def flag_bad_gain(gain, pdq, bits):
                 pdq[y, x] |= bits
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def remove_redundant(gdq):
     """Clear JUMP wherever the same element also has SATURATED or DO_NOT_USE (in place)."""
     nints, ngroups, ny, nx = gdq.shape

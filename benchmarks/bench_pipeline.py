@@ -1,0 +1,252 @@
+"""End-to-end benchmark: JWST ``_ramp.fits`` -> rate/rateints FITS, ours vs stcal 1.20.0.
+
+Three jobs run one after the other, each in its own process tree, on the same input:
+
+* **ours**: ``stcal-dask run X_ramp.fits --format fits --n-workers 2`` (a LocalCluster of two
+  single-threaded worker processes; jump detection + OLS ramp fitting in one dask graph);
+* **stcal**: a script doing the same with stcal 1.20.0 (read the FITS files with astropy,
+  ``detect_jumps_data``, ``ramp_fit_data`` OLS_C, write rate and rateints FITS), one process,
+  ``max_cores`` none, as the JWST pipeline runs it by default;
+* **I/O floor**: read the same inputs fully and write outputs of the same sizes, no compute;
+* for information, ours on dask's threaded scheduler (``--scheduler threads``, one process).
+
+Peak memory is the peak of the **summed RSS of the whole process tree** (the command, its
+children, the dask workers and nannies), polled every 50 ms with psutil. The outputs of ours and
+stcal are compared (DQ bit for bit, slopes/variances to 1e-5 relative).
+
+Targets (issue 4): >= 4x faster than stcal end to end, <= 1/4 of its peak memory, wall <= 2x the
+I/O floor.
+
+Usage::
+
+    python benchmarks/bench_pipeline.py                       # 1x10x2048x2048
+    python benchmarks/bench_pipeline.py --shape 1x10x1024x1024 --workdir /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from astropy.io import fits
+
+STCAL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from astropy.io import fits
+    from stcal.jump.jump import detect_jumps_data
+    from stcal.jump.jump_class import JumpData
+    from stcal.ramp_fitting import ramp_fit
+    from stcal.ramp_fitting.ramp_fit_class import RampData
+
+    ramp_path, gain_path, rn_path, out_dir = sys.argv[1:5]
+    flags = {"GOOD": 0, "DO_NOT_USE": 1, "SATURATED": 2, "JUMP_DET": 4, "DROPOUT": 8,
+             "PERSISTENCE": 32, "CHARGELOSS": 128, "NO_GAIN_VALUE": 524288,
+             "UNRELIABLE_SLOPE": 16777216, "REFERENCE_PIXEL": 2147483648}
+    with fits.open(ramp_path) as hdul:
+        hdr = hdul[0].header
+        data = np.asarray(hdul["SCI"].data, dtype=np.float32)
+        gdq = np.asarray(hdul["GROUPDQ"].data, dtype=np.uint8)
+        pdq = np.asarray(hdul["PIXELDQ"].data, dtype=np.uint32)
+    gain = np.asarray(fits.getdata(gain_path, "SCI"), dtype=np.float32)
+    rnoise = np.asarray(fits.getdata(rn_path, "SCI"), dtype=np.float32)
+    nframes, groupgap = int(hdr["NFRAMES"]), int(hdr["GROUPGAP"])
+    tframe, tgroup = float(hdr["TFRAME"]), float(hdr["TGROUP"])
+    drop1 = int(hdr.get("DRPFRMS1", 0))
+
+    jd = JumpData(gain2d=gain.copy(), rnoise2d=rnoise.copy(), dqflags=flags)
+    jd.init_arrays_from_arrays(data, gdq, pdq)
+    jd.nframes = nframes
+    jd.dt_group = np.ones(1)
+    jd.n_reads_groupdiff = np.ones(1) * 2 * nframes
+    jd.set_detection_settings(4.0, 6.0, 5.0, 1000.0, 10.0, True)
+    jd.set_after_jump(0.0, 0, 0.0, 0)
+    jd.set_sigma_clipping_info(3, 100, True)
+    jd.min_diffs_single_pass = 10
+    jd.max_cores = "none"
+    gdq, pdq, ncr, _ = detect_jumps_data(jd)
+
+    rd = RampData()
+    ny, nx = data.shape[2:]
+    rd.set_arrays(data, gdq, pdq, np.zeros((ny, nx), np.float32))
+    rd.set_meta("NIRCAM", tframe, tgroup, groupgap, nframes, drop1)
+    rd.algorithm = "OLS_C"
+    rd.set_dqflags(flags)
+    rd.start_row, rd.num_rows = 0, ny
+    rd.suppress_one_group_ramps = True
+    image, integ, _opt = ramp_fit.ramp_fit_data(rd, False, rnoise, gain, "OLS_C", "optimal", "none")
+
+    def write(path, d):
+        hdus = [fits.PrimaryHDU(header=hdr)]
+        for ext, key in (("SCI", "slope"), ("ERR", "err"), ("DQ", "dq"),
+                         ("VAR_POISSON", "var_poisson"), ("VAR_RNOISE", "var_rnoise")):
+            hdus.append(fits.ImageHDU(d[key], name=ext))
+        fits.HDUList(hdus).writeto(path, overwrite=True)
+
+    write(f"{out_dir}/stcal_rate.fits", image)
+    write(f"{out_dir}/stcal_rateints.fits", integ)
+    print("primary jumps", ncr)
+    """
+)
+
+IO_FLOOR_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from astropy.io import fits
+
+    ramp_path, gain_path, rn_path, out_dir = sys.argv[1:5]
+    with fits.open(ramp_path) as hdul:
+        hdr = hdul[0].header
+        sci = np.asarray(hdul["SCI"].data)
+        gdq = np.asarray(hdul["GROUPDQ"].data)
+        pdq = np.asarray(hdul["PIXELDQ"].data)
+        checksum = float(np.nansum(sci[:, -1])) + int(gdq.sum()) + int(pdq.sum())
+    gain = np.asarray(fits.getdata(gain_path, "SCI"))
+    rn = np.asarray(fits.getdata(rn_path, "SCI"))
+    nints, _, ny, nx = sci.shape
+    for name, shape in (("rate", (ny, nx)), ("rateints", (nints, ny, nx))):
+        hdus = [fits.PrimaryHDU(header=hdr)]
+        for ext in ("SCI", "ERR", "VAR_POISSON", "VAR_RNOISE"):
+            hdus.append(fits.ImageHDU(np.full(shape, gain[0, 0] + rn[0, 0], np.float32), name=ext))
+        hdus.append(fits.ImageHDU(np.zeros(shape, np.uint32), name="DQ"))
+        fits.HDUList(hdus).writeto(f"{out_dir}/floor_{name}.fits", overwrite=True)
+    print("checksum", checksum)
+    """
+)
+
+
+def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, str]:
+    """Run ``cmd``; return (wall seconds, peak summed RSS of its process tree in MiB, stdout)."""
+    peak = 0
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out_chunks: list[str] = []
+    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        total = 0
+        try:
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            procs = [proc]
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, total)
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    reader.join()
+    out = "".join(out_chunks)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out}")
+    return wall, peak / 2**20, out
+
+
+def compare(ours: Path, stcal: Path) -> str:
+    """Compare two rate-like FITS files: DQ exact, floats to 1e-5 relative, NaN where stcal."""
+    worst = 0.0
+    with fits.open(ours) as a, fits.open(stcal) as b:
+        dq_equal = np.array_equal(a["DQ"].data, b["DQ"].data)
+        for ext in ("SCI", "ERR", "VAR_POISSON", "VAR_RNOISE"):
+            x = a[ext].data.astype(np.float64)
+            y = b[ext].data.astype(np.float64)
+            if not np.array_equal(np.isnan(x), np.isnan(y)):
+                return f"{ext}: NaN pattern differs"
+            ok = ~np.isnan(y) & (y != 0)
+            if ok.any():
+                worst = max(worst, float(np.max(np.abs(x[ok] - y[ok]) / np.abs(y[ok]))))
+    verdict = "MATCH" if dq_equal and worst <= 1e-5 else "MISMATCH"
+    return f"DQ identical: {dq_equal}; max relative difference {worst:.2e} -> {verdict}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="1x10x2048x2048", help="NINTSxNGROUPSxNYxNX")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--n-workers", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args(argv)
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    work.mkdir(parents=True, exist_ok=True)
+    exe = Path(sys.executable).parent / "stcal-dask"
+    stcal_dask = [str(exe)] if exe.exists() else [sys.executable, "-m", "stcal_dask.cli"]
+    ramp = work / "bench_ramp.fits"
+    gain, rnoise = work / "bench_gain.fits", work / "bench_readnoise.fits"
+    try:
+        t0 = time.perf_counter()
+        subprocess.run(
+            [*stcal_dask, "simulate", str(ramp), "--shape", args.shape, "--seed", str(args.seed),
+             "--scheduler", "threads", "--quiet", "--overwrite"],
+            check=True,
+        )
+        print(f"simulated {args.shape} -> {ramp} in {time.perf_counter() - t0:.1f} s")
+        in_mib = sum(p.stat().st_size for p in (ramp, gain, rnoise)) / 2**20
+
+        for d in ("ours", "stcal", "floor", "threads"):
+            (work / d).mkdir(exist_ok=True)
+        # warm the OS page cache and numba's on-disk cache once, untimed
+        subprocess.run(
+            [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "ours"),
+             "--n-workers", str(args.n_workers), "--quiet", "--overwrite"],
+            check=True,
+        )
+        results = {}
+        results["I/O floor"] = run_tree(
+            [sys.executable, "-c", IO_FLOOR_SCRIPT, str(ramp), str(gain), str(rnoise),
+             str(work / "floor")], cwd=work)
+        results["stcal 1.20.0"] = run_tree(
+            [sys.executable, "-c", STCAL_SCRIPT, str(ramp), str(gain), str(rnoise),
+             str(work / "stcal")], cwd=work)
+        results["stcal_dask"] = run_tree(
+            [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "ours"),
+             "--n-workers", str(args.n_workers), "--quiet", "--overwrite"], cwd=work)
+        # informational: dask's threaded scheduler in one process (no cluster start-up)
+        results["ours, threads"] = run_tree(
+            [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
+             "--scheduler", "threads", "--quiet", "--overwrite"], cwd=work)
+
+        print(f"\ninput {args.shape}: {in_mib:.0f} MiB of FITS (ramp + gain + readnoise); "
+              f"{psutil.cpu_count()} cores; ours with {args.n_workers} worker processes")
+        print(f"{'job':<16}{'wall s':>9}{'peak RSS MiB':>15}{'x stcal speed':>15}")
+        for name, (wall, peak, _) in results.items():
+            ratio = results["stcal 1.20.0"][0] / wall
+            print(f"{name:<16}{wall:>9.2f}{peak:>15.0f}{ratio:>15.2f}")
+        (w_o, p_o, _), (w_s, p_s, _), (w_f, _, _) = (
+            results["stcal_dask"], results["stcal 1.20.0"], results["I/O floor"])
+        speed = w_s / w_o
+        mem = p_o / p_s
+        floor = w_o / w_f
+        print(f"speed-up vs stcal        : {speed:5.2f}x  (target >= 4x: "
+              f"{'MET' if speed >= 4 else 'NOT MET'})")
+        print(f"peak memory / stcal's    : {mem:5.2f}   (target <= 0.25: "
+              f"{'MET' if mem <= 0.25 else 'NOT MET'})")
+        print(f"wall / I/O floor         : {floor:5.2f}   (target <= 2: "
+              f"{'MET' if floor <= 2 else 'NOT MET'})")
+        stem = ramp.name.removesuffix("_ramp.fits")
+        for prod in ("rate", "rateints"):
+            verdict = compare(work / "ours" / f"{stem}_{prod}.fits",
+                              work / "stcal" / f"stcal_{prod}.fits")
+            print(f"{prod:<9} ours vs stcal: {verdict}")
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
