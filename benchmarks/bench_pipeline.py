@@ -8,7 +8,8 @@ Three jobs run one after the other, each in its own process tree, on the same in
   ``detect_jumps_data``, ``ramp_fit_data`` OLS_C, write rate and rateints FITS), one process,
   ``max_cores`` none, as the JWST pipeline runs it by default;
 * **I/O floor**: read the same inputs fully and write outputs of the same sizes, no compute;
-* for information, ours on dask's threaded scheduler (``--scheduler threads``, one process).
+* for information, ours with the LocalCluster's workers as threads of the CLI process
+  (``--in-process``) and on dask's threaded scheduler (``--scheduler threads``, no cluster).
 
 Peak memory is the peak of the **summed RSS of the whole process tree** (the command, its
 children, the dask workers and nannies), polled every 50 ms with psutil. The outputs of ours and
@@ -215,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         results["stcal_dask"] = run_tree(
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "ours"),
              "--n-workers", str(args.n_workers), "--quiet", "--overwrite"], cwd=work)
+        # informational: the LocalCluster's workers as threads of the CLI process
+        results["ours, in-process"] = run_tree(
+            [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
+             "--in-process", "--n-workers", str(args.n_workers), "--quiet", "--overwrite"],
+            cwd=work)
         # informational: dask's threaded scheduler in one process (no cluster start-up)
         results["ours, threads"] = run_tree(
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
@@ -222,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\ninput {args.shape}: {in_mib:.0f} MiB of FITS (ramp + gain + readnoise); "
               f"{psutil.cpu_count()} cores; ours with {args.n_workers} worker processes")
-        print(f"{'job':<16}{'wall s':>9}{'peak RSS MiB':>15}{'x stcal speed':>15}")
+        print(f"{'job':<18}{'wall s':>9}{'peak RSS MiB':>15}{'x stcal speed':>15}")
         for name, (wall, peak, _) in results.items():
             ratio = results["stcal 1.20.0"][0] / wall
-            print(f"{name:<16}{wall:>9.2f}{peak:>15.0f}{ratio:>15.2f}")
+            print(f"{name:<18}{wall:>9.2f}{peak:>15.0f}{ratio:>15.2f}")
         (w_o, p_o, _), (w_s, p_s, _), (w_f, _, _) = (
             results["stcal_dask"], results["stcal 1.20.0"], results["I/O floor"])
         speed = w_s / w_o

@@ -261,6 +261,12 @@ def _common(parser: argparse.ArgumentParser, *, outputs: bool = True, tile: bool
         "the GIL, so e.g. --n-workers 1 --threads-per-worker 2 shares one process's memory)",
     )
     g.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the LocalCluster's workers as threads of this process (no worker start-up, "
+        "one copy of the libraries in memory; the memory limit then only triggers spilling)",
+    )
+    g.add_argument(
         "--memory-limit",
         default=None,
         metavar="SIZE",
@@ -516,6 +522,7 @@ def _client(args):
         n_workers=getattr(args, "n_workers", None),
         memory_limit=getattr(args, "memory_limit", None),
         threads_per_worker=getattr(args, "threads_per_worker", 1),
+        processes=not getattr(args, "in_process", False),
         quiet=True,
     )
 

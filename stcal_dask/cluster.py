@@ -132,6 +132,7 @@ def get_client(
     connect_timeout: float = 5.0,
     quiet: bool = True,
     local_directory: str | None = None,
+    processes: bool = True,
 ) -> Iterator[Any]:
     """Yield a :class:`distributed.Client`, closing it (and any cluster started here) at exit.
 
@@ -158,6 +159,11 @@ def get_client(
         Silence distributed's informational logging (warnings and errors still show).
     local_directory:
         Where workers spill to disk (default: distributed's temporary directory).
+    processes:
+        Workers as separate processes (default). ``False`` runs the LocalCluster's workers as
+        threads of this process (the numba kernels release the GIL): no worker start-up or
+        imports, one copy of the libraries in memory, but the memory limit can only trigger
+        spilling, not a worker restart.
     """
     from distributed import Client, LocalCluster
 
@@ -202,7 +208,7 @@ def get_client(
         cluster = LocalCluster(
             n_workers=int(n_workers),
             threads_per_worker=int(threads_per_worker),
-            processes=True,
+            processes=bool(processes),
             memory_limit=limit if limit is not None else "auto",
             # the scheduler's HTTP server (health/metrics; the Bokeh dashboard only with
             # dashboard=True) always on a free port, so concurrent clusters never collide

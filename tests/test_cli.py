@@ -329,14 +329,16 @@ def test_demo_small(tmp_path, capsys):
     assert (out / "demo_rate.zarr").is_dir() and (out / "demo_rateints.zarr").is_dir()
 
 
-def test_threaded_worker_cluster_gives_the_same_products(fits_run, tmp_path):
-    """One worker process with two threads (the numba kernels release the GIL) on a real
-    LocalCluster writes the same rate/rateints as the module's run."""
+@pytest.mark.parametrize("layout", [["--n-workers", "1", "--threads-per-worker", "2"],
+                                    ["--in-process", "--n-workers", "2"]])
+def test_threaded_worker_cluster_gives_the_same_products(fits_run, tmp_path, layout):
+    """A real LocalCluster with one two-threaded worker process, or with its workers as threads
+    of this process (the numba kernels release the GIL), writes the same rate/rateints as the
+    module's run."""
     out = tmp_path / "out"
     out.mkdir()
     assert main(["run", str(fits_run["ramp"]), "--output-dir", str(out), "--format", "fits",
-                 "--n-workers", "1", "--threads-per-worker", "2", "--tile", "16x20",
-                 "--quiet"]) == 0
+                 *layout, "--tile", "16x20", "--quiet"]) == 0
     for kind in ("rate", "rateints"):
         with fits.open(out / f"expo_{kind}.fits") as a, \
                 fits.open(fits_run["out"] / f"expo_{kind}.fits") as b:
