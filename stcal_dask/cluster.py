@@ -114,6 +114,26 @@ class _PinThreadsPlugin:
             os.environ.setdefault(key, value)
 
 
+@contextlib.contextmanager
+def _scoped_environ(values: dict[str, str]):
+    """Set ``values`` in this process's environment and restore the previous state on exit.
+
+    distributed's Nanny lets an OS environment variable override its ``pre-spawn-environ``
+    config and copies that config into the parent's ``os.environ`` for good; without this
+    scope one cluster's settings (e.g. ``NUMBA_NUM_THREADS=2``) would leak into the next.
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
 def _check_address(address: str) -> str:
     address = address.strip()
     if not _ADDRESS_RE.match(address):
@@ -204,7 +224,12 @@ def get_client(
     kwargs: dict[str, Any] = {}
     if local_directory is not None:
         kwargs["local_directory"] = local_directory
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    if processes:
+        kwargs["env"] = dict(environ)  # applied in the worker last: beats inherited values
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+        _scoped_environ(environ if processes else {}),
+    ):
         cluster = LocalCluster(
             n_workers=int(n_workers),
             threads_per_worker=int(threads_per_worker),

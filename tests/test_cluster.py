@@ -169,3 +169,18 @@ def test_memory_limited_cluster_streams_tiles(tmp_path):
     rate = xr.open_zarr(tmp_path / "big_rate.zarr", consolidated=False)
     assert rate["sci"].shape == (512, 2048)
     assert np.isfinite(rate["sci"].values).mean() > 0.9
+
+
+def test_worker_thread_env_is_ours_and_parent_env_untouched(monkeypatch):
+    """An inherited NUMBA_NUM_THREADS (e.g. left by an earlier 2-thread cluster, or set by CI)
+    neither reaches our workers nor gets overwritten in the caller's environment."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "7")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with get_client(n_workers=1, memory_limit="500MB", quiet=True) as c:
+        env = c.run(lambda: os.environ.get("NUMBA_NUM_THREADS"))
+        assert list(env.values()) == ["1"]
+        assert os.environ["NUMBA_NUM_THREADS"] == "7"
+    with get_client(n_workers=1, threads_per_worker=2, memory_limit="500MB", quiet=True) as c:
+        assert list(c.run(lambda: os.environ.get("NUMBA_NUM_THREADS")).values()) == ["2"]
+    assert os.environ["NUMBA_NUM_THREADS"] == "7"
+    assert "OMP_NUM_THREADS" not in os.environ
