@@ -533,9 +533,17 @@ def _run_pending(args, pendings, extra=()):
 
     try:
         results = compute(*[p.delayed for p in pendings], *extra, quiet=args.quiet)
-    except BaseException:
+    except BaseException as exc:
         for p in pendings:
             p.abort()
+        if type(exc).__name__ == "KilledWorker":  # distributed.scheduler.KilledWorker
+            limit = getattr(args, "memory_limit", None)
+            raise UserInputError(
+                "dask workers died repeatedly while computing (most likely out of memory"
+                + (f" with --memory-limit {limit} per worker" if limit else "")
+                + "); give each worker more memory (--memory-limit, fewer --n-workers) or use a "
+                "smaller --tile; no output was written"
+            ) from None
         raise
     return results[len(pendings) :]
 

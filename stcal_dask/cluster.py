@@ -134,6 +134,93 @@ def _scoped_environ(values: dict[str, str]):
                 os.environ[key] = old
 
 
+def _warm_kernels() -> None:
+    """Load the compiled jump and ramp-fit kernels (numba's on-disk cache) with a 1x5x2x2 ramp."""
+    import numpy as np
+
+    from stcal_dask.kernels import jump as jk
+    from stcal_dask.kernels import ramp_fit as rk
+
+    data = np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None] * 50, (1, 5, 2, 2))
+    gdq = np.zeros(data.shape, np.uint8)
+    pdq = np.zeros((2, 2), np.uint32)
+    gain, rn = np.full((2, 2), 2.0, np.float32), np.full((2, 2), 10.0, np.float32)
+    res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.0)
+    rk.fit_ramps_tile(data, res.groupdq, res.pixeldq, gain, rn, params=rk.RampFitParams(),
+                      timing=rk.RampTiming(10.0, 10.0, 1))
+
+
+def _worker_rss(threshold: float) -> int:
+    """Import what every tile task needs (as the first task would) and return the RSS in bytes.
+
+    Runs in the worker's event loop, so its memory monitor cannot fire meanwhile; when the RSS is
+    above ``threshold`` the monitor's warnings stay silenced (the caller raises a clear error and
+    shuts the cluster down).
+    """
+    import importlib
+
+    import psutil
+
+    monitor = logging.getLogger("distributed.worker.memory")
+    level = monitor.level
+    monitor.setLevel(logging.CRITICAL)
+    for name in ("dask.array", "xarray", "zarr", "stcal_dask.dataflow"):
+        importlib.import_module(name)
+    _warm_kernels()
+    rss = int(psutil.Process().memory_info().rss)
+    if rss <= threshold:
+        monitor.setLevel(level)
+    return rss
+
+
+@contextlib.contextmanager
+def _quiet_distributed():
+    """Silence this process's distributed loggers (scheduler, nannies) inside the block."""
+    loggers = [logging.getLogger(n) for n in ["distributed", *logging.root.manager.loggerDict]
+               if n.startswith("distributed")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _silence_logs() -> None:
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _check_room(client, limit: int) -> None:
+    """Refuse a per-worker memory limit that the workers' own start-up memory already fills.
+
+    A worker pauses at 80% of its limit (distributed's default); one that sits above that with
+    nothing to spill would wait forever, so a limit too small for the libraries is a user error.
+    """
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.8
+    threshold = 0.9 * pause * limit
+    try:
+        rss = max(client.run(_worker_rss, threshold).values())
+    except Exception:  # a worker died while importing the libraries: its limit killed it
+        rss = None
+    if rss is None or rss > threshold:
+        with contextlib.suppress(Exception):
+            client.run(_silence_logs)  # the workers are shut down next: no shutdown chatter
+        if rss is None:
+            raise UserInputError(
+                f"--memory-limit {limit / 2**20:.0f} MiB per worker is too small: workers died "
+                "while loading the libraries; use at least 450 MiB"
+            )
+        raise UserInputError(
+            f"--memory-limit {limit / 2**20:.0f} MiB per worker is too small: a worker already "
+            f"uses {rss / 2**20:.0f} MiB after start-up (libraries) and pauses at "
+            f"{pause:.0%} of its limit; use at least {2 * rss / 2**20:.0f} MiB"
+        )
+
+
 def _check_address(address: str) -> str:
     address = address.strip()
     if not _ADDRESS_RE.match(address):
@@ -245,6 +332,14 @@ def get_client(
     try:
         client = Client(cluster, set_as_default=True)
         try:
+            if processes and isinstance(limit, int):
+                with _quiet_distributed():  # the check's failure is reported in one line
+                    try:
+                        _check_room(client, limit)
+                    except UserInputError:
+                        client.close()
+                        cluster.close()
+                        raise
             yield client
         finally:
             client.close()

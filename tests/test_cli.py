@@ -304,6 +304,28 @@ def test_unreachable_scheduler_is_a_user_error(fits_run, tmp_path, monkeypatch, 
     assert not list(tmp_path.iterdir())
 
 
+def test_workers_dying_is_one_line_and_writes_nothing(fits_run, tmp_path, monkeypatch, capsys):
+    """Workers killed over and over (out of memory) end in one clear line, no partial output.
+
+    The kill itself needs a big cube; here the cluster's compute raises distributed's real
+    KilledWorker, as the scheduler does after ``allowed-failures`` worker deaths.
+    """
+    from distributed.scheduler import KilledWorker
+
+    import stcal_dask.cluster as cluster
+
+    def dying(*collections, **kwargs):
+        raise KilledWorker("('_jump_block-abc', 0, 0)", "tcp://127.0.0.1:1", 3)
+
+    monkeypatch.setattr(cluster, "compute", dying)
+    rc = main(["run", str(fits_run["ramp"]), "-o", str(tmp_path), "--quiet",
+               "--scheduler", "threads", "--memory-limit", "2GB"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("stcal-dask: error: dask workers died repeatedly"), err
+    assert "--memory-limit 2GB" in err and "\n" not in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_console_script_subprocess(fits_run, tmp_path):
     exe = shutil.which("stcal-dask") or str(Path(sys.executable).parent / "stcal-dask")
     store = fits_run["out"] / "expo_jump.zarr"

@@ -184,3 +184,13 @@ def test_worker_thread_env_is_ours_and_parent_env_untouched(monkeypatch):
         assert list(c.run(lambda: os.environ.get("NUMBA_NUM_THREADS")).values()) == ["2"]
     assert os.environ["NUMBA_NUM_THREADS"] == "7"
     assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_memory_limit_smaller_than_worker_startup_is_a_user_error():
+    """A limit the libraries alone fill would leave every worker paused forever: refused."""
+    # 250 MB: the workers start but sit above the pause threshold once the libraries load;
+    # 120 MB: the nanny kills them while they load
+    for limit, needle in (("250MB", "after start-up"), ("120MB", "died while loading")):
+        with pytest.raises(UserInputError, match=f"too small.*{needle}"):
+            with get_client(n_workers=1, memory_limit=limit, quiet=True):
+                pass  # pragma: no cover - never reached
