@@ -250,15 +250,17 @@ def _common(parser: argparse.ArgumentParser, *, outputs: bool = True, tile: bool
         type=int,
         default=None,
         metavar="N",
-        help="worker processes of the LocalCluster (default: CPU cores)",
+        help="worker processes of the LocalCluster (default: CPU cores / threads per worker; "
+        "one worker of up to 4 threads per 4 cores)",
     )
     g.add_argument(
         "--threads-per-worker",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="threads per LocalCluster worker process (default 1; the numba kernels release "
-        "the GIL, so e.g. --n-workers 1 --threads-per-worker 2 shares one process's memory)",
+        help="threads per LocalCluster worker process (default: up to 4, or 1 when --n-workers "
+        "is given; the numba kernels release the GIL, so the threads of a worker share its "
+        "memory without slowing each other)",
     )
     g.add_argument(
         "--in-process",
@@ -514,17 +516,35 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 
 
+def _client_kwargs(args) -> dict:
+    return {
+        "scheduler": getattr(args, "scheduler", None),
+        "n_workers": getattr(args, "n_workers", None),
+        "memory_limit": getattr(args, "memory_limit", None),
+        "threads_per_worker": getattr(args, "threads_per_worker", None),
+        "processes": not getattr(args, "in_process", False),
+        "quiet": True,
+    }
+
+
 def _client(args):
     from stcal_dask.cluster import get_client
 
-    return get_client(
-        getattr(args, "scheduler", None),
-        n_workers=getattr(args, "n_workers", None),
-        memory_limit=getattr(args, "memory_limit", None),
-        threads_per_worker=getattr(args, "threads_per_worker", 1),
-        processes=not getattr(args, "in_process", False),
-        quiet=True,
-    )
+    return get_client(**_client_kwargs(args))
+
+
+def _planned_threads(args, background) -> int:
+    """Threads the computation will run on: known in advance unless the cluster is external."""
+    from stcal_dask.cluster import LOCAL_SCHEDULERS, local_layout
+
+    address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address in LOCAL_SCHEDULERS:
+        return max(1, os.cpu_count() or 1)
+    if not address:
+        n, t = local_layout(getattr(args, "n_workers", None),
+                            getattr(args, "threads_per_worker", None))
+        return n * t
+    return _n_workers(background.client())
 
 
 def _run_pending(args, pendings, extra=()):
@@ -632,12 +652,12 @@ def _n_workers(client) -> int:
         return 1
 
 
-def _retile(args, ramp, client):
+def _retile(args, ramp, n_threads: int):
     """Smaller tiles when the input's would leave workers idle (FITS: reopened with them)."""
     from stcal_dask import dataflow
 
     nints, ngroups, ny, nx = ramp["sci"].shape
-    want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=_n_workers(client))
+    want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads)
     have = _tile_of(ramp)
     if want[0] * want[1] >= have[0] * have[1]:
         return ramp
@@ -746,7 +766,7 @@ def _materialized_jump(args, jumped, out_dir: Path):
 
 
 def _cmd_process(args) -> int:
-    from stcal_dask import dataflow
+    from stcal_dask.cluster import BackgroundClient
 
     step = args.process
     tile = _parse_tile(args.tile)
@@ -755,7 +775,10 @@ def _cmd_process(args) -> int:
     rparams = (
         step_params("rampfit", args, save_opt=save_opt) if step in ("rampfit", "run") else None
     )
-    ramp = _open_input(args, args.input, tile)  # validates the input before any cluster starts
+    if not Path(args.input).expanduser().exists():
+        raise UserInputError(f"input {args.input} does not exist")
+    if _is_fits(args.input):
+        _references(args, args.input)  # missing reference files: before any cluster starts
     header_from = str(Path(args.input).expanduser()) if _is_fits(args.input) else None
     formats = _formats(args, args.input)
     suffixes = []
@@ -769,11 +792,17 @@ def _cmd_process(args) -> int:
     out_dir = Path(args.output_dir).expanduser()
 
     t0 = time.perf_counter()
-    with _client(args) as client:
+    # the cluster (and the libraries in its workers) starts while this process loads its own
+    # libraries, opens and validates the input and builds the graph
+    with BackgroundClient(**_client_kwargs(args)) as background:
+        from stcal_dask import dataflow
+
+        ramp = _open_input(args, args.input, tile)
+        if tile is None:
+            ramp = _retile(args, ramp, _planned_threads(args, background))
+        client = background.client()
         if client is not None and not args.quiet:
             _say(args, f"dask cluster: {_describe(client)}")
-        if tile is None:
-            ramp = _retile(args, ramp, client)
         jumped = dataflow.detect_jumps(ramp, jparams) if jparams is not None else None
         pendings: list = []
         count = None

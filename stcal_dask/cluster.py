@@ -42,10 +42,12 @@ from stcal_dask.errors import UserInputError
 
 __all__ = [
     "LOCAL_SCHEDULERS",
+    "BackgroundClient",
     "THREAD_ENV",
     "compute",
     "get_client",
     "limit_threads",
+    "local_layout",
     "parse_memory_limit",
 ]
 
@@ -164,7 +166,8 @@ def _worker_rss(threshold: float) -> int:
     monitor = logging.getLogger("distributed.worker.memory")
     level = monitor.level
     monitor.setLevel(logging.CRITICAL)
-    for name in ("dask.array", "xarray", "zarr", "stcal_dask.dataflow"):
+    for name in ("dask.array", "xarray", "zarr", "stcal_dask.dataflow", "stcal_dask.io.fits_io",
+                 "stcal_dask.io.zarr_store"):
         importlib.import_module(name)
     _warm_kernels()
     rss = int(psutil.Process().memory_info().rss)
@@ -194,18 +197,23 @@ def _silence_logs() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _check_room(client, limit: int) -> None:
-    """Refuse a per-worker memory limit that the workers' own start-up memory already fills.
+def _warm_and_check_room(client, limit: int | None) -> None:
+    """Load the libraries and compiled kernels in every worker now (in parallel, instead of in
+    the first task), and refuse a per-worker memory ``limit`` that this already fills.
 
     A worker pauses at 80% of its limit (distributed's default); one that sits above that with
     nothing to spill would wait forever, so a limit too small for the libraries is a user error.
     """
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.8
-    threshold = 0.9 * pause * limit
+    threshold = 0.9 * pause * limit if limit is not None else float("inf")
     try:
         rss = max(client.run(_worker_rss, threshold).values())
     except Exception:  # a worker died while importing the libraries: its limit killed it
+        if limit is None:
+            return  # nothing to check; the computation will report a real failure
         rss = None
+    if limit is None:
+        return
     if rss is None or rss > threshold:
         with contextlib.suppress(Exception):
             client.run(_silence_logs)  # the workers are shut down next: no shutdown chatter
@@ -228,12 +236,31 @@ def _check_address(address: str) -> str:
     return address
 
 
+def local_layout(n_workers: int | None, threads_per_worker: int | None) -> tuple[int, int]:
+    """(worker processes, threads per worker) of the local cluster for the given options.
+
+    The kernels release the GIL, so threads of one worker process share its memory (one copy
+    of the libraries, no transfers between workers) without serialising each other. Defaults:
+    up to 4 threads per worker and as many workers as fill the CPU cores (1 x 2 on 2 cores,
+    4 x 4 on 16); with only ``n_workers`` given, one thread each (the layout of distributed's
+    own default); with only ``threads_per_worker`` given, as many workers as fit the cores.
+    """
+    cores = max(1, os.cpu_count() or 1)
+    if threads_per_worker is None:
+        threads = min(4, cores) if n_workers is None else 1
+    else:
+        threads = int(threads_per_worker)
+    if n_workers is None:
+        n_workers = max(1, cores // max(1, threads))
+    return int(n_workers), threads
+
+
 @contextlib.contextmanager
 def get_client(
     scheduler: str | None = None,
     n_workers: int | None = None,
     memory_limit: str | int | None = None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int | None = None,
     *,
     dashboard: bool = False,
     connect_timeout: float = 5.0,
@@ -297,22 +324,24 @@ def get_client(
             client.close()
         return
 
-    if n_workers is None:
-        n_workers = max(1, os.cpu_count() or 1)
+    n_workers, threads_per_worker = local_layout(n_workers, threads_per_worker)
     if int(n_workers) < 1:
         raise UserInputError(f"--n-workers must be >= 1, got {n_workers}")
     if int(threads_per_worker) < 1:
         raise UserInputError(f"threads per worker must be >= 1, got {threads_per_worker}")
     limit = parse_memory_limit(memory_limit)
+    # Set before the worker interpreter starts (and, by distributed's Nanny, in this process
+    # too: scoped below). NUMBA_NUM_THREADS is never among them: numba re-reads it when it
+    # compiles and refuses a change once its threads run, so it must not leak into this process.
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-    environ.update(THREAD_ENV)
-    if threads_per_worker > 1:
-        environ["NUMBA_NUM_THREADS"] = str(threads_per_worker)
+    environ.update({k: v for k, v in THREAD_ENV.items() if k != "NUMBA_NUM_THREADS"})
+    environ.pop("NUMBA_NUM_THREADS", None)
+    worker_env = {**environ, "NUMBA_NUM_THREADS": str(threads_per_worker)}
     kwargs: dict[str, Any] = {}
     if local_directory is not None:
         kwargs["local_directory"] = local_directory
     if processes:
-        kwargs["env"] = dict(environ)  # applied in the worker last: beats inherited values
+        kwargs["env"] = worker_env  # set in the worker before it imports numba; beats inherited
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         _scoped_environ(environ if processes else {}),
@@ -332,10 +361,10 @@ def get_client(
     try:
         client = Client(cluster, set_as_default=True)
         try:
-            if processes and isinstance(limit, int):
+            if processes:
                 with _quiet_distributed():  # the check's failure is reported in one line
                     try:
-                        _check_room(client, limit)
+                        _warm_and_check_room(client, limit if isinstance(limit, int) else None)
                     except UserInputError:
                         client.close()
                         cluster.close()
@@ -345,6 +374,50 @@ def get_client(
             client.close()
     finally:
         cluster.close()
+
+
+class BackgroundClient:
+    """:func:`get_client` started in a background thread, so that starting the cluster (and
+    loading the libraries in its workers) overlaps with the caller's own work.
+
+    Use as a context manager; :meth:`client` waits for the start and returns the client (or
+    None for dask's local schedulers), re-raising any error of the start (e.g. an unreachable
+    scheduler, as :class:`UserInputError`). Leaving the context waits for the start to finish
+    and closes everything, whether or not :meth:`client` was called.
+    """
+
+    def __init__(self, *args, **kwargs):
+        import threading
+
+        self._cm = get_client(*args, **kwargs)
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._entered = False
+        self._thread = threading.Thread(target=self._start, name="stcal-dask-cluster-start",
+                                        daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._value = self._cm.__enter__()
+            self._entered = True
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._error = exc
+
+    def client(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __enter__(self) -> BackgroundClient:
+        return self
+
+    def __exit__(self, *exc_info):
+        self._thread.join()
+        if self._entered:
+            return self._cm.__exit__(*exc_info)
+        return False
 
 
 def compute(*collections, quiet: bool = False, client=None):

@@ -188,9 +188,41 @@ def test_worker_thread_env_is_ours_and_parent_env_untouched(monkeypatch):
 
 def test_memory_limit_smaller_than_worker_startup_is_a_user_error():
     """A limit the libraries alone fill would leave every worker paused forever: refused."""
-    # 250 MB: the workers start but sit above the pause threshold once the libraries load;
+    # 330 MB: the workers start but sit above the pause threshold once the libraries load;
     # 120 MB: the nanny kills them while they load
-    for limit, needle in (("250MB", "after start-up"), ("120MB", "died while loading")):
+    for limit, needle in (("330MB", "after start-up"), ("120MB", "died while loading")):
         with pytest.raises(UserInputError, match=f"too small.*{needle}"):
             with get_client(n_workers=1, memory_limit=limit, quiet=True):
                 pass  # pragma: no cover - never reached
+
+
+def test_local_layout_defaults():
+    from stcal_dask.cluster import local_layout
+
+    cores = os.cpu_count() or 1
+    n, t = local_layout(None, None)
+    assert t == min(4, cores) and n == max(1, cores // t)  # threads share one worker's memory
+    assert local_layout(3, None) == (3, 1)  # only --n-workers: single-threaded processes
+    assert local_layout(None, 1) == (cores, 1)
+    assert local_layout(2, 2) == (2, 2)
+
+
+def test_background_client_starts_while_the_caller_works():
+    from stcal_dask.cluster import BackgroundClient
+
+    with BackgroundClient("threads") as bg:
+        assert bg.client() is None and dask.config.get("scheduler") == "threads"
+    with BackgroundClient(n_workers=1, memory_limit="1GB", quiet=True) as bg:
+        t0 = time.perf_counter()
+        busy = sum(i * i for i in range(200_000))  # the caller's own work meanwhile
+        assert busy > 0 and time.perf_counter() - t0 < 5
+        c = bg.client()
+        assert len(c.scheduler_info()["workers"]) == 1
+        # the workers already loaded the libraries and compiled kernels (before any task)
+        mods = c.run(lambda: "stcal_dask.dataflow" in __import__("sys").modules)
+        assert all(mods.values())
+    assert c.status == "closed"
+    # a start-up error surfaces in the caller's thread, as the user error it is
+    with pytest.raises(UserInputError, match="cannot reach dask scheduler"):
+        with BackgroundClient("tcp://127.0.0.1:9", connect_timeout=1) as bg:
+            bg.client()

@@ -262,3 +262,17 @@ def test_writes_and_count_share_the_tile_kernels(exposure, tmp_path):
                                quiet=True)
     assert (cj.count, cf.count) == (6, 6)
     assert int(count) > 0 and (tmp_path / "rate.zarr").is_dir()
+
+
+def test_halo_exchange_costs_two_tasks_per_tile(exposure):
+    """The jump halo is exchanged as one border task per tile (not dask.array.overlap's ~9
+    slicing tasks and a concatenation per input and tile): the graph stays small."""
+    ramp = ramp_from_exposure(exposure, chunks=(8, 10))  # 5 x 5 tiles
+    jumped = dataflow.detect_jumps(ramp)
+    graph = dict(jumped["groupdq"].data.__dask_graph__())
+    names = [k[0] if isinstance(k, tuple) else k for k in graph]
+    n_tiles = 25
+    assert sum(str(n).startswith("stcal-dask-borders") for n in names) == n_tiles
+    assert sum(str(n).startswith("stcal-dask-jump-tile") for n in names) == n_tiles
+    assert not any(str(n).startswith(("overlap", "getitem")) for n in names)
+    assert len(graph) < 16 * n_tiles

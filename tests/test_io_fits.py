@@ -396,3 +396,20 @@ def test_pending_fits_write(tmp_path, ramp):
 )
 def test_output_name(inp, suffix, kw, expected):
     assert str(output_name(inp, suffix, **kw)) == expected
+
+
+def test_output_names_load_no_heavy_library():
+    """The CLI checks output names before it starts a cluster: that needs neither astropy nor
+    xarray nor zarr (stcal_dask.io resolves its names lazily)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stcal_dask.io import output_name; "
+            "from stcal_dask.io._atomic import check_target; "
+            "assert str(output_name('a/X_ramp.fits', 'rate')) == 'a/X_rate.fits'; "
+            "heavy = [m for m in ('astropy', 'xarray', 'zarr') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from stcal_dask.io import open_ramp_fits, output_name, write_rate_fits  # still importable
+
+    assert callable(open_ramp_fits) and callable(write_rate_fits) and callable(output_name)
