@@ -116,7 +116,7 @@ def auto_tile(
     nx: int,
     *,
     n_workers: int = 1,
-    tiles_per_worker: int = 4,
+    tiles_per_worker: int = 8,
     memory_budget_bytes: int | None = None,
     align: int = 16,
 ) -> tuple[int, int]:

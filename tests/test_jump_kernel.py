@@ -627,3 +627,18 @@ def test_single_pass_threshold_is_strict(step, flagged):
     ramp = np.zeros(12)
     ramp[5:] = step
     assert (jump_groups(run(ramp, rn=5.0)) == [5]) is flagged
+
+
+def test_path_codes_match_the_numba_module_and_numba_loads_lazily():
+    import subprocess
+    import sys
+
+    from stcal_dask.kernels import jump as jk
+
+    assert jk._PATH_CODE == {"skip": nb.PATH_SKIP, "sigclip": nb.PATH_SIGCLIP,
+                             "single": nb.PATH_SINGLE, "iterative": nb.PATH_ITERATIVE,
+                             "reset-only": nb.PATH_RESET_ONLY}
+    # building graphs (CLI, dataflow) never loads numba/llvmlite in the client process
+    code = ("import sys, stcal_dask.cli, stcal_dask.dataflow; "
+            "assert 'numba' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

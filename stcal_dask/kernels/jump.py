@@ -74,7 +74,22 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
-from stcal_dask.kernels import _jump_numba as _nb
+
+
+class _LazyModule:
+    """The numba module, imported on first use: the parameter classes and helpers of this module
+    (used by the CLI and the dataflow layer to build graphs) do not load numba/llvmlite."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+_nb = _LazyModule("stcal_dask.kernels._jump_numba")
 
 __all__ = [
     "JumpParams",
@@ -102,12 +117,12 @@ SKIPPED_PRIMARY_COUNT = -99
 """What stcal reports as the primary-jump count when the exposure is skipped."""
 
 PATHS = ("skip", "sigclip", "single", "iterative")
-_PATH_CODE = {
-    "skip": _nb.PATH_SKIP,
-    "sigclip": _nb.PATH_SIGCLIP,
-    "single": _nb.PATH_SINGLE,
-    "iterative": _nb.PATH_ITERATIVE,
-    "reset-only": _nb.PATH_RESET_ONLY,  # internal: sigma-clip detections already in groupdq
+_PATH_CODE = {  # equal to _jump_numba.PATH_* (tested); literal so numba loads only on use
+    "skip": 0,
+    "sigclip": 1,
+    "single": 2,
+    "iterative": 3,
+    "reset-only": 4,  # internal: sigma-clip detections already in groupdq
 }
 
 

@@ -71,7 +71,9 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
-from stcal_dask.kernels import _ramp_numba as rn
+from stcal_dask.kernels.jump import _LazyModule
+
+rn = _LazyModule("stcal_dask.kernels._ramp_numba")
 
 __all__ = [
     "FitoptDims",
