@@ -12,8 +12,10 @@ Three jobs run one after the other, each in its own process tree, on the same in
 * **I/O floor**: read the same inputs fully and write outputs of the same sizes, no compute;
 * for information: only importing the libraries our CLI needs (a fixed cost of any run), ours
   with 2 single-threaded worker processes, with the LocalCluster's workers as threads of the CLI
-  process (``--in-process``) and on dask's threaded scheduler (``--scheduler threads``, no
-  cluster).
+  process (``--in-process``), with ``--scheduler`` on an already running and warmed-up cluster
+  (``dask scheduler`` + ``dask worker``, their RSS included: the steady state of a pipeline
+  submitting exposure after exposure) and on dask's threaded scheduler (``--scheduler threads``,
+  no cluster).
 
 Peak memory is the peak of the **summed RSS of the whole process tree** (the command, its
 children, the dask workers and nannies), polled every 50 ms with psutil. The outputs of ours and
@@ -31,6 +33,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,8 +135,12 @@ IO_FLOOR_SCRIPT = textwrap.dedent(
 )
 
 
-def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, str]:
-    """Run ``cmd``; return (wall seconds, peak summed RSS of its process tree in MiB, stdout)."""
+def run_tree(cmd: list[str], *, cwd: Path, extra: tuple = ()) -> tuple[float, float, str]:
+    """Run ``cmd``; return (wall seconds, peak summed RSS of its process tree in MiB, stdout).
+
+    ``extra``: already running processes (e.g. a dask scheduler and worker the command uses)
+    whose trees' RSS is added to the sum.
+    """
     peak = 0
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -141,10 +149,12 @@ def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, str]:
     reader.start()
     while proc.poll() is None:
         total = 0
-        try:
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            procs = [proc]
+        procs = []
+        for root in (proc, *extra):
+            try:
+                procs += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                procs.append(root)
         for p in procs:
             try:
                 total += p.memory_info().rss
@@ -175,6 +185,47 @@ def compare(ours: Path, stcal: Path) -> str:
                 worst = max(worst, float(np.max(np.abs(x[ok] - y[ok]) / np.abs(y[ok]))))
     verdict = "MATCH" if dq_equal and worst <= 1e-5 else "MISMATCH"
     return f"DQ identical: {dq_equal}; max relative difference {worst:.2e} -> {verdict}"
+
+
+def run_on_running_cluster(stcal_dask: list[str], ramp: Path, work: Path):
+    """ours with ``--scheduler`` on an already running cluster (``dask scheduler`` + one
+    ``dask worker`` process with a thread per core, started and warmed up by one untimed run
+    first): what a pipeline submitting exposure after exposure to its cluster pays. The
+    scheduler's and worker's RSS count in the peak."""
+    dask_exe = Path(sys.executable).parent / "dask"
+    sched_file = work / "scheduler.json"
+    sched_file.unlink(missing_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": str(psutil.cpu_count())}
+    sched = psutil.Popen([str(dask_exe), "scheduler", "--scheduler-file", str(sched_file),
+                          "--port", "0", "--no-dashboard"], cwd=work, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = psutil.Popen([str(dask_exe), "worker", address, "--nworkers", "1", "--nthreads",
+                               str(psutil.cpu_count()), "--no-dashboard"], cwd=work, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
+               "--scheduler", address, "--quiet", "--overwrite"]
+        for _ in range(100):  # wait for the worker to register, then warm it up once
+            try:
+                subprocess.run(cmd, cwd=work, check=True, capture_output=True, timeout=300)
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.5)
+        return run_tree(cmd, cwd=work, extra=(sched, worker))
+    finally:
+        for p in (worker, sched):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except psutil.TimeoutExpired:
+                    p.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         results["ours, in-process"] = run_tree(
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
              "--in-process", *layout, "--quiet", "--overwrite"], cwd=work)
+        results["ours, warm cluster"] = run_on_running_cluster(stcal_dask, ramp, work)
         results["ours, threads"] = run_tree(
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
              "--scheduler", "threads", "--quiet", "--overwrite"], cwd=work)

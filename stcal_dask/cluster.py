@@ -442,7 +442,12 @@ def compute(*collections, quiet: bool = False, client=None):
         if client is not None and client is not False:
             from distributed import progress
 
-            futures = client.compute(list(collections), optimize_graph=True)
+            # Optimise (cull) here, all collections together and with this process's config,
+            # and send the result as is: a scheduler in another process would otherwise
+            # optimise each collection alone with its own config (low-level fusion on), fusing a
+            # tile kernel into one consumer and running it again for the others.
+            optimized = dask.optimize(*collections)
+            futures = client.compute(list(optimized), optimize_graph=False)
             if not quiet:
                 progress(futures, notebook=False)
                 sys.stdout.write("\n")

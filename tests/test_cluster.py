@@ -226,3 +226,61 @@ def test_background_client_starts_while_the_caller_works():
     with pytest.raises(UserInputError, match="cannot reach dask scheduler"):
         with BackgroundClient("tcp://127.0.0.1:9", connect_timeout=1) as bg:
             bg.client()
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory):
+    """A scheduler and a worker as separate processes (`dask scheduler`, `dask worker`), as a
+    user's cluster is: their dask config is not this process's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work = tmp_path_factory.mktemp("external")
+    exe = str(Path(sys.executable).parent / "dask")
+    sched_file = work / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    sched = subprocess.Popen([exe, "scheduler", "--scheduler-file", str(sched_file), "--port",
+                              "0", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not (sched_file.exists() and sched_file.stat().st_size) and time.time() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = subprocess.Popen([exe, "worker", address, "--nworkers", "1", "--nthreads", "2",
+                                   "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        yield address
+    finally:
+        for p in (worker, sched):
+            if p is not None:
+                p.terminate()
+                p.wait(20)
+
+
+def test_external_scheduler_runs_each_tile_kernel_once(external_cluster, tmp_path):
+    """A scheduler in another process must not re-optimise (fuse) the graph per collection:
+    the jump and fit kernels run once per tile although the rate writes, the jump count and
+    the saturation check all consume them."""
+    from distributed import get_task_stream
+
+    ramp = _tiled_ramp(2, 2, (64, 128))  # 1x10x256x256, 4 x 2 tiles
+    with get_client(external_cluster, quiet=True) as c:
+        c.wait_for_workers(1, timeout=60)
+        jumped = dataflow.detect_jumps(ramp)
+        rate, rateints = dataflow.fit_ramps(jumped)
+        pend = write_dataset_atomic(rate, tmp_path / "x_rate.zarr", compute=False)
+        with get_task_stream(c) as ts:
+            _, count, all_sat = compute(pend.delayed, jumped["primary_jumps"].data,
+                                        dataflow.all_group0_saturated(ramp), quiet=True,
+                                        client=c)
+    names = [str(r["key"][0] if isinstance(r["key"], tuple) else r["key"]) for r in ts.data]
+    assert sum(n.startswith("stcal-dask-jump-tile") for n in names) == 8, sorted(set(names))
+    assert sum(n.startswith("stcal-dask-fit-tile") for n in names) == 8
+    assert int(count) > 0 and not bool(all_sat)
+    local = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"].compute(scheduler="sync")
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "x_rate.zarr")["sci"].values,
+                                  local.values)
