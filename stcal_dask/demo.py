@@ -17,6 +17,7 @@ The demo owns its output directory's ``demo_*`` files and replaces them on every
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -174,13 +175,27 @@ def simulate_with_truth(cfg, tile):
     return ramp, truth
 
 
+def _quiet_nanmean(x, axis=None, **kwargs):
+    """np.nanmean without the 'Mean of empty slice' warning of all-NaN blocks (NaN there)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis, **kwargs)
+
+
+def _quiet_nanmax(x, axis=None, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(x, axis=axis, **kwargs)
+
+
 def _block_reduce(a: da.Array, f: int, how: str) -> da.Array:
     """Down-sample a 2-D dask array by an integer factor (max or mean over f x f blocks)."""
     if f <= 1:
         return a
     ny, nx = a.shape
     a = a[: ny - ny % f, : nx - nx % f]
-    return da.coarsen(np.nanmax if how == "max" else np.nanmean, a, {0: f, 1: f}, trim_excess=True)
+    func = _quiet_nanmax if how == "max" else _quiet_nanmean
+    return da.coarsen(func, a, {0: f, 1: f}, trim_excess=True)
 
 
 def _quicklook(path: Path, rate_img: np.ndarray, jump_img: np.ndarray, title: str) -> None:
