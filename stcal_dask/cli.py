@@ -272,7 +272,8 @@ def _common(parser: argparse.ArgumentParser, *, outputs: bool = True, tile: bool
         "--memory-limit",
         default=None,
         metavar="SIZE",
-        help="memory limit per LocalCluster worker, e.g. 2GB (default: RAM / workers)",
+        help="memory limit per LocalCluster worker, e.g. 2GB (default: RAM / workers); a "
+        "worker needs ~270 MiB for the libraries before any data, a smaller limit is refused",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
     if tile:
