@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 from dask.callbacks import Callback
@@ -276,3 +277,53 @@ def test_halo_exchange_costs_two_tasks_per_tile(exposure):
     assert sum(str(n).startswith("stcal-dask-jump-tile") for n in names) == n_tiles
     assert not any(str(n).startswith(("overlap", "getitem")) for n in names)
     assert len(graph) < 16 * n_tiles
+
+
+@pytest.mark.parametrize("halo", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(6))
+def test_halo_windows_equal_slices_of_the_frame(halo, seed):
+    """Every tile's window is exactly the frame slice [y0-h, y1+h) x [x0-h, x1+h) clipped at the
+    frame edges, for irregular chunkings, leading axes and a pass-through Delayed; the crop
+    gives back the tile."""
+    rng = np.random.default_rng(seed)
+    ny, nx = int(rng.integers(halo, 40)), int(rng.integers(halo, 40))
+
+    def chunks(n):
+        out, left = [], n
+        while left:
+            c = int(min(left, rng.integers(halo, max(halo + 1, n // 2 + 1))))
+            if 0 < left - c < halo:
+                c = left
+            out.append(c)
+            left -= c
+        return tuple(out)
+
+    cy, cx = chunks(ny), chunks(nx)
+    frame = rng.normal(size=(2, 3, ny, nx))
+    arr = da.from_array(frame, chunks=((2,), (3,), cy, cx))
+    plane = da.from_array(frame[0, 0] * 10, chunks=(cy, cx))
+    extra = dask.delayed(lambda: "globals")()
+    out = dataflow._map_tiles_with_halo(_probe_block, [arr, plane], extra=[extra], halo=halo,
+                                        name=f"probe-{halo}-{seed}", dtype=object)
+    blocks = out.to_delayed()
+    y0 = 0
+    for i, hy in enumerate(cy):
+        x0 = 0
+        for j, wx in enumerate(cx):
+            (w, p, crop, g) = blocks[i, j].compute(scheduler="sync")[0, 0]
+            ys = slice(max(0, y0 - halo), min(ny, y0 + hy + halo))
+            xs = slice(max(0, x0 - halo), min(nx, x0 + wx + halo))
+            np.testing.assert_array_equal(w, frame[..., ys, xs])
+            np.testing.assert_array_equal(p, frame[0, 0, ys, xs] * 10)
+            np.testing.assert_array_equal(w[..., crop[0], crop[1]],
+                                          frame[..., y0:y0 + hy, x0:x0 + wx])
+            assert g == "globals"
+            x0 += wx
+        y0 += hy
+
+
+def _probe_block(w, p, g, *, crop):
+    """Tile function of the halo test: hands back what it was given (one object per tile)."""
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = (w, p, crop, g)
+    return out
