@@ -155,8 +155,11 @@ def attach_wcs(store, wcs: gwcs.WCS, wcsinfo) -> None:
     p = Path(os.fspath(store))
     if not p.is_dir():
         raise UserInputError(f"zarr store {p} does not exist")
+    from stcal_dask.io.zarr_store import consolidate_store
+
     group = zarr.open_group(str(p), mode="r+")
     group.attrs.update(wcs_attrs(wcs, wcsinfo))
+    consolidate_store(str(p))  # keep the consolidated metadata (read by open_zarr) current
 
 
 def write_rate_fits_with_wcs(

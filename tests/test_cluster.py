@@ -18,7 +18,13 @@ from stcal_dask.cli import main
 from stcal_dask.cluster import compute, get_client, parse_memory_limit
 from stcal_dask.datamodel import make_ramp_dataset
 from stcal_dask.errors import UserInputError
-from stcal_dask.io import open_ramp, simulate_to_zarr, write_dataset_atomic, write_ramp
+from stcal_dask.io import (
+    open_product,
+    open_ramp,
+    simulate_to_zarr,
+    write_dataset_atomic,
+    write_ramp,
+)
 from stcal_dask.simulate import SimulationConfig, simulate_exposure
 
 pytestmark = pytest.mark.cluster
@@ -282,5 +288,5 @@ def test_external_scheduler_runs_each_tile_kernel_once(external_cluster, tmp_pat
     assert sum(n.startswith("stcal-dask-fit-tile") for n in names) == 8
     assert int(count) > 0 and not bool(all_sat)
     local = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"].compute(scheduler="sync")
-    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "x_rate.zarr")["sci"].values,
+    np.testing.assert_array_equal(open_product(tmp_path / "x_rate.zarr")["sci"].values,
                                   local.values)

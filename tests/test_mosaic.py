@@ -292,3 +292,17 @@ def test_recipe_script(client, tmp_path, capsys):
     assert all(e.shape == (32, 40) for e in exps)
     expected = al.wcs_from_sregions([e.wcs.footprint() for e in exps], exps[0].wcs, exps[0].wcsinfo)
     _same_wcs(w, expected)
+
+
+def test_attach_wcs_keeps_consolidated_metadata_current(tmp_path, recwarn):
+    """Our stores carry consolidated metadata (xarray.open_zarr reads it first and warns without
+    it); attaching a WCS afterwards re-consolidates, so open_zarr sees the new attributes."""
+    import xarray as xr
+
+    exp = imaging_wcs(53.16, -27.79, 120.0, shape=SHAPE)
+    path = _zarr_rate(tmp_path / "x_rate.zarr", exp, 1, with_wcs=False)
+    assert mosaic.WCS_ATTR not in xr.open_zarr(path).attrs
+    mosaic.attach_wcs(path, exp.wcs, exp.wcsinfo)
+    attrs = xr.open_zarr(path).attrs
+    assert mosaic.WCS_ATTR in attrs and mosaic.WCSINFO_ATTR in attrs
+    assert not [w for w in recwarn.list if "onsolidated" in str(w.message)]

@@ -115,13 +115,29 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
     if compute:
         try:
             dask.compute(delayed_write)
+            consolidate_store(str(partial))
             commit(partial, path, overwrite)
         except BaseException:
             cleanup_failed(partial)
             raise
         return path
-    final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, delayed_write)
+    consolidated = dask.delayed(consolidate_store, pure=False)(str(partial), delayed_write)
+    final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, consolidated)
     return PendingWrite(path=path, partial=partial, delayed=final)
+
+
+def consolidate_store(store: str, *_deps) -> str:
+    """Write the store's consolidated metadata (one read instead of one per array when the store
+    is opened; ``xarray.open_zarr`` looks for it first and warns without it). Zarr v3 keeps it as
+    an extension, which zarr-python announces with a warning: silenced here."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(store, zarr_format=3)
+    return store
 
 
 def write_ramp(ds: xr.Dataset, path, *, overwrite: bool = False, tile=None,
