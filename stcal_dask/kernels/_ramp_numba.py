@@ -176,16 +176,9 @@ def _var_p(mrate, dark, pden):
 
 
 @numba.njit(**_JIT)
-def _rnoise_len1(rn, gain, timing):
-    rnum = rn / timing
-    rnum = 12.0 * rnum * rnum
-    rden = 6.0 * gain * gain
-    return rnum / rden
-
-
-@numba.njit(**_JIT)
-def _rnoise_len2(rn, gain, tg):
-    rnum = rn / tg
+def _rnoise_short(rn, gain, dt):
+    """Read-noise variance of a 1-group (dt = its timing) or 2-group (dt = TGROUP) segment."""
+    rnum = rn / dt
     rnum = 12.0 * rnum * rnum
     rden = 6.0 * gain * gain
     return rnum / rden
@@ -249,13 +242,13 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
         t = timing1
         out[0] = d[base + start] / t
         out[2] = _var_p(mrate, dark, t * gain)
-        out[3] = _rnoise_len1(rn, gain, t)
+        out[3] = _rnoise_short(rn, gain, t)
     elif length == 2:
         d0 = d[base + start]
         d1 = d[base + start + 1]
         out[0] = (d1 - d0) / tg
         out[2] = _var_p(mrate, dark, tg * gain)
-        out[3] = _rnoise_len2(rn, gain, tg)
+        out[3] = _rnoise_short(rn, gain, tg)
         out[1] = _SQRT2_C * rn
         second = float(start) + 1.0
         out[5] = d1 * (1.0 - second) + d0 * second
@@ -767,9 +760,9 @@ def fit_tile_core(
                     for s in range(nk):
                         ln = cends[0, s] - cstarts[0, s]
                         if ln == 1:
-                            sv = _rnoise_len1(rn, g, timing1)
+                            sv = _rnoise_short(rn, g, timing1)
                         elif ln == 2:
-                            sv = _rnoise_len2(rn, g, tg)
+                            sv = _rnoise_short(rn, g, tg)
                         else:
                             sv = _rnoise_default(rn, g, tg, float(ln))
                         if sv > 0.0:
