@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -116,24 +117,14 @@ def _merge_stats(*parts: DemoSummary) -> DemoSummary:
     return out
 
 
-def _sim_tile(cfg, y0, y1, x0, x1):
-    from stcal_dask.simulate import simulate_region
-
-    return simulate_region(cfg, y0, y1, x0, x1)
-
-
-def _get(exposure, name):
-    return getattr(exposure, name)
-
-
 def simulate_with_truth(cfg, tile):
     """Lazy ramp Dataset and truth Dataset of ``cfg`` sharing one simulation task per tile."""
     import xarray as xr
 
     from stcal_dask.datamodel import make_ramp_dataset
+    from stcal_dask.io.zarr_store import simulated_arrays, simulation_timing
 
-    nints, ngroups, ny, nx = cfg.shape
-    ty, tx = tile
+    nints, ngroups = cfg.shape[:2]
     fields = {
         "data": ((nints, ngroups), np.float32),
         "groupdq": ((nints, ngroups), np.uint8),
@@ -143,26 +134,10 @@ def simulate_with_truth(cfg, tile):
         "flux": ((), np.float32),
         "cr_mask": ((nints, ngroups), bool),
     }
-    blocks = {n: [] for n in fields}
-    for y0 in range(0, ny, ty):
-        y1 = min(y0 + ty, ny)
-        row = {n: [] for n in fields}
-        for x0 in range(0, nx, tx):
-            x1 = min(x0 + tx, nx)
-            task = dask.delayed(_sim_tile, pure=True)(cfg, y0, y1, x0, x1)
-            for n, (lead, dtype) in fields.items():
-                part = dask.delayed(_get, pure=True)(task, n)
-                row[n].append(da.from_delayed(part, (*lead, y1 - y0, x1 - x0), dtype=dtype))
-        for n in fields:
-            blocks[n].append(row[n])
-    arr = {n: da.block(b) for n, b in blocks.items()}
+    arr = simulated_arrays(cfg, tile, fields)
     ramp = make_ramp_dataset(
         arr["data"], arr["groupdq"], arr["pixeldq"], arr["gain"], arr["readnoise"],
-        timing={
-            "NINTS": nints, "NGROUPS": ngroups, "NFRAMES": cfg.nframes,
-            "GROUPGAP": cfg.groupgap, "TFRAME": cfg.frame_time, "TGROUP": cfg.group_time,
-            "DRPFRMS1": cfg.drop_frames1,
-        },
+        timing=simulation_timing(cfg),
         source=f"stcal-dask demo simulation (seed {cfg.seed})",
     )
     truth = xr.Dataset(
@@ -175,17 +150,11 @@ def simulate_with_truth(cfg, tile):
     return ramp, truth
 
 
-def _quiet_nanmean(x, axis=None, **kwargs):
-    """np.nanmean without the 'Mean of empty slice' warning of all-NaN blocks (NaN there)."""
+def _quietly(func, x, axis=None, **kwargs):
+    """``func(x, axis)`` (np.nanmean / np.nanmax) without the warnings of all-NaN blocks."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=axis, **kwargs)
-
-
-def _quiet_nanmax(x, axis=None, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmax(x, axis=axis, **kwargs)
+        return func(x, axis=axis, **kwargs)
 
 
 def _block_reduce(a: da.Array, f: int, how: str) -> da.Array:
@@ -194,7 +163,7 @@ def _block_reduce(a: da.Array, f: int, how: str) -> da.Array:
         return a
     ny, nx = a.shape
     a = a[: ny - ny % f, : nx - nx % f]
-    func = _quiet_nanmax if how == "max" else _quiet_nanmean
+    func = partial(_quietly, np.nanmax if how == "max" else np.nanmean)
     return da.coarsen(func, a, {0: f, 1: f}, trim_excess=True)
 
 

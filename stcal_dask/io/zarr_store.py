@@ -204,6 +204,40 @@ def _field(exposure, name):
     return getattr(exposure, name)
 
 
+def simulated_arrays(cfg, tile: tuple[int, int], fields: dict) -> dict[str, da.Array]:
+    """Dask arrays of the fields of ``simulate_region(cfg, ...)``, one shared task per tile.
+
+    ``fields`` maps a field name of the simulated exposure to ``(leading shape, dtype)``; every
+    array is (*leading, ny, nx), chunked by ``tile = (ty, tx)``.
+    """
+    nints, ngroups, ny, nx = cfg.shape
+    ty, tx = tile
+    blocks = {n: [] for n in fields}
+    for y0 in range(0, ny, ty):
+        y1 = min(y0 + ty, ny)
+        rows = {n: [] for n in fields}
+        for x0 in range(0, nx, tx):
+            x1 = min(x0 + tx, nx)
+            tile_task = dask.delayed(_simulated_tile, pure=True)(cfg, y0, y1, x0, x1)
+            for n, (lead, dtype) in fields.items():
+                part = dask.delayed(_field, pure=True)(tile_task, n)
+                rows[n].append(
+                    da.from_delayed(part, shape=(*lead, y1 - y0, x1 - x0), dtype=dtype)
+                )
+        for n in fields:
+            blocks[n].append(rows[n])
+    return {n: da.block(b) for n, b in blocks.items()}
+
+
+def simulation_timing(cfg) -> dict:
+    """The JWST timing keywords of a simulated exposure."""
+    nints, ngroups = cfg.shape[:2]
+    return {
+        "NINTS": nints, "NGROUPS": ngroups, "NFRAMES": cfg.nframes, "GROUPGAP": cfg.groupgap,
+        "TFRAME": cfg.frame_time, "TGROUP": cfg.group_time, "DRPFRMS1": cfg.drop_frames1,
+    }
+
+
 def simulate_ramp_lazy(cfg, *, tile=None, memory_budget_bytes: int | None = None) -> xr.Dataset:
     """A lazy ramp Dataset of the synthetic exposure ``cfg``, one dask task per tile.
 
@@ -236,25 +270,8 @@ def simulate_ramp_lazy(cfg, *, tile=None, memory_budget_bytes: int | None = None
     }
     if cfg.zeroframe:
         names["zeroframe"] = ((nints,), np.float32)
-    blocks = {n: [] for n in names}
-    for y0 in range(0, ny, ty):
-        y1 = min(y0 + ty, ny)
-        rows = {n: [] for n in names}
-        for x0 in range(0, nx, tx):
-            x1 = min(x0 + tx, nx)
-            tile_task = dask.delayed(_simulated_tile, pure=True)(cfg, y0, y1, x0, x1)
-            for n, (lead, dtype) in names.items():
-                part = dask.delayed(_field, pure=True)(tile_task, n)
-                rows[n].append(
-                    da.from_delayed(part, shape=(*lead, y1 - y0, x1 - x0), dtype=dtype)
-                )
-        for n in names:
-            blocks[n].append(rows[n])
-    arrays = {n: da.block(b) for n, b in blocks.items()}
-    timing = {
-        "NINTS": nints, "NGROUPS": ngroups, "NFRAMES": cfg.nframes, "GROUPGAP": cfg.groupgap,
-        "TFRAME": cfg.frame_time, "TGROUP": cfg.group_time, "DRPFRMS1": cfg.drop_frames1,
-    }
+    arrays = simulated_arrays(cfg, (ty, tx), names)
+    timing = simulation_timing(cfg)
     return make_ramp_dataset(
         arrays["data"], arrays["groupdq"], arrays["pixeldq"], arrays["gain"],
         arrays["readnoise"], timing=timing, zeroframe=arrays.get("zeroframe"),
