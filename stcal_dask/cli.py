@@ -536,9 +536,9 @@ def _client(args):
 
 def _planned_threads(args, background) -> int:
     """Threads the computation will run on: known in advance unless the cluster is external."""
-    from stcal_dask.cluster import LOCAL_SCHEDULERS, local_layout
+    from stcal_dask.cluster import LOCAL_SCHEDULERS, local_layout, resolve_scheduler
 
-    address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    address = resolve_scheduler(getattr(args, "scheduler", None))
     if address in LOCAL_SCHEDULERS:
         return max(1, os.cpu_count() or 1)
     if not address:

@@ -49,6 +49,7 @@ __all__ = [
     "limit_threads",
     "local_layout",
     "parse_memory_limit",
+    "resolve_scheduler",
 ]
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -158,8 +159,9 @@ def _exit_fast() -> None:  # pragma: no cover - runs at a worker process's exit
     os._exit(0)
 
 
-def _worker_rss(threshold: float) -> int:
-    """Import what every tile task needs (as the first task would) and return the RSS in bytes.
+def _warm_worker(threshold: float) -> int:
+    """Prepare a worker: import what every tile task needs (as the first task would), load the
+    compiled kernels, arrange a fast exit; return the worker's RSS in bytes.
 
     Runs in the worker's event loop, so its memory monitor cannot fire meanwhile; when the RSS is
     above ``threshold`` the monitor's warnings stay silenced (the caller raises a clear error and
@@ -188,25 +190,29 @@ def _worker_rss(threshold: float) -> int:
     return rss
 
 
+def _distributed_loggers() -> list[logging.Logger]:
+    names = {"distributed", *(n for n in logging.root.manager.loggerDict
+                              if n.startswith("distributed"))}
+    return [logging.getLogger(n) for n in sorted(names)]
+
+
+def _silence_logs() -> None:
+    """Silence this process's distributed loggers (run in workers about to be shut down)."""
+    for lg in _distributed_loggers():
+        lg.setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def _quiet_distributed():
     """Silence this process's distributed loggers (scheduler, nannies) inside the block."""
-    loggers = [logging.getLogger(n) for n in ["distributed", *logging.root.manager.loggerDict]
-               if n.startswith("distributed")]
+    loggers = _distributed_loggers()
     levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+    _silence_logs()
     try:
         yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def _silence_logs() -> None:
-    for name in ["distributed", *logging.root.manager.loggerDict]:
-        if name.startswith("distributed"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _warm_and_check_room(client, limit: int | None) -> None:
@@ -219,7 +225,7 @@ def _warm_and_check_room(client, limit: int | None) -> None:
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.8
     threshold = 0.9 * pause * limit if limit is not None else float("inf")
     try:
-        rss = max(client.run(_worker_rss, threshold).values())
+        rss = max(client.run(_warm_worker, threshold).values())
     except Exception:  # a worker died while importing the libraries: its limit killed it
         if limit is None:
             return  # nothing to check; the computation will report a real failure
@@ -246,6 +252,12 @@ def _check_address(address: str) -> str:
     if not _ADDRESS_RE.match(address):
         raise UserInputError(f"scheduler address must look like tcp://HOST:PORT, got {address!r}")
     return address
+
+
+def resolve_scheduler(scheduler: str | None) -> str | None:
+    """The scheduler to use: the option, else ``$DASK_SCHEDULER_ADDRESS``, else None (start a
+    LocalCluster). A name in :data:`LOCAL_SCHEDULERS` selects that dask local scheduler."""
+    return scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
 
 def local_layout(n_workers: int | None, threads_per_worker: int | None) -> tuple[int, int]:
@@ -313,7 +325,7 @@ def get_client(
     """
     from distributed import Client, LocalCluster
 
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    address = resolve_scheduler(scheduler)
     if address in LOCAL_SCHEDULERS:
         # no distributed cluster: dask's local scheduler (tests, small jobs, debugging)
         with dask.config.set(scheduler=address):
@@ -404,7 +416,6 @@ class BackgroundClient:
         self._cm = get_client(*args, **kwargs)
         self._value: Any = None
         self._error: BaseException | None = None
-        self._entered = False
         self._thread = threading.Thread(target=self._start, name="stcal-dask-cluster-start",
                                         daemon=True)
         self._thread.start()
@@ -412,7 +423,6 @@ class BackgroundClient:
     def _start(self) -> None:
         try:
             self._value = self._cm.__enter__()
-            self._entered = True
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
 
@@ -427,7 +437,7 @@ class BackgroundClient:
 
     def __exit__(self, *exc_info):
         self._thread.join()
-        if self._entered:
+        if self._error is None:  # started: close it
             return self._cm.__exit__(*exc_info)
         return False
 
