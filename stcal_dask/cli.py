@@ -517,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 
 
-def _client_kwargs(args) -> dict:
-    return {
+def _client_kwargs(args, *, fork: bool = False) -> dict:
+    kwargs = {
         "scheduler": getattr(args, "scheduler", None),
         "n_workers": getattr(args, "n_workers", None),
         "memory_limit": getattr(args, "memory_limit", None),
@@ -526,6 +526,32 @@ def _client_kwargs(args) -> dict:
         "processes": not getattr(args, "in_process", False),
         "quiet": True,
     }
+    if fork and _can_fork():
+        kwargs["start_method"] = "fork"
+    return kwargs
+
+
+def _can_fork() -> bool:
+    """Fork the local cluster's workers from this process (Linux only: elsewhere fork is unsafe
+    or missing; ``STCAL_DASK_WORKER_START=spawn`` turns it off)."""
+    method = os.environ.get("STCAL_DASK_WORKER_START", "").strip().lower()
+    if method:
+        if method not in ("fork", "spawn"):
+            raise UserInputError(
+                f"STCAL_DASK_WORKER_START must be 'fork' or 'spawn', got {method!r}"
+            )
+        return method == "fork"
+    return sys.platform.startswith("linux")
+
+
+def _import_for_workers() -> None:
+    """Import what the graph and the workers' tasks need, in this thread, before workers are
+    forked from this process: a forked worker then starts with them loaded (~0.1 s instead of
+    ~3 s for a fresh interpreter), and no import is in progress at the moment of the fork."""
+    import distributed  # noqa: F401
+
+    from stcal_dask import dataflow  # noqa: F401  (dask.array, xarray)
+    from stcal_dask.io import fits_io, naming  # noqa: F401  (astropy.io.fits)
 
 
 def _client(args):
@@ -793,9 +819,12 @@ def _cmd_process(args) -> int:
     out_dir = Path(args.output_dir).expanduser()
 
     t0 = time.perf_counter()
-    # the cluster (and the libraries in its workers) starts while this process loads its own
-    # libraries, opens and validates the input and builds the graph
-    with BackgroundClient(**_client_kwargs(args)) as background:
+    client_kwargs = _client_kwargs(args, fork=True)
+    if client_kwargs.get("start_method") == "fork":
+        _import_for_workers()
+    # the cluster starts (spawned workers: and loads the libraries) and its workers load the
+    # compiled kernels while this process opens and validates the input and builds the graph
+    with BackgroundClient(**client_kwargs) as background:
         from stcal_dask import dataflow
 
         ramp = _open_input(args, args.input, tile)
@@ -926,6 +955,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:  # pragma: no cover - the console script; exits the process
+    """Entry point of the ``stcal-dask`` console script: :func:`main`, then exit.
+
+    Every output is committed (or removed) and every file closed when :func:`main` returns, so
+    the interpreter's finalisation of the scientific stack (~0.5 s, more than some whole runs
+    of a small exposure) is skipped: streams and logging handlers are flushed and the process
+    exits with main's status.
+    """
+    rc = main()
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.exit(main())
+    run()
