@@ -820,6 +820,11 @@ def _cmd_process(args) -> int:
 
     t0 = time.perf_counter()
     client_kwargs = _client_kwargs(args, fork=True)
+    if _is_fits(args.input) and "zarr" not in formats and not (rparams and rparams.save_opt):
+        from stcal_dask.cluster import WORKER_IMPORTS
+
+        # a FITS-only run: the workers need not load zarr
+        client_kwargs["warm_imports"] = tuple(m for m in WORKER_IMPORTS if "zarr" not in m)
     if client_kwargs.get("start_method") == "fork":
         _import_for_workers()
     # the cluster starts (spawned workers: and loads the libraries) and its workers load the

@@ -50,6 +50,7 @@ __all__ = [
     "local_layout",
     "parse_memory_limit",
     "resolve_scheduler",
+    "WORKER_IMPORTS",
     "warm_workers",
 ]
 
@@ -160,7 +161,12 @@ def _exit_fast() -> None:  # pragma: no cover - runs at a worker process's exit
     os._exit(0)
 
 
-def _warm_worker(threshold: float) -> int:
+WORKER_IMPORTS = ("dask.array", "xarray", "stcal_dask.dataflow", "stcal_dask.io.fits_io",
+                  "zarr", "stcal_dask.io.zarr_store")
+"""Modules every worker loads at start (besides the compiled kernels), see :func:`warm_workers`."""
+
+
+def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS) -> int:
     """Prepare a worker: import what every tile task needs (as the first task would), load the
     compiled kernels, arrange a fast exit; return the worker's RSS in bytes.
 
@@ -175,8 +181,7 @@ def _warm_worker(threshold: float) -> int:
     monitor = logging.getLogger("distributed.worker.memory")
     level = monitor.level
     monitor.setLevel(logging.CRITICAL)
-    for name in ("dask.array", "xarray", "zarr", "stcal_dask.dataflow", "stcal_dask.io.fits_io",
-                 "stcal_dask.io.zarr_store"):
+    for name in modules:
         importlib.import_module(name)
     _warm_kernels()
     # Once the worker has closed, skip the interpreter's finalisation of all these libraries
@@ -216,7 +221,8 @@ def _quiet_distributed():
             lg.setLevel(level)
 
 
-def _warm_and_check_room(client, limit: int | None) -> None:
+def _warm_and_check_room(client, limit: int | None,
+                         modules: tuple[str, ...] = WORKER_IMPORTS) -> None:
     """Load the libraries and compiled kernels in every worker now (in parallel, instead of in
     the first task), and refuse a per-worker memory ``limit`` that this already fills.
 
@@ -226,7 +232,7 @@ def _warm_and_check_room(client, limit: int | None) -> None:
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.8
     threshold = 0.9 * pause * limit if limit is not None else float("inf")
     try:
-        rss = max(client.run(_warm_worker, threshold).values())
+        rss = max(client.run(_warm_worker, threshold, tuple(modules)).values())
     except Exception:  # a worker died while importing the libraries: its limit killed it
         if limit is None:
             return  # nothing to check; the computation will report a real failure
@@ -248,13 +254,15 @@ def _warm_and_check_room(client, limit: int | None) -> None:
         )
 
 
-def warm_workers(client, memory_limit=None) -> None:
-    """Load the libraries and compiled kernels in every worker of ``client`` now (all workers in
-    parallel, instead of inside their first tile task); raise :class:`UserInputError` when a
-    per-worker ``memory_limit`` (bytes or a size string) is already filled by them."""
+def warm_workers(client, memory_limit=None, modules: tuple[str, ...] | None = None) -> None:
+    """Load the libraries (``modules``, default :data:`WORKER_IMPORTS`) and the compiled kernels
+    in every worker of ``client`` now (all workers in parallel, instead of inside their first
+    tile task); raise :class:`UserInputError` when a per-worker ``memory_limit`` (bytes or a
+    size string) is already filled by them."""
     limit = parse_memory_limit(memory_limit)
+    modules = WORKER_IMPORTS if modules is None else tuple(modules)
     with _quiet_distributed():  # the check's failure is reported in one line
-        _warm_and_check_room(client, limit if isinstance(limit, int) else None)
+        _warm_and_check_room(client, limit if isinstance(limit, int) else None, modules)
 
 
 def _check_address(address: str) -> str:
@@ -303,6 +311,7 @@ def get_client(
     processes: bool = True,
     start_method: str | None = None,
     warm: bool = True,
+    warm_imports: tuple[str, ...] | None = None,
 ) -> Iterator[Any]:
     """Yield a :class:`distributed.Client`, closing it (and any cluster started here) at exit.
 
@@ -345,6 +354,9 @@ def get_client(
         Load the libraries and compiled kernels in every worker before yielding (and refuse a
         ``memory_limit`` they already fill). False yields at once; call
         :func:`warm_workers` later.
+    warm_imports:
+        The modules the workers load at start (default :data:`WORKER_IMPORTS`; e.g. leave out
+        zarr for a FITS-only run).
     """
     from distributed import Client, LocalCluster
 
@@ -427,7 +439,7 @@ def get_client(
         try:
             if processes and warm:
                 try:
-                    warm_workers(client, limit)
+                    warm_workers(client, limit, warm_imports)
                 except UserInputError:
                     client.close()
                     cluster.close()
@@ -472,6 +484,7 @@ class BackgroundClient:
             self._entered = True
             target = self._warm
             self._limit = opts["memory_limit"]
+            self._imports = opts["warm_imports"]
         else:
             self._cm = get_client(**opts)
             target = self._start
@@ -488,7 +501,7 @@ class BackgroundClient:
 
     def _warm(self) -> None:
         try:
-            warm_workers(self._value, self._limit)
+            warm_workers(self._value, self._limit, self._imports)
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
 

@@ -265,6 +265,33 @@ def test_writes_and_count_share_the_tile_kernels(exposure, tmp_path):
     assert int(count) > 0 and (tmp_path / "rate.zarr").is_dir()
 
 
+def test_fits_rate_and_rateints_writes_share_the_fit_tiles(exposure, tmp_path):
+    """The rate and rateints FITS writers each write a tile's five extensions in one task, and
+    the fit kernel feeding both runs once per tile (the writers' graphs, optimised one file at
+    a time when they are built, must not inline it)."""
+    from stcal_dask.cluster import compute
+    from stcal_dask.io import write_rate_fits, write_rateints_fits
+
+    jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 25)))  # 6 tiles
+    rate, rateints = dataflow.fit_ramps(jumped)
+    pendings = [write_rate_fits(rate, tmp_path / "x_rate.fits", compute=False),
+                write_rateints_fits(rateints, tmp_path / "x_rateints.fits", compute=False)]
+    graph = {}
+    for p in pendings:
+        graph.update(dict(p.delayed.__dask_graph__()))
+    names = [str(k[0] if isinstance(k, tuple) else k) for k in graph]
+    assert sum(n.startswith("stcal-dask-fits-write") for n in names) == 2 * 6
+    with dask.config.set(scheduler="synchronous"):
+        with _CountTasks("stcal-dask-jump-tile") as cj, _CountTasks("stcal-dask-fit-tile") as cf:
+            compute(*(p.delayed for p in pendings), quiet=True)
+    assert (cj.count, cf.count) == (6, 6)
+    from astropy.io import fits
+
+    with fits.open(tmp_path / "x_rate.fits") as hdul:
+        np.testing.assert_array_equal(hdul["SCI"].data, rate["sci"].values)
+        np.testing.assert_array_equal(hdul["DQ"].data, rate["dq"].values)
+
+
 def test_halo_exchange_costs_two_tasks_per_tile(exposure):
     """The jump halo is exchanged as one border task per tile (not dask.array.overlap's ~9
     slicing tasks and a concatenation per input and tile): the graph stays small."""

@@ -420,6 +420,36 @@ class _FitsRegion:
             del mm
 
 
+def _write_blocks(*blocks, regions, block_info=None):
+    """Write one block of each array into its region (the blocks share their location)."""
+    location = block_info[0]["array-location"]
+    key = tuple(slice(start, stop) for start, stop in location)
+    for region, block in zip(regions, blocks, strict=True):
+        region[key] = block
+    return np.ones((1,) * len(location), dtype=np.uint8)
+
+
+def _store_grouped(arrays: list[da.Array], regions: list[_FitsRegion]) -> list[da.Array]:
+    """Graphs writing ``arrays`` block-wise into ``regions``: one task per block location for
+    all arrays of the same shape and chunks (a rate product's five extensions of a tile are
+    written by one task, fused with the tasks that produce them), not one task per block and
+    array. Each returned array has one uint8 element per block; computing it writes."""
+    groups: dict[tuple, list[int]] = {}
+    for i, arr in enumerate(arrays):
+        groups.setdefault((arr.shape, arr.chunks), []).append(i)
+    stored = []
+    for (_, chunks), members in groups.items():
+        stored.append(da.map_blocks(
+            _write_blocks, *(arrays[i] for i in members),
+            regions=[regions[i] for i in members],
+            chunks=tuple((1,) * len(c) for c in chunks),
+            meta=np.empty((0,) * len(chunks), dtype=np.uint8),
+            name="stcal-dask-fits-write-" + dask.base.tokenize(*(arrays[i].name for i in members),
+                                                      regions[members[0]].path),
+        ))
+    return stored
+
+
 def _raw_dtype(dtype: np.dtype) -> tuple[np.dtype, int]:
     """On-disk dtype and the XOR that maps physical unsigned values to FITS BZERO storage."""
     dtype = np.dtype(dtype)
@@ -566,18 +596,22 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
     except BaseException:
         remove_path(partial)
         raise
-    stored = da.store(stores_src, stores_dst, lock=False, compute=False) if stores_src else None
+    stored = _store_grouped(stores_src, stores_dst)
     if compute:
         try:
-            if stored is not None:
-                dask.compute(stored)
+            if stored:
+                dask.compute(*stored)
             commit(partial, path, overwrite)
         except BaseException:
             cleanup_failed(partial)
             raise
         return path
-    deps = () if stored is None else (stored,)
-    final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, *deps)
+    deps = (tuple(stored),) if stored else ()
+    # dask optimises the arrays' graph here, for this file alone: with low-level fusion on, a
+    # tile kernel feeding this file and another (rate and rateints) would be inlined into this
+    # file's write task and run once per file.
+    with dask.config.set({"optimization.fuse.active": False}):
+        final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, *deps)
     return PendingWrite(path=path, partial=partial, delayed=final)
 
 
