@@ -341,6 +341,58 @@ def test_console_script_subprocess(fits_run, tmp_path):
     ]
 
 
+def test_console_script_default_cluster_forks_its_worker(fits_run, tmp_path):
+    """The console script on its default LocalCluster, in a fresh process as a user runs it:
+    the worker is forked from the CLI after its imports (Linux) and the products equal the
+    in-process run's; a bad STCAL_DASK_WORKER_START is one line."""
+    from astropy.io import fits
+
+    exe = shutil.which("stcal-dask") or str(Path(sys.executable).parent / "stcal-dask")
+    ramp = fits_run["ramp"]
+    argv = [exe, "run", str(ramp), "-o", str(tmp_path), "--format", "fits", "--quiet",
+            "--tile", "16x20"]
+    ok = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""
+    for kind in ("rate", "rateints"):
+        with fits.open(tmp_path / f"expo_{kind}.fits") as a, \
+                fits.open(fits_run["out"] / f"expo_{kind}.fits") as b:
+            for ext in ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE"):
+                np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
+    bad = subprocess.run(argv + ["--overwrite"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "STCAL_DASK_WORKER_START": "teleport"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "stcal-dask: error: STCAL_DASK_WORKER_START must be 'fork' or 'spawn', got 'teleport'"
+    ]
+
+
+def test_optional_packages_are_skipped_only_inside_the_block(tmp_path, monkeypatch):
+    """While the CLI loads its libraries, packages it never uses look absent (so dask and
+    pandas do not load them); afterwards they import normally."""
+    import importlib
+
+    from stcal_dask import cli
+
+    pkg = tmp_path / "stcal_dask_probe_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("VALUE = 1\n")
+    (pkg / "sub.py").write_text("VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "_UNUSED_OPTIONAL", ("stcal_dask_probe_pkg",))
+    with cli._skipping_optional_imports():
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module("stcal_dask_probe_pkg")
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module("stcal_dask_probe_pkg.sub")
+    assert "stcal_dask_probe_pkg" not in sys.modules
+    assert importlib.import_module("stcal_dask_probe_pkg.sub").VALUE == 2
+    assert not any(isinstance(f, cli._SkipImports) for f in sys.meta_path)
+    for name in list(sys.modules):
+        if name.startswith("stcal_dask_probe_pkg"):
+            del sys.modules[name]
+
+
 def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--size", "64", "--ngroups", "5", "--nints", "2", "--seed", "3",

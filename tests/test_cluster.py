@@ -235,6 +235,46 @@ def test_background_client_starts_while_the_caller_works():
             bg.client()
 
 
+def _loaded(*names):
+    import sys
+
+    return {n: n in sys.modules for n in names}
+
+
+def test_forked_workers_start_in_the_callers_thread_and_load_kernels_in_the_background():
+    """start_method="fork": the worker process is forked before the constructor returns (no
+    fork while the caller goes on importing), with the caller's libraries already loaded; the
+    compiled kernels load in the background; the result matches the threaded scheduler."""
+    import multiprocessing
+
+    from stcal_dask.cluster import BackgroundClient
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    with BackgroundClient(n_workers=1, threads_per_worker=2, memory_limit="2GB", quiet=True,
+                          start_method="fork") as bg:
+        assert len(bg._value.scheduler_info()["workers"]) == 1  # already there
+        c = bg.client()
+        loaded = c.run(_loaded, "xarray", "stcal_dask.kernels._jump_numba")
+        assert all(all(v.values()) for v in loaded.values())
+        ramp = _tiled_ramp(2, 2, (32, 32))
+        rate = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"]
+        (ours,) = compute(rate.data, quiet=True, client=c)
+    expected = rate.data.compute(scheduler="threads")
+    np.testing.assert_array_equal(ours, expected)
+    with pytest.raises(UserInputError, match="worker start method must be one of"):
+        with get_client(n_workers=1, start_method="teleport"):
+            pass
+
+
+def test_workers_load_only_the_modules_asked_for():
+    """warm_imports decides what a (spawned) worker loads at start, besides the kernels."""
+    with get_client(n_workers=1, quiet=True, start_method="spawn",
+                    warm_imports=("json",)) as c:
+        loaded = list(c.run(_loaded, "json", "zarr", "stcal_dask.kernels._ramp_numba").values())
+    assert loaded == [{"json": True, "zarr": False, "stcal_dask.kernels._ramp_numba": True}]
+
+
 @pytest.fixture(scope="module")
 def external_cluster(tmp_path_factory):
     """A scheduler and a worker as separate processes (`dask scheduler`, `dask worker`), as a
