@@ -870,15 +870,13 @@ def _cmd_process(args) -> int:
         ramp = _open_input(args, args.input, tile)
         if tile is None:
             ramp = _retile(args, ramp, _planned_threads(args, background))
-        client = background.client()
-        if client is not None and not args.quiet:
-            _say(args, f"dask cluster: {_describe(client)}")
         jumped = dataflow.detect_jumps(ramp, jparams) if jparams is not None else None
         pendings: list = []
         count = None
         with contextlib.ExitStack() as stack:
             fit_input = jumped if jumped is not None else ramp
             if rparams is not None and rparams.save_opt and jumped is not None:
+                _wait_for_cluster(args, background)
                 fit_input, count = stack.enter_context(_materialized_jump(args, jumped, out_dir))
             extra = []
             try:
@@ -895,6 +893,8 @@ def _cmd_process(args) -> int:
                     extra.append(dataflow.all_group0_saturated(ramp))
                 if jumped is not None and count is None:
                     extra.append(jumped["primary_jumps"].data)
+                # the graph was built while the workers loaded their kernels
+                _wait_for_cluster(args, background)
             except BaseException:
                 for p in pendings:
                     p.abort()
@@ -923,6 +923,15 @@ def _cmd_process(args) -> int:
                                if count < 0 else f"{count} primary jumps flagged"))
     _say(args, *(f"wrote {t}" for t in targets.values()), f"done in {elapsed:.1f} s")
     return 0
+
+
+def _wait_for_cluster(args, background):
+    """The started cluster's client (None for dask's local schedulers), announced once."""
+    client = background.client()
+    if client is not None and not args.quiet and not getattr(background, "_announced", False):
+        _say(args, f"dask cluster: {_describe(client)}")
+        background._announced = True
+    return client
 
 
 def _describe(client) -> str:
