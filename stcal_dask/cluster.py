@@ -166,6 +166,26 @@ WORKER_IMPORTS = ("dask.array", "xarray", "stcal_dask.dataflow", "stcal_dask.io.
 """Modules every worker loads at start (besides the compiled kernels), see :func:`warm_workers`."""
 
 
+def _trim_malloc() -> None:
+    """Make glibc return freed memory to the OS promptly, as distributed's
+    ``MALLOC_TRIM_THRESHOLD_`` environment variable does for a spawned worker. A forked worker
+    inherits this process's allocator, set up before that variable existed, so without this
+    call its RSS (what the memory limit is checked against) keeps the freed tiles' memory and a
+    worker under a tight limit pauses."""
+    import ctypes
+    import ctypes.util
+
+    value = os.environ.get("MALLOC_TRIM_THRESHOLD_", THREAD_ENV["MALLOC_TRIM_THRESHOLD_"])
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-1, int(value))  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS) -> int:
     """Prepare a worker: import what every tile task needs (as the first task would), load the
     compiled kernels, arrange a fast exit; return the worker's RSS in bytes.
@@ -183,6 +203,7 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS) ->
     monitor.setLevel(logging.CRITICAL)
     for name in modules:
         importlib.import_module(name)
+    _trim_malloc()
     _warm_kernels()
     # Once the worker has closed, skip the interpreter's finalisation of all these libraries
     # (~0.9 s of a LocalCluster's close): every output was committed by its own task, and the

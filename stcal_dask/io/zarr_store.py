@@ -129,14 +129,16 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
 def consolidate_store(store: str, *_deps) -> str:
     """Write the store's consolidated metadata (one read instead of one per array when the store
     is opened; ``xarray.open_zarr`` looks for it first and warns without it). Zarr v3 keeps it as
-    an extension, which zarr-python announces with a warning: silenced here."""
+    an extension, which zarr-python announces with a warning: silenced here, for that message
+    only, by a process-wide filter (``warnings.catch_warnings`` is not thread-safe: with two
+    stores consolidated by two threads at once, one thread's exit restored the filters while the
+    other was still inside and the warning escaped)."""
     import warnings
 
     import zarr
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        zarr.consolidate_metadata(store, zarr_format=3)
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    zarr.consolidate_metadata(store, zarr_format=3)
     return store
 
 
