@@ -27,7 +27,7 @@ I/O floor.
 
 Usage::
 
-    python benchmarks/bench_pipeline.py                       # 1x10x2048x2048
+    python benchmarks/bench_pipeline.py                       # 1x10x2048x2048, 3 runs each
     python benchmarks/bench_pipeline.py --shape 1x10x1024x1024 --workdir /tmp/bench
 """
 
@@ -238,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                     "default layout, one worker process with a thread per core on <= 4 cores)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of the I/O floor, stcal and ours, interleaved (floor, stcal, "
+                    "ours, floor, ...); the table shows each one's median wall time and its "
+                    "largest peak (default 3: a shared machine's speed drifts between runs)")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be >= 1")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -265,20 +271,26 @@ def main(argv: list[str] | None = None) -> int:
              *layout, "--quiet", "--overwrite"],
             check=True,
         )
+        main_jobs = {
+            "I/O floor": [sys.executable, "-c", IO_FLOOR_SCRIPT, str(ramp), str(gain),
+                          str(rnoise), str(work / "floor")],
+            "stcal 1.20.0": [sys.executable, "-c", STCAL_SCRIPT, str(ramp), str(gain),
+                             str(rnoise), str(work / "stcal")],
+            "stcal_dask": [*stcal_dask, "run", str(ramp), "--format", "fits", "-o",
+                           str(work / "ours"), *layout, "--quiet", "--overwrite"],
+        }
+        runs: dict[str, list] = {name: [] for name in main_jobs}
+        for _ in range(args.repeat):
+            for name, cmd in main_jobs.items():
+                runs[name].append(run_tree(cmd, cwd=work))
         results = {}
-        results["I/O floor"] = run_tree(
-            [sys.executable, "-c", IO_FLOOR_SCRIPT, str(ramp), str(gain), str(rnoise),
-             str(work / "floor")], cwd=work)
+        for name, rs in runs.items():
+            walls = sorted(r[0] for r in rs)
+            results[name] = (float(np.median(walls)), max(r[1] for r in rs), rs[-1][2])
         # informational: only importing the libraries the CLI needs (a fixed cost, any size)
         results["imports only"] = run_tree(
             [sys.executable, "-c", "import stcal_dask.cli as c; c._import_for_workers()"],
             cwd=work)
-        results["stcal 1.20.0"] = run_tree(
-            [sys.executable, "-c", STCAL_SCRIPT, str(ramp), str(gain), str(rnoise),
-             str(work / "stcal")], cwd=work)
-        results["stcal_dask"] = run_tree(
-            [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "ours"),
-             *layout, "--quiet", "--overwrite"], cwd=work)
         # informational: other layouts of the same LocalCluster, and no cluster at all
         results["ours, 2 processes"] = run_tree(
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
@@ -301,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, (wall, peak, _) in results.items():
             ratio = results["stcal 1.20.0"][0] / wall
             print(f"{name:<18}{wall:>9.2f}{peak:>15.0f}{ratio:>15.2f}")
+        if args.repeat > 1:
+            print(f"(median of {args.repeat} interleaved runs for the first three rows; "
+                  "wall s of each run:)")
+            for name, rs in runs.items():
+                print(f"  {name:<16}" + "  ".join(f"{r[0]:6.2f}" for r in rs))
+            pairs = [s_[0] / o[0] for s_, o in zip(runs["stcal 1.20.0"], runs["stcal_dask"],
+                                                   strict=True)]
+            print("  speed-up of each run pair: " + "  ".join(f"{p:.2f}x" for p in pairs))
         (w_o, p_o, _), (w_s, p_s, _), (w_f, _, _) = (
             results["stcal_dask"], results["stcal 1.20.0"], results["I/O floor"])
         speed = w_s / w_o
