@@ -144,6 +144,8 @@ def test_memory_limited_cluster_streams_tiles(tmp_path):
     """
     limit = 450 * 2**20
     with get_client(n_workers=2, memory_limit=limit) as c:
+        # an explicit limit: workers return freed memory to the OS promptly
+        assert set(c.run(_getenv, "MALLOC_TRIM_THRESHOLD_").values()) == {"65536"}
         ramp = _tiled_ramp(4, 16, (64, 2048))  # 1x10x512x2048, 8 tiles of 64 rows
         store = write_ramp(ramp, tmp_path / "big_ramp.zarr", tile=(64, 2048))
         pids = list(c.run(os.getpid).values())
@@ -196,10 +198,15 @@ def test_memory_limit_smaller_than_worker_startup_is_a_user_error():
     """A limit the libraries alone fill would leave every worker paused forever: refused."""
     # 330 MB: the workers start but sit above the pause threshold once the libraries load;
     # 120 MB: the nanny kills them while they load
+    keys = ("MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    before = {k: os.environ.get(k) for k in keys}
     for limit, needle in (("330MB", "after start-up"), ("120MB", "died while loading")):
         with pytest.raises(UserInputError, match=f"too small.*{needle}"):
             with get_client(n_workers=1, memory_limit=limit, quiet=True):
                 pass  # pragma: no cover - never reached
+    # the nanny restarted the killed worker after the start and wrote its pre-spawn environment
+    # into this process: undone when the cluster closed
+    assert {k: os.environ.get(k) for k in keys} == before
 
 
 def test_local_layout_defaults():
@@ -241,6 +248,14 @@ def _loaded(*names):
     return {n: n in sys.modules for n in names}
 
 
+def _getenv(name):
+    """The worker's own environment variable (``client.run(os.environ.get, ...)`` would pickle
+    this process's ``os.environ`` along with the bound method)."""
+    import os
+
+    return os.environ.get(name)
+
+
 def test_forked_workers_start_in_the_callers_thread_and_load_kernels_in_the_background():
     """start_method="fork": the worker process is forked before the constructor returns (no
     fork while the caller goes on importing), with the caller's libraries already loaded; the
@@ -272,7 +287,11 @@ def test_workers_load_only_the_modules_asked_for():
     with get_client(n_workers=1, quiet=True, start_method="spawn",
                     warm_imports=("json",)) as c:
         loaded = list(c.run(_loaded, "json", "zarr", "stcal_dask.kernels._ramp_numba").values())
+        trim = list(c.run(_getenv, "MALLOC_TRIM_THRESHOLD_").values())
     assert loaded == [{"json": True, "zarr": False, "stcal_dask.kernels._ramp_numba": True}]
+    # no explicit memory limit: glibc's own trimming (faster tile tasks); with one, see
+    # test_memory_limited_cluster_streams_tiles
+    assert trim == [None]
 
 
 @pytest.fixture(scope="module")
