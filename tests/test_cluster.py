@@ -248,6 +248,12 @@ def _loaded(*names):
     return {n: n in sys.modules for n in names}
 
 
+def _profile_enabled():
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
 def _getenv(name):
     """The worker's own environment variable (``client.run(os.environ.get, ...)`` would pickle
     this process's ``os.environ`` along with the bound method)."""
@@ -288,10 +294,13 @@ def test_workers_load_only_the_modules_asked_for():
                     warm_imports=("json",)) as c:
         loaded = list(c.run(_loaded, "json", "zarr", "stcal_dask.kernels._ramp_numba").values())
         trim = list(c.run(_getenv, "MALLOC_TRIM_THRESHOLD_").values())
+        # no dashboard: no statistical profiler in the workers (it only feeds the dashboard)
+        enabled = list(c.run(_profile_enabled).values())
     assert loaded == [{"json": True, "zarr": False, "stcal_dask.kernels._ramp_numba": True}]
     # no explicit memory limit: glibc's own trimming (faster tile tasks); with one, see
     # test_memory_limited_cluster_streams_tiles
     assert trim == [None]
+    assert enabled == [False]
 
 
 @pytest.fixture(scope="module")
