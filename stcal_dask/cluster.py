@@ -120,26 +120,6 @@ class _PinThreadsPlugin:
 
 
 @contextlib.contextmanager
-def _scoped_environ(values: dict[str, str]):
-    """Set ``values`` in this process's environment and restore the previous state on exit.
-
-    distributed's Nanny lets an OS environment variable override its ``pre-spawn-environ``
-    config and copies that config into the parent's ``os.environ`` for good; without this
-    scope one cluster's settings (e.g. ``NUMBA_NUM_THREADS=2``) would leak into the next.
-    """
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update({key: str(value) for key, value in values.items()})
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
-@contextlib.contextmanager
 def _restored_environ(keys):
     """Give ``keys`` of this process's environment back their values (or absence) on exit."""
     saved = {key: os.environ.get(key) for key in keys}
@@ -151,6 +131,19 @@ def _restored_environ(keys):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+
+
+@contextlib.contextmanager
+def _scoped_environ(values: dict[str, str]):
+    """Set ``values`` in this process's environment and restore the previous state on exit.
+
+    distributed's Nanny lets an OS environment variable override its ``pre-spawn-environ``
+    config and copies that config into the parent's ``os.environ`` for good; without this
+    scope one cluster's settings (e.g. ``NUMBA_NUM_THREADS=2``) would leak into the next.
+    """
+    with _restored_environ(values):
+        os.environ.update({key: str(value) for key, value in values.items()})
+        yield
 
 
 def _warm_kernels() -> None:
