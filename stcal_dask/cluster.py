@@ -495,9 +495,14 @@ def get_client(
                         raise
                 yield client
             finally:
-                client.close()
+                # closing cancels the scheduler's handlers still running, e.g. the progress
+                # bar's feed, which distributed logs as an ERROR with a CancelledError
+                # traceback: noise at this point, every result is in
+                with _quiet_distributed():
+                    client.close()
         finally:
-            cluster.close()
+            with _quiet_distributed():
+                cluster.close()
 
 
 class BackgroundClient:

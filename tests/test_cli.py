@@ -359,6 +359,12 @@ def test_console_script_default_cluster_forks_its_worker(fits_run, tmp_path):
                 fits.open(fits_run["out"] / f"expo_{kind}.fits") as b:
             for ext in ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE"):
                 np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
+    # with the progress bar: closing the cluster must not log the bar's cancelled feed
+    loud = subprocess.run([a for a in argv if a != "--quiet"] + ["--overwrite"],
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "Traceback" not in loud.stderr and "ERROR" not in loud.stderr, loud.stderr
+    assert "100% Completed" in loud.stdout.replace("\r", "\n") or "100%" in loud.stdout
     bad = subprocess.run(argv + ["--overwrite"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "STCAL_DASK_WORKER_START": "teleport"})
     assert bad.returncode == 2
