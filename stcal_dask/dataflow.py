@@ -303,26 +303,32 @@ def _map_tiles_with_halo(func, arrays: Sequence[da.Array], *, halo: int, name: s
                     meta=np.empty((0, 0), dtype=dtype))
 
 
-def _pack(dtype: np.dtype, fields: dict[str, np.ndarray], ny: int, nx: int) -> np.ndarray:
-    """One (ny, nx) structured array from arrays whose last two axes are (y, x)."""
-    out = np.empty((ny, nx), dtype=dtype)
+def _pack(dtype: np.dtype, fields: dict[str, np.ndarray], ny: int, nx: int) -> dict:
+    """A tile kernel's outputs as one dask block: a dict of C-contiguous arrays in their own
+    layout (leading axes first, (y, x) last) and the field dtypes of the structured ``dtype``
+    that the packed dask array declares (its ``meta``). Nothing is copied for an output that
+    is already so (the rate products), and a cropped one is copied once; the block itself is
+    never a numpy array, only :func:`_unpack` reads it. (A structured (y, x) array cost two
+    copies of every output per tile: records packed pixel-major, then each field unpacked.)"""
+    out = {}
     for name, arr in fields.items():
-        arr = np.asarray(arr)
-        if arr.ndim > 2:
-            arr = np.moveaxis(arr, tuple(range(arr.ndim - 2)), tuple(range(2, arr.ndim)))
+        sub = dtype[name]
+        base = sub.base if sub.shape else sub
+        arr = np.ascontiguousarray(arr, dtype=base)
+        if arr.shape != (*sub.shape, ny, nx):
+            raise ValueError(f"tile output {name}: shape {arr.shape}, expected "
+                             f"{(*sub.shape, ny, nx)}")
         out[name] = arr
     return out
 
 
-def _field_block(block: np.ndarray, name: str) -> np.ndarray:
-    arr = block[name]
-    if arr.ndim > 2:
-        arr = np.moveaxis(arr, (0, 1), (arr.ndim - 2, arr.ndim - 1))
-    return np.ascontiguousarray(arr)
+def _field_block(block: dict, name: str) -> np.ndarray:
+    return block[name]
 
 
 def _unpack(packed: da.Array, name: str) -> da.Array:
-    """The field ``name`` of a packed (y, x) structured dask array, leading axes first."""
+    """The field ``name`` of a packed (y, x) dask array (blocks made by :func:`_pack`), leading
+    axes first."""
     sub = packed.dtype[name]
     lead = sub.shape
     base = sub.base if sub.shape else sub
