@@ -577,18 +577,6 @@ def _skipping_optional_imports():
         sys.meta_path.remove(finder)
 
 
-def _fits_in_memory(args) -> bool:
-    """A FITS input (uncompressed: its size is the data's) small enough that the local
-    cluster may send it all to the workers at once: no ``--memory-limit``, and under a
-    quarter of the memory available now (jump + fit hold ~3x a tile's input at a time)."""
-    if getattr(args, "memory_limit", None) is not None or not _is_fits(args.input):
-        return False
-    import psutil
-
-    size = Path(args.input).expanduser().stat().st_size
-    return 4 * size < psutil.virtual_memory().available
-
-
 def _import_for_workers() -> None:
     """Import what the graph and the workers' tasks need, in this thread, before workers are
     forked from this process: a forked worker then starts with them loaded (~0.1 s instead of
@@ -872,8 +860,6 @@ def _cmd_process(args) -> int:
 
         # a FITS-only run: the workers need not load zarr
         client_kwargs["warm_imports"] = tuple(m for m in WORKER_IMPORTS if "zarr" not in m)
-    if _fits_in_memory(args):
-        client_kwargs["eager"] = True
     if client_kwargs.get("start_method") == "fork":
         _import_for_workers()
     # the cluster starts (spawned workers: and loads the libraries) and its workers load the

@@ -347,7 +347,6 @@ def get_client(
     start_method: str | None = None,
     warm: bool = True,
     warm_imports: tuple[str, ...] | None = None,
-    eager: bool = False,
 ) -> Iterator[Any]:
     """Yield a :class:`distributed.Client`, closing it (and any cluster started here) at exit.
 
@@ -393,12 +392,6 @@ def get_client(
     warm_imports:
         The modules the workers load at start (default :data:`WORKER_IMPORTS`; e.g. leave out
         zarr for a FITS-only run).
-    eager:
-        The local scheduler sends every ready task to the workers at once instead of queueing
-        the graph's first (root) tasks until a thread is free (distributed's
-        ``worker-saturation``): ~0.1-0.2 s less per 2048x2048x10 exposure, but only safe when
-        the whole computation fits in the workers' memory (queueing is what keeps an exposure
-        larger than memory streaming).
     """
     from distributed import Client, LocalCluster
 
@@ -450,8 +443,6 @@ def get_client(
         # 4.4 s instead of 4.8 s); on only when the dashboard is served
         "distributed.worker.profile.enabled": bool(dashboard),
     }
-    if eager:
-        config["distributed.scheduler.worker-saturation"] = float("inf")
     if start_method is not None:
         import multiprocessing
 

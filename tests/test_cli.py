@@ -373,18 +373,6 @@ def test_console_script_default_cluster_forks_its_worker(fits_run, tmp_path):
     ]
 
 
-def test_only_a_small_fits_input_without_memory_limit_is_sent_eagerly(fits_run):
-    from types import SimpleNamespace
-
-    from stcal_dask import cli
-
-    ramp = str(fits_run["ramp"])
-    assert cli._fits_in_memory(SimpleNamespace(input=ramp, memory_limit=None))
-    assert not cli._fits_in_memory(SimpleNamespace(input=ramp, memory_limit="2GB"))
-    store = str(fits_run["out"] / "expo_jump.zarr")
-    assert not cli._fits_in_memory(SimpleNamespace(input=store, memory_limit=None))
-
-
 def test_optional_packages_are_skipped_only_inside_the_block(tmp_path, monkeypatch):
     """While the CLI loads its libraries, packages it never uses look absent (so dask and
     pandas do not load them); afterwards they import normally."""

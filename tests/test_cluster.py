@@ -288,15 +288,6 @@ def test_forked_workers_start_in_the_callers_thread_and_load_kernels_in_the_back
             pass
 
 
-def test_eager_cluster_sends_all_ready_tasks():
-    """eager=True switches off distributed's root-task queueing (worker-saturation); the
-    default keeps it (it is what streams an exposure larger than memory)."""
-    for eager, expected in ((True, float("inf")), (False, 1.1)):
-        with get_client(n_workers=1, quiet=True, eager=eager, warm=False) as c:
-            got = c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
-        assert got == expected
-
-
 def test_workers_load_only_the_modules_asked_for():
     """warm_imports decides what a (spawned) worker loads at start, besides the kernels."""
     with get_client(n_workers=1, quiet=True, start_method="spawn",
