@@ -6,10 +6,13 @@
         compute(rate_write, rateints_write, quiet=False)   # progress bar on the terminal
 
 * ``scheduler=None`` and no ``DASK_SCHEDULER_ADDRESS`` in the environment: an in-process
-  :class:`distributed.LocalCluster` whose workers are separate **processes** with one thread each
-  (the tile kernels are numba/numpy code holding the GIL for much of their run, so processes scale
-  and threads would not); the scheduler's HTTP endpoint is on a free port and the Bokeh dashboard
-  is served only with ``dashboard=True``.
+  :class:`distributed.LocalCluster` whose workers are separate **processes** (layout from
+  :func:`local_layout`: up to 4 threads per worker process, since the numba kernels release the
+  GIL; one thread each when only ``n_workers`` is given), spawned, or forked from this process
+  with ``start_method="fork"`` (what the CLI does on Linux); they load the libraries and the
+  compiled kernels at start (:func:`warm_workers`). The scheduler's HTTP endpoint is on a free
+  port; the Bokeh dashboard, and the workers' profiler that feeds it, only with
+  ``dashboard=True``.
 * ``scheduler="tcp://HOST:PORT"`` (or ``DASK_SCHEDULER_ADDRESS``): connect to a running scheduler
   (``dask scheduler`` / ``dask worker``, dask-jobqueue, dask-kubernetes; see ``deploy/``). A
   scheduler that does not answer within ``connect_timeout`` seconds gives a one-line
@@ -20,9 +23,11 @@ pauses at 80 % and is restarted at 95 %; the tile graphs keep only a few tiles p
 an exposure larger than the cluster's total memory streams through.
 
 numba and BLAS/OpenMP thread pools are pinned to one thread per worker thread
-(``NUMBA_NUM_THREADS``,
-``OMP_NUM_THREADS``, ... in the spawned workers' environment, and :func:`limit_threads` called by
-every tile task), so ``n_workers`` x ``threads_per_worker`` is the real CPU use.
+(``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ... in the workers' environment, and
+:func:`limit_threads` called by every tile task), so ``n_workers`` x ``threads_per_worker`` is the
+real CPU use. With an explicit memory limit the workers return freed memory to the OS promptly
+(glibc's trim threshold, what the limit is checked against); without one they keep glibc's
+faster default.
 """
 
 from __future__ import annotations
