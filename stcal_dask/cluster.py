@@ -363,12 +363,13 @@ def get_client(
         ``"synchronous"`` use dask's local scheduler of that name instead (no cluster; the
         context yields None).
     n_workers:
-        Worker processes of the local cluster (default: the number of CPU cores). Ignored when
+        Worker processes of the local cluster (default: see :func:`local_layout`). Ignored when
         connecting to an existing scheduler.
     memory_limit:
         Per-worker memory limit of the local cluster (``"2GB"``, bytes, ``"auto"``/None).
     threads_per_worker:
-        Threads per worker process (default 1).
+        Threads per worker process (default: see :func:`local_layout`; 1 when only
+        ``n_workers`` is given).
     dashboard:
         Serve the Bokeh dashboard (default off; the workers' statistical profiler, which only
         feeds it, is off too); the scheduler's HTTP endpoint is always on a free port.
