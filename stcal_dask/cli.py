@@ -964,6 +964,7 @@ def _cmd_demo(args) -> int:
         tile=_parse_tile(args.tile),
         overwrite=args.overwrite,
         quiet=args.quiet,
+        start_method="fork" if _can_fork() else None,
     )
 
 

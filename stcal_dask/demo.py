@@ -208,8 +208,10 @@ def run_demo(
     tile=None,
     overwrite: bool = True,
     quiet: bool = False,
+    start_method: str | None = None,
 ) -> int:
-    """Run the demo (see the module docstring); returns 0. Prints the summary unless ``quiet``."""
+    """Run the demo (see the module docstring); returns 0. Prints the summary unless ``quiet``.
+    ``start_method`` is :func:`~stcal_dask.cluster.get_client`'s (the CLI forks on Linux)."""
     from stcal_dask import dataflow
     from stcal_dask.cluster import compute, get_client
     from stcal_dask.io import (
@@ -236,7 +238,9 @@ def run_demo(
     cfg = SimulationConfig(nints=nints, ngroups=ngroups, ny=size, nx=size, seed=seed)
     ramp_path, truth_path = out / "demo_ramp.zarr", out / "demo_truth.zarr"
     t_start = time.perf_counter()
-    with get_client(scheduler, n_workers=n_workers, memory_limit=memory_limit) as client:
+    # started here, in this thread, after the imports above: safe to fork the workers
+    with get_client(scheduler, n_workers=n_workers, memory_limit=memory_limit,
+                    start_method=start_method) as client:
         if client is not None:
             workers = client.scheduler_info().get("workers", {})
             say(f"dask cluster: {client.scheduler.address} with {len(workers)} worker processes"
