@@ -439,13 +439,13 @@ def _store_grouped(arrays: list[da.Array], regions: list[_FitsRegion]) -> list[d
         groups.setdefault((arr.shape, arr.chunks), []).append(i)
     stored = []
     for (_, chunks), members in groups.items():
+        token = dask.base.tokenize(*(arrays[i].name for i in members), regions[members[0]].path)
         stored.append(da.map_blocks(
             _write_blocks, *(arrays[i] for i in members),
             regions=[regions[i] for i in members],
             chunks=tuple((1,) * len(c) for c in chunks),
             meta=np.empty((0,) * len(chunks), dtype=np.uint8),
-            name="stcal-dask-fits-write-" + dask.base.tokenize(*(arrays[i].name for i in members),
-                                                      regions[members[0]].path),
+            name="stcal-dask-fits-write-" + token,
         ))
     return stored
 
