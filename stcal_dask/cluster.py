@@ -493,12 +493,7 @@ def get_client(
             client = Client(cluster, set_as_default=True)
             try:
                 if processes and warm:
-                    try:
-                        warm_workers(client, limit, warm_imports)
-                    except UserInputError:
-                        client.close()
-                        cluster.close()
-                        raise
+                    warm_workers(client, limit, warm_imports)  # closed below if it refuses
                 yield client
             finally:
                 # closing cancels the scheduler's handlers still running, e.g. the progress

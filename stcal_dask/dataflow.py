@@ -14,9 +14,10 @@ depend on the tiling: each tile is given a halo of the kernel's declared width
 (:func:`stcal_dask.kernels.jump.jump_halo`, 0 for ramp fitting) from its neighbours
 (every block publishes its borders in one small task; a tile task assembles its window from its
 own blocks and its neighbours' borders, with no padding at the frame edges), runs the kernel and
-crops the halo off. A tile returns all its outputs in one structured numpy array (one
-field per output, leading axes as sub-array dimensions) from which the output arrays are views,
-so every kernel runs once per tile however many outputs are computed together.
+crops the halo off. A tile returns all its outputs as one dask block (a dict of arrays, see
+:func:`_pack`; the dask array declares a structured dtype with one field per output) from which
+each output array takes its field, so every kernel runs once per tile however many outputs are
+computed together.
 
 Frame-wide statistics
 ---------------------
