@@ -544,45 +544,15 @@ def _can_fork() -> bool:
     return sys.platform.startswith("linux")
 
 
-_UNUSED_OPTIONAL = ("scipy", "pyarrow")
-"""Optional packages that dask.array (scipy.sparse, scipy.fftpack) and pandas (pyarrow) import
-eagerly when installed, ~0.5 s of a run's start, and that jump detection and ramp fitting never
-use."""
-
-
-class _SkipImports:
-    """``sys.meta_path`` finder that makes ``import NAME`` (and its submodules) fail as if the
-    package were not installed; nothing is cached, so the package imports normally once the
-    finder is removed."""
-
-    def __init__(self, names):
-        self.names = tuple(names)
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (skipped)", name=fullname)
-        return None
-
-
-@contextlib.contextmanager
-def _skipping_optional_imports():
-    """Within the block, the packages of :data:`_UNUSED_OPTIONAL` not yet loaded look absent
-    (libraries that probe for them at import skip them); afterwards they import normally."""
-    names = [n for n in _UNUSED_OPTIONAL if n not in sys.modules]
-    finder = _SkipImports(names)
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-
-
 def _import_for_workers() -> None:
     """Import what the graph and the workers' tasks need, in this thread, before workers are
     forked from this process: a forked worker then starts with them loaded (~0.1 s instead of
     ~3 s for a fresh interpreter), and no import is in progress at the moment of the fork.
-    Optional packages the run never uses are not loaded (:func:`_skipping_optional_imports`)."""
-    with _skipping_optional_imports():
+    Optional packages the run never uses are not loaded
+    (:func:`stcal_dask._imports.skipping_optional_imports`)."""
+    from stcal_dask._imports import skipping_optional_imports
+
+    with skipping_optional_imports():
         import distributed  # noqa: F401
 
         from stcal_dask import dataflow  # noqa: F401  (dask.array, xarray)

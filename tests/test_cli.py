@@ -378,22 +378,22 @@ def test_optional_packages_are_skipped_only_inside_the_block(tmp_path, monkeypat
     pandas do not load them); afterwards they import normally."""
     import importlib
 
-    from stcal_dask import cli
+    from stcal_dask import _imports
 
     pkg = tmp_path / "stcal_dask_probe_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("VALUE = 1\n")
     (pkg / "sub.py").write_text("VALUE = 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "_UNUSED_OPTIONAL", ("stcal_dask_probe_pkg",))
-    with cli._skipping_optional_imports():
+    monkeypatch.setattr(_imports, "UNUSED_OPTIONAL", ("stcal_dask_probe_pkg",))
+    with _imports.skipping_optional_imports():
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module("stcal_dask_probe_pkg")
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module("stcal_dask_probe_pkg.sub")
     assert "stcal_dask_probe_pkg" not in sys.modules
     assert importlib.import_module("stcal_dask_probe_pkg.sub").VALUE == 2
-    assert not any(isinstance(f, cli._SkipImports) for f in sys.meta_path)
+    assert not any(isinstance(f, _imports.SkipImports) for f in sys.meta_path)
     for name in list(sys.modules):
         if name.startswith("stcal_dask_probe_pkg"):
             del sys.modules[name]

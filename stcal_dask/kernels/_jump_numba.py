@@ -29,6 +29,9 @@ import numpy as np
 from numba import njit
 
 from stcal_dask import dqflags
+from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
+from stcal_dask.kernels._median_small import SMALL_MAX, median_small
+from stcal_dask.kernels.median_networks import median_pairs
 
 PATH_SKIP = 0
 PATH_SIGCLIP = 1
@@ -42,37 +45,8 @@ _JUMP = dqflags.JUMP_DET
 _SAT_DNU = dqflags.SATURATED | dqflags.DO_NOT_USE
 
 
-def _batcher_network(n: int) -> list[tuple[int, int]]:
-    """Compare-exchange pairs of Batcher's odd-even merge sort for ``n`` elements (any n)."""
-    pairs = []
-    p = 1
-    while p < n:
-        k = p
-        while k >= 1:
-            for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return pairs
-
-
-def _median_network(n: int) -> list[tuple[int, int]]:
-    """Batcher's network for ``n`` pruned to the comparators the middle output(s) depend on."""
-    if n == 0:
-        return []
-    need = {n // 2} if n % 2 else {n // 2 - 1, n // 2}
-    keep = []
-    for a, b in reversed(_batcher_network(n)):
-        if a in need or b in need:
-            keep.append((a, b))
-            need |= {a, b}
-    return keep[::-1]
-
-
 _NET_MAX = 32
-_nets = [_median_network(n) for n in range(_NET_MAX + 1)]
+_nets = [median_pairs(n) for n in range(_NET_MAX + 1)]
 _NET_OFF = np.cumsum([0] + [len(t) for t in _nets]).astype(np.int64)
 _NET_A = np.array([a for t in _nets for a, _ in t], dtype=np.int64)
 _NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
@@ -130,6 +104,8 @@ def _median_prefix(buf, n):
     """
     if n == 0:
         return np.nan
+    if n <= SMALL_MAX:
+        return median_small(buf, n)
     h = n // 2
     if n > _NET_MAX:
         # selection: the k-th smallest values do not depend on the method

@@ -24,6 +24,9 @@ import numba
 import numpy as np
 
 from stcal_dask.errors import UserInputError
+from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
+from stcal_dask.kernels._median_small import SMALL_MAX, median_small
+from stcal_dask.kernels.median_networks import batcher_pairs
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
@@ -296,22 +299,6 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
     out[4] = out[2] + out[3]
 
 
-def _oddeven_merge_pairs(size):
-    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``size`` (a power of 2)."""
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return pairs
-
-
 @functools.lru_cache(maxsize=64)
 def sorting_networks(nmax):
     """Sorting networks for every length m <= ``nmax``: ``(table, count)``.
@@ -323,7 +310,7 @@ def sorting_networks(nmax):
     size = 1
     while size < max(nmax, 1):
         size *= 2
-    full = _oddeven_merge_pairs(size)
+    full = batcher_pairs(size)
     table = np.zeros((nmax + 1, max(len(full), 1), 2), dtype=np.int64)
     count = np.zeros(nmax + 1, dtype=np.int64)
     for m in range(nmax + 1):
@@ -337,17 +324,11 @@ def sorting_networks(nmax):
 
 
 @numba.njit(**_JIT)
-def _median_nan(buf, n, net, net_count):
-    """Median of ``buf[:n]`` ignoring NaN (mean of the two middle values for an even count),
-    like stcal's NaN-aware sort + middle pick. ``buf`` is compacted and sorted in place."""
-    m = 0
-    for j in range(n):
-        v = buf[j]
-        if not math.isnan(v):
-            buf[m] = v
-            m += 1
-    if m == 0:
-        return np.nan
+def _median_compact(buf, m, net, net_count):
+    """Median of ``buf[:m]`` (m >= 1, no NaN inside; mean of the two middle values for an even
+    count), like stcal's NaN-aware sort + middle pick. ``buf`` may be reordered."""
+    if m <= SMALL_MAX:
+        return median_small(buf, m)
     for c in range(net_count[m]):
         i = net[m, c, 0]
         j = net[m, c, 1]
@@ -569,22 +550,24 @@ def fit_tile_core(
                     elif is_zf[i]:
                         mi = d[base] / tf
                     else:
+                        # median of the usable first differences (NaN ones left out as
+                        # they are found); none usable: the first group's rate
                         r0 = np.nan if (q[base] & dnu) else d[base] / tg
                         prev = r0
-                        all_nan = True
+                        nm = 0
                         for kk in range(ngroups - 1):
                             qn = q[base + kk + 1]
                             cur = np.nan if (qn & dnu) else d[base + kk + 1] / tg
-                            if qn & jump:
-                                mbuf[kk] = np.nan
-                            else:
-                                mbuf[kk] = cur - prev
-                            if not math.isnan(mbuf[kk]):
-                                all_nan = False
+                            if not (qn & jump):
+                                diff = cur - prev
+                                if not math.isnan(diff):
+                                    mbuf[nm] = diff
+                                    nm += 1
                             prev = cur
-                        if all_nan and not math.isnan(r0):
-                            mbuf[0] = r0
-                        mi = _median_nan(mbuf, ngroups - 1, net, net_count)
+                        if nm == 0:
+                            mi = r0
+                        else:
+                            mi = _median_compact(mbuf, nm, net, net_count)
                     if math.isnan(mi):
                         mi = 0.0
                     acc += mi

@@ -1,0 +1,78 @@
+"""The straight-line median networks shared by the jump and ramp kernels, and numba's set-up
+without scipy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stcal_dask.kernels import _median_small, median_networks
+
+
+def test_generated_module_is_up_to_date():
+    assert median_networks.TARGET.read_text() == median_networks.generate_source(), (
+        "run: python -m stcal_dask.kernels.median_networks"
+    )
+    assert _median_small.SMALL_MAX == median_networks.SMALL_MAX
+
+
+@pytest.mark.parametrize("n", range(1, 40))
+def test_pruned_network_brings_the_middle_into_place(n):
+    """Applying only the pruned comparators to every 0/1 input (the 0-1 principle) leaves the
+    middle position(s) equal to those of the sorted input."""
+    pairs = median_networks.median_pairs(n)
+    mids = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    rng = np.random.default_rng(n)
+    cases = rng.integers(0, 2, size=(512, n)) if n > 12 else (
+        (np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    for bits in cases:
+        v = list(bits)
+        for a, b in pairs:
+            if v[b] < v[a]:
+                v[a], v[b] = v[b], v[a]
+        srt = sorted(bits)
+        assert [v[m] for m in mids] == [srt[m] for m in mids]
+
+
+_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=True, width=64),
+    st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, 1e300, -1e300]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_values, min_size=1, max_size=median_networks.SMALL_MAX))
+def test_median_small_equals_numpy(values):
+    buf = np.array(values, dtype=np.float64)
+    before = buf.copy()
+    got = _median_small.median_small(buf, len(values))
+    want = np.median(before)
+    assert got == want or (np.isnan(got) and np.isnan(want))
+    np.testing.assert_array_equal(buf, before)  # only read
+
+
+def test_median_small_reads_only_the_prefix():
+    buf = np.array([5.0, 1.0, 3.0, -100.0, 1e9])
+    assert _median_small.median_small(buf, 3) == 3.0
+    assert _median_small.median_small(buf, 2) == 3.0
+
+
+def test_kernels_set_up_numba_without_scipy_linalg():
+    """numba's CPU target set-up imports scipy.linalg only to choose np.correlate's BLAS path
+    (~0.35 s of every worker's start); the kernels hide it, and scipy still imports later."""
+    code = (
+        "import sys, numpy as np\n"
+        "from stcal_dask.cluster import _warm_kernels\n"
+        "_warm_kernels()\n"
+        "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg was imported'\n"
+        "import scipy.linalg\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
