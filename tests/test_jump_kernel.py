@@ -472,6 +472,29 @@ def test_globals_partials_merge_and_median_gain():
     assert whole.path == "iterative" and not whole.needs_sigclip_pass
 
 
+def test_median_gain_is_gathered_only_for_after_jump_flagging():
+    from stcal_dask.kernels.jump import needs_median_gain
+
+    assert not needs_median_gain(JumpParams())
+    assert needs_median_gain(JumpParams(after_jump_flag_time1=10.0))
+    assert needs_median_gain(JumpParams(after_jump_flag_time2=1.0))
+    e = simulate_exposure(nints=1, ngroups=5, ny=6, nx=5, seed=3)
+    part = jump_globals_partial(e.groupdq, None)
+    assert part.gain_values.size == 0
+    g = finalize_jump_globals(part, params=JumpParams())
+    assert np.isnan(g.median_gain) and g.path == "iterative"
+    with_gain = finalize_jump_globals(jump_globals_partial(e.groupdq, e.gain), params=JumpParams())
+    np.testing.assert_array_equal(g.plane_dnu, with_gain.plane_dnu)
+    # without after-jump flagging the tiles give the same result either way
+    a = detect_jumps_tile(e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise, params=JumpParams(),
+                          nframes=1, group_time=10.0, globals=g)
+    b = detect_jumps_tile(e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise, params=JumpParams(),
+                          nframes=1, group_time=10.0, globals=with_gain)
+    np.testing.assert_array_equal(a.groupdq, b.groupdq)
+    with pytest.raises(UserInputError, match="4-D"):
+        jump_globals_partial(e.groupdq[0], None)
+
+
 def test_tile_rejects_bad_globals():
     e = simulate_exposure(nints=1, ngroups=4, ny=4, nx=4, seed=1)
     args = (e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise)

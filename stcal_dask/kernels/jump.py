@@ -109,6 +109,7 @@ __all__ = [
     "total_primary_crs",
     "choose_path",
     "detect_jumps_globals",
+    "needs_median_gain",
     "SKIPPED_PRIMARY_COUNT",
     "PATHS",
 ]
@@ -243,7 +244,8 @@ class JumpGlobals(NamedTuple):
 
     median_gain: np.floating
     """nanmedian of the frame's gain (electron/DN), kept as a numpy scalar of the gain dtype so
-    that ``dn * median_gain`` rounds as in stcal (float32); NaN if every gain is NaN."""
+    that ``dn * median_gain`` rounds as in stcal (float32); NaN if every gain is NaN, or when
+    it was not computed because it cannot matter (:func:`needs_median_gain`)."""
     plane_dnu: np.ndarray
     """(nints, ngroups) bool: every pixel of the frame has DO_NOT_USE in that group."""
     path: str
@@ -375,19 +377,31 @@ def _after_jump_groups(time_s: float, group_time) -> int:
 # global statistics
 
 
+def needs_median_gain(params: JumpParams) -> bool:
+    """Whether the frame's median gain can matter: it only scales the after-jump flagging
+    thresholds, which are off unless ``after_jump_flag_time1`` or ``..._time2`` is > 0."""
+    return params.after_jump_flag_time1 > 0 or params.after_jump_flag_time2 > 0
+
+
 def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
     """Pass-1 partial for one tile (tiles must partition the frame: no halo, no overlap).
 
-    ``groupdq``: (nints, ngroups, ty, tx); ``gain``: (ty, tx) electron/DN.
+    ``groupdq``: (nints, ngroups, ty, tx); ``gain``: (ty, tx) electron/DN, or None when the
+    median gain is not needed (:func:`needs_median_gain`): it is then NaN in the globals.
     """
-    gain = np.asarray(gain)
     groupdq = np.asarray(groupdq)
-    if groupdq.ndim != 4 or gain.shape != groupdq.shape[2:]:
-        raise UserInputError(
-            f"jump: groupdq {groupdq.shape} and gain {gain.shape} tiles do not match"
-        )
-    flat = gain.reshape(-1)
-    values = flat[~np.isnan(flat)].copy()
+    if gain is None:
+        values = np.empty(0, dtype=np.float32)
+    else:
+        gain = np.asarray(gain)
+        if groupdq.ndim != 4 or gain.shape != groupdq.shape[2:]:
+            raise UserInputError(
+                f"jump: groupdq {groupdq.shape} and gain {gain.shape} tiles do not match"
+            )
+        flat = gain.reshape(-1)
+        values = flat[~np.isnan(flat)].copy()
+    if groupdq.ndim != 4:
+        raise UserInputError(f"jump: groupdq tile must be 4-D, got shape {groupdq.shape}")
     plane = _nb.whole_plane_flags(_ro(groupdq), dqflags.DO_NOT_USE)
     return JumpGlobalsPartial(values, plane)
 
