@@ -349,7 +349,10 @@ def _unpack(packed: da.Array, name: str) -> da.Array:
 # jump detection
 
 
-def _globals_partial(gdq, gain):
+def _globals_partial(gdq, gain, with_gain=True):
+    # the gain block stays an input either way: a task fed by a single block of a cloned,
+    # rechunked array trips dask's low-level fusion ("Cannot fuse tasks with multiple outputs")
+    gain = gain if with_gain else None
     limit_threads()
     return jk.jump_globals_partial(gdq, gain)
 
@@ -383,39 +386,31 @@ def _sigclip_possible(nints: int, ngroups: int, params: jk.JumpParams) -> bool:
     return nints * ngroups >= params.minimum_sigclip_groups
 
 
-_GLOBALS_PRIORITY = 10
-"""dask priority of the frame-wide pass-1 reductions (higher runs first on distributed)."""
-
-
 def jump_globals(ramp: xr.Dataset, params: jk.JumpParams | None = None):
     """The frame-wide :class:`~stcal_dask.kernels.jump.JumpGlobals` of a ramp, as a Delayed.
 
     ``ramp`` must already be prepared (:func:`prepare_ramp`). Pass 1 (median gain, whole-plane
-    DO_NOT_USE, path) is a tree reduction over the tiles, run before anything else (dask
-    priority); the median gain is gathered only when after-jump flagging is on (otherwise it is
-    NaN: :func:`~stcal_dask.kernels.jump.needs_median_gain`). On the sigma-clip path pass 1b
-    (the reset planes) follows. Nothing is computed.
+    DO_NOT_USE, path) is a tree reduction over the tiles; the median gain is gathered only
+    when after-jump flagging is on (otherwise it is NaN:
+    :func:`~stcal_dask.kernels.jump.needs_median_gain`). On the sigma-clip path pass 1b (the
+    reset planes) follows. Nothing is computed.
     """
     params = jk.JumpParams() if params is None else params
     sci, gdq, gain = _arr(ramp, "sci"), _arr(ramp, "groupdq"), _arr(ramp, "gain")
     nints, ngroups = sci.shape[:2]
-    # every tile waits for pass 1: its reads and reductions run before anything else
-    with dask.annotate(priority=_GLOBALS_PRIORITY):
-        gdq_c = clone(gdq, assume_layers=False)
-        gdq_b = gdq_c.to_delayed()
-        gain_b = gain.to_delayed(optimize_graph=False)
-        nby, nbx = gain_b.shape
-        # the median gain only scales after-jump flagging: not gathered when that is off
-        with_gain = jk.needs_median_gain(params)
-        parts = [
-            dask.delayed(_globals_partial, pure=True)(
-                gdq_b[0, 0, i, j], gain_b[i, j] if with_gain else None
-            )
-            for i in range(nby)
-            for j in range(nbx)
-        ]
-        merged = _tree_reduce(parts, jk.merge_jump_globals_partials)
-        glob = dask.delayed(_finalize_globals, pure=True)(merged, params)
+    gdq_c = clone(gdq, assume_layers=False)
+    gdq_b = gdq_c.to_delayed()
+    gain_b = gain.to_delayed(optimize_graph=False)
+    nby, nbx = gain_b.shape
+    # the median gain only scales after-jump flagging: not gathered when that is off
+    with_gain = jk.needs_median_gain(params)
+    parts = [
+        dask.delayed(_globals_partial, pure=True)(gdq_b[0, 0, i, j], gain_b[i, j], with_gain)
+        for i in range(nby)
+        for j in range(nbx)
+    ]
+    merged = _tree_reduce(parts, jk.merge_jump_globals_partials)
+    glob = dask.delayed(_finalize_globals, pure=True)(merged, params)
     if _sigclip_possible(nints, ngroups, params):
         sci_c, gdq_c2 = clone(sci, gdq, assume_layers=False)
         sci_b, gdq_b2 = sci_c.to_delayed(), gdq_c2.to_delayed()

@@ -359,16 +359,3 @@ def _probe_block(w, p, g, *, crop):
     out[0, 0] = (w, p, crop, g)
     return out
 
-
-def test_pass1_reductions_run_first():
-    """Every jump tile waits for the frame-wide pass 1: its reads and reductions carry a higher
-    dask priority than the tiles' own work, so a cluster runs them first."""
-    exp = simulate_exposure(SimulationConfig(nints=1, ngroups=5, ny=32, nx=32, seed=4))
-    ramp = dataflow.prepare_ramp(ramp_from_exposure(exp, chunks=(16, 16)))
-    glob = dataflow.jump_globals(ramp, jk.JumpParams())
-    layers = glob.__dask_graph__().layers
-    prio = {name: (layer.annotations or {}).get("priority") for name, layer in layers.items()}
-    partial = [n for n in prio if n.startswith("_globals_partial")]
-    final = [n for n in prio if n.startswith("_finalize_globals")]
-    assert partial and final
-    assert all(prio[n] == dataflow._GLOBALS_PRIORITY for n in partial + final)
