@@ -38,7 +38,7 @@ _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 # segments
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_JIT, inline="always")
 def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends, row):
     """Segment one integration's group DQ ``q[base:base+ngroups]`` (stcal's rules, spec §3.4).
 
@@ -470,32 +470,21 @@ def fit_tile_core(
                 is_clean = orq == 0 and not (suppress and ngroups == 1)
                 clean[i] = is_clean
                 if not is_clean:
-                    if suppress:
-                        # suppress_one_group: exactly one usable group -> DO_NOT_USE everywhere
-                        ngood = 0
-                        for k in range(base, base + ngroups):
-                            if (q[k] & npers) == 0:
-                                ngood += 1
-                        if ngood == 1:
-                            for k in range(base, base + ngroups):
-                                q[k] |= dnu
+                    fj = (orq & jump) != 0
+                    fp = (orq & pers) != 0
+                    fc = (orq & chargeloss) != 0
+                    # one pass over the groups: counts (branch-free), SATURATED samples to NaN,
+                    # CR magnitudes; suppress_one_group is applied after it (below)
+                    ngood = 0
                     ngd = 0
                     ncr = 0
                     for gg in range(ngroups):
                         k = base + gg
                         qq = q[k]
-                        if qq & jump:
-                            fj = True
-                        if qq & pers:
-                            fp = True
-                        if qq & chargeloss:
-                            fc = True
-                        if qq == 0:
-                            ngd += 1
-                        elif qq & dnu:
-                            nd += 1
-                        if qq & invalid:
-                            nds += 1
+                        ngood += (qq & npers) == 0
+                        ngd += qq == 0
+                        nd += (qq & dnu) != 0
+                        nds += (qq & invalid) != 0
                         if qq & sat:
                             d[k] = np.nan
                             ns += 1
@@ -504,6 +493,13 @@ def fit_tile_core(
                                 raise ValueError("n_crmag is smaller than this tile needs")
                             o_crmag[i, ncr, y, x] = np.float32(d[k] - d[k - 1])
                             ncr += 1
+                    if suppress and ngood == 1:
+                        # suppress_one_group: exactly one usable group -> DO_NOT_USE everywhere
+                        for k in range(base, base + ngroups):
+                            q[k] |= dnu
+                        ngd = 0
+                        nd = ngroups
+                        nds = ngroups
                 is_0th[i] = False
                 is_zf[i] = False
                 if not suppress:
