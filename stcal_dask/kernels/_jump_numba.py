@@ -125,9 +125,8 @@ def _nanmedian(vals, n, buf):
     m = 0
     for j in range(n):
         v = vals[j]
-        if not math.isnan(v):
-            buf[m] = v
-            m += 1
+        buf[m] = v  # kept only if counted: no data-dependent branch
+        m += not math.isnan(v)
     return _median_prefix(buf, m)
 
 
@@ -158,15 +157,13 @@ def _clipped_median(a, n, buf):
     if n_use == 3:
         for j in range(n):
             v = a[j]
-            if not math.isnan(v):
-                buf[m] = v
-                m += 1
+            buf[m] = v  # kept only if counted: no data-dependent branch
+            m += not math.isnan(v)
         return _median_prefix(buf, m), n_use, mx, mn
     for j in range(n):
         v = a[j]
-        if not math.isnan(v) and v != mx:
-            buf[m] = v
-            m += 1
+        buf[m] = v
+        m += v != mx and not math.isnan(v)
     return _median_prefix(buf, m), n_use, mx, mn
 
 
