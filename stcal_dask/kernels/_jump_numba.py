@@ -143,12 +143,10 @@ def _clipped_median(a, n, buf):
     mn = np.inf
     for j in range(n):
         v = a[j]
-        if not math.isnan(v):
-            n_use += 1
-            if v > mx:
-                mx = v
-            if v < mn:
-                mn = v
+        # NaN compares false: it neither counts nor moves the extremes (no branch needed)
+        n_use += not math.isnan(v)
+        mx = v if v > mx else mx
+        mn = v if v < mn else mn
     if n_use < 2:
         return np.nan, n_use, mx, mn
     if n_use == 2:
