@@ -358,4 +358,3 @@ def _probe_block(w, p, g, *, crop):
     out = np.empty((1, 1), dtype=object)
     out[0, 0] = (w, p, crop, g)
     return out
-

@@ -390,18 +390,18 @@ def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
     median gain is not needed (:func:`needs_median_gain`): it is then NaN in the globals.
     """
     groupdq = np.asarray(groupdq)
+    if groupdq.ndim != 4:
+        raise UserInputError(f"jump: groupdq tile must be 4-D, got shape {groupdq.shape}")
     if gain is None:
         values = np.empty(0, dtype=np.float32)
     else:
         gain = np.asarray(gain)
-        if groupdq.ndim != 4 or gain.shape != groupdq.shape[2:]:
+        if gain.shape != groupdq.shape[2:]:
             raise UserInputError(
                 f"jump: groupdq {groupdq.shape} and gain {gain.shape} tiles do not match"
             )
         flat = gain.reshape(-1)
         values = flat[~np.isnan(flat)].copy()
-    if groupdq.ndim != 4:
-        raise UserInputError(f"jump: groupdq tile must be 4-D, got shape {groupdq.shape}")
     plane = _nb.whole_plane_flags(_ro(groupdq), dqflags.DO_NOT_USE)
     return JumpGlobalsPartial(values, plane)
 

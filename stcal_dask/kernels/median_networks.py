@@ -3,7 +3,7 @@
 The jump and ramp kernels take the median of a handful of values per pixel (the first
 differences of one ramp: 9 for a 10-group exposure). A sorting network is data-independent,
 so it compiles to branch-free min/max code; pruned to the comparators the middle output(s)
-depend on it needs far fewer than a full sort (19 instead of 31 for 9 values).
+depend on it needs fewer comparators than the full sort (24 instead of 28 for 9 values).
 
 The median of a set of numbers does not depend on how it is found, so every method here gives
 the same value bit for bit as a sort (even counts: ``(lo + hi) / 2``, as numpy's median).
