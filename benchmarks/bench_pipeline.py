@@ -10,8 +10,9 @@ Three jobs run one after the other, each in its own process tree, on the same in
   ``detect_jumps_data``, ``ramp_fit_data`` OLS_C, write rate and rateints FITS), one process,
   ``max_cores`` none, as the JWST pipeline runs it by default;
 * **I/O floor**: read the same inputs fully and write outputs of the same sizes, no compute;
-* for information: only importing the libraries our CLI loads before it forks its workers (a
-  fixed cost of any run), ours
+* for information: only importing the libraries our CLI loads (distributed, dask.array,
+  xarray + pandas, astropy.io.fits: a fixed cost of any run; the workers are forked after
+  distributed and load the kernels meanwhile), ours
   with 2 single-threaded worker processes, with the LocalCluster's workers as threads of the CLI
   process (``--in-process``), with ``--scheduler`` on an already running and warmed-up cluster
   (``dask scheduler`` + ``dask worker``, their RSS included: the steady state of a pipeline

@@ -544,10 +544,15 @@ def _can_fork() -> bool:
     return sys.platform.startswith("linux")
 
 
-def _import_for_workers() -> None:
-    """Import what the graph and the workers' tasks need, in this thread, before workers are
-    forked from this process: a forked worker then starts with them loaded (~0.1 s instead of
-    ~3 s for a fresh interpreter), and no import is in progress at the moment of the fork.
+def _import_for_workers(lean: bool = False) -> None:
+    """Import, in this thread, what workers forked from this process start with; no import is
+    then in progress at the moment of the fork.
+
+    By default that is everything the graph and the tasks need (a forked worker starts with it
+    loaded: ~0.1 s instead of ~3 s for a fresh interpreter). With ``lean`` (the tasks need no
+    xarray, see :data:`stcal_dask.cluster.WORKER_IMPORTS_FITS`) only distributed: the workers
+    are forked early and load the kernels and their few modules on the other cores while this
+    process goes on loading xarray, astropy and dask.array and builds the graph.
     Optional packages the run never uses are not loaded
     (:func:`stcal_dask._imports.skipping_optional_imports`)."""
     from stcal_dask._imports import skipping_optional_imports
@@ -555,6 +560,19 @@ def _import_for_workers() -> None:
     with skipping_optional_imports():
         import distributed  # noqa: F401
 
+        from stcal_dask import cluster  # noqa: F401
+
+        if not lean:
+            from stcal_dask import dataflow  # noqa: F401  (dask.array, xarray)
+            from stcal_dask.io import fits_io, naming  # noqa: F401  (astropy.io.fits)
+
+
+def _import_for_graph() -> None:
+    """What :func:`_import_for_workers` with ``lean`` left out, without the unused optional
+    packages."""
+    from stcal_dask._imports import skipping_optional_imports
+
+    with skipping_optional_imports():
         from stcal_dask import dataflow  # noqa: F401  (dask.array, xarray)
         from stcal_dask.io import fits_io, naming  # noqa: F401  (astropy.io.fits)
 
@@ -825,16 +843,20 @@ def _cmd_process(args) -> int:
 
     t0 = time.perf_counter()
     client_kwargs = _client_kwargs(args, fork=True)
-    if _is_fits(args.input) and "zarr" not in formats and not (rparams and rparams.save_opt):
-        from stcal_dask.cluster import WORKER_IMPORTS
+    lean = _is_fits(args.input) and "zarr" not in formats and not (rparams and rparams.save_opt)
+    if lean:
+        from stcal_dask.cluster import WORKER_IMPORTS_FITS
 
-        # a FITS-only run: the workers need not load zarr
-        client_kwargs["warm_imports"] = tuple(m for m in WORKER_IMPORTS if "zarr" not in m)
-    if client_kwargs.get("start_method") == "fork":
-        _import_for_workers()
+        # a FITS-only run: the workers need neither zarr nor xarray (nor pandas, astropy)
+        client_kwargs["warm_imports"] = WORKER_IMPORTS_FITS
+    fork = client_kwargs.get("start_method") == "fork"
+    if fork:
+        _import_for_workers(lean=lean)
     # the cluster starts (spawned workers: and loads the libraries) and its workers load the
     # compiled kernels while this process opens and validates the input and builds the graph
     with BackgroundClient(**client_kwargs) as background:
+        if fork and lean:
+            _import_for_graph()  # the workers are forked: this thread may import again
         from stcal_dask import dataflow
 
         ramp = _open_input(args, args.input, tile)

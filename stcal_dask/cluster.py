@@ -56,6 +56,7 @@ __all__ = [
     "parse_memory_limit",
     "resolve_scheduler",
     "WORKER_IMPORTS",
+    "WORKER_IMPORTS_FITS",
     "warm_workers",
 ]
 
@@ -177,6 +178,13 @@ WORKER_IMPORTS = ("dask.array", "xarray", "stcal_dask.dataflow", "stcal_dask.io.
                   "zarr", "stcal_dask.io.zarr_store")
 """Modules every worker loads at start (besides the compiled kernels), see :func:`warm_workers`."""
 
+WORKER_IMPORTS_FITS = ("dask.array", "stcal_dask._tasks", "stcal_dask.io._fits_blocks",
+                       "stcal_dask.io._atomic")
+"""What the tasks of a FITS-in, FITS-out run need in a worker: no xarray, pandas, astropy or
+zarr (the FITS blocks are read and written with numpy memory maps). dask.array is then loaded
+with xarray hidden (it imports xarray, hence pandas, when it can: ~0.6 s), see
+:func:`_warm_worker`."""
+
 
 def _trim_malloc() -> None:
     """Make glibc return freed memory to the OS promptly, as distributed's
@@ -215,11 +223,17 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
 
     import psutil
 
+    from stcal_dask._imports import UNUSED_OPTIONAL, skipping_optional_imports
+
     monitor = logging.getLogger("distributed.worker.memory")
     level = monitor.level
     monitor.setLevel(logging.CRITICAL)
-    for name in modules:
-        importlib.import_module(name)
+    # modules that these tasks never need stay out (dask.array would load xarray and pandas;
+    # they import normally later if a task does need them)
+    hidden = UNUSED_OPTIONAL if "xarray" in modules else (*UNUSED_OPTIONAL, "xarray", "pandas")
+    with skipping_optional_imports(hidden):
+        for name in modules:
+            importlib.import_module(name)
     if trim:
         _trim_malloc()
     _warm_kernels()

@@ -15,9 +15,10 @@ depend on the tiling: each tile is given a halo of the kernel's declared width
 (every block publishes its borders in one small task; a tile task assembles its window from its
 own blocks and its neighbours' borders, with no padding at the frame edges), runs the kernel and
 crops the halo off. A tile returns all its outputs as one dask block (a dict of arrays, see
-:func:`_pack`; the dask array declares a structured dtype with one field per output) from which
-each output array takes its field, so every kernel runs once per tile however many outputs are
-computed together.
+:func:`stcal_dask._tasks.pack`; the dask array declares a structured dtype with one field per
+output) from which each output array takes its field, so every kernel runs once per tile however
+many outputs are computed together. The functions the tasks run live in :mod:`stcal_dask._tasks`,
+which never imports xarray, so workers need not load it.
 
 Frame-wide statistics
 ---------------------
@@ -59,8 +60,8 @@ import xarray as xr
 from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
+from stcal_dask import _tasks as tasks
 from stcal_dask import dqflags
-from stcal_dask.cluster import limit_threads
 from stcal_dask.datamodel import (
     rate_dataset,
     rateints_dataset,
@@ -193,72 +194,6 @@ def _min_tile(ramp: xr.Dataset, halo: int) -> xr.Dataset:
     return ramp.chunk({"y": ny_c, "x": nx_c})
 
 
-# The halo exchange. Every block publishes its border (``halo`` rows/columns on each side, copied
-# so the block itself can be freed) in one small task per tile for all the kernel's inputs; a tile
-# task then takes its own blocks plus the borders of its (up to 8) neighbours, assembles the
-# windows, runs the kernel and crops. Two tasks per tile whatever the number of inputs, where
-# ``dask.array.overlap`` makes ~9 slicing tasks and a concatenation per input and tile: with
-# dask.distributed's per-task cost that halved the wall time of a jump + ramp-fit run.
-
-_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-
-
-def _borders(*blocks, halo: int):
-    """(top, bottom, left, right) borders, ``halo`` wide, of each block (copies)."""
-    h = halo
-    return tuple(
-        (
-            np.ascontiguousarray(b[..., :h, :]),
-            np.ascontiguousarray(b[..., -h:, :]),
-            np.ascontiguousarray(b[..., :, :h]),
-            np.ascontiguousarray(b[..., :, -h:]),
-        )
-        for b in blocks
-    )
-
-
-def _window(center: np.ndarray, nbrs, k: int, halo: int) -> np.ndarray:
-    """Block ``center`` (input ``k``) with the neighbours' borders around it; no padding where
-    there is no neighbour (frame edges). ``nbrs`` follows ``_NEIGHBOURS``."""
-    h = halo
-
-    def part(pos: int, side: int, cols: slice | None = None):
-        packet = nbrs[pos]
-        if packet is None:
-            return None
-        arr = packet[k][side]
-        return arr if cols is None else arr[..., cols]
-
-    def row(*pieces):
-        return np.concatenate([p for p in pieces if p is not None], axis=-1)
-
-    rows = []
-    north = part(1, 1)
-    if north is not None:
-        rows.append(row(part(0, 1, slice(-h, None)), north, part(2, 1, slice(None, h))))
-    rows.append(row(part(3, 3), center, part(4, 2)))
-    south = part(6, 0)
-    if south is not None:
-        rows.append(row(part(5, 0, slice(-h, None)), south, part(7, 0, slice(None, h))))
-    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=-2)
-
-
-def _halo_call(func, halo: int, loc: tuple[int, int], shape: tuple[int, int], n_blocks: int,
-               nbrs, *args, **kwargs):
-    """Run ``func(*windows, *rest, crop=(ys, xs), **kwargs)``: the first ``n_blocks`` arguments
-    are the tile's blocks, given their halo; the rest pass through."""
-    blocks, rest = args[:n_blocks], args[n_blocks:]
-    if halo > 0:
-        windows = [_window(b, nbrs, k, halo) for k, b in enumerate(blocks)]
-    else:
-        windows = list(blocks)
-    windows += list(rest)
-    top = halo if loc[0] > 0 else 0
-    left = halo if loc[1] > 0 else 0
-    crop = (slice(top, top + shape[0]), slice(left, left + shape[1]))
-    return func(*windows, crop=crop, **kwargs)
-
-
 def _block_key(a: da.Array, i: int, j: int):
     """Key of the spatial block (i, j) of an array chunked only along its last two axes."""
     return (a.name, *(0,) * (a.ndim - 2), i, j)
@@ -283,18 +218,18 @@ def _map_tiles_with_halo(func, arrays: Sequence[da.Array], *, halo: int, name: s
         for i in range(len(ychunks)):
             for j in range(len(xchunks)):
                 dsk[(edge_name, i, j)] = (
-                    partial(_borders, halo=halo), *[_block_key(a, i, j) for a in arrays]
+                    partial(tasks.borders, halo=halo), *[_block_key(a, i, j) for a in arrays]
                 )
     extra_keys = [e.key for e in extra]
     for i, cy in enumerate(ychunks):
         for j, cx in enumerate(xchunks):
             nbrs = []
-            for di, dj in _NEIGHBOURS:
+            for di, dj in tasks.NEIGHBOURS:
                 ii, jj = i + di, j + dj
                 inside = 0 <= ii < len(ychunks) and 0 <= jj < len(xchunks)
                 nbrs.append((edge_name, ii, jj) if (halo > 0 and inside) else None)
             dsk[(name, i, j)] = (
-                partial(_halo_call, func, halo, (i, j), (cy, cx), len(arrays), **kwargs),
+                partial(tasks.halo_call, func, halo, (i, j), (cy, cx), len(arrays), **kwargs),
                 nbrs,
                 *[_block_key(a, i, j) for a in arrays],
                 *extra_keys,
@@ -304,38 +239,15 @@ def _map_tiles_with_halo(func, arrays: Sequence[da.Array], *, halo: int, name: s
                     meta=np.empty((0, 0), dtype=dtype))
 
 
-def _pack(dtype: np.dtype, fields: dict[str, np.ndarray], ny: int, nx: int) -> dict:
-    """A tile kernel's outputs as one dask block: a dict of C-contiguous arrays in their own
-    layout (leading axes first, (y, x) last) and the field dtypes of the structured ``dtype``
-    that the packed dask array declares (its ``meta``). Nothing is copied for an output that
-    is already so (the rate products), and a cropped one is copied once; the block itself is
-    never a numpy array, only :func:`_unpack` reads it. (A structured (y, x) array cost two
-    copies of every output per tile: records packed pixel-major, then each field unpacked.)"""
-    out = {}
-    for name, arr in fields.items():
-        sub = dtype[name]
-        base = sub.base if sub.shape else sub
-        arr = np.ascontiguousarray(arr, dtype=base)
-        if arr.shape != (*sub.shape, ny, nx):
-            raise ValueError(f"tile output {name}: shape {arr.shape}, expected "
-                             f"{(*sub.shape, ny, nx)}")
-        out[name] = arr
-    return out
-
-
-def _field_block(block: dict, name: str) -> np.ndarray:
-    return block[name]
-
-
 def _unpack(packed: da.Array, name: str) -> da.Array:
-    """The field ``name`` of a packed (y, x) dask array (blocks made by :func:`_pack`), leading
-    axes first."""
+    """The field ``name`` of a packed (y, x) dask array (blocks made by
+    :func:`stcal_dask._tasks.pack`), leading axes first."""
     sub = packed.dtype[name]
     lead = sub.shape
     base = sub.base if sub.shape else sub
     chunks = tuple((n,) for n in lead) + packed.chunks
     return packed.map_blocks(
-        _field_block,
+        tasks.field_block,
         name,
         dtype=base,
         chunks=chunks,
@@ -347,36 +259,6 @@ def _unpack(packed: da.Array, name: str) -> da.Array:
 
 # ------------------------------------------------------------------------------------------------
 # jump detection
-
-
-def _globals_partial(gdq, gain, with_gain=True):
-    # the gain block stays an input either way: a task fed by a single block of a cloned,
-    # rechunked array trips dask's low-level fusion ("Cannot fuse tasks with multiple outputs")
-    gain = gain if with_gain else None
-    limit_threads()
-    return jk.jump_globals_partial(gdq, gain)
-
-
-def _finalize_globals(merged, params):
-    return jk.finalize_jump_globals(merged, params=params)
-
-
-def _sigclip_partial(sci, gdq, gain, params, globals_):
-    if globals_.path != "sigclip":
-        return None
-    limit_threads()
-    return jk.sigclip_reset_partial(sci, gdq, gain, params=params, globals=globals_)
-
-
-def _merge_sigclip(*parts):
-    parts = [p for p in parts if p is not None]
-    return jk.merge_sigclip_reset_partials(*parts) if parts else None
-
-
-def _attach_sigclip(globals_, reset):
-    if globals_.path != "sigclip":
-        return globals_
-    return jk.with_sigclip_reset(globals_, reset)
 
 
 def _sigclip_possible(nints: int, ngroups: int, params: jk.JumpParams) -> bool:
@@ -405,50 +287,27 @@ def jump_globals(ramp: xr.Dataset, params: jk.JumpParams | None = None):
     # the median gain only scales after-jump flagging: not gathered when that is off
     with_gain = jk.needs_median_gain(params)
     parts = [
-        dask.delayed(_globals_partial, pure=True)(gdq_b[0, 0, i, j], gain_b[i, j], with_gain)
+        dask.delayed(tasks.globals_partial, pure=True)(
+            gdq_b[0, 0, i, j], gain_b[i, j], with_gain
+        )
         for i in range(nby)
         for j in range(nbx)
     ]
     merged = _tree_reduce(parts, jk.merge_jump_globals_partials)
-    glob = dask.delayed(_finalize_globals, pure=True)(merged, params)
+    glob = dask.delayed(tasks.finalize_globals, pure=True)(merged, params)
     if _sigclip_possible(nints, ngroups, params):
         sci_c, gdq_c2 = clone(sci, gdq, assume_layers=False)
         sci_b, gdq_b2 = sci_c.to_delayed(), gdq_c2.to_delayed()
         sparts = [
-            dask.delayed(_sigclip_partial, pure=True)(
+            dask.delayed(tasks.sigclip_partial, pure=True)(
                 sci_b[0, 0, i, j], gdq_b2[0, 0, i, j], gain_b[i, j], params, glob
             )
             for i in range(nby)
             for j in range(nbx)
         ]
-        reset = _tree_reduce(sparts, _merge_sigclip)
-        glob = dask.delayed(_attach_sigclip, pure=True)(glob, reset)
+        reset = _tree_reduce(sparts, tasks.merge_sigclip)
+        glob = dask.delayed(tasks.attach_sigclip, pure=True)(glob, reset)
     return glob
-
-
-def _jump_block(sci, gdq, pdq, gain, rn, globals_, *, crop, params, nframes, group_time,
-                out_dtype):
-    limit_threads()
-    res = jk.detect_jumps_tile(
-        sci, gdq, pdq, gain, rn, params=params, nframes=nframes, group_time=group_time,
-        globals=globals_,
-    )
-    ys, xs = crop
-    ny, nx = ys.stop - ys.start, xs.stop - xs.start
-    return _pack(
-        out_dtype,
-        {
-            "groupdq": res.groupdq[..., ys, xs],
-            "pixeldq": res.pixeldq[ys, xs],
-            "primary": res.primary_count[ys, xs],
-        },
-        ny,
-        nx,
-    )
-
-
-def _is_skipped(globals_) -> np.bool_:
-    return np.bool_(globals_.skip)
 
 
 def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=None
@@ -493,7 +352,7 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
         ]
     )
     packed = _map_tiles_with_halo(
-        _jump_block,
+        tasks.jump_block,
         [sci, gdq, pdq, gain, rn],
         extra=[glob],
         halo=halo,
@@ -510,7 +369,7 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
     # stay in dask.array (a dask array handed to a Delayed is optimized on its own, which would
     # fuse and rename the tile tasks and run every kernel twice)
     skipped = da.from_delayed(
-        dask.delayed(_is_skipped, pure=True)(glob), shape=(), dtype=bool
+        dask.delayed(tasks.is_skipped, pure=True)(glob), shape=(), dtype=bool
     )
     count = da.where(
         skipped, np.int64(jk.SKIPPED_PRIMARY_COUNT), primary.sum(dtype=np.int64)
@@ -526,10 +385,6 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
 # ------------------------------------------------------------------------------------------------
 # ramp fitting
 
-_RATE_FIELDS = ("slope", "dq", "var_poisson", "var_rnoise", "err")
-_SEG_FIELDS = ("slope", "sigslope", "yint", "sigyint", "weights", "var_poisson", "var_rnoise")
-
-
 def _timing(attrs) -> rk.RampTiming:
     t = timing_from_attrs(attrs)
     return rk.RampTiming(
@@ -541,17 +396,6 @@ def _timing(attrs) -> rk.RampTiming:
     )
 
 
-def _dims_partial(gdq, zf, params):
-    limit_threads()
-    zf = None if zf is None else zf[:, 0]
-    d = rk.fitopt_dims(gdq, params=params, zeroframe=zf)
-    return (int(d.n_segments), int(d.n_crmag))
-
-
-def _dims_merge(*parts):
-    return (max(p[0] for p in parts), max(p[1] for p in parts))
-
-
 def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
     """Lazy (Delayed) frame-wide fitopt sizes ``(n_segments, n_crmag)``: the max over tiles."""
     params = rk.RampFitParams(save_opt=True) if params is None else params
@@ -561,13 +405,13 @@ def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
     gdq_b = gdq.to_delayed(optimize_graph=False)
     zf_b = zf[:, None].to_delayed(optimize_graph=False) if zf is not None else None
     parts = [
-        dask.delayed(_dims_partial, pure=True)(
+        dask.delayed(tasks.dims_partial, pure=True)(
             gdq_b[0, 0, i, j], None if zf_b is None else zf_b[0, 0, i, j], params
         )
         for i in range(gdq_b.shape[2])
         for j in range(gdq_b.shape[3])
     ]
-    return _tree_reduce(parts, _dims_merge)
+    return _tree_reduce(parts, tasks.dims_merge)
 
 
 def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
@@ -580,27 +424,6 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
     if not isinstance(gdq, da.Array):
         gdq = da.from_array(gdq)
     return da.all((gdq[:, 0] & np.uint8(dqflags.SATURATED)) != 0)
-
-
-def _fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, dims, out_dtype):
-    limit_threads()
-    rest = list(rest)
-    zf = rest.pop(0)[:, 0] if has_zf else None
-    dark = rest.pop(0) if has_dark else None
-    nseg, ncr = dims if dims is not None else (None, None)
-    res = rk.fit_ramps_tile(
-        sci, gdq, pdq, gain, rn, params=params, timing=timing, zeroframe=zf,
-        average_dark_current=dark, n_segments=nseg, n_crmag=ncr,
-    )
-    ny, nx = pdq.shape
-    fields = {}
-    for f in _RATE_FIELDS:
-        fields["rate_" + f] = getattr(res.rate, f)
-        fields["ints_" + f] = getattr(res.rateints, f)
-    if res.fitopt is not None:
-        for f in (*_SEG_FIELDS, "pedestal", "crmag"):
-            fields["opt_" + f] = getattr(res.fitopt, f)
-    return _pack(out_dtype, fields, ny, nx)
 
 
 def fit_ramps(
@@ -668,12 +491,12 @@ def fit_ramps(
 
     f32, u32 = np.dtype(np.float32), np.dtype(np.uint32)
     spec = []
-    for f in _RATE_FIELDS:
+    for f in tasks.RATE_FIELDS:
         spec.append(("rate_" + f, u32 if f == "dq" else f32))
-    for f in _RATE_FIELDS:
+    for f in tasks.RATE_FIELDS:
         spec.append(("ints_" + f, u32 if f == "dq" else f32, (nints,)))
     if dims is not None:
-        for f in _SEG_FIELDS:
+        for f in tasks.SEG_FIELDS:
             spec.append(("opt_" + f, f32, (nints, dims[0])))
         spec.append(("opt_pedestal", f32, (nints,)))
         spec.append(("opt_crmag", f32, (nints, dims[1])))
@@ -685,7 +508,7 @@ def fit_ramps(
     if dark is not None:
         inputs.append(dark)
     packed = da.map_blocks(
-        _fit_block,
+        tasks.fit_block,
         *inputs,
         params=params,
         timing=timing,
@@ -710,14 +533,14 @@ def fit_ramps(
     attrs = {k: ramp.attrs[k] for k in keep if k in ramp.attrs}
 
     def rate_args(prefix):
-        u = {f: _unpack(packed, prefix + f) for f in _RATE_FIELDS}
+        u = {f: _unpack(packed, prefix + f) for f in tasks.RATE_FIELDS}
         return u["slope"], u["err"], u["dq"], u["var_poisson"], u["var_rnoise"]
 
     rate = rate_dataset(*rate_args("rate_"), parameters=record, attrs=attrs)
     rateints = rateints_dataset(*rate_args("ints_"), parameters=record, attrs=attrs)
     if dims is None:
         return rate, rateints
-    opt = {f: _unpack(packed, "opt_" + f) for f in (*_SEG_FIELDS, "pedestal", "crmag")}
+    opt = {f: _unpack(packed, "opt_" + f) for f in (*tasks.SEG_FIELDS, "pedestal", "crmag")}
     fitopt = fitopt_dataset(
         opt["slope"], opt["sigslope"], opt["yint"], opt["sigyint"], opt["weights"],
         opt["var_poisson"], opt["var_rnoise"], opt["pedestal"], opt["crmag"],

@@ -373,6 +373,70 @@ def test_console_script_default_cluster_forks_its_worker(fits_run, tmp_path):
     ]
 
 
+_WORKER_MODULES_PROBE = """
+import json, sys
+from stcal_dask import cli, cluster
+seen = []
+original = cluster.compute
+def compute(*args, **kwargs):
+    out = original(*args, **kwargs)
+    from distributed import default_client
+    names = ("xarray", "pandas", "astropy", "zarr", "stcal_dask.dataflow")
+    seen.extend(default_client().run(
+        lambda: sorted(m for m in names if m in sys.modules)).values())
+    return out
+cluster.compute = compute
+rc = cli.main(sys.argv[1:])
+print(json.dumps({"rc": rc, "workers": seen}))
+"""
+
+
+def test_fits_run_workers_never_load_xarray(fits_run, tmp_path):
+    """A FITS-in, FITS-out run on the default (forked) cluster: the workers are forked before
+    the CLI loads xarray/astropy and their tasks never need them (stcal_dask._tasks,
+    io._fits_blocks), so the workers hold none of xarray, pandas, astropy, zarr; the products
+    equal the in-process run's. With a zarr output the workers get the full set and the run
+    still works."""
+    from astropy.io import fits
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(_WORKER_MODULES_PROBE)
+    base = [sys.executable, str(probe), "run", str(fits_run["ramp"]), "--quiet", "--tile",
+            "16x20"]
+    env = {k: v for k, v in os.environ.items() if k != "STCAL_DASK_WORKER_START"}
+    (tmp_path / "fits").mkdir()
+    (tmp_path / "zarr").mkdir()
+    lean = subprocess.run([*base, "-o", str(tmp_path / "fits"), "--format", "fits"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert lean.returncode == 0, lean.stderr
+    report = json.loads(lean.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0, lean.stderr
+    assert report["workers"] == [[]], report
+    for kind in ("rate", "rateints"):
+        with fits.open(tmp_path / "fits" / f"expo_{kind}.fits") as a, \
+                fits.open(fits_run["out"] / f"expo_{kind}.fits") as b:
+            for ext in ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE"):
+                np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
+    full = subprocess.run([*base, "-o", str(tmp_path / "zarr"), "--format", "zarr"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert full.returncode == 0, full.stderr
+    report = json.loads(full.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0, full.stderr
+    assert "xarray" in report["workers"][0], report
+    assert (tmp_path / "zarr" / "expo_rate.zarr").is_dir()
+
+
+def test_task_modules_do_not_import_xarray():
+    """What the workers run imports neither xarray (nor pandas) nor astropy."""
+    code = ("import sys, stcal_dask._tasks, stcal_dask.io._fits_blocks, stcal_dask.io._atomic; "
+            "print(sorted(m for m in ('xarray', 'pandas', 'astropy', 'zarr') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_optional_packages_are_skipped_only_inside_the_block(tmp_path, monkeypatch):
     """While the CLI loads its libraries, packages it never uses look absent (so dask and
     pandas do not load them); afterwards they import normally."""

@@ -1,0 +1,199 @@
+"""What the workers run for the dataflow layer (:mod:`stcal_dask.dataflow` builds the graphs).
+
+The tile tasks (halo exchange, the jump and ramp-fit tile calls, the packing of their outputs)
+and the frame-wide reductions' per-tile partials. This module imports only numpy, the kernels
+and :mod:`stcal_dask.cluster`'s thread pinning, never xarray: a worker whose tasks come from
+here and from :mod:`stcal_dask.io._fits_blocks` does not load xarray and pandas at all (~0.6 s
+of a worker's start, and ~60 MiB of its memory).
+
+Every function is a pure function of its arguments (tiles as numpy arrays); none mutates its
+inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stcal_dask.cluster import limit_threads
+from stcal_dask.kernels import jump as jk
+from stcal_dask.kernels import ramp_fit as rk
+
+RATE_FIELDS = ("slope", "dq", "var_poisson", "var_rnoise", "err")
+SEG_FIELDS = ("slope", "sigslope", "yint", "sigyint", "weights", "var_poisson", "var_rnoise")
+
+
+# The halo exchange. Every block publishes its border (``halo`` rows/columns on each side, copied
+# so the block itself can be freed) in one small task per tile for all the kernel's inputs; a tile
+# task then takes its own blocks plus the borders of its (up to 8) neighbours, assembles the
+# windows, runs the kernel and crops. Two tasks per tile whatever the number of inputs, where
+# ``dask.array.overlap`` makes ~9 slicing tasks and a concatenation per input and tile: with
+# dask.distributed's per-task cost that halved the wall time of a jump + ramp-fit run.
+
+NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def borders(*blocks, halo: int):
+    """(top, bottom, left, right) borders, ``halo`` wide, of each block (copies)."""
+    h = halo
+    return tuple(
+        (
+            np.ascontiguousarray(b[..., :h, :]),
+            np.ascontiguousarray(b[..., -h:, :]),
+            np.ascontiguousarray(b[..., :, :h]),
+            np.ascontiguousarray(b[..., :, -h:]),
+        )
+        for b in blocks
+    )
+
+
+def window(center: np.ndarray, nbrs, k: int, halo: int) -> np.ndarray:
+    """Block ``center`` (input ``k``) with the neighbours' borders around it; no padding where
+    there is no neighbour (frame edges). ``nbrs`` follows ``NEIGHBOURS``."""
+    h = halo
+
+    def part(pos: int, side: int, cols: slice | None = None):
+        packet = nbrs[pos]
+        if packet is None:
+            return None
+        arr = packet[k][side]
+        return arr if cols is None else arr[..., cols]
+
+    def row(*pieces):
+        return np.concatenate([p for p in pieces if p is not None], axis=-1)
+
+    rows = []
+    north = part(1, 1)
+    if north is not None:
+        rows.append(row(part(0, 1, slice(-h, None)), north, part(2, 1, slice(None, h))))
+    rows.append(row(part(3, 3), center, part(4, 2)))
+    south = part(6, 0)
+    if south is not None:
+        rows.append(row(part(5, 0, slice(-h, None)), south, part(7, 0, slice(None, h))))
+    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=-2)
+
+
+def halo_call(func, halo: int, loc: tuple[int, int], shape: tuple[int, int], n_blocks: int,
+               nbrs, *args, **kwargs):
+    """Run ``func(*windows, *rest, crop=(ys, xs), **kwargs)``: the first ``n_blocks`` arguments
+    are the tile's blocks, given their halo; the rest pass through."""
+    blocks, rest = args[:n_blocks], args[n_blocks:]
+    if halo > 0:
+        windows = [window(b, nbrs, k, halo) for k, b in enumerate(blocks)]
+    else:
+        windows = list(blocks)
+    windows += list(rest)
+    top = halo if loc[0] > 0 else 0
+    left = halo if loc[1] > 0 else 0
+    crop = (slice(top, top + shape[0]), slice(left, left + shape[1]))
+    return func(*windows, crop=crop, **kwargs)
+
+
+def pack(dtype: np.dtype, fields: dict[str, np.ndarray], ny: int, nx: int) -> dict:
+    """A tile kernel's outputs as one dask block: a dict of C-contiguous arrays in their own
+    layout (leading axes first, (y, x) last) and the field dtypes of the structured ``dtype``
+    that the packed dask array declares (its ``meta``). Nothing is copied for an output that
+    is already so (the rate products), and a cropped one is copied once; the block itself is
+    never a numpy array, only :func:`stcal_dask.dataflow._unpack` reads it. (A structured
+    (y, x) array cost two copies of every output per tile: records packed pixel-major, then
+    each field unpacked.)"""
+    out = {}
+    for name, arr in fields.items():
+        sub = dtype[name]
+        base = sub.base if sub.shape else sub
+        arr = np.ascontiguousarray(arr, dtype=base)
+        if arr.shape != (*sub.shape, ny, nx):
+            raise ValueError(f"tile output {name}: shape {arr.shape}, expected "
+                             f"{(*sub.shape, ny, nx)}")
+        out[name] = arr
+    return out
+
+
+def field_block(block: dict, name: str) -> np.ndarray:
+    return block[name]
+
+
+def globals_partial(gdq, gain, with_gain=True):
+    # the gain block stays an input either way: a task fed by a single block of a cloned,
+    # rechunked array trips dask's low-level fusion ("Cannot fuse tasks with multiple outputs")
+    gain = gain if with_gain else None
+    limit_threads()
+    return jk.jump_globals_partial(gdq, gain)
+
+
+def finalize_globals(merged, params):
+    return jk.finalize_jump_globals(merged, params=params)
+
+
+def sigclip_partial(sci, gdq, gain, params, globals_):
+    if globals_.path != "sigclip":
+        return None
+    limit_threads()
+    return jk.sigclip_reset_partial(sci, gdq, gain, params=params, globals=globals_)
+
+
+def merge_sigclip(*parts):
+    parts = [p for p in parts if p is not None]
+    return jk.merge_sigclip_reset_partials(*parts) if parts else None
+
+
+def attach_sigclip(globals_, reset):
+    if globals_.path != "sigclip":
+        return globals_
+    return jk.with_sigclip_reset(globals_, reset)
+
+
+def jump_block(sci, gdq, pdq, gain, rn, globals_, *, crop, params, nframes, group_time,
+                out_dtype):
+    limit_threads()
+    res = jk.detect_jumps_tile(
+        sci, gdq, pdq, gain, rn, params=params, nframes=nframes, group_time=group_time,
+        globals=globals_,
+    )
+    ys, xs = crop
+    ny, nx = ys.stop - ys.start, xs.stop - xs.start
+    return pack(
+        out_dtype,
+        {
+            "groupdq": res.groupdq[..., ys, xs],
+            "pixeldq": res.pixeldq[ys, xs],
+            "primary": res.primary_count[ys, xs],
+        },
+        ny,
+        nx,
+    )
+
+
+def is_skipped(globals_) -> np.bool_:
+    return np.bool_(globals_.skip)
+
+
+def dims_partial(gdq, zf, params):
+    limit_threads()
+    zf = None if zf is None else zf[:, 0]
+    d = rk.fitopt_dims(gdq, params=params, zeroframe=zf)
+    return (int(d.n_segments), int(d.n_crmag))
+
+
+def dims_merge(*parts):
+    return (max(p[0] for p in parts), max(p[1] for p in parts))
+
+
+def fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, dims, out_dtype):
+    limit_threads()
+    rest = list(rest)
+    zf = rest.pop(0)[:, 0] if has_zf else None
+    dark = rest.pop(0) if has_dark else None
+    nseg, ncr = dims if dims is not None else (None, None)
+    res = rk.fit_ramps_tile(
+        sci, gdq, pdq, gain, rn, params=params, timing=timing, zeroframe=zf,
+        average_dark_current=dark, n_segments=nseg, n_crmag=ncr,
+    )
+    ny, nx = pdq.shape
+    fields = {}
+    for f in RATE_FIELDS:
+        fields["rate_" + f] = getattr(res.rate, f)
+        fields["ints_" + f] = getattr(res.rateints, f)
+    if res.fitopt is not None:
+        for f in (*SEG_FIELDS, "pedestal", "crmag"):
+            fields["opt_" + f] = getattr(res.fitopt, f)
+    return pack(out_dtype, fields, ny, nx)
