@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -520,6 +521,20 @@ def get_client(
                 cluster.close()
 
 
+_FORKS = threading.Condition()
+_FORK_COUNT = [0]
+
+
+def _count_fork() -> None:
+    with _FORKS:
+        _FORK_COUNT[0] += 1
+        _FORKS.notify_all()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_parent=_count_fork)
+
+
 class BackgroundClient:
     """:func:`get_client` started in a background thread, so that starting the cluster (and
     loading the libraries in its workers) overlaps with the caller's own work.
@@ -529,10 +544,11 @@ class BackgroundClient:
     scheduler, as :class:`UserInputError`). Leaving the context waits for the start to finish
     and closes everything, whether or not :meth:`client` was called.
 
-    With ``start_method="fork"`` a local cluster's worker processes are forked here, in the
-    caller's thread, before the constructor returns (a fork while another thread of this
-    process imports a module could leave the worker waiting forever on that module's lock);
-    only loading the kernels in the workers runs in the background then.
+    With ``start_method="fork"`` a local cluster's worker processes are forked from this
+    process before the constructor returns: it waits (without importing anything) until every
+    worker process has been forked, because a fork while another thread of this process imports
+    a module could leave the worker waiting forever on that module's lock. The workers' own
+    start (registering with the scheduler) and loading the kernels run in the background.
     """
 
     def __init__(self, *args, **kwargs):
@@ -547,30 +563,32 @@ class BackgroundClient:
         self._entered = False
         fork_here = (opts["start_method"] == "fork" and opts["processes"]
                      and resolve_scheduler(opts["scheduler"]) is None)
+        self._warm_after = fork_here
         if fork_here:
             self._cm = get_client(**{**opts, "warm": False})
-            self._value = self._cm.__enter__()  # errors (bad options) raise here, as usual
-            self._entered = True
-            target = self._warm
             self._limit = opts["memory_limit"]
             self._imports = opts["warm_imports"]
+            n_workers, _ = local_layout(opts["n_workers"], opts["threads_per_worker"])
+            with _FORKS:
+                target_forks = _FORK_COUNT[0] + max(1, int(n_workers))
         else:
             self._cm = get_client(**opts)
-            target = self._start
-        self._thread = threading.Thread(target=target, name="stcal-dask-cluster-start",
+        self._thread = threading.Thread(target=self._start, name="stcal-dask-cluster-start",
                                         daemon=True)
         self._thread.start()
+        if fork_here:
+            # back to the caller once every worker is forked (or the start failed: the error
+            # is re-raised by client() / on exit)
+            with _FORKS:
+                while _FORK_COUNT[0] < target_forks and self._thread.is_alive():
+                    _FORKS.wait(0.02)
 
     def _start(self) -> None:
         try:
             self._value = self._cm.__enter__()
             self._entered = True
-        except BaseException as exc:  # re-raised in the caller's thread
-            self._error = exc
-
-    def _warm(self) -> None:
-        try:
-            warm_workers(self._value, self._limit, self._imports)
+            if self._warm_after:
+                warm_workers(self._value, self._limit, self._imports)
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
 

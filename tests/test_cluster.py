@@ -264,18 +264,22 @@ def _getenv(name):
 
 def test_forked_workers_start_in_the_callers_thread_and_load_kernels_in_the_background():
     """start_method="fork": the worker process is forked before the constructor returns (no
-    fork while the caller goes on importing), with the caller's libraries already loaded; the
-    compiled kernels load in the background; the result matches the threaded scheduler."""
+    fork while the caller goes on importing), with the caller's libraries already loaded; its
+    registration and the compiled kernels' loading run in the background; the result matches
+    the threaded scheduler."""
     import multiprocessing
 
+    from stcal_dask import cluster
     from stcal_dask.cluster import BackgroundClient
 
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
+    before = cluster._FORK_COUNT[0]
     with BackgroundClient(n_workers=1, threads_per_worker=2, memory_limit="2GB", quiet=True,
                           start_method="fork") as bg:
-        assert len(bg._value.scheduler_info()["workers"]) == 1  # already there
+        assert cluster._FORK_COUNT[0] == before + 1  # forked before the constructor returned
         c = bg.client()
+        assert len(c.scheduler_info()["workers"]) == 1
         loaded = c.run(_loaded, "xarray", "stcal_dask.kernels._jump_numba")
         assert all(all(v.values()) for v in loaded.values())
         ramp = _tiled_ramp(2, 2, (32, 32))
