@@ -8,6 +8,7 @@ with numpy alone: no astropy and no xarray in a worker (:mod:`stcal_dask._tasks`
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -102,6 +103,21 @@ class _FitsRegion:
     def __setitem__(self, key, value) -> None:
         if math.prod(self.shape) == 0:
             return
+        runs = self._runs(key)
+        if runs is not None:
+            block_shape, starts, run_len = runs
+            encoded = _encode(np.broadcast_to(np.asarray(value), block_shape), self.dtype,
+                              self._xor)
+            flat = np.ascontiguousarray(encoded, dtype=self._raw).reshape(-1)
+            nbytes = run_len * self._raw.itemsize
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                for n, start in enumerate(starts):
+                    chunk = memoryview(flat[n * run_len:(n + 1) * run_len]).cast("B")
+                    _pwrite_all(fd, chunk, self.offset + start * self._raw.itemsize, nbytes)
+            finally:
+                os.close(fd)
+            return
         mm = np.memmap(self.path, dtype=self._raw, mode="r+", offset=self.offset,
                        shape=self.shape)
         try:
@@ -110,6 +126,57 @@ class _FitsRegion:
             mm[key] = _encode(np.asarray(value), self.dtype, self._xor)
         finally:
             del mm
+
+    def _runs(self, key):
+        """For a block ``key`` of unit-step slices: ``(block shape, start element of each
+        contiguous run in the region, run length in elements)``, when the runs are long enough
+        for ``pwrite`` (>= :data:`_MIN_RUN_BYTES`; a full-width tile of an image is one run);
+        else None (written through a memory map)."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) != self.ndim or not all(isinstance(k, slice) for k in key):
+            return None
+        bounds = []
+        for k, n in zip(key, self.shape, strict=True):
+            start, stop, step = k.indices(n)
+            if step != 1 or stop <= start:
+                return None
+            bounds.append((start, stop))
+        block_shape = tuple(b - a for a, b in bounds)
+        # the trailing axes the block spans fully, plus the one before them, form each run
+        k = self.ndim - 1
+        while k > 0 and block_shape[k] == self.shape[k]:
+            k -= 1
+        run_len = math.prod(block_shape[k:])
+        if run_len * self._raw.itemsize < _MIN_RUN_BYTES:
+            return None
+        strides = [math.prod(self.shape[i + 1:]) for i in range(self.ndim)]
+        base = sum(a * st for (a, _), st in zip(bounds, strides, strict=True))
+        # one run per index of the leading axes, in C order
+        lead = block_shape[:k]
+        starts = []
+        for flat_index in range(math.prod(lead)):
+            offset = base
+            rem = flat_index
+            for axis in range(k - 1, -1, -1):
+                offset += (rem % lead[axis]) * strides[axis]
+                rem //= lead[axis]
+            starts.append(offset)
+        return block_shape, starts, run_len
+
+
+_MIN_RUN_BYTES = 64 * 1024
+"""Shortest contiguous run written with ``os.pwrite`` (longer runs: ~3x faster than through a
+shared memory map, whose every first-touched page is a page fault)."""
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int, nbytes: int) -> None:
+    done = 0
+    while done < nbytes:
+        written = os.pwrite(fd, data[done:], offset + done)
+        if written <= 0:
+            raise OSError(f"short write at byte {offset + done}")
+        done += written
 
 
 def _write_blocks(*blocks, regions, block_info=None):
