@@ -163,8 +163,23 @@ def jump_block(sci, gdq, pdq, gain, rn, globals_, *, crop, params, nframes, grou
     )
 
 
-def is_skipped(globals_) -> np.bool_:
-    return np.bool_(globals_.skip)
+def primary_count(globals_, *blocks) -> np.int64:
+    """stcal's primary-jump count of the frame from the packed jump tiles (their ``primary``
+    maps), or its skip value when detection was skipped."""
+    if globals_.skip:
+        return np.int64(jk.SKIPPED_PRIMARY_COUNT)
+    return np.int64(sum(int(b["primary"].sum(dtype=np.int64)) for b in blocks))
+
+
+def all_of(*flags) -> np.bool_:
+    """True when every (small) boolean array given is all True."""
+    return np.bool_(all(bool(np.all(f)) for f in flags))
+
+
+def group0_saturated(gdq, sat) -> np.ndarray:
+    """(1, 1) bool: group 0 of every integration of this (nints, ngroups, ty, tx) tile is
+    ``sat`` (SATURATED) in every pixel."""
+    return np.array([[bool(np.all(gdq[:, 0] & sat))]])
 
 
 def dims_partial(gdq, zf, params):
@@ -176,6 +191,11 @@ def dims_partial(gdq, zf, params):
 
 def dims_merge(*parts):
     return (max(p[0] for p in parts), max(p[1] for p in parts))
+
+
+def fit_block_jumped(sci, jumped, gain, rn, *rest, **kwargs):
+    """:func:`fit_block` on a jump tile's packed output (its ``groupdq`` and ``pixeldq``)."""
+    return fit_block(sci, jumped["groupdq"], jumped["pixeldq"], gain, rn, *rest, **kwargs)
 
 
 def fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, dims, out_dtype):

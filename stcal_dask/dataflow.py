@@ -49,6 +49,7 @@ concrete sizes, so :func:`fit_ramps` with ``save_opt`` computes that small reduc
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -246,7 +247,7 @@ def _unpack(packed: da.Array, name: str) -> da.Array:
     lead = sub.shape
     base = sub.base if sub.shape else sub
     chunks = tuple((n,) for n in lead) + packed.chunks
-    return packed.map_blocks(
+    out = packed.map_blocks(
         tasks.field_block,
         name,
         dtype=base,
@@ -255,6 +256,32 @@ def _unpack(packed: da.Array, name: str) -> da.Array:
         meta=np.empty((0,) * (len(lead) + 2), dtype=base),
         name=f"stcal-dask-unpack-{name}-" + dask.base.tokenize(packed.name, name),
     )
+    _UNPACKED[out.name] = (packed.name, packed.chunks, packed.dtype, name)
+    while len(_UNPACKED) > 1024:
+        _UNPACKED.popitem(last=False)
+    return out
+
+
+# unpacked array name -> (packed array name, chunks, dtype, field): lets a consumer of several
+# fields of one packed array take the packed blocks themselves (one task per tile fewer per
+# field; each distributed task costs ~1-3 ms of CPU). Only names: no graph is kept alive.
+_UNPACKED: OrderedDict[str, tuple] = OrderedDict()
+
+
+def _packed_source(arrays: dict[str, da.Array]) -> da.Array | None:
+    """The packed array whose fields ``arrays`` (field name -> dask array) all are, unchanged
+    (same graph key names, so same chunks), or None."""
+    entries = [_UNPACKED.get(a.name) for a in arrays.values()]
+    if any(e is None for e in entries) or len({e[:3] for e in entries}) != 1:
+        return None
+    if [e[3] for e in entries] != list(arrays):
+        return None
+    packed_name, chunks, dtype = entries[0][:3]
+    graph = next(iter(arrays.values())).dask
+    if packed_name not in graph.layers:
+        return None
+    return da.Array(graph, packed_name, chunks=chunks, dtype=dtype,
+                    meta=np.empty((0, 0), dtype=dtype))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,15 +392,14 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
     )
     new_gdq = _unpack(packed, "groupdq")
     new_pdq = _unpack(packed, "pixeldq")
-    primary = _unpack(packed, "primary")
-    # stay in dask.array (a dask array handed to a Delayed is optimized on its own, which would
-    # fuse and rename the tile tasks and run every kernel twice)
-    skipped = da.from_delayed(
-        dask.delayed(tasks.is_skipped, pure=True)(glob), shape=(), dtype=bool
+    # the count in one task over the packed tiles (each distributed task costs ~1-3 ms of
+    # CPU); their blocks enter the Delayed unoptimized (an optimized dask array would fuse and
+    # rename the tile tasks and run every kernel twice), and the result is a dask array again
+    blocks = packed.to_delayed(optimize_graph=False).ravel().tolist()
+    count = da.from_delayed(
+        dask.delayed(tasks.primary_count, pure=True)(glob, *blocks), shape=(), dtype=np.int64,
+        meta=np.empty((), dtype=np.int64),
     )
-    count = da.where(
-        skipped, np.int64(jk.SKIPPED_PRIMARY_COUNT), primary.sum(dtype=np.int64)
-    ).astype(np.int64)
     out = ramp.copy(deep=False)
     out["groupdq"] = xr.Variable(ramp["groupdq"].dims, new_gdq, ramp["groupdq"].attrs)
     out["pixeldq"] = xr.Variable(ramp["pixeldq"].dims, new_pdq, ramp["pixeldq"].attrs)
@@ -423,7 +449,21 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
     gdq = ramp["groupdq"].data
     if not isinstance(gdq, da.Array):
         gdq = da.from_array(gdq)
-    return da.all((gdq[:, 0] & np.uint8(dqflags.SATURATED)) != 0)
+    if gdq.numblocks[0] != 1 or gdq.numblocks[1] != 1:
+        gdq = gdq.rechunk({0: -1, 1: -1})
+    # one small task per tile and one aggregation (each distributed task costs ~1-3 ms of CPU)
+    per_tile = gdq.map_blocks(
+        tasks.group0_saturated,
+        np.uint8(dqflags.SATURATED),
+        drop_axis=[0, 1],
+        chunks=tuple((1,) * n for n in gdq.numblocks[2:]),
+        dtype=bool,
+        meta=np.empty((0, 0), dtype=bool),
+        name="stcal-dask-group0-saturated-" + dask.base.tokenize(gdq.name),
+    )
+    blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
+    return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),
+                           dtype=bool, meta=np.empty((), dtype=bool))
 
 
 def fit_ramps(
@@ -502,13 +542,17 @@ def fit_ramps(
         spec.append(("opt_crmag", f32, (nints, dims[1])))
     dtype = np.dtype(spec)
 
-    inputs = [sci, gdq, pdq, gain, rn]
+    # from detect_jumps: the jump tiles' packed blocks themselves, not their unpacked fields
+    jumped = _packed_source({"groupdq": gdq, "pixeldq": pdq})
+    if jumped is not None and jumped.chunks != sci.chunks[2:]:
+        jumped = None
+    inputs = [sci, jumped, gain, rn] if jumped is not None else [sci, gdq, pdq, gain, rn]
     if zf is not None:
         inputs.append(zf[:, None])
     if dark is not None:
         inputs.append(dark)
     packed = da.map_blocks(
-        tasks.fit_block,
+        tasks.fit_block_jumped if jumped is not None else tasks.fit_block,
         *inputs,
         params=params,
         timing=timing,

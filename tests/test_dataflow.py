@@ -358,3 +358,32 @@ def _probe_block(w, p, g, *, crop):
     out = np.empty((1, 1), dtype=object)
     out[0, 0] = (w, p, crop, g)
     return out
+
+
+def test_fit_takes_the_jump_tiles_packed_blocks(exposure):
+    """fit_ramps on detect_jumps' result reads the jump tiles' packed blocks (no unpacking task
+    per tile and field); on a re-tiled result (other graph names) it unpacks them instead; the
+    products are identical either way. The primary count and the group-0 check are one
+    aggregation task each."""
+    ramp = ramp_from_exposure(exposure, chunks=(16, 25))
+    jumped = dataflow.detect_jumps(ramp)
+    rate, rateints = dataflow.fit_ramps(jumped)
+    names = {str(k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0]
+             for k in dict(dask.optimize(rate["sci"].data)[0].__dask_graph__())}
+    assert not any("unpack-groupdq" in n or "unpack-pixeldq" in n for n in names), names
+    assert any(n.startswith("stcal-dask-jump-tile") for n in names)
+    other = dataflow.detect_jumps(ramp).chunk({"y": 8})  # new names: no packed source
+    rate2, rateints2 = dataflow.fit_ramps(other, tile=(16, 25))
+    names2 = {str(k[0] if isinstance(k, tuple) else k)
+              for k in dict(dask.optimize(rate2["sci"].data)[0].__dask_graph__())}
+    assert any("unpack-groupdq" in n for n in names2)
+    (a, b, a2, b2) = dask.compute(rate, rateints, rate2, rateints2, scheduler="threads")
+    for var in RATE_MAP:
+        _assert_equal(f"rate.{var}", a[var].values, a2[var].values)
+        _assert_equal(f"rateints.{var}", b[var].values, b2[var].values)
+    for arr, name in ((jumped[dataflow.JUMP_COUNT_VARIABLE].data, "primary_count"),
+                      (dataflow.all_group0_saturated(ramp), "all_of")):
+        keys = [str(k[0] if isinstance(k, tuple) else k)
+                for k in dict(dask.optimize(arr)[0].__dask_graph__())]
+        assert len([k for k in keys if k.startswith(name)]) == 1
+        assert not [k for k in keys if k.startswith(("sum", "all-", "where", "getitem"))], keys
