@@ -163,12 +163,17 @@ def jump_block(sci, gdq, pdq, gain, rn, globals_, *, crop, params, nframes, grou
     )
 
 
-def primary_count(globals_, *blocks) -> np.int64:
-    """stcal's primary-jump count of the frame from the packed jump tiles (their ``primary``
-    maps), or its skip value when detection was skipped."""
+def primary_sum(block) -> int:
+    """The primary jumps of one packed jump tile (the sum of its ``primary`` map)."""
+    return int(block["primary"].sum(dtype=np.int64))
+
+
+def primary_count(globals_, *sums) -> np.int64:
+    """stcal's primary-jump count of the frame from the tiles' :func:`primary_sum`, or its skip
+    value when detection was skipped."""
     if globals_.skip:
         return np.int64(jk.SKIPPED_PRIMARY_COUNT)
-    return np.int64(sum(int(b["primary"].sum(dtype=np.int64)) for b in blocks))
+    return np.int64(sum(sums))
 
 
 def all_of(*flags) -> np.bool_:

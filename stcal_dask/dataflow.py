@@ -398,12 +398,15 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
     )
     new_gdq = _unpack(packed, "groupdq")
     new_pdq = _unpack(packed, "pixeldq")
-    # the count in one task over the packed tiles (each distributed task costs ~1-3 ms of
-    # CPU); their blocks enter the Delayed unoptimized (an optimized dask array would fuse and
-    # rename the tile tasks and run every kernel twice), and the result is a dask array again
+    # the count: one small task per tile (so each tile's packed block can be freed once the
+    # fit has read it) and one aggregation, with no partial-reduction tree (each distributed
+    # task costs ~1-3 ms of CPU). The blocks enter the Delayed unoptimized (an optimized dask
+    # array would fuse and rename the tile tasks and run every kernel twice), and the result
+    # is a dask array again.
     blocks = packed.to_delayed(optimize_graph=False).ravel().tolist()
+    sums = [dask.delayed(tasks.primary_sum, pure=True)(b) for b in blocks]
     count = da.from_delayed(
-        dask.delayed(tasks.primary_count, pure=True)(glob, *blocks), shape=(), dtype=np.int64,
+        dask.delayed(tasks.primary_count, pure=True)(glob, *sums), shape=(), dtype=np.int64,
         meta=np.empty((), dtype=np.int64),
     )
     out = ramp.copy(deep=False)

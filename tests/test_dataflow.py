@@ -387,3 +387,14 @@ def test_fit_takes_the_jump_tiles_packed_blocks(exposure):
                 for k in dict(dask.optimize(arr)[0].__dask_graph__())]
         assert len([k for k in keys if k.startswith(name)]) == 1
         assert not [k for k in keys if k.startswith(("sum", "all-", "where", "getitem"))], keys
+    # the aggregation depends on small per-tile results only, never on the tiles' packed
+    # blocks themselves (which would stay in memory until every tile is done)
+    from dask.core import get_dependencies
+
+    with dask.config.set({"optimization.fuse.active": False}):  # as cluster.compute runs it
+        (count,) = dask.optimize(jumped[dataflow.JUMP_COUNT_VARIABLE].data)
+    graph = dict(count.__dask_graph__())
+    (agg,) = [k for k in graph if str(k).startswith("primary_count")]
+    deps = get_dependencies(graph, agg)
+    assert deps and not [d for d in deps if "jump-tile" in str(d)], deps
+    assert any(str(d).startswith("primary_sum") for d in deps), deps
