@@ -113,10 +113,11 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _add_step_options(parser: argparse.ArgumentParser, step: str) -> None:
+def _add_step_options(parser: argparse.ArgumentParser, step: str, help_texts: bool = True
+                      ) -> None:
     cls = _param_class(step)
     hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls)
+    docs = _field_docs(cls) if help_texts else {}
     group = parser.add_argument_group(
         f"{step} step parameters (JWST names; {cls.__module__}.{cls.__name__})"
     )
@@ -317,8 +318,11 @@ def _io_options(parser, *, outputs: bool = True) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``stcal-dask`` argument parser (step options generated from the dataclasses)."""
+def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
+    """The ``stcal-dask`` argument parser (step options generated from the dataclasses).
+
+    ``help_texts=False`` leaves out the step options' descriptions, which are read from the
+    dataclasses' source (~40 ms): :func:`main` does so unless help is asked for."""
     from stcal_dask import __version__
 
     parser = _Parser(
@@ -460,9 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
         _common(p)
         if name in ("jump", "run"):
-            _add_step_options(p, "jump")
+            _add_step_options(p, "jump", help_texts)
         if name in ("rampfit", "run"):
-            _add_step_options(p, "rampfit")
+            _add_step_options(p, "rampfit", help_texts)
         p.set_defaults(func=_cmd_process, process=name)
 
     # demo
@@ -980,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``stcal-dask``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
+        parser = build_parser(help_texts=any(a in ("-h", "--help") for a in argv))
         args = parser.parse_args(argv)
         if getattr(args, "memory_limit", None) is not None:
             from stcal_dask.cluster import parse_memory_limit

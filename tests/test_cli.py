@@ -188,6 +188,9 @@ def test_step_options_are_generated_from_the_dataclasses(fits_run, tmp_path):
     for prefix, cls in (("jump", JumpParams), ("rampfit", RampFitParams)):
         for f in dataclasses.fields(cls):
             assert f"--{prefix}.{f.name}" in options
+    # without help texts (what main builds unless --help is given) the same options parse alike
+    argv = ["run", "x.zarr", "--jump.rejection_threshold", "5", "--rampfit.save_opt", "true"]
+    assert vars(build_parser(help_texts=False).parse_args(argv)) == vars(parser.parse_args(argv))
     out = tmp_path / "opts"
     out.mkdir()
     store = fits_run["out"] / "expo_jump.zarr"  # a zarr ramp (flagged; re-flagging is fine)
