@@ -248,7 +248,9 @@ def run_demo(
                    and getattr(client.cluster, "scheduler", None) is not None
                    and client.cluster.scheduler.services.get("dashboard") else ""))
         if tile is None:
-            nw = 1 if client is None else max(1, len(client.scheduler_info().get("workers", {})))
+            # tiles per thread that runs them (a worker may have several)
+            workers = {} if client is None else client.scheduler_info().get("workers", {})
+            nw = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
             # tiles of whole simulator cells where possible, so each cell is simulated once
             tile = dataflow.auto_tile(nints, ngroups, size, size, n_workers=nw,
                                       align=CELL if size >= 8 * CELL else 16)
