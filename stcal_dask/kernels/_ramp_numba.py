@@ -8,7 +8,8 @@ fuzzed case so far the outputs are bit-identical to stcal's. (Note: in numba ``f
 float32 value stays float32, so widening uses ``np.float64``.)
 
 Speed: flag-free integrations skip the segment search; the median of the first differences uses
-a precomputed sorting network (no data-dependent branches); the fitopt-only quantities of a
+the branch-free median networks shared with the jump kernel
+(:func:`stcal_dask.kernels._median_numba.median_prefix`); the fitopt-only quantities of a
 segment (sigslope, yint, sigyint) are computed only when the fitopt product is asked for.
 
 Layout: pixels are visited in C order; a pixel's (nints, ngroups) samples are read straight from
@@ -19,7 +20,6 @@ besides the outputs is O(nints * ngroups).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numba
@@ -27,8 +27,7 @@ import numpy as np
 
 from stcal_dask.errors import UserInputError
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_small import SMALL_MAX, median_small
-from stcal_dask.kernels.median_networks import batcher_pairs
+from stcal_dask.kernels._median_numba import median_prefix
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
@@ -284,49 +283,6 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
     out[4] = out[2] + out[3]
 
 
-@functools.lru_cache(maxsize=64)
-def sorting_networks(nmax):
-    """Sorting networks for every length m <= ``nmax``: ``(table, count)``.
-
-    ``table[m, :count[m]]`` are the comparators of Batcher's network for the next power of two,
-    keeping only those acting on positions < m (the others would only compare +inf padding).
-    Data-independent, so the median needs no unpredictable branches.
-    """
-    size = 1
-    while size < max(nmax, 1):
-        size *= 2
-    full = batcher_pairs(size)
-    table = np.zeros((nmax + 1, max(len(full), 1), 2), dtype=np.int64)
-    count = np.zeros(nmax + 1, dtype=np.int64)
-    for m in range(nmax + 1):
-        kept = [pair for pair in full if pair[1] < m]
-        count[m] = len(kept)
-        if kept:
-            table[m, : len(kept)] = kept
-    table.flags.writeable = False
-    count.flags.writeable = False
-    return table, count
-
-
-@numba.njit(**_JIT)
-def _median_compact(buf, m, net, net_count):
-    """Median of ``buf[:m]`` (m >= 1, no NaN inside; mean of the two middle values for an even
-    count), like stcal's NaN-aware sort + middle pick. ``buf`` may be reordered."""
-    if m <= SMALL_MAX:
-        return median_small(buf, m)
-    for c in range(net_count[m]):
-        i = net[m, c, 0]
-        j = net[m, c, 1]
-        a = buf[i]
-        b = buf[j]
-        buf[i] = b if b < a else a
-        buf[j] = a if b < a else b
-    half = m >> 1
-    if m & 1:
-        return buf[half]
-    return (buf[half] + buf[half - 1]) / 2.0
-
-
 # ------------------------------------------------------------------------------------------------
 # the tile
 
@@ -356,8 +312,6 @@ def fit_tile_core(
     pers,
     chargeloss,
     ngval,
-    net,
-    net_count,
     # outputs
     r_slope,
     r_dq,
@@ -545,7 +499,7 @@ def fit_tile_core(
                         if nm == 0:
                             mi = r0
                         else:
-                            mi = _median_compact(mbuf, nm, net, net_count)
+                            mi = median_prefix(mbuf, nm)
                     if math.isnan(mi):
                         mi = 0.0
                     acc += mi
@@ -879,7 +833,6 @@ def fit_tile(
             pers,
             chargeloss,
             ngval,
-            *sorting_networks(max(ngroups - 1, 1)),
             *r,
             *ri,
             *o,

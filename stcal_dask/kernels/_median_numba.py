@@ -1,0 +1,90 @@
+"""Medians of a handful of values per pixel for the numba kernels (jump and ramp fit).
+
+:func:`median_prefix` takes the median of ``buf[:n]`` in place, with no data-dependent branch
+up to 32 values: straight-line register networks for n <= ``SMALL_MAX``
+(:mod:`._median_small`), pruned Batcher median networks (:mod:`.median_networks`) held in
+module tables up to 32, and Wirth's selection beyond. The median does not depend on the method,
+so every count gives the value a sort would, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
+from stcal_dask.kernels._median_small import SMALL_MAX, median_small
+from stcal_dask.kernels.median_networks import median_pairs
+
+_NET_MAX = 32
+_nets = [median_pairs(n) for n in range(_NET_MAX + 1)]
+_NET_OFF = np.cumsum([0] + [len(t) for t in _nets]).astype(np.int64)
+_NET_A = np.array([a for t in _nets for a, _ in t], dtype=np.int64)
+_NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
+del _nets
+
+
+@njit(cache=True, nogil=True, inline="always")
+def kth_smallest(a, n, k):
+    """k-th smallest of ``a[:n]`` by Wirth's selection, permuting ``a`` in place exactly as
+    astropy's C sigma clipping does (the permutation decides the order of its sums)."""
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        v = a[k]
+        i = lo
+        j = hi
+        while True:
+            while a[i] < v:
+                i += 1
+            while v < a[j]:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+            if i > j:
+                break
+        if j < k:
+            lo = i
+        if k < i:
+            hi = j
+    return a[k]
+
+
+@njit(cache=True, nogil=True)
+def _sort_prefix(buf, n):
+    """Bring the middle element(s) of ``buf[:n]`` (no NaN, n <= 32) to their sorted positions,
+    in place, with a branch-free median network."""
+    for t in range(_NET_OFF[n], _NET_OFF[n + 1]):
+        a = _NET_A[t]
+        b = _NET_B[t]
+        va = buf[a]
+        vb = buf[b]
+        buf[a] = vb if vb < va else va
+        buf[b] = va if vb < va else vb
+
+
+@njit(cache=True, nogil=True, inline="always")
+def median_prefix(buf, n):
+    """Median of ``buf[:n]`` (no NaN inside); NaN when n == 0. Reorders ``buf[:n]``.
+
+    Even counts give ``(lo + hi) / 2`` as numpy's (nan)median does.
+    """
+    if n == 0:
+        return np.nan
+    if n <= SMALL_MAX:
+        return median_small(buf, n)
+    h = n // 2
+    if n > _NET_MAX:
+        # selection: the k-th smallest values do not depend on the method
+        if n % 2 == 1:
+            return kth_smallest(buf, n, h)
+        upper = kth_smallest(buf, n, h)
+        return (kth_smallest(buf, n, h - 1) + upper) / 2.0
+    _sort_prefix(buf, n)
+    if n % 2 == 1:
+        return buf[h]
+    return (buf[h - 1] + buf[h]) / 2.0
