@@ -49,7 +49,6 @@ concrete sizes, so :func:`fit_ramps` with ``save_opt`` computes that small reduc
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -253,41 +252,41 @@ def _unpack(packed: da.Array, name: str) -> da.Array:
     lead = sub.shape
     base = sub.base if sub.shape else sub
     chunks = tuple((n,) for n in lead) + packed.chunks
-    out = packed.map_blocks(
+    return packed.map_blocks(
         tasks.field_block,
         name,
         dtype=base,
         chunks=chunks,
         new_axis=list(range(len(lead))) if lead else None,
         meta=np.empty((0,) * (len(lead) + 2), dtype=base),
-        name=f"stcal-dask-unpack-{name}-" + dask.base.tokenize(packed.name, name),
+        name=_unpack_name(packed.name, name),
     )
-    _UNPACKED[out.name] = (packed.name, packed.chunks, packed.dtype, name)
-    while len(_UNPACKED) > 1024:
-        _UNPACKED.popitem(last=False)
-    return out
 
 
-# unpacked array name -> (packed array name, chunks, dtype, field): lets a consumer of several
-# fields of one packed array take the packed blocks themselves (one task per tile fewer per
-# field; each distributed task costs ~1-3 ms of CPU). Only names: no graph is kept alive.
-_UNPACKED: OrderedDict[str, tuple] = OrderedDict()
+def _unpack_name(packed_name: str, field: str) -> str:
+    return f"stcal-dask-unpack-{field}-" + dask.base.tokenize(packed_name, field)
 
 
 def _packed_source(arrays: dict[str, da.Array]) -> da.Array | None:
-    """The packed array whose fields ``arrays`` (field name -> dask array) all are, unchanged
-    (same graph key names, so same chunks), or None."""
-    entries = [_UNPACKED.get(a.name) for a in arrays.values()]
-    if any(e is None for e in entries) or len({e[:3] for e in entries}) != 1:
+    """The packed (y, x) array whose fields ``arrays`` (field name -> dask array) are, made by
+    :func:`_unpack` and unchanged since (the names say so), or None. A consumer of several
+    fields can then take the packed blocks themselves: one task per tile and field fewer (each
+    distributed task costs ~1-3 ms of CPU)."""
+    sources = set()
+    for field, a in arrays.items():
+        deps = a.dask.dependencies.get(a.name, set())
+        if len(deps) != 1:
+            return None
+        (packed_name,) = deps
+        if a.name != _unpack_name(packed_name, field):
+            return None
+        sources.add(packed_name)
+    if len(sources) != 1:
         return None
-    if [e[3] for e in entries] != list(arrays):
-        return None
-    packed_name, chunks, dtype = entries[0][:3]
-    graph = next(iter(arrays.values())).dask
-    if packed_name not in graph.layers:
-        return None
-    return da.Array(graph, packed_name, chunks=chunks, dtype=dtype,
-                    meta=np.empty((0, 0), dtype=dtype))
+    first = next(iter(arrays.values()))
+    # its blocks are dicts of arrays (tasks.pack): the dtype is nominal
+    return da.Array(first.dask, sources.pop(), chunks=first.chunks[-2:], dtype=object,
+                    meta=np.empty((0, 0), dtype=object))
 
 
 # ------------------------------------------------------------------------------------------------
