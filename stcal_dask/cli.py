@@ -565,15 +565,13 @@ def _import_for_workers(lean: bool = False) -> None:
         import distributed  # noqa: F401
 
         from stcal_dask import cluster  # noqa: F401
-
-        if not lean:
-            from stcal_dask import dataflow  # noqa: F401  (dask.array, xarray)
-            from stcal_dask.io import fits_io, naming  # noqa: F401  (astropy.io.fits)
+    if not lean:
+        _import_for_graph()
 
 
 def _import_for_graph() -> None:
-    """What :func:`_import_for_workers` with ``lean`` left out, without the unused optional
-    packages."""
+    """What the graph needs besides distributed (what :func:`_import_for_workers` with ``lean``
+    leaves out), without the unused optional packages."""
     from stcal_dask._imports import skipping_optional_imports
 
     with skipping_optional_imports():
