@@ -109,12 +109,11 @@ class _FitsRegion:
             encoded = _encode(np.broadcast_to(np.asarray(value), block_shape), self.dtype,
                               self._xor)
             flat = np.ascontiguousarray(encoded, dtype=self._raw).reshape(-1)
-            nbytes = run_len * self._raw.itemsize
             fd = os.open(self.path, os.O_WRONLY)
             try:
                 for n, start in enumerate(starts):
                     chunk = memoryview(flat[n * run_len:(n + 1) * run_len]).cast("B")
-                    _pwrite_all(fd, chunk, self.offset + start * self._raw.itemsize, nbytes)
+                    _pwrite_all(fd, chunk, self.offset + start * self._raw.itemsize)
             finally:
                 os.close(fd)
             return
@@ -170,9 +169,9 @@ _MIN_RUN_BYTES = 64 * 1024
 shared memory map, whose every first-touched page is a page fault)."""
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int, nbytes: int) -> None:
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
-    while done < nbytes:
+    while done < len(data):
         written = os.pwrite(fd, data[done:], offset + done)
         if written <= 0:
             raise OSError(f"short write at byte {offset + done}")
