@@ -260,6 +260,37 @@ def test_random_fuzz(seed):
     )
 
 
+@pytest.mark.parametrize(
+    "nints, ngroups, seed",
+    [(1, 2, 0), (1, 3, 1), (1, 11, 2), (1, 12, 3), (1, 13, 4), (2, 7, 5), (1, 14, 6),
+     (1, 21, 7), (3, 9, 8), (1, 33, 9)],
+)  # fmt: skip
+def test_iterative_path_every_difference_count(nints, ngroups, seed):
+    """The iterative path at every kind of difference count: the lane-parallel rounds use
+    straight-line networks up to 12 differences per pixel and one shared network beyond
+    (min_diffs_single_pass raised so stcal iterates up to 32 differences); ties, NaN/inf,
+    SATURATED/DO_NOT_USE groups and several jumps per ramp."""
+    rng = np.random.default_rng(100 + seed)
+    ny, nx = 11, 37
+    shape = (nints, ngroups, ny, nx)
+    steps = rng.integers(0, 4, shape).astype(np.float32) * np.float32(7.0)
+    data = np.cumsum(steps, axis=1).astype(np.float32)
+    data[:, :, : ny // 2] += rng.normal(0, 2.0, (nints, ngroups, ny // 2, nx)).astype(np.float32)
+    for frac, jump in ((0.06, 400.0), (0.04, -300.0), (0.03, 90.0)):
+        hit = rng.random(shape) < frac
+        data += np.cumsum(hit * np.float32(jump), axis=1).astype(np.float32)
+    data[rng.random(shape) < 0.01] = np.inf
+    data[rng.random(shape) < 0.01] = np.nan
+    u = rng.random(shape)
+    gdq = np.zeros(shape, np.uint8)
+    gdq[u < 0.06] |= DNU
+    gdq[u > 0.95] |= SAT
+    gain = rng.choice(np.array([1.0, 2.2, 0.5], np.float32), (ny, nx))
+    rn = rng.choice(np.array([0.0, 1.0, 4.5, 30.0], np.float32), (ny, nx))
+    params = JumpParams(min_diffs_single_pass=64, min_jump_to_flag_neighbors=5.0)
+    _compare(data, gdq, np.zeros((ny, nx), np.uint32), gain, rn, params=params)
+
+
 def test_uint32_groupdq_and_preexisting_pixeldq():
     data, gdq, pdq, gain, rn = _sim(1, 6, 12, 12, seed=18, cr_rate=0.05, bad_gain_fraction=0.1)
     pdq[:] = int(dqflags.DQ.HOT)

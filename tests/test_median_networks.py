@@ -62,6 +62,43 @@ def test_median_small_reads_only_the_prefix():
     assert _median_small.median_small(buf, 2) == 3.0
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 12, 13])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipped_mid_lanes_equals_a_sort_per_column(n, dtype):
+    """Across columns at once: usable count, extremes, and the middle pair of the kept values
+    (all usable ones; with >= 4 usable, those below the maximum), ties, NaN and inf included;
+    False (nothing written) beyond the straight-line sizes."""
+    rng = np.random.default_rng(n)
+    nl = 300
+    apl = rng.choice(np.array([0.0, 1.0, 1.0, 2.0, 3.5, 7.0, 7.0, np.inf, np.nan]), (n, nl + 5))
+    apl[:, :40] = rng.integers(0, 3, (n, 40))  # many ties with the maximum
+    apl[:, 40:60] = np.nan
+    apl = apl.astype(dtype)
+    nuse = np.full(nl + 5, -1, np.int32)
+    cnt = nuse.copy()
+    mxv, mnv, lo, hi = (np.full(nl + 5, -7.0, dtype) for _ in range(4))
+    done = _median_small.clipped_mid_lanes(apl, n, nl, nuse, mxv, mnv, cnt, lo, hi)
+    assert done == (n <= median_networks.SMALL_MAX)
+    if not done:
+        assert (nuse == -1).all()
+        return
+    for x in range(nl + 5):
+        if x >= nl:  # only the first nl columns
+            assert nuse[x] == -1 and lo[x] == -7.0
+            continue
+        col = apl[:, x]
+        usable = col[~np.isnan(col)]
+        assert nuse[x] == usable.size
+        if usable.size == 0:
+            assert cnt[x] == 0
+            continue
+        assert mxv[x] == usable.max() and mnv[x] == usable.min()
+        kept = np.sort(usable if usable.size < 4 else usable[usable != usable.max()])
+        assert cnt[x] == kept.size
+        if kept.size:
+            assert lo[x] == kept[(kept.size - 1) // 2] and hi[x] == kept[kept.size // 2]
+
+
 def test_kernels_set_up_numba_without_scipy_linalg():
     """numba's CPU target set-up imports scipy.linalg only to choose np.correlate's BLAS path
     (~0.35 s of every worker's start); the kernels hide it, and scipy still imports later."""

@@ -32,6 +32,8 @@ from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
 from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
+from stcal_dask.kernels._median_small import clipped_mid_lanes
+from stcal_dask.kernels.median_networks import batcher_pairs
 
 PATH_SKIP = 0
 PATH_SIGCLIP = 1
@@ -215,7 +217,8 @@ def _detect_pixel(
 
     Row buffers are pixel-major and indexed ``[x, ...]`` (no per-pixel views, which would cost
     reference counting): ``grow[x]`` (nints * ngroups,) the pixel's group DQ (updated in place),
-    ``erow[x]`` its electrons in the inputs' product dtype (NaN on SAT/DNU groups); fills
+    ``erow[:, x]`` its electrons in the inputs' product dtype (NaN on SAT/DNU groups; the electron
+    rows are group-major, ``(nints * ngroups, nx)``); fills
     ``drow[x]`` (nints * (ngroups - 1),) with the float64 differences.
 
     Returns ``(m, sigma, have_m)``: the signed median of the differences and its read-noise sigma
@@ -228,7 +231,7 @@ def _detect_pixel(
         for k in range(nd):
             # difference in the product dtype (float32 for JWST), then widened
             drow[x, i * nd + k] = np.float64(
-                erow[x, i * ngroups + k + 1] - erow[x, i * ngroups + k]
+                erow[i * ngroups + k + 1, x] - erow[i * ngroups + k, x]
             )
     m = np.nan
     sig = np.nan
@@ -293,6 +296,198 @@ def _detect_pixel(
     return m, sig, have_m
 
 
+_SORT_MAX = 32
+"""Largest number of differences per pixel that :func:`_first_round_row` sorts across pixels."""
+_sorts = [batcher_pairs(n) for n in range(_SORT_MAX + 1)]
+_SORT_OFF = np.cumsum([0] + [len(t) for t in _sorts]).astype(np.int64)
+_SORT_A = np.array([a for t in _sorts for a, _ in t], dtype=np.int64)
+_SORT_B = np.array([b for t in _sorts for _, b in t], dtype=np.int64)
+del _sorts
+
+
+@njit(cache=True, nogil=True)
+def _clipped_mid_rows(apl, spl, nl, ntot, nuse, mxv, mnv, cnt, lo, hi):
+    """:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes` for any ``ntot`` up to
+    ``_SORT_MAX``: the same full sorting network, one compare-exchange at a time across the
+    lanes (rows of ``spl``, scratch like ``apl``), the middle pair gathered branch-free."""
+    inf = apl.dtype.type(np.inf)
+    for n in range(nl):
+        nuse[n] = 0
+        cnt[n] = 0
+        mxv[n] = -inf
+        mnv[n] = inf
+    for j in range(ntot):
+        aj = apl[j]
+        for n in range(nl):
+            a = aj[n]
+            nuse[n] += a == a
+            mx = mxv[n]
+            mn = mnv[n]
+            mxv[n] = a if a > mx else mx
+            mnv[n] = a if a < mn else mn
+    for j in range(ntot):
+        aj = apl[j]
+        sj = spl[j]
+        for n in range(nl):
+            a = aj[n]
+            keep = (a == a) & ((nuse[n] < 4) | (a != mxv[n]))
+            sj[n] = a if keep else inf
+            cnt[n] += keep
+    for t in range(_SORT_OFF[ntot], _SORT_OFF[ntot + 1]):
+        ra = spl[_SORT_A[t]]
+        rb = spl[_SORT_B[t]]
+        for n in range(nl):
+            va = ra[n]
+            vb = rb[n]
+            ra[n] = vb if vb < va else va
+            rb[n] = va if vb < va else vb
+    for n in range(nl):
+        lo[n] = spl[0, n]
+        hi[n] = spl[0, n]
+    for j in range(1, ntot):
+        sj = spl[j]
+        for n in range(nl):
+            m = cnt[n]
+            lo[n] = sj[n] if (m - 1) >> 1 == j else lo[n]
+            hi[n] = sj[n] if m >> 1 == j else hi[n]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
+                   cnt, lo, hi, cv, sgv, thv, go):  # fmt: skip
+    """One round's clipped median, sigma and stop test for lanes ``0..nl-1`` of ``apl``
+    ((ntot, >= nl) absolute differences in the electrons' dtype, NaN = unusable), pixels along
+    the inner loops, branch-free so that they vectorise.
+
+    Same values as :func:`_clipped_median` and the round's tests in :func:`_detect_pixel`, bit
+    for bit: the usable values (with >= 4 of them, those below the maximum) are sorted by a
+    full network with +inf in the places of the others (in the electrons' dtype: the float64
+    values that the scalar path sorts are exactly these, widened), and the median of the
+    first ``m`` sorted values is ``(s[(m - 1) // 2] + s[m // 2]) / 2`` in float64, which for
+    odd ``m`` is ``s[m // 2]`` exactly. Sets ``cv`` (the centre, rounded to float32 unless
+    ``first``), ``sgv`` (sigma), ``thv`` (threshold) and ``go`` (the round goes on to the
+    ratios).
+    """
+    if not clipped_mid_lanes(apl, ntot, nl, nuse, mxv, mnv, cnt, lo, hi):
+        _clipped_mid_rows(apl, spl, nl, ntot, nuse, mxv, mnv, cnt, lo, hi)
+    for n in range(nl):
+        n_use = nuse[n]
+        med = (np.float64(lo[n]) + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan
+        c = np.float64(mnv[n]) if n_use == 2 else med
+        if not first:
+            # stcal stores later-round medians in a float32 array
+            c = np.float64(np.float32(c))
+        sig = math.sqrt(abs(c) + rnt_l[n])
+        sig = np.nan if sig == 0.0 else sig
+        thr = rej if n_use >= 4 else (thr_3diff if n_use == 3 else thr_2diff)
+        r_hi = abs(np.float64(np.float32(np.float64(mxv[n]) - c))) / sig
+        r_lo = abs(np.float64(np.float32(np.float64(mnv[n]) - c))) / sig
+        cv[n] = c
+        sgv[n] = sig
+        thv[n] = thr
+        go[n] = (n_use >= 2) & ((r_hi > thr) | (r_lo > thr))
+
+
+@njit(cache=True, nogil=True)
+def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask):
+    """The iterative path's detection for a whole row, pixels along the inner (vectorised)
+    loops: ``jmask[x]`` gets bit ``j`` for each difference ``j`` that :func:`_detect_pixel`
+    would flag JUMP (in its later group), ``dpl[j, x]`` the float64 differences.
+
+    Round 1 runs across the whole row; the ratios and every later round only across the
+    pixels still going on (compacted). ``erow`` (nints * ngroups, nx) electrons, ``rnt``
+    (nx,) the read-noise terms.
+    """
+    nd = ngroups - 1
+    ntot = nints * nd
+    nx = erow.shape[1]
+    # |d| in the electrons' dtype: the scalar path's float64 |d| widened from it, exactly
+    apl = np.empty((ntot, nx), dtype=erow.dtype)
+    spl = np.empty((ntot, nx), dtype=erow.dtype)
+    rpl = np.empty((ntot, nx), dtype=np.float64)
+    rnt_l = np.empty(nx, dtype=np.float64)
+    mxv = np.empty(nx, dtype=erow.dtype)
+    mnv = np.empty(nx, dtype=erow.dtype)
+    lo = np.empty(nx, dtype=erow.dtype)
+    hi = np.empty(nx, dtype=erow.dtype)
+    cv = np.empty(nx, dtype=np.float64)
+    sgv = np.empty(nx, dtype=np.float64)
+    thv = np.empty(nx, dtype=np.float64)
+    gmx = np.empty(nx, dtype=np.float64)
+    nuse = np.empty(nx, dtype=np.int32)
+    cnt = np.empty(nx, dtype=np.int32)
+    go = np.empty(nx, dtype=np.bool_)
+    lane = np.empty(nx, dtype=np.int64)
+    for i in range(nints):
+        for k in range(nd):
+            e1 = erow[i * ngroups + k + 1]
+            e0 = erow[i * ngroups + k]
+            dj = dpl[i * nd + k]
+            aj = apl[i * nd + k]
+            for x in range(nx):
+                d = e1[x] - e0[x]
+                dj[x] = np.float64(d)
+                aj[x] = abs(d)
+    for x in range(nx):
+        jmask[x] = 0
+        lane[x] = x
+        rnt_l[x] = rnt[x]
+    nl = nx
+    first = True
+    for _round in range(ntot):
+        if nl == 0:
+            break
+        _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv,
+                       mnv, cnt, lo, hi, cv, sgv, thv, go)  # fmt: skip
+        first = False
+        # keep the lanes that go on (most stop in round 1)
+        w = 0
+        for n in range(nl):
+            if go[n]:
+                if w != n:
+                    for j in range(ntot):
+                        apl[j, w] = apl[j, n]
+                    lane[w] = lane[n]
+                    rnt_l[w] = rnt_l[n]
+                    cv[w] = cv[n]
+                    sgv[w] = sgv[n]
+                    thv[w] = thv[n]
+                w += 1
+        nl = w
+        if nl == 0:
+            break
+        # the ratios |f32(|d| - c)| / sigma and their NaN-skipping maximum
+        for n in range(nl):
+            gmx[n] = np.nan
+        for j in range(ntot):
+            aj = apl[j]
+            rj = rpl[j]
+            for n in range(nl):
+                # stcal stores |d| - c in a float32 array
+                r = abs(np.float64(np.float32(np.float64(aj[n]) - cv[n]))) / sgv[n]
+                rj[n] = r
+                g = gmx[n]
+                gmx[n] = r if (r == r and (g != g or r > g)) else g
+        # flag every difference at the maximum where it exceeds the threshold; compact
+        w = 0
+        for n in range(nl):
+            g = gmx[n]
+            if g > thv[n]:
+                x = lane[n]
+                bits = jmask[x]
+                for j in range(ntot):
+                    a = apl[j, n]
+                    if rpl[j, n] == g:
+                        bits |= np.int64(1) << j
+                        a = np.nan
+                    apl[j, w] = a
+                jmask[x] = bits
+                lane[w] = x
+                rnt_l[w] = rnt_l[n]
+                w += 1
+        nl = w
+
+
 @njit(cache=True, nogil=True)
 def run_frame(
     data, groupdq, gdq_out, gain, readnoise, nreads_half, path, only_use_ints, reset_planes,
@@ -322,7 +517,7 @@ def run_frame(
     absd = np.empty(max(ntot, 1), dtype=np.float64)
     ratio = np.empty(max(ntot, 1), dtype=np.float64)
     buf = np.empty(max(ntot, nints, 1), dtype=np.float64)
-    erow = np.empty((nx, ng_all), dtype=eproto.dtype)
+    erow = np.empty((ng_all, nx), dtype=eproto.dtype)
     gring = np.empty((3, nx, ng_all), dtype=gdq_out.dtype)
     centre = np.zeros((3, nx, max(ntot, 1)), dtype=np.bool_)
     dring = np.empty((3, nx, max(ntot, 1)), dtype=np.float64)
@@ -330,6 +525,13 @@ def run_frame(
     mvalid = np.zeros((3, nx), dtype=np.bool_)
     anyc = np.zeros((3, nx), dtype=np.bool_)
     addf = np.zeros(ngroups, dtype=np.bool_)
+    # the iterative path's first round runs across each row's pixels (_first_round_row)
+    # the iterative path runs across each row's pixels (_iterative_row)
+    quick = path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX
+    nq = nx if quick else 0
+    rnt = np.empty(nx, dtype=np.float64)
+    dpl = np.empty((ntot, nq), dtype=np.float64)
+    jmask = np.zeros(nq, dtype=np.int64)
     for yy in range(ny + 1):
         if yy < ny:
             ry = yy % 3
@@ -345,39 +547,59 @@ def run_frame(
                         gv = src_g[x]
                         grow[x, q] = gv
                         if gv & _SAT_DNU:
-                            erow[x, q] = np.nan
+                            erow[q, x] = np.nan
                         else:
-                            erow[x, q] = src_d[x] * gain_row[x]
+                            erow[q, x] = src_d[x] * gain_row[x]
             # detection of row yy
             drow = dring[ry]
             crow = centre[ry]
             for x in range(nx):
-                rnterm = _rn_term(readnoise, gain, yy, x, nreads_half)
-                m, sig, have_m = _detect_pixel(
-                    grow, erow, drow, rnterm, nints, ngroups, path, only_use_ints, reset_planes,
-                    x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
-                )  # fmt: skip
+                rnt[x] = _rn_term(readnoise, gain, yy, x, nreads_half)
+            if quick:
+                _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl,
+                               jmask)  # fmt: skip
+            for x in range(nx):
+                if quick:
+                    for j in range(ntot):
+                        drow[x, j] = dpl[j, x]
+                    bits = jmask[x]
+                    if bits:
+                        # branch-free: which differences are flagged is unpredictable
+                        for i in range(nints):
+                            for k in range(nd):
+                                hit = (bits >> (i * nd + k)) & 1
+                                grow[x, i * ngroups + k + 1] |= _JUMP * hit
+                    m, sig, have_m = np.nan, np.nan, False
+                else:
+                    m, sig, have_m = _detect_pixel(
+                        grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints,
+                        reset_planes, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
+                    )  # fmt: skip
+                rnterm = rnt[x]
                 cnt = 0
                 for q in range(ng_all):
-                    if grow[x, q] & _JUMP:
-                        cnt += 1
+                    cnt += (grow[x, q] & _JUMP) != 0
                 primary[yy, x] = cnt
                 if do_neighbors:
                     # crow[x] is only read where anyc[ry, x] is set, so it is not cleared
                     has_c = False
                     if cnt > 0:
+                        if not have_m:
+                            m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
+                            have_m = True
                         for i in range(nints):
                             for k in range(nd):
                                 j = i * nd + k
-                                is_c = False
-                                if grow[x, i * ngroups + k + 1] & _JUMP:
-                                    if not have_m:
-                                        m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
-                                        have_m = True
-                                    r0 = abs(drow[x, j] - m) / sig
-                                    is_c = r0 < nbr_max and r0 > nbr_min
+                                # branch-free: a neighbour centre is a JUMP difference whose
+                                # ratio is within (nbr_min, nbr_max)
+                                r0 = abs(drow[x, j] - m) / sig
+                                is_c = (
+                                    ((grow[x, i * ngroups + k + 1] & _JUMP) != 0)
+                                    & (r0 < nbr_max)
+                                    & (r0 > nbr_min)
+                                )
                                 crow[x, j] = is_c
-                                has_c = has_c or is_c
+                                has_c = has_c | is_c
                     anyc[ry, x] = has_c
                 mring[ry, x] = m
                 mvalid[ry, x] = have_m
@@ -395,23 +617,27 @@ def run_frame(
         cdn = centre[rdn]
         for x in range(nx):
             if do_neighbors:
-                up = y > 0 and anyc[rup, x]
-                dn = y + 1 < ny and anyc[rdn, x]
-                lf = x > 0 and anyc[ry, x - 1]
-                rt = x + 1 < nx and anyc[ry, x + 1]
-                if up or dn or lf or rt:
+                # branch-free (which neighbours have centres is unpredictable); the clamped
+                # indices are read only where the side exists
+                xl = max(x - 1, 0)
+                xr = min(x + 1, nx - 1)
+                up = (y > 0) & anyc[rup, x]
+                dn = (y + 1 < ny) & anyc[rdn, x]
+                lf = (x > 0) & anyc[ry, xl]
+                rt = (x + 1 < nx) & anyc[ry, xr]
+                if up | dn | lf | rt:
                     for i in range(nints):
                         for k in range(nd):
                             j = i * nd + k
                             hit = (
-                                (up and cup[x, j])
-                                or (dn and cdn[x, j])
-                                or (lf and crow[x - 1, j])
-                                or (rt and crow[x + 1, j])
+                                (up & cup[x, j])
+                                | (dn & cdn[x, j])
+                                | (lf & crow[xl, j])
+                                | (rt & crow[xr, j])
                             )
                             q = i * ngroups + k + 1
-                            if hit and (grow[x, q] & _SAT_DNU) == 0:
-                                grow[x, q] |= _JUMP
+                            v = grow[x, q]
+                            grow[x, q] = v | (_JUMP * (hit & ((v & _SAT_DNU) == 0)))
             any_jump = False
             if do_after:
                 for i in range(nints):
@@ -441,8 +667,8 @@ def run_frame(
             if remove_redundant_bits:
                 for q in range(ng_all):
                     v = grow[x, q]
-                    if (v & _JUMP) and (v & _SAT_DNU):
-                        grow[x, q] = v ^ _JUMP
+                    bad = ((v & _JUMP) != 0) & ((v & _SAT_DNU) != 0)
+                    grow[x, q] = v ^ (_JUMP * bad)
         # write row y out
         for i in range(nints):
             for g in range(ngroups):

@@ -11,7 +11,9 @@ the same value bit for bit as a sort (even counts: ``(lo + hi) / 2``, as numpy's
 * :func:`batcher_pairs` / :func:`median_pairs`: comparator lists (any n).
 * :func:`generate_source`: the source of :mod:`stcal_dask.kernels._median_small`, one
   straight-line block per n <= :data:`SMALL_MAX` with the values held in local variables
-  (registers) instead of a scratch buffer. The module is generated once and committed (numba's
+  (registers) instead of a scratch buffer: ``median_small`` (one set of values) and
+  ``clipped_mid_lanes`` (many pixels at once, the jump kernel's clipped median: a loop over
+  pixels whose body is branch-free, so that the compiler vectorises it across pixels). The module is generated once and committed (numba's
   on-disk cache needs a real source file); ``python -m stcal_dask.kernels.median_networks``
   rewrites it and a test checks it is up to date.
 """
@@ -89,6 +91,46 @@ def _function(n: int) -> list[str]:
     return lines
 
 
+def _lanes_function(n: int) -> list[str]:
+    """``_clipped_mid_<n>``: for each lane (column) ``x < nl`` of ``apl`` (n rows, NaN =
+    unusable): ``nuse`` (usable count), ``mxv``/``mnv`` (their extremes), and the kept values
+    (all usable ones; with >= 4 usable, those below the maximum): their count ``cnt`` and the
+    ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest in ``lo``/``hi``, from a full sort with
+    +inf in the places of the values not kept. Counts are int32 and values stay in ``apl``'s
+    dtype: narrow lanes let the compiler put more pixels in one vector register."""
+    pairs = batcher_pairs(n)
+    L = ["", "", "@njit(cache=True, nogil=True)",
+         f"def _clipped_mid_{n}(apl, nl, nuse, mxv, mnv, cnt, lo, hi):",
+         "    inf = apl.dtype.type(np.inf)",
+         "    one = np.int32(1)",
+         "    four = np.int32(4)",
+         "    for x in range(nl):"]
+    L += [f"        a{i} = apl[{i}, x]" for i in range(n)]
+    L.append("        u = " + " + ".join(f"np.int32(a{i} == a{i})" for i in range(n)))
+    L.append("        mx = -inf")
+    L.append("        mn = inf")
+    for i in range(n):
+        L.append(f"        mx = a{i} if a{i} > mx else mx")
+        L.append(f"        mn = a{i} if a{i} < mn else mn")
+    L.append("        few = u < four")
+    for i in range(n):
+        L.append(f"        k{i} = (a{i} == a{i}) & (few | (a{i} != mx))")
+        L.append(f"        v{i} = a{i} if k{i} else inf")
+    L.append("        m = " + " + ".join(f"np.int32(k{i})" for i in range(n)))
+    for a, b in pairs:
+        L.append(f"        v{a}, v{b} = min(v{a}, v{b}), max(v{a}, v{b})")
+    L.append("        il = (m - one) >> one")
+    L.append("        ih = m >> one")
+    L.append("        l = v0")
+    L.append("        h = v0")
+    for i in range(1, n):
+        L.append(f"        l = v{i} if il == {i} else l")
+        L.append(f"        h = v{i} if ih == {i} else h")
+    L += ["        nuse[x] = u", "        mxv[x] = mx", "        mnv[x] = mn", "        cnt[x] = m",
+          "        lo[x] = l", "        hi[x] = h"]
+    return L
+
+
 def generate_source() -> str:
     """Source text of :mod:`stcal_dask.kernels._median_small`."""
     out = [
@@ -100,8 +142,15 @@ def generate_source() -> str:
         f"{SMALL_MAX}),",
         "``(lo + hi) / 2`` for even n; ``buf`` is only read. Each count has its own function of",
         "compare-exchanges on local variables (Batcher's network pruned to the middle outputs).",
+        "",
+        "``clipped_mid_lanes(apl, n, nl, nuse, mxv, mnv, cnt, lo, hi)``: the same networks (full",
+        "sorts) across the first ``nl`` columns of ``apl`` (n rows, 1 <= n <= "
+        f"{SMALL_MAX}) at once:",
+        "per column the usable (non-NaN) count, maximum and minimum, and the middle pair of the",
+        "kept values (all usable ones; with >= 4, those below the maximum); False for another n.",
         '"""',
         "",
+        "import numpy as np",
         "from numba import njit",
         "",
         f"SMALL_MAX = {SMALL_MAX}",
@@ -118,6 +167,20 @@ def generate_source() -> str:
         out.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
         out.append(f"        return _median_{n}(buf)")
     out.append("    return float(\"nan\")  # n out of range: the callers never ask")
+    for n in range(1, SMALL_MAX + 1):
+        out += _lanes_function(n)
+    out += [
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def clipped_mid_lanes(apl, n, nl, nuse, mxv, mnv, cnt, lo, hi):",
+    ]
+    for n in range(1, SMALL_MAX + 1):
+        out.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
+        out.append(f"        _clipped_mid_{n}(apl, nl, nuse, mxv, mnv, cnt, lo, hi)")
+    out.append("    else:")
+    out.append("        return False")
+    out.append("    return True")
     return "\n".join(out) + "\n"
 
 
