@@ -263,12 +263,13 @@ def test_random_fuzz(seed):
 @pytest.mark.parametrize(
     "nints, ngroups, seed",
     [(1, 2, 0), (1, 3, 1), (1, 11, 2), (1, 12, 3), (1, 13, 4), (2, 7, 5), (1, 14, 6),
-     (1, 21, 7), (3, 9, 8), (1, 33, 9)],
+     (1, 21, 7), (3, 9, 8), (1, 33, 9), (1, 41, 10)],
 )  # fmt: skip
 def test_iterative_path_every_difference_count(nints, ngroups, seed):
     """The iterative path at every kind of difference count: the lane-parallel rounds use
-    straight-line networks up to 12 differences per pixel and one shared network beyond
-    (min_diffs_single_pass raised so stcal iterates up to 32 differences); ties, NaN/inf,
+    straight-line networks up to 12 differences per pixel and one shared network up to 32, and
+    beyond that the pixel-by-pixel rounds (min_diffs_single_pass raised so that stcal iterates
+    on 40 differences too); ties, NaN/inf,
     SATURATED/DO_NOT_USE groups and several jumps per ramp."""
     rng = np.random.default_rng(100 + seed)
     ny, nx = 11, 37

@@ -1,11 +1,18 @@
 """Numba internals of the two-point-difference jump kernel (see :mod:`stcal_dask.kernels.jump`).
 
-:func:`run_frame` streams the frame row by row through small pixel-major buffers (three rows of
-group DQ, float64 first differences and neighbour-centre flags, one row of electrons), so memory
-beyond the inputs and outputs is O(nx * nints * ngroups) and each pixel's samples are contiguous
-(reading many group planes a power-of-two stride apart pixel by pixel would thrash the cache).
-Row y is detected, then post-processed (neighbour flags, after-jump flags, redundant-bit removal)
-once row y + 1 has been detected, and written out. Medians use a branch-free sorting network.
+:func:`run_frame` streams the frame row by row through small buffers (three rows of group DQ,
+float64 first differences and neighbour-centre flags, pixel-major; one row of electrons,
+group-major), so memory beyond the inputs and outputs is O(nx * nints * ngroups). Row y is
+detected, then post-processed (neighbour flags, after-jump flags, redundant-bit removal) once
+row y + 1 has been detected, and written out.
+
+Detection on the iterative path (fewer differences per pixel than ``min_diffs_single_pass``:
+the usual JWST case) runs across the pixels of a row at once (:func:`_iterative_row`): round 1
+over the whole row, the ratios and later rounds only over the pixels still going on, with
+branch-free loops that the compiler vectorises, and the clipped medians from sorting networks
+run across pixels (straight-line ones in registers up to 12 differences,
+:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes`). The other paths detect pixel by
+pixel (:func:`_detect_pixel`); medians use branch-free sorting networks.
 
 Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical):
 

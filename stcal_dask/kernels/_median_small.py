@@ -488,7 +488,6 @@ def median_small(buf, n):
 @njit(cache=True, nogil=True)
 def _clipped_mid_1(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
-    one = np.int32(1)
     four = np.int32(4)
     for x in range(nl):
         a0 = apl[0, x]
@@ -501,8 +500,6 @@ def _clipped_mid_1(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         k0 = (a0 == a0) & (few | (a0 != mx))
         v0 = a0 if k0 else inf
         m = np.int32(k0)
-        il = (m - one) >> one
-        ih = m >> one
         l = v0
         h = v0
         nuse[x] = u
@@ -521,7 +518,8 @@ def _clipped_mid_2(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
     for x in range(nl):
         a0 = apl[0, x]
         a1 = apl[1, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -533,7 +531,8 @@ def _clipped_mid_2(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v0 = a0 if k0 else inf
         k1 = (a1 == a1) & (few | (a1 != mx))
         v1 = a1 if k1 else inf
-        m = np.int32(k0) + np.int32(k1)
+        m = np.int32(k0)
+        m += np.int32(k1)
         v0, v1 = min(v0, v1), max(v0, v1)
         il = (m - one) >> one
         ih = m >> one
@@ -558,7 +557,9 @@ def _clipped_mid_3(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a0 = apl[0, x]
         a1 = apl[1, x]
         a2 = apl[2, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -574,7 +575,9 @@ def _clipped_mid_3(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v1 = a1 if k1 else inf
         k2 = (a2 == a2) & (few | (a2 != mx))
         v2 = a2 if k2 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
         v0, v1 = min(v0, v1), max(v0, v1)
         v0, v2 = min(v0, v2), max(v0, v2)
         v1, v2 = min(v1, v2), max(v1, v2)
@@ -604,7 +607,10 @@ def _clipped_mid_4(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a1 = apl[1, x]
         a2 = apl[2, x]
         a3 = apl[3, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -624,7 +630,10 @@ def _clipped_mid_4(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v2 = a2 if k2 else inf
         k3 = (a3 == a3) & (few | (a3 != mx))
         v3 = a3 if k3 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v0, v2 = min(v0, v2), max(v0, v2)
@@ -659,7 +668,11 @@ def _clipped_mid_5(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a2 = apl[2, x]
         a3 = apl[3, x]
         a4 = apl[4, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -683,7 +696,11 @@ def _clipped_mid_5(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v3 = a3 if k3 else inf
         k4 = (a4 == a4) & (few | (a4 != mx))
         v4 = a4 if k4 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v0, v2 = min(v0, v2), max(v0, v2)
@@ -725,7 +742,12 @@ def _clipped_mid_6(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a3 = apl[3, x]
         a4 = apl[4, x]
         a5 = apl[5, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -753,7 +775,12 @@ def _clipped_mid_6(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v4 = a4 if k4 else inf
         k5 = (a5 == a5) & (few | (a5 != mx))
         v5 = a5 if k5 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)
@@ -801,7 +828,13 @@ def _clipped_mid_7(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a4 = apl[4, x]
         a5 = apl[5, x]
         a6 = apl[6, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5) + np.int32(a6 == a6)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -833,7 +866,13 @@ def _clipped_mid_7(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v5 = a5 if k5 else inf
         k6 = (a6 == a6) & (few | (a6 != mx))
         v6 = a6 if k6 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5) + np.int32(k6)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)
@@ -888,7 +927,14 @@ def _clipped_mid_8(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a5 = apl[5, x]
         a6 = apl[6, x]
         a7 = apl[7, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5) + np.int32(a6 == a6) + np.int32(a7 == a7)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -924,7 +970,14 @@ def _clipped_mid_8(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v6 = a6 if k6 else inf
         k7 = (a7 == a7) & (few | (a7 != mx))
         v7 = a7 if k7 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5) + np.int32(k6) + np.int32(k7)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)
@@ -985,7 +1038,15 @@ def _clipped_mid_9(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a6 = apl[6, x]
         a7 = apl[7, x]
         a8 = apl[8, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5) + np.int32(a6 == a6) + np.int32(a7 == a7) + np.int32(a8 == a8)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -1025,7 +1086,15 @@ def _clipped_mid_9(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v7 = a7 if k7 else inf
         k8 = (a8 == a8) & (few | (a8 != mx))
         v8 = a8 if k8 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5) + np.int32(k6) + np.int32(k7) + np.int32(k8)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)
@@ -1098,7 +1167,16 @@ def _clipped_mid_10(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a7 = apl[7, x]
         a8 = apl[8, x]
         a9 = apl[9, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5) + np.int32(a6 == a6) + np.int32(a7 == a7) + np.int32(a8 == a8) + np.int32(a9 == a9)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        u += np.int32(a9 == a9)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -1142,7 +1220,16 @@ def _clipped_mid_10(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v8 = a8 if k8 else inf
         k9 = (a9 == a9) & (few | (a9 != mx))
         v9 = a9 if k9 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5) + np.int32(k6) + np.int32(k7) + np.int32(k8) + np.int32(k9)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        m += np.int32(k9)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)
@@ -1222,7 +1309,17 @@ def _clipped_mid_11(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a8 = apl[8, x]
         a9 = apl[9, x]
         a10 = apl[10, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5) + np.int32(a6 == a6) + np.int32(a7 == a7) + np.int32(a8 == a8) + np.int32(a9 == a9) + np.int32(a10 == a10)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        u += np.int32(a9 == a9)
+        u += np.int32(a10 == a10)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -1270,7 +1367,17 @@ def _clipped_mid_11(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v9 = a9 if k9 else inf
         k10 = (a10 == a10) & (few | (a10 != mx))
         v10 = a10 if k10 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5) + np.int32(k6) + np.int32(k7) + np.int32(k8) + np.int32(k9) + np.int32(k10)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        m += np.int32(k9)
+        m += np.int32(k10)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)
@@ -1359,7 +1466,18 @@ def _clipped_mid_12(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         a9 = apl[9, x]
         a10 = apl[10, x]
         a11 = apl[11, x]
-        u = np.int32(a0 == a0) + np.int32(a1 == a1) + np.int32(a2 == a2) + np.int32(a3 == a3) + np.int32(a4 == a4) + np.int32(a5 == a5) + np.int32(a6 == a6) + np.int32(a7 == a7) + np.int32(a8 == a8) + np.int32(a9 == a9) + np.int32(a10 == a10) + np.int32(a11 == a11)
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        u += np.int32(a9 == a9)
+        u += np.int32(a10 == a10)
+        u += np.int32(a11 == a11)
         mx = -inf
         mn = inf
         mx = a0 if a0 > mx else mx
@@ -1411,7 +1529,18 @@ def _clipped_mid_12(apl, nl, nuse, mxv, mnv, cnt, lo, hi):
         v10 = a10 if k10 else inf
         k11 = (a11 == a11) & (few | (a11 != mx))
         v11 = a11 if k11 else inf
-        m = np.int32(k0) + np.int32(k1) + np.int32(k2) + np.int32(k3) + np.int32(k4) + np.int32(k5) + np.int32(k6) + np.int32(k7) + np.int32(k8) + np.int32(k9) + np.int32(k10) + np.int32(k11)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        m += np.int32(k9)
+        m += np.int32(k10)
+        m += np.int32(k11)
         v0, v1 = min(v0, v1), max(v0, v1)
         v2, v3 = min(v2, v3), max(v2, v3)
         v4, v5 = min(v4, v5), max(v4, v5)

@@ -13,9 +13,9 @@ the same value bit for bit as a sort (even counts: ``(lo + hi) / 2``, as numpy's
   straight-line block per n <= :data:`SMALL_MAX` with the values held in local variables
   (registers) instead of a scratch buffer: ``median_small`` (one set of values) and
   ``clipped_mid_lanes`` (many pixels at once, the jump kernel's clipped median: a loop over
-  pixels whose body is branch-free, so that the compiler vectorises it across pixels). The module is generated once and committed (numba's
-  on-disk cache needs a real source file); ``python -m stcal_dask.kernels.median_networks``
-  rewrites it and a test checks it is up to date.
+  pixels whose body is branch-free, so that the compiler vectorises it across pixels). The
+  module is generated once and committed (numba's on-disk cache needs a real source file);
+  ``python -m stcal_dask.kernels.median_networks`` rewrites it and a test checks it is up to date.
 """
 
 from __future__ import annotations
@@ -102,11 +102,12 @@ def _lanes_function(n: int) -> list[str]:
     L = ["", "", "@njit(cache=True, nogil=True)",
          f"def _clipped_mid_{n}(apl, nl, nuse, mxv, mnv, cnt, lo, hi):",
          "    inf = apl.dtype.type(np.inf)",
-         "    one = np.int32(1)",
+         *(["    one = np.int32(1)"] if n > 1 else []),
          "    four = np.int32(4)",
          "    for x in range(nl):"]
     L += [f"        a{i} = apl[{i}, x]" for i in range(n)]
-    L.append("        u = " + " + ".join(f"np.int32(a{i} == a{i})" for i in range(n)))
+    L.append("        u = np.int32(a0 == a0)")
+    L += [f"        u += np.int32(a{i} == a{i})" for i in range(1, n)]
     L.append("        mx = -inf")
     L.append("        mn = inf")
     for i in range(n):
@@ -116,11 +117,13 @@ def _lanes_function(n: int) -> list[str]:
     for i in range(n):
         L.append(f"        k{i} = (a{i} == a{i}) & (few | (a{i} != mx))")
         L.append(f"        v{i} = a{i} if k{i} else inf")
-    L.append("        m = " + " + ".join(f"np.int32(k{i})" for i in range(n)))
+    L.append("        m = np.int32(k0)")
+    L += [f"        m += np.int32(k{i})" for i in range(1, n)]
     for a, b in pairs:
         L.append(f"        v{a}, v{b} = min(v{a}, v{b}), max(v{a}, v{b})")
-    L.append("        il = (m - one) >> one")
-    L.append("        ih = m >> one")
+    if n > 1:
+        L.append("        il = (m - one) >> one")
+        L.append("        ih = m >> one")
     L.append("        l = v0")
     L.append("        h = v0")
     for i in range(1, n):
