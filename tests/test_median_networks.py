@@ -77,7 +77,7 @@ def test_clipped_mid_lanes_equals_a_sort_per_column(n, dtype):
     nuse = np.full(nl + 5, -1, np.int32)
     cnt = nuse.copy()
     mxv, mnv, lo, hi = (np.full(nl + 5, -7.0, dtype) for _ in range(4))
-    done = _median_small.clipped_mid_lanes(apl, n, nl, nuse, mxv, mnv, cnt, lo, hi)
+    done = _median_small.clipped_mid_lanes(apl, n, nl, False, nuse, mxv, mnv, cnt, lo, hi)
     assert done == (n <= median_networks.SMALL_MAX)
     if not done:
         assert (nuse == -1).all()

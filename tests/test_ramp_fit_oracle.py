@@ -312,3 +312,16 @@ def test_long_integration_over_256_groups():
         params=RampFitParams(save_opt=True),
         timing=RampTiming(3.0, 3.0, 1),
     )
+
+
+@pytest.mark.parametrize("nints, ngroups", [(1, 2), (2, 3), (1, 10), (3, 6), (1, 33)])
+def test_mostly_flag_free_tiles(nints, ngroups):
+    """Tiles where most pixels carry no flag (fitted a row at a time) among NaN/inf samples,
+    bad gains, pixel DQ bits, flagged groups and dark current. (The "combined" weighting is
+    the stcal 1.7-1.18 rule, whose slopes differ from 1.20.0's by design; it is checked
+    against the pixel-by-pixel code in the kernel tests.)"""
+    from test_ramp_fit_kernel import _mixed_clean_tile
+
+    data, gdq, pdq, gain, rn, dark = _mixed_clean_tile(nints, ngroups, seed=7 * ngroups + nints)
+    compare(data, gdq, pdq, gain, rn, params=RampFitParams(), timing=RampTiming(10.6, 21.2, 2),
+            dark=dark)

@@ -11,7 +11,7 @@ the usual JWST case) runs across the pixels of a row at once (:func:`_iterative_
 over the whole row, the ratios and later rounds only over the pixels still going on, with
 branch-free loops that the compiler vectorises, and the clipped medians from sorting networks
 run across pixels (straight-line ones in registers up to 12 differences,
-:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes`). The other paths detect pixel by
+:func:`~stcal_dask.kernels._median_numba.clipped_mid`). The other paths detect pixel by
 pixel (:func:`_detect_pixel`); medians use branch-free sorting networks.
 
 Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical):
@@ -37,10 +37,10 @@ from numba import njit
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
+from stcal_dask.kernels._median_numba import SORT_MAX as _SORT_MAX
+from stcal_dask.kernels._median_numba import clipped_mid
 from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
-from stcal_dask.kernels._median_small import clipped_mid_lanes
-from stcal_dask.kernels.median_networks import batcher_pairs
 
 PATH_SKIP = 0
 PATH_SIGCLIP = 1
@@ -303,62 +303,6 @@ def _detect_pixel(
     return m, sig, have_m
 
 
-_SORT_MAX = 32
-"""Largest number of differences per pixel that :func:`_first_round_row` sorts across pixels."""
-_sorts = [batcher_pairs(n) for n in range(_SORT_MAX + 1)]
-_SORT_OFF = np.cumsum([0] + [len(t) for t in _sorts]).astype(np.int64)
-_SORT_A = np.array([a for t in _sorts for a, _ in t], dtype=np.int64)
-_SORT_B = np.array([b for t in _sorts for _, b in t], dtype=np.int64)
-del _sorts
-
-
-@njit(cache=True, nogil=True)
-def _clipped_mid_rows(apl, spl, nl, ntot, nuse, mxv, mnv, cnt, lo, hi):
-    """:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes` for any ``ntot`` up to
-    ``_SORT_MAX``: the same full sorting network, one compare-exchange at a time across the
-    lanes (rows of ``spl``, scratch like ``apl``), the middle pair gathered branch-free."""
-    inf = apl.dtype.type(np.inf)
-    for n in range(nl):
-        nuse[n] = 0
-        cnt[n] = 0
-        mxv[n] = -inf
-        mnv[n] = inf
-    for j in range(ntot):
-        aj = apl[j]
-        for n in range(nl):
-            a = aj[n]
-            nuse[n] += a == a
-            mx = mxv[n]
-            mn = mnv[n]
-            mxv[n] = a if a > mx else mx
-            mnv[n] = a if a < mn else mn
-    for j in range(ntot):
-        aj = apl[j]
-        sj = spl[j]
-        for n in range(nl):
-            a = aj[n]
-            keep = (a == a) & ((nuse[n] < 4) | (a != mxv[n]))
-            sj[n] = a if keep else inf
-            cnt[n] += keep
-    for t in range(_SORT_OFF[ntot], _SORT_OFF[ntot + 1]):
-        ra = spl[_SORT_A[t]]
-        rb = spl[_SORT_B[t]]
-        for n in range(nl):
-            va = ra[n]
-            vb = rb[n]
-            ra[n] = vb if vb < va else va
-            rb[n] = va if vb < va else vb
-    for n in range(nl):
-        lo[n] = spl[0, n]
-        hi[n] = spl[0, n]
-    for j in range(1, ntot):
-        sj = spl[j]
-        for n in range(nl):
-            m = cnt[n]
-            lo[n] = sj[n] if (m - 1) >> 1 == j else lo[n]
-            hi[n] = sj[n] if m >> 1 == j else hi[n]
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
                    cnt, lo, hi, cv, sgv, thv, go):  # fmt: skip
@@ -375,8 +319,7 @@ def _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, 
     ``first``), ``sgv`` (sigma), ``thv`` (threshold) and ``go`` (the round goes on to the
     ratios).
     """
-    if not clipped_mid_lanes(apl, ntot, nl, nuse, mxv, mnv, cnt, lo, hi):
-        _clipped_mid_rows(apl, spl, nl, ntot, nuse, mxv, mnv, cnt, lo, hi)
+    clipped_mid(apl, spl, ntot, nl, False, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
         n_use = nuse[n]
         med = (np.float64(lo[n]) + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan

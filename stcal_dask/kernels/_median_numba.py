@@ -13,8 +13,8 @@ import numpy as np
 from numba import njit
 
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_small import SMALL_MAX, median_small
-from stcal_dask.kernels.median_networks import median_pairs
+from stcal_dask.kernels._median_small import SMALL_MAX, clipped_mid_lanes, median_small
+from stcal_dask.kernels.median_networks import batcher_pairs, median_pairs
 
 _NET_MAX = 32
 _nets = [median_pairs(n) for n in range(_NET_MAX + 1)]
@@ -88,3 +88,73 @@ def median_prefix(buf, n):
     if n % 2 == 1:
         return buf[h]
     return (buf[h - 1] + buf[h]) / 2.0
+
+
+SORT_MAX = 32
+"""Largest count that :func:`clipped_mid` sorts across lanes."""
+_sorts = [batcher_pairs(n) for n in range(SORT_MAX + 1)]
+_SORT_OFF = np.cumsum([0] + [len(t) for t in _sorts]).astype(np.int64)
+_SORT_A = np.array([a for t in _sorts for a, _ in t], dtype=np.int64)
+_SORT_B = np.array([b for t in _sorts for _, b in t], dtype=np.int64)
+del _sorts
+
+
+@njit(cache=True, nogil=True)
+def _clipped_mid_rows(apl, spl, nl, ntot, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+    """:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes` for any ``ntot`` up to
+    ``SORT_MAX``: the same full sorting network, one compare-exchange at a time across the
+    lanes (rows of ``spl``, scratch like ``apl``), the middle pair gathered branch-free."""
+    inf = apl.dtype.type(np.inf)
+    for n in range(nl):
+        nuse[n] = 0
+        cnt[n] = 0
+        mxv[n] = -inf
+        mnv[n] = inf
+    for j in range(ntot):
+        aj = apl[j]
+        for n in range(nl):
+            a = aj[n]
+            nuse[n] += a == a
+            mx = mxv[n]
+            mn = mnv[n]
+            mxv[n] = a if a > mx else mx
+            mnv[n] = a if a < mn else mn
+    for j in range(ntot):
+        aj = apl[j]
+        sj = spl[j]
+        for n in range(nl):
+            a = aj[n]
+            keep = (a == a) & ((nuse[n] < 4) | keep_all | (a != mxv[n]))
+            sj[n] = a if keep else inf
+            cnt[n] += keep
+    for t in range(_SORT_OFF[ntot], _SORT_OFF[ntot + 1]):
+        ra = spl[_SORT_A[t]]
+        rb = spl[_SORT_B[t]]
+        for n in range(nl):
+            va = ra[n]
+            vb = rb[n]
+            ra[n] = vb if vb < va else va
+            rb[n] = va if vb < va else vb
+    for n in range(nl):
+        lo[n] = spl[0, n]
+        hi[n] = spl[0, n]
+    for j in range(1, ntot):
+        sj = spl[j]
+        for n in range(nl):
+            m = cnt[n]
+            lo[n] = sj[n] if (m - 1) >> 1 == j else lo[n]
+            hi[n] = sj[n] if m >> 1 == j else hi[n]
+
+
+@njit(cache=True, nogil=True)
+def clipped_mid(apl, spl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+    """Per lane (column ``x < nl`` of ``apl``, ``n`` rows, 1 <= n <= :data:`SORT_MAX`, NaN =
+    unusable): ``nuse`` the usable count, ``mxv``/``mnv`` their extremes, and of the kept values
+    (all usable ones with ``keep_all``; else with >= 4 usable, those below the maximum, as
+    stcal's clipped median) the count ``cnt`` and the ``(cnt - 1) // 2``-th and ``cnt // 2``-th
+    smallest in ``lo``/``hi``: the median is ``(lo + hi) / 2`` (for odd counts exactly ``lo``).
+    Straight-line networks in registers up to ``SMALL_MAX`` (:mod:`._median_small`), one shared
+    network across ``spl`` (scratch like ``apl``) beyond. ``nuse``/``cnt`` int32, the others in
+    ``apl``'s dtype."""
+    if not clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+        _clipped_mid_rows(apl, spl, nl, n, keep_all, nuse, mxv, mnv, cnt, lo, hi)

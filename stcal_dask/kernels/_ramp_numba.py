@@ -27,7 +27,7 @@ import numpy as np
 
 from stcal_dask.errors import UserInputError
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import median_prefix
+from stcal_dask.kernels._median_numba import SORT_MAX, clipped_mid, median_prefix
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
@@ -284,6 +284,214 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
 
 
 # ------------------------------------------------------------------------------------------------
+# flag-free pixels, a row at a time
+
+
+@numba.njit(**_JIT)
+def _clean_row(data, groupdq, pixeldq, gain, rnoise, dark, y, tg, sqrt2nf, combined, invalid,
+               wtab, r_slope, r_dq, r_vp, r_vr, r_err, i_slope, i_dq, i_vp, i_vr, i_err,
+               done):  # fmt: skip
+    """Fit every pixel of row ``y`` that needs none of the flag rules, across the row's pixels
+    at once (the loops over pixels are innermost and branch-light, so that they vectorise).
+
+    Such a pixel has no group DQ bit in any integration, a positive gain, no DO_NOT_USE or
+    SATURATED pixel DQ bit, finite samples, and ngroups >= 2: each integration is one segment of
+    all groups. Outputs are written for those pixels only, and ``done[x]`` tells which they are;
+    the values are those of the pixel-by-pixel code below, operation for operation (the same
+    helpers, the same order of every sum; the median rate's median from
+    :func:`~stcal_dask.kernels._median_numba.clipped_mid`, which gives the value
+    :func:`~stcal_dask.kernels._median_numba.median_prefix` gives). Without ``save_opt`` only.
+    """
+    nints, ngroups, ny, nx = data.shape
+    for x in range(nx):
+        done[x] = False
+    # which pixels: an OR of the group DQ and a sum that is NaN where a sample is not finite
+    orr = np.zeros(nx, dtype=np.uint32)
+    bad = np.zeros(nx, dtype=np.float32)
+    for i in range(nints):
+        for k in range(ngroups):
+            grow = groupdq[i, k, y]
+            drow = data[i, k, y]
+            for x in range(nx):
+                orr[x] |= grow[x]
+                bad[x] += drow[x] * np.float32(0.0)
+    lane = np.empty(nx, dtype=np.int64)
+    nl = 0
+    for x in range(nx):
+        g = gain[y, x]
+        if orr[x] == 0 and bad[x] == 0.0 and g > 0.0 and (pixeldq[y, x] & invalid) == 0:
+            lane[nl] = x
+            nl += 1
+    if nl == 0:
+        return
+    n = nints * ngroups
+    nm = ngroups - 1
+    dd = np.empty((n, nl), dtype=np.float64)
+    for i in range(nints):
+        for k in range(ngroups):
+            src = data[i, k, y]
+            dst = dd[i * ngroups + k]
+            for m in range(nl):
+                dst[m] = np.float64(src[lane[m]])
+    g_l = np.empty(nl, dtype=np.float64)
+    rn_l = np.empty(nl, dtype=np.float64)
+    dk_l = np.empty(nl, dtype=np.float64)
+    for m in range(nl):
+        x = lane[m]
+        g = np.float64(gain[y, x])
+        g_l[m] = g
+        rn_l[m] = np.float64(np.float32(np.float64(rnoise[y, x]) * (g / sqrt2nf)))
+        dk_l[m] = np.float64(dark[y, x])
+
+    # median rate: per integration the median of the first differences of the rates (spec §3.3)
+    mpl = np.empty((nm, nl), dtype=np.float64)
+    spl = np.empty((nm, nl), dtype=np.float64)
+    nuse = np.empty(nl, dtype=np.int32)
+    cnt = np.empty(nl, dtype=np.int32)
+    mxv = np.empty(nl, dtype=np.float64)
+    mnv = np.empty(nl, dtype=np.float64)
+    lo = np.empty(nl, dtype=np.float64)
+    hi = np.empty(nl, dtype=np.float64)
+    mrate = np.zeros(nl, dtype=np.float64)
+    for i in range(nints):
+        base = i * ngroups
+        for k in range(nm):
+            a = dd[base + k]
+            b = dd[base + k + 1]
+            out = mpl[k]
+            for m in range(nl):
+                out[m] = b[m] / tg - a[m] / tg
+        clipped_mid(mpl, spl, nm, nl, True, nuse, mxv, mnv, cnt, lo, hi)
+        for m in range(nl):
+            mi = (lo[m] + hi[m]) / 2.0
+            mrate[m] += 0.0 if math.isnan(mi) else mi
+    for m in range(nl):
+        mrate[m] = mrate[m] / float(nints)
+
+    # one segment of all groups per integration (spec §3.5, §3.6, §4.1, §4.2)
+    rate_p = np.zeros(nl, dtype=np.float64)
+    rate_r = np.zeros(nl, dtype=np.float64)
+    rate_num = np.zeros(nl, dtype=np.float64)
+    rate_den = np.zeros(nl, dtype=np.float64)
+    slope = np.empty(nl, dtype=np.float64)
+    invrn2 = np.empty(nl, dtype=np.float64)
+    pidx = np.empty(nl, dtype=np.int64)
+    sw = np.empty(nl, dtype=np.float64)
+    sx = np.empty(nl, dtype=np.float64)
+    sxx = np.empty(nl, dtype=np.float64)
+    sy = np.empty(nl, dtype=np.float64)
+    sxy = np.empty(nl, dtype=np.float64)
+    seglen = float(ngroups)
+    for i in range(nints):
+        base = i * ngroups
+        if ngroups == 2:
+            for m in range(nl):
+                slope[m] = (dd[base + 1, m] - dd[base, m]) / tg
+        else:
+            for m in range(nl):
+                g = g_l[m]
+                rn = rn_l[m]
+                delta = dd[base + ngroups - 1, m] - dd[base, m]
+                den = rn * rn + delta * g
+                if den <= 0.0 or g == 0.0:
+                    snr = 0.0
+                else:
+                    q = delta * g / math.sqrt(den)
+                    snr = 0.0 if q < 0.0 else q
+                pidx[m] = _snr_power_index(snr)
+                invrn2[m] = 1.0 / (rn * rn)
+                sw[m] = 0.0
+                sx[m] = 0.0
+                sxx[m] = 0.0
+                sy[m] = 0.0
+                sxy[m] = 0.0
+            for k in range(ngroups):
+                xval = float(k) + 0.0
+                v = dd[base + k]
+                for m in range(nl):
+                    w = wtab[pidx[m], ngroups, k] * invrn2[m]
+                    xwt = xval * w
+                    sw[m] += w
+                    sx[m] += xwt
+                    sxx[m] += xval * xwt
+                    sy[m] += v[m] * w
+                    sxy[m] += v[m] * xwt
+            for m in range(nl):
+                den = sw[m] * sxx[m] - sx[m] * sx[m]
+                num = sw[m] * sxy[m] - sx[m] * sy[m]
+                invden = 1.0 / den
+                slope[m] = num * invden / tg
+        for m in range(nl):
+            x = lane[m]
+            g = g_l[m]
+            rn = rn_l[m]
+            if ngroups == 2:
+                vps = _var_p(mrate[m], dk_l[m], tg * g)
+                vrs = _rnoise_short(rn, g, tg)
+            else:
+                vps = _var_p(mrate[m], dk_l[m], tg * g * (seglen - 1.0))
+                vrs = _rnoise_default(rn, g, tg, seglen)
+            ves = vps + vrs
+            inv_r = 0.0 + 1.0 / vrs
+            inv_p = 0.0
+            if vps > 0.0:
+                inv_p += 1.0 / vps
+            inv_e = 0.0 + 1.0 / ves
+            if combined:
+                num = 0.0 + slope[m] / ves
+            else:
+                num = 0.0 + slope[m] / vrs
+            ivp = 0.0
+            if inv_p > 0.0:
+                ivp = 1.0 / inv_p
+            if ivp >= LARGE_VARIANCE_THRESHOLD:
+                ivp = 0.0
+            ivr = 1.0 / inv_r
+            if ivr >= LARGE_VARIANCE_THRESHOLD:
+                ivr = 0.0
+            var_err = 1.0 / inv_e
+            islope = num * var_err if combined else num * ivr
+            ierr = 0.0 if var_err > LARGE_VARIANCE_THRESHOLD else math.sqrt(var_err)
+            if inv_p > 0.0:
+                rate_p[m] += inv_p
+            rate_r[m] += inv_r
+            rate_num[m] += num
+            rate_den[m] += inv_e
+            i_slope[i, y, x] = np.float32(islope)
+            i_dq[i, y, x] = np.uint32(pixeldq[y, x])
+            i_vp[i, y, x] = np.float32(ivp)
+            i_vr[i, y, x] = np.float32(ivr)
+            i_err[i, y, x] = np.float32(ierr)
+
+    # the exposure (spec §4.3)
+    for m in range(nl):
+        x = lane[m]
+        vp = rate_p[m]
+        if vp > 0.0:
+            vp = 1.0 / vp
+        if vp >= LARGE_VARIANCE_THRESHOLD or vp < 0.0:
+            vp = 0.0
+        vr = rate_r[m]
+        if vr > 0.0:
+            vr = 1.0 / vr
+        if vr >= LARGE_VARIANCE_THRESHOLD:
+            vr = 0.0
+        err = math.sqrt(vp + vr)
+        rslope = rate_num[m]
+        if not math.isnan(rslope):
+            if combined:
+                rslope = rslope / rate_den[m]
+            else:
+                rslope = rslope * vr
+        r_slope[y, x] = np.float32(rslope)
+        r_dq[y, x] = np.uint32(pixeldq[y, x])
+        r_vp[y, x] = np.float32(vp)
+        r_vr[y, x] = np.float32(vr)
+        r_err[y, x] = np.float32(err)
+        done[x] = True
+
+
+# ------------------------------------------------------------------------------------------------
 # the tile
 
 
@@ -368,9 +576,18 @@ def fit_tile_core(
     ierr = np.empty(nints, dtype=np.float64)
     seg = np.empty(7, dtype=np.float64)
     wtab = _weight_table(ngroups)
+    # flag-free pixels are fitted a row at a time (_clean_row); the others pixel by pixel
+    rows = (not save_opt) and 2 <= ngroups <= SORT_MAX + 1
+    done = np.zeros(nx, dtype=np.bool_)
 
     for y in range(ny):
+        if rows:
+            _clean_row(data, groupdq, pixeldq, gain, rnoise, dark, y, tg, sqrt2nf, combined,
+                       invalid, wtab, r_slope, r_dq, r_vp, r_vr, r_err, i_slope, i_dq, i_vp,
+                       i_vr, i_err, done)  # fmt: skip
         for x in range(nx):
+            if done[x]:
+                continue
             # ---------------- pixel setup (spec §3.1, §3.2)
             g = np.float64(gain[y, x])
             # stcal's in-place conversion: R = RN * gain / sqrt(2 nframes), rounded to float32

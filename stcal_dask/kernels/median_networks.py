@@ -94,13 +94,14 @@ def _function(n: int) -> list[str]:
 def _lanes_function(n: int) -> list[str]:
     """``_clipped_mid_<n>``: for each lane (column) ``x < nl`` of ``apl`` (n rows, NaN =
     unusable): ``nuse`` (usable count), ``mxv``/``mnv`` (their extremes), and the kept values
-    (all usable ones; with >= 4 usable, those below the maximum): their count ``cnt`` and the
+    (all usable ones with ``keep_all``; else with >= 4 usable, those below the maximum): their
+    count ``cnt`` and the
     ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest in ``lo``/``hi``, from a full sort with
     +inf in the places of the values not kept. Counts are int32 and values stay in ``apl``'s
     dtype: narrow lanes let the compiler put more pixels in one vector register."""
     pairs = batcher_pairs(n)
     L = ["", "", "@njit(cache=True, nogil=True)",
-         f"def _clipped_mid_{n}(apl, nl, nuse, mxv, mnv, cnt, lo, hi):",
+         f"def _clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
          "    inf = apl.dtype.type(np.inf)",
          *(["    one = np.int32(1)"] if n > 1 else []),
          "    four = np.int32(4)",
@@ -113,7 +114,7 @@ def _lanes_function(n: int) -> list[str]:
     for i in range(n):
         L.append(f"        mx = a{i} if a{i} > mx else mx")
         L.append(f"        mn = a{i} if a{i} < mn else mn")
-    L.append("        few = u < four")
+    L.append("        few = (u < four) | keep_all")
     for i in range(n):
         L.append(f"        k{i} = (a{i} == a{i}) & (few | (a{i} != mx))")
         L.append(f"        v{i} = a{i} if k{i} else inf")
@@ -146,11 +147,12 @@ def generate_source() -> str:
         "``(lo + hi) / 2`` for even n; ``buf`` is only read. Each count has its own function of",
         "compare-exchanges on local variables (Batcher's network pruned to the middle outputs).",
         "",
-        "``clipped_mid_lanes(apl, n, nl, nuse, mxv, mnv, cnt, lo, hi)``: the same networks (full",
-        "sorts) across the first ``nl`` columns of ``apl`` (n rows, 1 <= n <= "
+        "``clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)``: the same",
+        "networks (full sorts) across the first ``nl`` columns of ``apl`` (n rows, 1 <= n <= "
         f"{SMALL_MAX}) at once:",
         "per column the usable (non-NaN) count, maximum and minimum, and the middle pair of the",
-        "kept values (all usable ones; with >= 4, those below the maximum); False for another n.",
+        "kept values (all usable ones with ``keep_all``; else with >= 4, those below the maximum);",
+        "False for another n.",
         '"""',
         "",
         "import numpy as np",
@@ -176,11 +178,11 @@ def generate_source() -> str:
         "",
         "",
         "@njit(cache=True, nogil=True)",
-        "def clipped_mid_lanes(apl, n, nl, nuse, mxv, mnv, cnt, lo, hi):",
+        "def clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
     ]
     for n in range(1, SMALL_MAX + 1):
         out.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
-        out.append(f"        _clipped_mid_{n}(apl, nl, nuse, mxv, mnv, cnt, lo, hi)")
+        out.append(f"        _clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)")
     out.append("    else:")
     out.append("        return False")
     out.append("    return True")
