@@ -12,10 +12,15 @@ the branch-free median networks shared with the jump kernel
 (:func:`stcal_dask.kernels._median_numba.median_prefix`); the fitopt-only quantities of a
 segment (sigslope, yint, sigyint) are computed only when the fitopt product is asked for.
 
-Layout: pixels are visited in C order; a pixel's (nints, ngroups) samples are read straight from
-the cube into a small per-pixel scratch buffer (nints * ngroups sequential streams, one per
-group plane: ~15 % faster than first transposing each row into a pixel-major buffer). Memory
-besides the outputs is O(nints * ngroups).
+Layout: rows are visited in order. The pixels of a row that need none of the flag rules (no
+group DQ bit, a positive gain, no DO_NOT_USE/SATURATED pixel DQ, finite samples; 2..33 groups;
+not with ``save_opt``) are fitted first, all together (:func:`_clean_row`: loops over pixels
+innermost, the median rate from the lane medians of
+:func:`~stcal_dask.kernels._median_numba.clipped_mid`), with the same operations in the same
+order as the per-pixel code. The other pixels are visited in C order; a pixel's
+(nints, ngroups) samples are read straight from the cube into a small per-pixel scratch buffer
+(nints * ngroups sequential streams, one per group plane: ~15 % faster than first transposing
+each row into a pixel-major buffer). Memory besides the outputs is O(nx * nints * ngroups).
 """
 
 from __future__ import annotations
