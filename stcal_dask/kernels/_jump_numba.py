@@ -38,7 +38,7 @@ from numba import njit
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
 from stcal_dask.kernels._median_numba import SORT_MAX as _SORT_MAX
-from stcal_dask.kernels._median_numba import clipped_mid
+from stcal_dask.kernels._median_numba import clipped_mid, mid_scratch
 from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
 
@@ -353,19 +353,13 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     nx = erow.shape[1]
     # |d| in the electrons' dtype: the scalar path's float64 |d| widened from it, exactly
     apl = np.empty((ntot, nx), dtype=erow.dtype)
-    spl = np.empty((ntot, nx), dtype=erow.dtype)
+    spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
     rpl = np.empty((ntot, nx), dtype=np.float64)
     rnt_l = np.empty(nx, dtype=np.float64)
-    mxv = np.empty(nx, dtype=erow.dtype)
-    mnv = np.empty(nx, dtype=erow.dtype)
-    lo = np.empty(nx, dtype=erow.dtype)
-    hi = np.empty(nx, dtype=erow.dtype)
     cv = np.empty(nx, dtype=np.float64)
     sgv = np.empty(nx, dtype=np.float64)
     thv = np.empty(nx, dtype=np.float64)
     gmx = np.empty(nx, dtype=np.float64)
-    nuse = np.empty(nx, dtype=np.int32)
-    cnt = np.empty(nx, dtype=np.int32)
     go = np.empty(nx, dtype=np.bool_)
     lane = np.empty(nx, dtype=np.int64)
     for i in range(nints):

@@ -16,12 +16,19 @@ from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without
 from stcal_dask.kernels._median_small import SMALL_MAX, clipped_mid_lanes, median_small
 from stcal_dask.kernels.median_networks import batcher_pairs, median_pairs
 
+
+def _pair_tables(pairs_of, nmax: int):
+    """Comparator tables for numba: ``(off, a, b)`` with the pairs of count n at
+    ``a[off[n]:off[n + 1]]``, ``b[...]``, for n = 0..nmax."""
+    nets = [pairs_of(n) for n in range(nmax + 1)]
+    off = np.cumsum([0] + [len(t) for t in nets]).astype(np.int64)
+    a = np.array([p for t in nets for p, _ in t], dtype=np.int64)
+    b = np.array([q for t in nets for _, q in t], dtype=np.int64)
+    return off, a, b
+
+
 _NET_MAX = 32
-_nets = [median_pairs(n) for n in range(_NET_MAX + 1)]
-_NET_OFF = np.cumsum([0] + [len(t) for t in _nets]).astype(np.int64)
-_NET_A = np.array([a for t in _nets for a, _ in t], dtype=np.int64)
-_NET_B = np.array([b for t in _nets for _, b in t], dtype=np.int64)
-del _nets
+_NET_OFF, _NET_A, _NET_B = _pair_tables(median_pairs, _NET_MAX)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -92,11 +99,7 @@ def median_prefix(buf, n):
 
 SORT_MAX = 32
 """Largest count that :func:`clipped_mid` sorts across lanes."""
-_sorts = [batcher_pairs(n) for n in range(SORT_MAX + 1)]
-_SORT_OFF = np.cumsum([0] + [len(t) for t in _sorts]).astype(np.int64)
-_SORT_A = np.array([a for t in _sorts for a, _ in t], dtype=np.int64)
-_SORT_B = np.array([b for t in _sorts for _, b in t], dtype=np.int64)
-del _sorts
+_SORT_OFF, _SORT_A, _SORT_B = _pair_tables(batcher_pairs, SORT_MAX)
 
 
 @njit(cache=True, nogil=True)
@@ -158,3 +161,13 @@ def clipped_mid(apl, spl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
     ``apl``'s dtype."""
     if not clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         _clipped_mid_rows(apl, spl, nl, n, keep_all, nuse, mxv, mnv, cnt, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def mid_scratch(apl):
+    """The arrays :func:`clipped_mid` fills or uses for the lanes of ``apl`` (n, nl):
+    ``(spl, nuse, mxv, mnv, cnt, lo, hi)``, counts int32, the others in ``apl``'s dtype."""
+    nl = apl.shape[1]
+    return (np.empty_like(apl), np.empty(nl, np.int32), np.empty(nl, apl.dtype),
+            np.empty(nl, apl.dtype), np.empty(nl, np.int32), np.empty(nl, apl.dtype),
+            np.empty(nl, apl.dtype))  # fmt: skip

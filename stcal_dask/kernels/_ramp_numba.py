@@ -32,7 +32,7 @@ import numpy as np
 
 from stcal_dask.errors import UserInputError
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import SORT_MAX, clipped_mid, median_prefix
+from stcal_dask.kernels._median_numba import SORT_MAX, clipped_mid, median_prefix, mid_scratch
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
@@ -350,13 +350,7 @@ def _clean_row(data, groupdq, pixeldq, gain, rnoise, dark, y, tg, sqrt2nf, combi
 
     # median rate: per integration the median of the first differences of the rates (spec §3.3)
     mpl = np.empty((nm, nl), dtype=np.float64)
-    spl = np.empty((nm, nl), dtype=np.float64)
-    nuse = np.empty(nl, dtype=np.int32)
-    cnt = np.empty(nl, dtype=np.int32)
-    mxv = np.empty(nl, dtype=np.float64)
-    mnv = np.empty(nl, dtype=np.float64)
-    lo = np.empty(nl, dtype=np.float64)
-    hi = np.empty(nl, dtype=np.float64)
+    spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(mpl)
     mrate = np.zeros(nl, dtype=np.float64)
     for i in range(nints):
         base = i * ngroups

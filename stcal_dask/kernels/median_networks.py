@@ -162,31 +162,24 @@ def generate_source() -> str:
     ]
     for n in range(1, SMALL_MAX + 1):
         out += _function(n)
-    out += [
-        "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def median_small(buf, n):",
-    ]
-    for n in range(1, SMALL_MAX + 1):
-        out.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
-        out.append(f"        return _median_{n}(buf)")
-    out.append("    return float(\"nan\")  # n out of range: the callers never ask")
+    out += _dispatcher("median_small(buf, n)", "return _median_{n}(buf)",
+                       ["    return float(\"nan\")  # n out of range: the callers never ask"])
     for n in range(1, SMALL_MAX + 1):
         out += _lanes_function(n)
-    out += [
-        "",
-        "",
-        "@njit(cache=True, nogil=True)",
-        "def clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
-    ]
-    for n in range(1, SMALL_MAX + 1):
-        out.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
-        out.append(f"        _clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)")
-    out.append("    else:")
-    out.append("        return False")
-    out.append("    return True")
+    out += _dispatcher("clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)",
+                       "_clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)",
+                       ["    else:", "        return False", "    return True"])
     return "\n".join(out) + "\n"
+
+
+def _dispatcher(signature: str, call: str, tail: list[str]) -> list[str]:
+    """``def <signature>:`` with one ``if/elif n == k:`` branch per count running ``call``
+    (``{n}`` filled in), then ``tail``."""
+    lines = ["", "", "@njit(cache=True, nogil=True)", f"def {signature}:"]
+    for n in range(1, SMALL_MAX + 1):
+        lines.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
+        lines.append("        " + call.format(n=n))
+    return lines + tail
 
 
 TARGET = Path(__file__).with_name("_median_small.py")
