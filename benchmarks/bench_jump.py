@@ -156,7 +156,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from stcal_dask.simulate import SimulationConfig, simulate_exposure
+    from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
     cfg = SimulationConfig(
         nints=args.nints, ngroups=args.ngroups, ny=args.ny, nx=args.nx, seed=args.seed

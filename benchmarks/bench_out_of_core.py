@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     import xarray as xr
     from dask.utils import format_bytes, parse_bytes
 
-    from stcal_dask.io import simulate_to_zarr
-    from stcal_dask.simulate import SimulationConfig
+    from stcal_dask.sim.lazy import simulate_to_zarr
+    from stcal_dask.sim.ramp import SimulationConfig
 
     nints, ngroups, ny, nx = _parse_shape(args.shape)
     limit = int(parse_bytes(args.memory_limit))

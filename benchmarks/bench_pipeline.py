@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "threads"),
              "--scheduler", "threads", "--quiet", "--overwrite"], cwd=work)
 
-        from stcal_dask.cluster import local_layout
+        from stcal_dask.engine.cluster import local_layout
 
         n, t = local_layout(args.n_workers, None)
         print(f"\ninput {args.shape}: {in_mib:.0f} MiB of FITS (ramp + gain + readnoise); "

@@ -2,7 +2,7 @@
 
 For each exposure shape the script
 
-1. simulates a seeded exposure (:mod:`stcal_dask.simulate`, cosmic rays flagged as JUMP_DET) and
+1. simulates a seeded exposure (:mod:`stcal_dask.sim.ramp`, cosmic rays flagged as JUMP_DET) and
    writes its arrays to ``.npy`` files in a temporary directory;
 2. runs each fitter in a **fresh subprocess** (one thread): the worker loads the inputs, times the
    fit alone (ours: ``fit_ramps_tile`` on the whole frame after a tiny warm-up call that loads the
@@ -166,7 +166,7 @@ def _compare(workdir: Path) -> list[str]:
 
 
 def run_shape(nints, ngroups, ny, nx, save_opt, seed=0):
-    from stcal_dask.simulate import SimulationConfig, simulate_exposure
+    from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
     cfg = SimulationConfig(nints=nints, ngroups=ngroups, ny=ny, nx=nx, seed=seed)
     t0 = time.perf_counter()

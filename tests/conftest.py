@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 # Keep numba/BLAS from oversubscribing the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

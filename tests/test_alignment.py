@@ -1,4 +1,4 @@
-"""Own tests of stcal_dask.alignment: stcal's alignment test cases (pixel-scaled tolerances),
+"""Own tests of stcal_dask.mosaic.alignment: stcal's alignment test cases (pixel-scaled tolerances),
 RA wrap, poles, a 100-exposure mosaic, FITS WCS inputs, deliberate fixes, and every bad input."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from gwcs import coordinate_frames as cf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stcal_dask import alignment as al
 from stcal_dask.errors import UserInputError
-from stcal_dask.wcs_sim import (
+from stcal_dask.mosaic import alignment as al
+from stcal_dask.sim.wcs import (
     dither_pattern,
     imaging_wcs,
     offset_pointing,
@@ -251,7 +251,7 @@ def test_wcs_bbox_from_shape(shape, expected):
 
 
 def test_compute_s_region_keyword(caplog):
-    caplog.set_level(logging.INFO, logger="stcal_dask.alignment")
+    caplog.set_level(logging.INFO, logger="stcal_dask.mosaic.alignment")
     s = al.compute_s_region_keyword(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]))
     assert s == (
         "POLYGON ICRS  1.000000000 2.000000000 3.000000000 4.000000000 "
@@ -570,7 +570,7 @@ def test_wcs_sim_orientation_and_mosaic_alignment(vparity):
 
 
 def test_simulation_config_pointing_gives_exposure_wcs():
-    from stcal_dask.simulate import SimulationConfig, exposure_wcs
+    from stcal_dask.sim.ramp import SimulationConfig, exposure_wcs
 
     cfg = SimulationConfig(ny=30, nx=50, pointing=(12.0, -3.0, 100.0))
     wcs, info = exposure_wcs(cfg)

@@ -1,4 +1,4 @@
-"""stcal_dask.alignment against stcal 1.20.0's stcal.alignment on the same WCS objects.
+"""stcal_dask.mosaic.alignment against stcal 1.20.0's stcal.alignment on the same WCS objects.
 
 Tolerances: world coordinates 1e-9 deg, pixel coordinates 1e-6 px (pixel scales are 2.8e-5 deg
 and 1.75e-5 deg here, so 1e-9 deg is < 1e-4 px).
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from stcal.alignment import util as stcal_util
 from stcal.resample.utils import calc_pixmap as stcal_calc_pixmap
 
-from stcal_dask import alignment as al
-from stcal_dask.wcs_sim import dither_pattern, imaging_wcs, offset_pointing, simple_imaging_wcs
+from stcal_dask.mosaic import alignment as al
+from stcal_dask.sim.wcs import dither_pattern, imaging_wcs, offset_pointing, simple_imaging_wcs
 
 pytestmark = pytest.mark.oracle
 

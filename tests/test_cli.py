@@ -315,7 +315,7 @@ def test_workers_dying_is_one_line_and_writes_nothing(fits_run, tmp_path, monkey
     """
     from distributed.scheduler import KilledWorker
 
-    import stcal_dask.cluster as cluster
+    import stcal_dask.engine.cluster as cluster
 
     def dying(*collections, **kwargs):
         raise KilledWorker("('_jump_block-abc', 0, 0)", "tcp://127.0.0.1:1", 3)
@@ -378,13 +378,14 @@ def test_console_script_default_cluster_forks_its_worker(fits_run, tmp_path):
 
 _WORKER_MODULES_PROBE = """
 import json, sys
-from stcal_dask import cli, cluster
+from stcal_dask import cli
+from stcal_dask.engine import cluster
 seen = []
 original = cluster.compute
 def compute(*args, **kwargs):
     out = original(*args, **kwargs)
     from distributed import default_client
-    names = ("xarray", "pandas", "astropy", "zarr", "stcal_dask.dataflow")
+    names = ("xarray", "pandas", "astropy", "zarr", "stcal_dask.engine.dataflow")
     seen.extend(default_client().run(
         lambda: sorted(m for m in names if m in sys.modules)).values())
     return out
@@ -396,7 +397,7 @@ print(json.dumps({"rc": rc, "workers": seen}))
 
 def test_fits_run_workers_never_load_xarray(fits_run, tmp_path):
     """A FITS-in, FITS-out run on the default (forked) cluster: the workers are forked before
-    the CLI loads xarray/astropy and their tasks never need them (stcal_dask._tasks,
+    the CLI loads xarray/astropy and their tasks never need them (stcal_dask.engine.tasks,
     io._fits_blocks), so the workers hold none of xarray, pandas, astropy, zarr; the products
     equal the in-process run's. With a zarr output the workers get the full set and the run
     still works."""
@@ -431,7 +432,7 @@ def test_fits_run_workers_never_load_xarray(fits_run, tmp_path):
 
 def test_task_modules_do_not_import_xarray():
     """What the workers run imports neither xarray (nor pandas) nor astropy."""
-    code = ("import sys, stcal_dask._tasks, stcal_dask.io._fits_blocks, stcal_dask.io._atomic; "
+    code = ("import sys, stcal_dask.engine.tasks, stcal_dask.io.fits_blocks, stcal_dask.io.atomic; "
             "print(sorted(m for m in ('xarray', 'pandas', 'astropy', 'zarr') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -445,7 +446,7 @@ def test_optional_packages_are_skipped_only_inside_the_block(tmp_path, monkeypat
     pandas do not load them); afterwards they import normally."""
     import importlib
 
-    from stcal_dask import _imports
+    from stcal_dask import optional_imports as _imports
 
     pkg = tmp_path / "stcal_dask_probe_pkg"
     pkg.mkdir()

@@ -13,19 +13,19 @@ import psutil
 import pytest
 import xarray as xr
 
-from stcal_dask import dataflow
 from stcal_dask.cli import main
-from stcal_dask.cluster import compute, get_client, parse_memory_limit
-from stcal_dask.datamodel import make_ramp_dataset
+from stcal_dask.engine import dataflow
+from stcal_dask.engine.cluster import compute, get_client, parse_memory_limit
+from stcal_dask.engine.datamodel import make_ramp_dataset
 from stcal_dask.errors import UserInputError
 from stcal_dask.io import (
     open_product,
     open_ramp,
-    simulate_to_zarr,
     write_dataset_atomic,
     write_ramp,
 )
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.lazy import simulate_to_zarr
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 pytestmark = pytest.mark.cluster
 
@@ -210,7 +210,7 @@ def test_memory_limit_smaller_than_worker_startup_is_a_user_error():
 
 
 def test_local_layout_defaults():
-    from stcal_dask.cluster import local_layout
+    from stcal_dask.engine.cluster import local_layout
 
     cores = os.cpu_count() or 1
     n, t = local_layout(None, None)
@@ -221,7 +221,7 @@ def test_local_layout_defaults():
 
 
 def test_background_client_starts_while_the_caller_works():
-    from stcal_dask.cluster import BackgroundClient
+    from stcal_dask.engine.cluster import BackgroundClient
 
     with BackgroundClient("threads") as bg:
         assert bg.client() is None and dask.config.get("scheduler") == "threads"
@@ -233,7 +233,7 @@ def test_background_client_starts_while_the_caller_works():
         assert returned < 0.5 < ready  # a worker process and its libraries take > 0.5 s
         assert len(c.scheduler_info()["workers"]) == 1
         # the workers already loaded the libraries and compiled kernels (before any task)
-        mods = c.run(lambda: "stcal_dask.dataflow" in __import__("sys").modules)
+        mods = c.run(lambda: "stcal_dask.engine.dataflow" in __import__("sys").modules)
         assert all(mods.values())
     assert c.status == "closed"
     # a start-up error surfaces in the caller's thread, as the user error it is
@@ -269,8 +269,8 @@ def test_forked_workers_start_in_the_callers_thread_and_load_kernels_in_the_back
     the threaded scheduler."""
     import multiprocessing
 
-    from stcal_dask import cluster
-    from stcal_dask.cluster import BackgroundClient
+    from stcal_dask.engine import cluster
+    from stcal_dask.engine.cluster import BackgroundClient
 
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")

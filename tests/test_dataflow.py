@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from dask.callbacks import Callback
 
-from stcal_dask import dataflow, dqflags
-from stcal_dask.datamodel import make_ramp_dataset, ramp_from_exposure
+from stcal_dask import dqflags
+from stcal_dask.engine import dataflow
+from stcal_dask.engine.datamodel import make_ramp_dataset, ramp_from_exposure
 from stcal_dask.kernels import jump as jk
 from stcal_dask.kernels import ramp_fit as rk
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 CHUNKINGS = [(40, 50), (16, 16), (7, 13), (1, 50), (40, 3)]
 """Whole frame, square tiles, odd tiles, one-row strips, three-column strips (all < 64 px)."""
@@ -227,7 +228,7 @@ def test_products_carry_schema_and_parameters(exposure):
 
 
 def test_auto_tile_keeps_workers_busy_and_fits_budget():
-    from stcal_dask.datamodel import choose_tile_size
+    from stcal_dask.engine.datamodel import choose_tile_size
 
     for shape in [(1, 10, 2048, 2048), (2, 6, 40, 50), (1, 10, 1024, 4096), (50, 5, 512, 512)]:
         for nw in (1, 2, 8):
@@ -255,7 +256,7 @@ def test_numpy_backed_ramp_is_accepted_and_parameters_are_validated(exposure):
 def test_writes_and_count_share_the_tile_kernels(exposure, tmp_path):
     """A Delayed write and an array reduction of the same graph, computed together with
     cluster.compute, run every tile kernel once (no per-consumer fusion)."""
-    from stcal_dask.cluster import compute
+    from stcal_dask.engine.cluster import compute
     from stcal_dask.io import write_dataset_atomic
 
     jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 25)))
@@ -273,7 +274,7 @@ def test_fits_rate_and_rateints_writes_share_the_fit_tiles(exposure, tmp_path):
     """The rate and rateints FITS writers each write a tile's five extensions in one task, and
     the fit kernel feeding both runs once per tile (the writers' graphs, optimised one file at
     a time when they are built, must not inline it)."""
-    from stcal_dask.cluster import compute
+    from stcal_dask.engine.cluster import compute
     from stcal_dask.io import write_rate_fits, write_rateints_fits
 
     jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 25)))  # 6 tiles

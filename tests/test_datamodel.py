@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stcal_dask import __version__
-from stcal_dask.datamodel import (
+from stcal_dask.engine.datamodel import (
     FITOPT_VARIABLES,
     RAMP_VARIABLES,
     choose_tile_size,
@@ -25,7 +25,7 @@ from stcal_dask.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 TIMING = {"NINTS": 2, "NGROUPS": 3, "NFRAMES": 1, "GROUPGAP": 0, "TFRAME": 10.0,
           "TGROUP": 10.0, "DRPFRMS1": 0}

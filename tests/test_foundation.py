@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stcal_dask import dqflags
-from stcal_dask.simulate import CELL, SimulationConfig, simulate_exposure, simulate_region
+from stcal_dask.sim.ramp import CELL, SimulationConfig, simulate_exposure, simulate_region
 
 
 def test_dq_values_are_jwst():

@@ -14,7 +14,7 @@ from astropy.io import fits
 from stdatamodels.jwst import datamodels as dm
 
 from stcal_dask import __version__, dqflags
-from stcal_dask.datamodel import (
+from stcal_dask.engine.datamodel import (
     choose_tile_size,
     fitopt_dataset,
     make_ramp_dataset,
@@ -36,7 +36,7 @@ from stcal_dask.io import (
     write_rateints_fits,
     write_reference_fits,
 )
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 STRICT = dict(strict_validation=True, validate_arrays=True)
 
@@ -68,8 +68,8 @@ def test_ramp_round_trip_lazy_and_chunked(ramp_files, ramp, monkeypatch):
     path, gain, rn = ramp_files
     assert gain.name == "jw_test_gain.fits" and rn.name == "jw_test_readnoise.fits"
     reads = []
-    original = fits_io._FitsImage.__getitem__
-    monkeypatch.setattr(fits_io._FitsImage, "__getitem__",
+    original = fits_io.FitsImage.__getitem__
+    monkeypatch.setattr(fits_io.FitsImage, "__getitem__",
                         lambda self, key: reads.append(key) or original(self, key))
     ds = open_ramp_fits(path, gain, rn, chunks=(16, 32))
     assert reads == []  # opening reads no data
@@ -285,8 +285,8 @@ def test_rate_fits_opens_as_image_model(tmp_path, ramp_files):
 def test_rateints_and_dask_blockwise(tmp_path, monkeypatch):
     rate, arrs = _rate(nints=3, lazy=True)
     calls = []
-    original = fits_io._FitsRegion.__setitem__
-    monkeypatch.setattr(fits_io._FitsRegion, "__setitem__",
+    original = fits_io.FitsRegion.__setitem__
+    monkeypatch.setattr(fits_io.FitsRegion, "__setitem__",
                         lambda self, k, v: calls.append(v.shape) or original(self, k, v))
     out = tmp_path / "x_rateints.fits"
     write_rateints_fits(rate, out)
@@ -405,7 +405,7 @@ def test_output_names_load_no_heavy_library():
     import sys
 
     code = ("import sys; from stcal_dask.io import output_name; "
-            "from stcal_dask.io._atomic import check_target; "
+            "from stcal_dask.io.atomic import check_target; "
             "assert str(output_name('a/X_ramp.fits', 'rate')) == 'a/X_rate.fits'; "
             "heavy = [m for m in ('astropy', 'xarray', 'zarr') if m in sys.modules]; "
             "assert not heavy, heavy")
@@ -420,7 +420,7 @@ def test_region_writes_pwrite_runs_and_memmap_agree(tmp_path, dtype):
     """A block written into a FITS data region lands exactly where a memory map would put it,
     whether it goes out as contiguous ``pwrite`` runs (long runs: full-width tiles, rateints
     planes) or through the map (short runs); bytes outside the block are untouched."""
-    from stcal_dask.io._fits_blocks import _FitsRegion
+    from stcal_dask.io.fits_blocks import FitsRegion
 
     rng = np.random.default_rng(3)
     used = set()
@@ -429,7 +429,7 @@ def test_region_writes_pwrite_runs_and_memmap_agree(tmp_path, dtype):
         for _ in range(8):
             path = tmp_path / "region.bin"
             path.write_bytes(b"H" * 100 + bytes(size) + b"T" * 50)
-            region = _FitsRegion(str(path), 100, shape, dtype)
+            region = FitsRegion(str(path), 100, shape, dtype)
             key = []
             for n in shape:
                 a = int(rng.integers(0, n))

@@ -11,18 +11,17 @@ import pytest
 import xarray as xr
 from zarr.storage import LocalStore
 
-from stcal_dask.datamodel import choose_tile_size, ramp_from_exposure, rate_dataset
+from stcal_dask.engine.datamodel import choose_tile_size, ramp_from_exposure, rate_dataset
 from stcal_dask.errors import UserInputError
 from stcal_dask.io import (
     PendingWrite,
     open_product,
     open_ramp,
-    simulate_ramp_lazy,
-    simulate_to_zarr,
     write_dataset_atomic,
     write_ramp,
 )
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.lazy import simulate_ramp_lazy, simulate_to_zarr
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 
 @pytest.fixture
@@ -198,7 +197,7 @@ def test_simulate_to_zarr_bit_identical(tmp_path):
 
 def test_simulate_lazy_builds_nothing():
     calls = []
-    import stcal_dask.simulate as sim
+    import stcal_dask.sim.ramp as sim
 
     original = sim.simulate_region
 

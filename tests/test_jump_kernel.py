@@ -30,7 +30,7 @@ from stcal_dask.kernels.jump import (
     sigclip_reset_partial,
     total_primary_crs,
 )
-from stcal_dask.simulate import simulate_exposure
+from stcal_dask.sim.ramp import simulate_exposure
 
 SAT = dqflags.SATURATED
 DNU = dqflags.DO_NOT_USE
@@ -662,6 +662,6 @@ def test_path_codes_match_the_numba_module_and_numba_loads_lazily():
                              "single": nb.PATH_SINGLE, "iterative": nb.PATH_ITERATIVE,
                              "reset-only": nb.PATH_RESET_ONLY}
     # building graphs (CLI, dataflow) never loads numba/llvmlite in the client process
-    code = ("import sys, stcal_dask.cli, stcal_dask.dataflow; "
+    code = ("import sys, stcal_dask.cli, stcal_dask.engine.dataflow; "
             "assert 'numba' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,7 @@ from stcal_dask.kernels.jump import (
     detect_jumps_globals,
     total_primary_crs,
 )
-from stcal_dask.simulate import simulate_exposure
+from stcal_dask.sim.ramp import simulate_exposure
 
 pytestmark = pytest.mark.oracle
 

@@ -104,7 +104,7 @@ def test_kernels_set_up_numba_without_scipy_linalg():
     (~0.35 s of every worker's start); the kernels hide it, and scipy still imports later."""
     code = (
         "import sys, numpy as np\n"
-        "from stcal_dask.cluster import _warm_kernels\n"
+        "from stcal_dask.engine.cluster import _warm_kernels\n"
         "_warm_kernels()\n"
         "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg was imported'\n"
         "import scipy.linalg\n"

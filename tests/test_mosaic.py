@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from stcal.alignment import util as stcal_util
 
-from stcal_dask import alignment as al
-from stcal_dask import mosaic
-from stcal_dask.datamodel import rate_dataset
+from stcal_dask.engine.datamodel import rate_dataset
 from stcal_dask.errors import UserInputError
 from stcal_dask.io.zarr_store import write_dataset_atomic
-from stcal_dask.wcs_sim import dither_pattern, imaging_wcs
+from stcal_dask.mosaic import alignment as al
+from stcal_dask.mosaic import wcs as mosaic
+from stcal_dask.sim.wcs import dither_pattern, imaging_wcs
 
 pytestmark = pytest.mark.cluster
 
@@ -246,7 +246,7 @@ def test_cli_errors(client, inputs, exposures, tmp_path):
     bad = tmp_path / "badinfo.asdf"
     asdf.AsdfFile({"wcs": exposures[0].wcs, "wcsinfo": bad_info}).write_to(bad)
     cases.append((["mosaic-wcs", str(bad), "-o", out + "7", *sched], "vparity"))
-    from stcal_dask.wcs_sim import simple_imaging_wcs
+    from stcal_dask.sim.wcs import simple_imaging_wcs
 
     fk5 = tmp_path / "fk5.asdf"
     asdf.AsdfFile({"wcs": simple_imaging_wcs((53.16, -27.79), (10, 10), (1e-5, 1e-5))}).write_to(

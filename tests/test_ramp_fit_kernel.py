@@ -25,7 +25,7 @@ from stcal_dask.kernels.ramp_fit import (
     fit_ramps_tile,
     fitopt_dims,
 )
-from stcal_dask.simulate import SimulationConfig, simulate_exposure
+from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
 G = 0
 DNU = dqflags.DO_NOT_USE

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiling import check_edges, even_edges, run_tiled
 
 from stcal_dask.kernels.jump import (
     JumpParams,
@@ -21,8 +22,7 @@ from stcal_dask.kernels.jump import (
     total_primary_crs,
     with_sigclip_reset,
 )
-from stcal_dask.kernels.tiling import check_edges, even_edges, run_tiled
-from stcal_dask.simulate import simulate_exposure
+from stcal_dask.sim.ramp import simulate_exposure
 
 NFRAMES = 1
 GROUP_TIME = 10.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "PendingWrite": "_atomic",
+    "PendingWrite": "atomic",
     "output_name": "naming",
     "reference_paths": "naming",
     "open_ramp_fits": "fits_io",
@@ -21,8 +21,6 @@ _WHERE = {
     "write_reference_fits": "fits_io",
     "open_product": "zarr_store",
     "open_ramp": "zarr_store",
-    "simulate_ramp_lazy": "zarr_store",
-    "simulate_to_zarr": "zarr_store",
     "write_dataset_atomic": "zarr_store",
     "write_ramp": "zarr_store",
 }

@@ -4,7 +4,7 @@ Reading
 -------
 :func:`open_ramp_fits` opens a JWST ``_ramp.fits`` (SCI 4-D float32, PIXELDQ, GROUPDQ, optional
 ZEROFRAME and AVDRKCUR; timing keywords in the primary header) and the gain / readnoise reference
-files (SCI 2-D) as a ramp Dataset (:mod:`stcal_dask.datamodel`). Nothing is loaded: each
+files (SCI 2-D) as a ramp Dataset (:mod:`stcal_dask.engine.datamodel`). Nothing is loaded: each
 extension becomes a dask array whose tasks memory-map just their window of the file (big-endian
 and BZERO-unsigned encodings are converted per block). Full-frame (or larger subarray) references
 are cut to the data's subarray with the SUBSTRT1/SUBSTRT2 keywords (1-based; axis 1 = x).
@@ -47,22 +47,22 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from stcal_dask.datamodel import (
+from stcal_dask.engine.datamodel import (
     DEFAULT_MEMORY_BUDGET,
     FITOPT_VARIABLES,
     RATE_VARIABLES,
     SUBARRAY_KEYWORDS,
     TIMING_KEYWORDS,
-    _check_subarray,
-    _check_timing,
-    _normalize_tile,
-    _package_version,
+    check_subarray,
+    check_timing,
     choose_tile_size,
     make_ramp_dataset,
+    normalize_tile,
+    package_version,
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io._atomic import (
+from stcal_dask.io.atomic import (
     PendingWrite,
     check_target,
     cleanup_failed,
@@ -70,13 +70,11 @@ from stcal_dask.io._atomic import (
     partial_path,
     remove_path,
 )
-from stcal_dask.io._fits_blocks import (  # noqa: F401  (re-exported)
-    _BITPIX_RAW,
-    _encode,
-    _FitsImage,
-    _FitsRegion,
-    _raw_dtype,
-    _write_blocks,
+from stcal_dask.io.fits_blocks import (
+    BITPIX_RAW,
+    FitsImage,
+    FitsRegion,
+    write_blocks,
 )
 from stcal_dask.io.naming import JWST_SUFFIXES, output_name, reference_paths
 
@@ -140,7 +138,7 @@ def _open_fits(path, what: str) -> tuple[Path, fits.HDUList]:
 
 
 def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
-           required: bool = True) -> _FitsImage | None:
+           required: bool = True) -> FitsImage | None:
     try:
         hdu = hdul[extname]
     except KeyError:
@@ -156,7 +154,7 @@ def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
     naxis = int(hdr.get("NAXIS", 0))
     shape = tuple(int(hdr[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
     bitpix = int(hdr["BITPIX"])
-    if bitpix not in _BITPIX_RAW:
+    if bitpix not in BITPIX_RAW:
         raise UserInputError(f"{what} {p}: extension {extname} has unsupported BITPIX {bitpix}")
     offset = hdu.fileinfo()["datLoc"]
     nbytes = math.prod(shape) * abs(bitpix) // 8 if shape else 0
@@ -165,11 +163,11 @@ def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
             f"{what} {p}: extension {extname} is truncated (the file ends before its "
             f"{nbytes} data bytes)"
         )
-    return _FitsImage(str(p), offset, shape, bitpix, hdr.get("BSCALE", 1.0),
+    return FitsImage(str(p), offset, shape, bitpix, hdr.get("BSCALE", 1.0),
                       hdr.get("BZERO", 0.0))
 
 
-def _as_dask(img: _FitsImage, chunks, name: str) -> da.Array:
+def _as_dask(img: FitsImage, chunks, name: str) -> da.Array:
     st = os.stat(img.path)
     token = dask.base.tokenize(img.path, st.st_mtime_ns, st.st_size, img.offset, img.origin,
                                img.shape, chunks)
@@ -178,7 +176,7 @@ def _as_dask(img: _FitsImage, chunks, name: str) -> da.Array:
                          meta=np.empty((0,) * img.ndim, dtype=img.dtype))
 
 
-def _check_ndim(img: _FitsImage, ndim: int, p: Path, what: str, extname: str, dims: str) -> None:
+def _check_ndim(img: FitsImage, ndim: int, p: Path, what: str, extname: str, dims: str) -> None:
     if img.ndim != ndim:
         raise UserInputError(
             f"{what} {p}: extension {extname} has {img.ndim} dimensions (shape {img.shape}); "
@@ -200,14 +198,14 @@ def _keywords(hdul: fits.HDUList) -> dict[str, Any]:
     return out
 
 
-def _reference(path, reftype: str, ny: int, nx: int, sub: dict, ramp_path: Path) -> _FitsImage:
+def _reference(path, reftype: str, ny: int, nx: int, sub: dict, ramp_path: Path) -> FitsImage:
     """The reference file's SCI image, cut to the ramp's (ny, nx) subarray if needed."""
     what = f"{reftype} reference file"
     p, hdul = _open_fits(path, what)
     with hdul:
         img = _image(p, hdul, "SCI", what)
         _check_ndim(img, 2, p, what, "SCI", "ny, nx")
-        ref_sub = _check_subarray(
+        ref_sub = check_subarray(
             {k: hdul[0].header[k] for k in ("SUBSTRT1", "SUBSTRT2") if k in hdul[0].header},
             f"{what} {p}",
         )
@@ -246,14 +244,14 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
     gain_path: GAIN reference file (SCI 2-D, electron/DN).
     readnoise_path: READNOISE reference file (SCI 2-D, CDS read noise in DN).
     chunks: ``"auto"`` (tile from ``memory_budget_bytes``, default
-        :data:`~stcal_dask.datamodel.DEFAULT_MEMORY_BUDGET`), ``(tile_y, tile_x)``, a dict
+        :data:`~stcal_dask.engine.datamodel.DEFAULT_MEMORY_BUDGET`), ``(tile_y, tile_x)``, a dict
         ``{"y": tile_y, "x": tile_x}`` (-1 or absent: whole axis), or None (one chunk per array).
         Integrations and groups are never split.
 
     Returns
     -------
     xr.Dataset
-        A validated ramp (schema in :mod:`stcal_dask.datamodel`), every variable a dask array
+        A validated ramp (schema in :mod:`stcal_dask.engine.datamodel`), every variable a dask array
         reading its window of the memory-mapped files on compute; ``attrs["source"]`` is the
         ramp path. References are cut to the data's subarray when their shapes differ.
 
@@ -283,8 +281,8 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
     source = f"{what} {p}"
     # Validate the keywords before building anything (clear one-line errors).
     timing = {k: v for k, v in keywords.items() if k in TIMING_KEYWORDS}
-    _check_timing(timing, source)
-    sub = _check_subarray(keywords, source)
+    check_timing(timing, source)
+    sub = check_subarray(keywords, source)
     for key, n in (("SUBSIZE1", nx), ("SUBSIZE2", ny)):
         if key in sub and sub[key] != n:
             raise UserInputError(
@@ -304,10 +302,10 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
         ty, tx = choose_tile_size(nints, ngroups, ny, nx,
                                   memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
     elif isinstance(chunks, Mapping):
-        ty, tx = _normalize_tile((_size(chunks.get("y", -1), ny), _size(chunks.get("x", -1), nx)),
+        ty, tx = normalize_tile((_size(chunks.get("y", -1), ny), _size(chunks.get("x", -1), nx)),
                                  ny, nx)
     else:
-        ty, tx = _normalize_tile(chunks, ny, nx)
+        ty, tx = normalize_tile(chunks, ny, nx)
 
     def arr(img, lead, name):
         return _as_dask(img, (*img.shape[:lead], ty, tx), name)
@@ -329,7 +327,7 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
 # ---------------------------------------------------------------------------------------------
 
 
-def _store_grouped(arrays: list[da.Array], regions: list[_FitsRegion]) -> list[da.Array]:
+def _store_grouped(arrays: list[da.Array], regions: list[FitsRegion]) -> list[da.Array]:
     """Graphs writing ``arrays`` block-wise into ``regions``: one task per block location for
     all arrays of the same shape and chunks (a rate product's five extensions of a tile are
     written by one task, fused with the tasks that produce them), not one task per block and
@@ -341,7 +339,7 @@ def _store_grouped(arrays: list[da.Array], regions: list[_FitsRegion]) -> list[d
     for (_, chunks), members in groups.items():
         token = dask.base.tokenize(*(arrays[i].name for i in members), regions[members[0]].path)
         stored.append(da.map_blocks(
-            _write_blocks, *(arrays[i] for i in members),
+            write_blocks, *(arrays[i] for i in members),
             regions=[regions[i] for i in members],
             chunks=tuple((1,) * len(c) for c in chunks),
             meta=np.empty((0,) * len(chunks), dtype=np.uint8),
@@ -434,9 +432,9 @@ def _primary_header(copy: fits.Header, datamodl: str, filename: str,
         h["TELESCOP"] = ("JWST", "Telescope used to acquire the data")
     for card in copy.cards:
         h.append(card, end=True)
-    h["STCDASKV"] = (_package_version(), "stcal_dask version that wrote this file")
+    h["STCDASKV"] = (package_version(), "stcal_dask version that wrote this file")
     if parameters and parameters != "{}":
-        text = f"stcal_dask {_package_version()} parameters: {parameters}"
+        text = f"stcal_dask {package_version()} parameters: {parameters}"
         for i in range(0, len(text), 70):
             h.add_history(text[i:i + 70])
     return h
@@ -470,7 +468,7 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
                 f.write(hdr)
             f.truncate(pos)
         for _, data_pos, shape, arr, dtype in layout:
-            target = _FitsRegion(str(partial), data_pos, shape, dtype)
+            target = FitsRegion(str(partial), data_pos, shape, dtype)
             if isinstance(arr, da.Array):
                 stores_src.append(arr)
                 stores_dst.append(target)

@@ -1,10 +1,9 @@
 """Zarr (v3) stores of ramps and products.
 
 * :func:`write_ramp` stores a ramp with chunks ``(all integrations, all groups, tile_y, tile_x)``;
-  the tile comes from a memory budget (:func:`stcal_dask.datamodel.choose_tile_size`) unless given.
+  the tile comes from a memory budget (:func:`stcal_dask.engine.datamodel.choose_tile_size`)
+  unless given.
 * :func:`open_ramp` opens one lazily (dask arrays over the zarr chunks) and validates it.
-* :func:`simulate_to_zarr` generates a synthetic exposure tile by tile straight into a store,
-  so a cube larger than memory can be produced on any dask scheduler.
 * :func:`write_dataset_atomic` writes any Dataset (rate, rateints, fitopt, a flagged ramp) under
   a temporary name and renames it into place when complete; with ``compute=False`` it returns a
   :class:`PendingWrite` whose ``delayed`` the caller computes (e.g. on a distributed cluster with a
@@ -22,21 +21,17 @@ from pathlib import Path
 
 import dask
 import dask.array as da
-import numpy as np
 import xarray as xr
 
-from stcal_dask.datamodel import (
-    DEFAULT_MEMORY_BUDGET,
+from stcal_dask.engine.datamodel import (
     RAMP_VARIABLES,
-    _apply_chunks,
-    _normalize_tile,
-    _plain,
-    choose_tile_size,
+    apply_chunks,
+    plain,
     ramp_chunks,
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io._atomic import (
+from stcal_dask.io.atomic import (
     PendingWrite,
     check_target,
     cleanup_failed,
@@ -45,7 +40,7 @@ from stcal_dask.io._atomic import (
     remove_path,
 )
 
-__all__ = ["PendingWrite", "open_ramp", "simulate_to_zarr", "write_dataset_atomic", "write_ramp"]
+__all__ = ["PendingWrite", "open_product", "open_ramp", "write_dataset_atomic", "write_ramp"]
 
 
 def _regular_chunks(chunks: tuple[int, ...]) -> bool:
@@ -69,10 +64,10 @@ def _prepare_for_zarr(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
             zchunks = tuple(max(n, 1) for n in var.shape)
         ds[name] = var
         encoding[name] = {"chunks": zchunks, "_FillValue": None}
-    ds.attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+    ds.attrs = {k: plain(v) for k, v in ds.attrs.items()}
     for name in ds.variables:
         ds[name].attrs = {
-            k: _plain(v) for k, v in ds[name].attrs.items() if k not in ("_FillValue",)
+            k: plain(v) for k, v in ds[name].attrs.items() if k not in ("_FillValue",)
         }
     return ds, encoding
 
@@ -148,12 +143,12 @@ def write_ramp(ds: xr.Dataset, path, *, overwrite: bool = False, tile=None,
 
     Parameters
     ----------
-    ds: a ramp Dataset (schema in :mod:`stcal_dask.datamodel`).
+    ds: a ramp Dataset (schema in :mod:`stcal_dask.engine.datamodel`).
     path: the store to create (atomically, see :func:`write_dataset_atomic`).
     overwrite: replace an existing store.
     tile: ``(tile_y, tile_x)``; default chosen by
-        :func:`~stcal_dask.datamodel.choose_tile_size` from ``memory_budget_bytes``
-        (default :data:`~stcal_dask.datamodel.DEFAULT_MEMORY_BUDGET`).
+        :func:`~stcal_dask.engine.datamodel.choose_tile_size` from ``memory_budget_bytes``
+        (default :data:`~stcal_dask.engine.datamodel.DEFAULT_MEMORY_BUDGET`).
     compute: as in :func:`write_dataset_atomic`.
 
     Returns the final ``Path`` (or a :class:`PendingWrite` with ``compute=False``).
@@ -184,7 +179,7 @@ def open_ramp(path, *, chunks=None) -> xr.Dataset:
 
     Every variable is a dask array over the store's chunks (nothing is read but metadata).
     ``chunks`` optionally re-chunks: ``(tile_y, tile_x)``, ``"auto"`` or a dict (see
-    :func:`~stcal_dask.datamodel.make_ramp_dataset`). ``attrs["source"]`` is set to the path.
+    :func:`~stcal_dask.engine.datamodel.make_ramp_dataset`). ``attrs["source"]`` is set to the path.
 
     Raises
     ------
@@ -193,105 +188,7 @@ def open_ramp(path, *, chunks=None) -> xr.Dataset:
     p, ds = _open_store(path, "ramp store")
     ds.attrs["source"] = str(p)
     ds = validate_ramp(ds, source=str(p))
-    return _apply_chunks(ds, chunks)
-
-
-def _simulated_tile(cfg, y0, y1, x0, x1):
-    from stcal_dask.simulate import simulate_region
-
-    return simulate_region(cfg, y0, y1, x0, x1)
-
-
-def _field(exposure, name):
-    return getattr(exposure, name)
-
-
-def simulated_arrays(cfg, tile: tuple[int, int], fields: dict) -> dict[str, da.Array]:
-    """Dask arrays of the fields of ``simulate_region(cfg, ...)``, one shared task per tile.
-
-    ``fields`` maps a field name of the simulated exposure to ``(leading shape, dtype)``; every
-    array is (*leading, ny, nx), chunked by ``tile = (ty, tx)``.
-    """
-    nints, ngroups, ny, nx = cfg.shape
-    ty, tx = tile
-    blocks = {n: [] for n in fields}
-    for y0 in range(0, ny, ty):
-        y1 = min(y0 + ty, ny)
-        rows = {n: [] for n in fields}
-        for x0 in range(0, nx, tx):
-            x1 = min(x0 + tx, nx)
-            tile_task = dask.delayed(_simulated_tile, pure=True)(cfg, y0, y1, x0, x1)
-            for n, (lead, dtype) in fields.items():
-                part = dask.delayed(_field, pure=True)(tile_task, n)
-                rows[n].append(
-                    da.from_delayed(part, shape=(*lead, y1 - y0, x1 - x0), dtype=dtype)
-                )
-        for n in fields:
-            blocks[n].append(rows[n])
-    return {n: da.block(b) for n, b in blocks.items()}
-
-
-def simulation_timing(cfg) -> dict:
-    """The JWST timing keywords of a simulated exposure."""
-    nints, ngroups = cfg.shape[:2]
-    return {
-        "NINTS": nints, "NGROUPS": ngroups, "NFRAMES": cfg.nframes, "GROUPGAP": cfg.groupgap,
-        "TFRAME": cfg.frame_time, "TGROUP": cfg.group_time, "DRPFRMS1": cfg.drop_frames1,
-    }
-
-
-def simulate_ramp_lazy(cfg, *, tile=None, memory_budget_bytes: int | None = None) -> xr.Dataset:
-    """A lazy ramp Dataset of the synthetic exposure ``cfg``, one dask task per tile.
-
-    Each tile is produced by :func:`stcal_dask.simulate.simulate_region` (once per tile, shared
-    by all variables), so the values equal :func:`stcal_dask.simulate.simulate_exposure` bit for
-    bit whatever the tile. Default tiles come from the memory budget, rounded to multiples of the
-    generator's 128-pixel cells where possible.
-    """
-    from stcal_dask.datamodel import make_ramp_dataset
-    from stcal_dask.simulate import CELL
-
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise UserInputError(str(exc)) from None
-    nints, ngroups, ny, nx = cfg.shape
-    if tile is None:
-        ty, tx = choose_tile_size(nints, ngroups, ny, nx,
-                                  memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
-        ty = ty - ty % CELL if CELL <= ty < ny else ty
-        tx = tx - tx % CELL if CELL <= tx < nx else tx
-    else:
-        ty, tx = _normalize_tile(tile, ny, nx)
-    names = {
-        "data": ((nints, ngroups), np.float32),
-        "groupdq": ((nints, ngroups), np.uint8),
-        "pixeldq": ((), np.uint32),
-        "gain": ((), np.float32),
-        "readnoise": ((), np.float32),
-    }
-    if cfg.zeroframe:
-        names["zeroframe"] = ((nints,), np.float32)
-    arrays = simulated_arrays(cfg, (ty, tx), names)
-    timing = simulation_timing(cfg)
-    return make_ramp_dataset(
-        arrays["data"], arrays["groupdq"], arrays["pixeldq"], arrays["gain"],
-        arrays["readnoise"], timing=timing, zeroframe=arrays.get("zeroframe"),
-        source=f"simulate(seed={cfg.seed}, shape={nints}x{ngroups}x{ny}x{nx})",
-    )
-
-
-def simulate_to_zarr(cfg, path, *, tile=None, overwrite: bool = False,
-                     memory_budget_bytes: int | None = None, compute: bool = True):
-    """Generate the synthetic exposure ``cfg`` tile by tile into a zarr ramp store.
-
-    Works on whatever dask scheduler is active (threads, processes, a distributed client); peak
-    memory is a few tiles, not the cube. The store equals ``simulate_exposure(cfg)`` bit for bit.
-    ``tile``/``memory_budget_bytes`` as in :func:`simulate_ramp_lazy`; the zarr chunks are the
-    tiles. Returns the final ``Path`` (or a :class:`PendingWrite` with ``compute=False``).
-    """
-    ds = simulate_ramp_lazy(cfg, tile=tile, memory_budget_bytes=memory_budget_bytes)
-    return write_dataset_atomic(ds, path, overwrite=overwrite, compute=compute)
+    return apply_chunks(ds, chunks)
 
 
 def open_product(path) -> xr.Dataset:

@@ -10,7 +10,7 @@ Imported by the numba kernel modules before they define anything.
 
 from __future__ import annotations
 
-from stcal_dask._imports import skipping_optional_imports
+from stcal_dask.optional_imports import skipping_optional_imports
 
 
 def set_up_cpu_target() -> None:

@@ -968,9 +968,9 @@ def fit_tile(
         RampFitResult,
         RampTiming,
         RateProduct,
-        _effective_suppress,
-        _flag_args,
+        effective_suppress,
         fitopt_dims,
+        flag_args,
     )
 
     if not isinstance(params, RampFitParams):
@@ -999,7 +999,7 @@ def fit_tile(
     else:
         zf = readonly_c(np.zeros((1, 1, 1), dtype=np.float32), np.float32)
 
-    suppress = _effective_suppress(params, ngroups)
+    suppress = effective_suppress(params, ngroups)
     save_opt = bool(params.save_opt)
     if save_opt:
         if n_segments is None or n_crmag is None:
@@ -1023,7 +1023,7 @@ def fit_tile(
     ri = [np.empty((nints, ny, nx), dtype=np.float32) for _ in range(5)]
     ri[1] = np.empty((nints, ny, nx), dtype=np.uint32)
 
-    dnu, sat, jump, pers, chargeloss, ngval = _flag_args()
+    dnu, sat, jump, pers, chargeloss, ngval = flag_args()
     if ny > 0 and nx > 0:
         fit_tile_core(
             data,

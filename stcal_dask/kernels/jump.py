@@ -76,7 +76,7 @@ from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
 
 
-class _LazyModule:
+class LazyModule:
     """The numba module, imported on first use: the parameter classes and helpers of this module
     (used by the CLI and the dataflow layer to build graphs) do not load numba/llvmlite."""
 
@@ -89,7 +89,7 @@ class _LazyModule:
         return getattr(importlib.import_module(self._name), attr)
 
 
-_nb = _LazyModule("stcal_dask.kernels._jump_numba")
+_nb = LazyModule("stcal_dask.kernels._jump_numba")
 
 __all__ = [
     "JumpParams",

@@ -71,9 +71,9 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
-from stcal_dask.kernels.jump import _LazyModule
+from stcal_dask.kernels.jump import LazyModule
 
-rn = _LazyModule("stcal_dask.kernels._ramp_numba")
+rn = LazyModule("stcal_dask.kernels._ramp_numba")
 
 __all__ = [
     "FitoptDims",
@@ -252,13 +252,13 @@ def fitopt_dims(
     zeroframe: (nints, ny, nx) DN or None; a usable zero frame adds a one-group segment.
     """
     gdq, zf = _prepare_dims_inputs(groupdq, zeroframe)
-    suppress = _effective_suppress(params, gdq.shape[1])
+    suppress = effective_suppress(params, gdq.shape[1])
     has_zf = zf is not None
     if not has_zf:
         zf = np.zeros((1, 1, 1), dtype=np.float32)
     gdq = rn.readonly_c(gdq, np.uint8)
     zf = rn.readonly_c(zf, np.float32)
-    nseg, ncr = rn.fitopt_dims_tile(gdq, zf, has_zf, suppress, *_flag_args())
+    nseg, ncr = rn.fitopt_dims_tile(gdq, zf, has_zf, suppress, *flag_args())
     return FitoptDims(int(nseg), int(ncr))
 
 
@@ -331,12 +331,12 @@ def fit_ramps_tile(
 # helpers shared with _ramp_numba
 
 
-def _effective_suppress(params: RampFitParams, ngroups: int) -> bool:
+def effective_suppress(params: RampFitParams, ngroups: int) -> bool:
     """``suppress_one_group`` as stcal's ``ramp_fit`` applies it (forced off for NGROUPS == 1)."""
     return bool(params.suppress_one_group) and ngroups > 1
 
 
-def _flag_args() -> tuple[int, int, int, int, int, int]:
+def flag_args() -> tuple[int, int, int, int, int, int]:
     """(DNU, SAT, JUMP, PERSISTENCE, CHARGELOSS, NO_GAIN_VALUE) as plain ints for numba."""
     return (
         dqflags.DO_NOT_USE,

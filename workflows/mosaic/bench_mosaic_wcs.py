@@ -40,9 +40,9 @@ def main(argv=None) -> int:
     import numpy as np
     from stcal.alignment import util as stcal_util
 
-    from stcal_dask import alignment as al
-    from stcal_dask import mosaic
-    from stcal_dask.wcs_sim import dither_pattern, imaging_wcs
+    from stcal_dask.mosaic import alignment as al
+    from stcal_dask.mosaic import wcs as mosaic
+    from stcal_dask.sim.wcs import dither_pattern, imaging_wcs
 
     print("part 1: in-process, best of 3")
     for n in args.n:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         )
 
     print(f"part 2: footprints of {args.files} ASDF inputs")
-    from stcal_dask.cluster import get_client
+    from stcal_dask.engine.cluster import get_client
 
     with tempfile.TemporaryDirectory() as d:
         pts = dither_pattern(args.files, center=(53.16, -27.79), roll=70.0, tile=100.0)

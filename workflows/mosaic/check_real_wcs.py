@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare stcal_dask.alignment with stcal 1.20.0 on a real JWST gwcs (e.g. stcal's
+"""Compare stcal_dask.mosaic.alignment with stcal 1.20.0 on a real JWST gwcs (e.g. stcal's
 ``tests/data/nrcb5-wcs.asdf``, a NIRCam B5 distortion WCS with its wcsinfo).
 
 The second exposure is the same WCS dithered by (+150, -80) detector pixels. Prints the output
@@ -22,7 +22,7 @@ from astropy.modeling import models as m
 def main(argv=None) -> int:
     from stcal.alignment import util as stcal_util
 
-    from stcal_dask import alignment as al
+    from stcal_dask.mosaic import alignment as al
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Recipe: N dithered synthetic exposures -> rate products with a gwcs -> mosaic output WCS.
 
-1. ``stcal_dask.wcs_sim.dither_pattern`` lays N pointings out on a mosaic grid (with roll);
+1. ``stcal_dask.sim.wcs.dither_pattern`` lays N pointings out on a mosaic grid (with roll);
    each exposure gets a JWST-like imaging gwcs (``SimulationConfig.pointing`` +
-   ``stcal_dask.simulate.exposure_wcs``).
+   ``stcal_dask.sim.ramp.exposure_wcs``).
 2. Rate products: with ``--rates engine`` the ramps are simulated lazily and run through the
-   dataflow engine (jump detection + OLS ramp fit, ``stcal_dask.dataflow``); with ``--rates truth``
-   the rate is the simulator's true count rate (fast, no engine). ``auto`` uses the engine when it
-   is importable. Each rate is written as a zarr store with the gwcs attached
-   (``stcal_dask.mosaic.wcs_attrs``), or as a JWST ``_rate.fits`` with ``--format fits``.
-3. ``stcal_dask.mosaic.build_mosaic_wcs`` computes the footprints on the cluster (one task per
+   dataflow engine (jump detection + OLS ramp fit, ``stcal_dask.engine.dataflow``); with
+   ``--rates truth`` the rate is the simulator's true count rate (fast, no engine). ``auto`` uses
+   the engine when it is importable. Each rate is written as a zarr store with the gwcs attached
+   (``stcal_dask.mosaic.wcs.wcs_attrs``), or as a JWST ``_rate.fits`` with ``--format fits``.
+3. ``stcal_dask.mosaic.wcs.build_mosaic_wcs`` computes the footprints on the cluster (one task per
    exposure) and the output WCS; ``write_mosaic_wcs`` writes it atomically as ASDF. This is what
    ``stcal-dask mosaic-wcs RATES... --output mosaic_wcs.asdf`` does.
 
@@ -54,8 +54,8 @@ def _parse(argv):
 
 def _engine_available() -> bool:
     try:
-        from stcal_dask import dataflow  # noqa: F401
-        from stcal_dask.io.zarr_store import simulate_ramp_lazy  # noqa: F401
+        from stcal_dask.engine import dataflow  # noqa: F401
+        from stcal_dask.sim.lazy import simulate_ramp_lazy  # noqa: F401
     except ImportError:
         return False
     return hasattr(dataflow, "detect_jumps") and hasattr(dataflow, "fit_ramps")
@@ -65,8 +65,8 @@ def _truth_rate(cfg):
     """Noise-free rate product: the simulator's true count rate (DN/s)."""
     import numpy as np
 
-    from stcal_dask.datamodel import rate_dataset
-    from stcal_dask.simulate import simulate_exposure
+    from stcal_dask.engine.datamodel import rate_dataset
+    from stcal_dask.sim.ramp import simulate_exposure
 
     flux = simulate_exposure(cfg).flux
     err = np.sqrt(np.maximum(flux, 0) / cfg.group_time / max(cfg.ngroups - 1, 1)).astype("f4")
@@ -75,8 +75,8 @@ def _truth_rate(cfg):
 
 def _engine_rate(cfg):
     """Lazy rate product from the dataflow engine (jump detection + OLS ramp fitting)."""
-    from stcal_dask import dataflow
-    from stcal_dask.io.zarr_store import simulate_ramp_lazy
+    from stcal_dask.engine import dataflow
+    from stcal_dask.sim.lazy import simulate_ramp_lazy
 
     ramp = simulate_ramp_lazy(cfg)
     rate = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]
@@ -87,16 +87,16 @@ def main(argv=None) -> int:
     args = _parse(argv)
     import dask
 
-    from stcal_dask.cluster import get_client
+    from stcal_dask.engine.cluster import get_client
     from stcal_dask.io.zarr_store import write_dataset_atomic
-    from stcal_dask.mosaic import (
+    from stcal_dask.mosaic.wcs import (
         build_mosaic_wcs,
         wcs_attrs,
         write_mosaic_wcs,
         write_rate_fits_with_wcs,
     )
-    from stcal_dask.simulate import SimulationConfig, exposure_wcs
-    from stcal_dask.wcs_sim import NIRCAM_LW_SCALE, dither_pattern
+    from stcal_dask.sim.ramp import SimulationConfig, exposure_wcs
+    from stcal_dask.sim.wcs import NIRCAM_LW_SCALE, dither_pattern
 
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,7 @@ WORKING_MEMORY_FACTOR = 3.0
 _TILE_ALIGN = 16
 
 
-def _package_version() -> str:
+def package_version() -> str:
     from stcal_dask import __version__
 
     return __version__
@@ -147,7 +147,7 @@ def _package_version() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_timing(timing: Mapping[str, Any], source: str) -> dict[str, int | float]:
+def check_timing(timing: Mapping[str, Any], source: str) -> dict[str, int | float]:
     """Validate the JWST timing keywords; return them as plain ints / floats."""
     if not isinstance(timing, Mapping):
         raise UserInputError(f"{source}: timing must be a dict of JWST keywords, got {timing!r}")
@@ -185,7 +185,7 @@ def _check_timing(timing: Mapping[str, Any], source: str) -> dict[str, int | flo
     return out
 
 
-def _check_subarray(attrs: Mapping[str, Any], source: str) -> dict[str, int]:
+def check_subarray(attrs: Mapping[str, Any], source: str) -> dict[str, int]:
     out = {}
     for key in SUBARRAY_KEYWORDS:
         if key in attrs and attrs[key] is not None:
@@ -278,13 +278,13 @@ def validate_ramp(ds: xr.Dataset, source: str = "ramp") -> xr.Dataset:
             )
     if min(sci_shape) < 1:
         raise UserInputError(f"{source}: array sci is empty (shape {sci_shape})")
-    timing = _check_timing(ds.attrs, source)
+    timing = check_timing(ds.attrs, source)
     if timing["NINTS"] != nints or timing["NGROUPS"] != ngroups:
         raise UserInputError(
             f"{source}: keywords NINTS={timing['NINTS']}, NGROUPS={timing['NGROUPS']} do not "
             f"match array sci of shape {sci_shape} (nints, ngroups, ny, nx)"
         )
-    subarray = _check_subarray(ds.attrs, source)
+    subarray = check_subarray(ds.attrs, source)
     out = ds.copy(deep=False)
     for name, var in variables.items():
         spec = RAMP_VARIABLES[name]
@@ -372,7 +372,7 @@ def choose_tile_size(
     return int(tile_y), int(tile_x)
 
 
-def _normalize_tile(tile, ny: int, nx: int) -> tuple[int, int]:
+def normalize_tile(tile, ny: int, nx: int) -> tuple[int, int]:
     try:
         ty, tx = (int(t) for t in tile)
     except (TypeError, ValueError):
@@ -395,11 +395,11 @@ def ramp_chunks(ds: xr.Dataset, tile=None, memory_budget_bytes: int | None = Non
         tile = choose_tile_size(
             nints, ngroups, ny, nx, memory_budget_bytes or DEFAULT_MEMORY_BUDGET
         )
-    ty, tx = _normalize_tile(tile, ny, nx)
+    ty, tx = normalize_tile(tile, ny, nx)
     return {"integration": nints, "group": ngroups, "y": ty, "x": tx}
 
 
-def _apply_chunks(ds: xr.Dataset, chunks) -> xr.Dataset:
+def apply_chunks(ds: xr.Dataset, chunks) -> xr.Dataset:
     if chunks is None:
         return ds
     if isinstance(chunks, str):
@@ -497,21 +497,21 @@ def make_ramp_dataset(
             )
     attrs = dict(timing) if isinstance(timing, Mapping) else {}
     if not isinstance(timing, Mapping):
-        _check_timing(timing, source)
+        check_timing(timing, source)
     attrs.update(dict(subarray or {}))
     attrs["source"] = str(source)
     ds = xr.Dataset(data_vars, attrs=attrs)
     ds = validate_ramp(ds, source=source)
-    return _apply_chunks(ds, chunks)
+    return apply_chunks(ds, chunks)
 
 
 def timing_from_attrs(attrs: Mapping[str, Any]) -> dict[str, int | float]:
     """The validated JWST timing keywords of a ramp's attrs (``DRPFRMS1`` defaults to 0)."""
-    return _check_timing(attrs, str(attrs.get("source", "ramp")))
+    return check_timing(attrs, str(attrs.get("source", "ramp")))
 
 
 def ramp_from_exposure(exposure, chunks=None) -> xr.Dataset:
-    """A ramp Dataset from a :class:`stcal_dask.simulate.SyntheticExposure`.
+    """A ramp Dataset from a :class:`stcal_dask.sim.ramp.SyntheticExposure`.
 
     ``chunks`` as in :func:`make_ramp_dataset`. The ground truth (``flux``, ``cr_mask``) is not
     part of the ramp.
@@ -576,17 +576,17 @@ def _product(product: str, variables: dict[str, tuple], parameters, attrs) -> xr
         if np.dtype(arr.dtype) != dtype:
             arr = arr.astype(dtype)
         data_vars[name] = xr.Variable(dims, arr, {"units": units} if units else {})
-    out_attrs = {k: _plain(v) for k, v in dict(attrs or {}).items()}
+    out_attrs = {k: plain(v) for k, v in dict(attrs or {}).items()}
     out_attrs.update(
         product=product,
         parameters=_parameters_json(parameters),
-        stcal_dask_version=_package_version(),
+        stcal_dask_version=package_version(),
         units=json.dumps({n: v[2] for n, v in variables.items()}),
     )
     return xr.Dataset(data_vars, attrs=out_attrs)
 
 
-def _plain(v):
+def plain(v):
     """A JSON-serialisable version of an attribute value (numpy scalars/arrays, dataclasses,
     nested containers; anything else becomes its string)."""
     if isinstance(v, str | bool | int | float) or v is None:
@@ -594,9 +594,9 @@ def _plain(v):
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     return json.loads(json.dumps(v, default=_json_default))
 
 

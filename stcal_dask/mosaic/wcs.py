@@ -16,8 +16,8 @@ Each input is a rate product carrying a gwcs in one of three documented ways:
 :func:`compute_footprints` computes one footprint per exposure, one dask task each (``client.map``
 on a distributed cluster, else ``dask.delayed`` on the current scheduler); only small arrays come
 back. :func:`build_mosaic_wcs` turns them into the output WCS with
-:func:`stcal_dask.alignment.wcs_from_sregions` (the first input is the reference: frames, pixel
-scale at its ``(ra_ref, dec_ref)``, orientation from its ``roll_ref, v3yangle, vparity``), and
+:func:`stcal_dask.mosaic.alignment.wcs_from_sregions` (the first input is the reference: frames,
+pixel scale at its ``(ra_ref, dec_ref)``, orientation from its ``roll_ref, v3yangle, vparity``), and
 :func:`write_mosaic_wcs` writes it as ASDF atomically (temporary name, then rename), with the
 output shape, bounding box, CRPIX/CRVAL/pixel scale/PC, S_REGION and the inputs' footprints.
 
@@ -43,8 +43,8 @@ import asdf
 import gwcs
 import numpy as np
 
-from stcal_dask import alignment as al
 from stcal_dask.errors import UserInputError
+from stcal_dask.mosaic import alignment as al
 
 __all__ = [
     "WCSINFO_ATTR",
@@ -179,7 +179,7 @@ def write_rate_fits_with_wcs(
     ``sci``/``err`` in DN/s, ``dq`` uint32, variances in (DN/s)^2, all (ny, nx). Written under a
     temporary name and renamed into place. Requires the ``stdatamodels`` package.
     """
-    from stcal_dask.io._atomic import check_target, commit, partial_path, remove_path
+    from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
 
     try:
         from stdatamodels.jwst.datamodels import ImageModel
@@ -260,7 +260,7 @@ def _read_zarr(p: Path):
     if WCS_ATTR not in attrs:
         raise UserInputError(
             f"zarr store {p} has no '{WCS_ATTR}' attribute (attach one with "
-            "stcal_dask.mosaic.attach_wcs)"
+            "stcal_dask.mosaic.wcs.attach_wcs)"
         )
     wcs = wcs_from_asdf_text(attrs[WCS_ATTR], f"{p} attribute '{WCS_ATTR}'")
     shape = None
@@ -332,7 +332,7 @@ def exposure_footprint(path, with_wcs: bool = False) -> ExposureFootprint:
         exp.wcsinfo,
         exp.shape,
         exp.wcs if with_wcs else None,
-        al._celestial_frame_name(exp.wcs),
+        al.celestial_frame_name(exp.wcs),
     )
 
 
@@ -393,7 +393,7 @@ def build_mosaic_wcs(
 ) -> MosaicWCS:
     """Output WCS of a mosaic of ``paths`` (footprints computed on the cluster).
 
-    Parameters are those of :func:`stcal_dask.alignment.wcs_from_sregions`: ``pscale`` in
+    Parameters are those of :func:`stcal_dask.mosaic.alignment.wcs_from_sregions`: ``pscale`` in
     degrees/pixel, ``rotation`` degrees, ``crval`` (RA, Dec) degrees, ``crpix`` 0-based (x, y),
     ``shape`` (ny, nx). The first input is the reference and must carry wcsinfo.
     """
@@ -440,7 +440,7 @@ def write_mosaic_wcs(
     ``input_footprints`` ((4, 2) RA/Dec each) plus the ``parameters`` used.
     """
     from stcal_dask import __version__
-    from stcal_dask.io._atomic import check_target, commit, partial_path, remove_path
+    from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
 
     wcs, records = (mosaic.wcs, mosaic.exposures) if isinstance(mosaic, MosaicWCS) else (mosaic, [])
     path = check_target(path, overwrite=overwrite, what="output WCS")
@@ -581,8 +581,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mosaic-wcs``; returns 0. User mistakes raise :class:`UserInputError` (one line)."""
-    from stcal_dask.cluster import get_client
-    from stcal_dask.io._atomic import check_target
+    from stcal_dask.engine.cluster import get_client
+    from stcal_dask.io.atomic import check_target
 
     # fail before starting a cluster when the output exists or inputs are missing
     out_path = Path(args.output).expanduser()

@@ -8,8 +8,8 @@ Subcommands (``stcal-dask COMMAND --help`` explains each, with an example):
 * ``jump INPUT`` — flag jumps, write ``X_jump``;
 * ``rampfit INPUT`` — fit ramps, write ``X_rate``, ``X_rateints`` (and ``X_fitopt``);
 * ``run INPUT`` — jump + ramp fit in one graph (``--save-jump`` also writes ``X_jump``);
-* ``demo`` — simulate a full-frame exposure and run it (see :mod:`stcal_dask.demo`);
-* ``mosaic-wcs`` — the output WCS of a mosaic (:mod:`stcal_dask.mosaic`).
+* ``demo`` — simulate a full-frame exposure and run it (see :mod:`stcal_dask.cli.demo`);
+* ``mosaic-wcs`` — the output WCS of a mosaic (:mod:`stcal_dask.mosaic.wcs`).
 
 Step parameters use the JWST names and are generated from the parameter dataclasses
 (``--jump.rejection_threshold 5``, ``--rampfit.suppress_one_group false``).
@@ -353,7 +353,7 @@ def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description=(
             "Generate a seeded synthetic up-the-ramp exposure (sources, cosmic rays, saturation,\n"
-            "bad gains; see stcal_dask.simulate) tile by tile. OUT ending in .zarr: a zarr ramp\n"
+            "bad gains; see stcal_dask.sim.ramp) tile by tile. OUT ending in .zarr: a zarr ramp\n"
             "store (gain/readnoise inside). OUT ending in .fits: a JWST RampModel file plus\n"
             "X_gain.fits and X_readnoise.fits reference files beside it."
         ),
@@ -505,10 +505,10 @@ def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_demo)
 
-    # mosaic-wcs: registered from stcal_dask.mosaic, imported only when used
+    # mosaic-wcs: registered from stcal_dask.mosaic.wcs, imported only when used
     p = sub.add_parser(
         "mosaic-wcs",
-        help="compute the output WCS of a mosaic of rate products (stcal_dask.mosaic)",
+        help="compute the output WCS of a mosaic of rate products (stcal_dask.mosaic.wcs)",
         add_help=False,
         prefix_chars="\0",
     )
@@ -554,17 +554,17 @@ def _import_for_workers(lean: bool = False) -> None:
 
     By default that is everything the graph and the tasks need (a forked worker starts with it
     loaded: ~0.1 s instead of ~3 s for a fresh interpreter). With ``lean`` (the tasks need no
-    xarray, see :data:`stcal_dask.cluster.WORKER_IMPORTS_FITS`) only distributed: the workers
+    xarray, see :data:`stcal_dask.engine.cluster.WORKER_IMPORTS_FITS`) only distributed: the workers
     are forked early and load the kernels and their few modules on the other cores while this
     process goes on loading xarray, astropy and dask.array and builds the graph.
     Optional packages the run never uses are not loaded
-    (:func:`stcal_dask._imports.skipping_optional_imports`)."""
-    from stcal_dask._imports import skipping_optional_imports
+    (:func:`stcal_dask.optional_imports.skipping_optional_imports`)."""
+    from stcal_dask.optional_imports import skipping_optional_imports
 
     with skipping_optional_imports():
         import distributed  # noqa: F401
 
-        from stcal_dask import cluster  # noqa: F401
+        from stcal_dask.engine import cluster  # noqa: F401
     if not lean:
         _import_for_graph()
 
@@ -572,22 +572,22 @@ def _import_for_workers(lean: bool = False) -> None:
 def _import_for_graph() -> None:
     """What the graph needs besides distributed (what :func:`_import_for_workers` with ``lean``
     leaves out), without the unused optional packages."""
-    from stcal_dask._imports import skipping_optional_imports
+    from stcal_dask.optional_imports import skipping_optional_imports
 
     with skipping_optional_imports():
-        from stcal_dask import dataflow  # noqa: F401  (dask.array, xarray)
+        from stcal_dask.engine import dataflow  # noqa: F401  (dask.array, xarray)
         from stcal_dask.io import fits_io, naming  # noqa: F401  (astropy.io.fits)
 
 
 def _client(args):
-    from stcal_dask.cluster import get_client
+    from stcal_dask.engine.cluster import get_client
 
     return get_client(**_client_kwargs(args))
 
 
 def _planned_threads(args, background) -> int:
     """Threads the computation will run on: known in advance unless the cluster is external."""
-    from stcal_dask.cluster import LOCAL_SCHEDULERS, local_layout, resolve_scheduler
+    from stcal_dask.engine.cluster import LOCAL_SCHEDULERS, local_layout, resolve_scheduler
 
     address = resolve_scheduler(getattr(args, "scheduler", None))
     if address in LOCAL_SCHEDULERS:
@@ -601,7 +601,7 @@ def _planned_threads(args, background) -> int:
 
 def _run_pending(args, pendings, extra=()):
     """Compute the writes (and extra collections) in one graph; abort every write on failure."""
-    from stcal_dask.cluster import compute
+    from stcal_dask.engine.cluster import compute
 
     try:
         results = compute(*[p.delayed for p in pendings], *extra, quiet=args.quiet)
@@ -621,8 +621,9 @@ def _run_pending(args, pendings, extra=()):
 
 
 def _cmd_simulate(args) -> int:
-    from stcal_dask.io import simulate_ramp_lazy, write_dataset_atomic, write_ramp_fits
-    from stcal_dask.simulate import SimulationConfig
+    from stcal_dask.io import write_dataset_atomic, write_ramp_fits
+    from stcal_dask.sim.lazy import simulate_ramp_lazy
+    from stcal_dask.sim.ramp import SimulationConfig
 
     nints, ngroups, ny, nx = _parse_shape(args.shape)
     overrides = {"zeroframe": bool(args.zeroframe)}
@@ -706,7 +707,7 @@ def _n_workers(client) -> int:
 
 def _retile(args, ramp, n_threads: int):
     """Smaller tiles when the input's would leave workers idle (FITS: reopened with them)."""
-    from stcal_dask import dataflow
+    from stcal_dask.engine import dataflow
 
     nints, ngroups, ny, nx = ramp["sci"].shape
     want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads)
@@ -746,7 +747,7 @@ def _formats(args, path: str) -> tuple[str, ...]:
 
 def _outputs(args, path: str, suffixes, formats) -> dict[tuple[str, str], Path]:
     from stcal_dask.io import output_name
-    from stcal_dask.io._atomic import check_target
+    from stcal_dask.io.atomic import check_target
 
     out_dir = Path(args.output_dir).expanduser()
     if not out_dir.is_dir():
@@ -802,7 +803,7 @@ def _materialized_jump(args, jumped, out_dir: Path):
     """Write the jump-flagged ramp to a temporary zarr store and reopen it (used with
     ``--save-opt``, whose fitopt sizes depend on the flagged groupdq), removed at exit."""
     from stcal_dask.io import open_ramp, write_ramp
-    from stcal_dask.io._atomic import remove_path
+    from stcal_dask.io.atomic import remove_path
 
     tmp = out_dir / f".stcal-dask-jump-{uuid.uuid4().hex[:12]}.zarr"
     try:
@@ -818,7 +819,7 @@ def _materialized_jump(args, jumped, out_dir: Path):
 
 
 def _cmd_process(args) -> int:
-    from stcal_dask.cluster import BackgroundClient
+    from stcal_dask.engine.cluster import BackgroundClient
 
     step = args.process
     tile = _parse_tile(args.tile)
@@ -847,7 +848,7 @@ def _cmd_process(args) -> int:
     client_kwargs = _client_kwargs(args, fork=True)
     lean = _is_fits(args.input) and "zarr" not in formats and not (rparams and rparams.save_opt)
     if lean:
-        from stcal_dask.cluster import WORKER_IMPORTS_FITS
+        from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS
 
         # a FITS-only run: the workers need neither zarr nor xarray (nor pandas, astropy)
         client_kwargs["warm_imports"] = WORKER_IMPORTS_FITS
@@ -859,7 +860,7 @@ def _cmd_process(args) -> int:
     with BackgroundClient(**client_kwargs) as background:
         if fork and lean:
             _import_for_graph()  # the workers are forked: this thread may import again
-        from stcal_dask import dataflow
+        from stcal_dask.engine import dataflow
 
         ramp = _open_input(args, args.input, tile)
         if tile is None:
@@ -900,7 +901,7 @@ def _cmd_process(args) -> int:
         if all_sat:
             for (kind, _fmt), target in targets.items():
                 if kind in ("rate", "rateints", "fitopt"):
-                    from stcal_dask.io._atomic import remove_path
+                    from stcal_dask.io.atomic import remove_path
 
                     remove_path(target)
             print(
@@ -943,7 +944,7 @@ def _describe(client) -> str:
 
 
 def _cmd_demo(args) -> int:
-    from stcal_dask.demo import run_demo
+    from stcal_dask.cli.demo import run_demo
 
     return run_demo(
         size=args.size,
@@ -964,7 +965,7 @@ def _cmd_demo(args) -> int:
 
 def _cmd_mosaic(args) -> int:
     try:
-        from stcal_dask import mosaic
+        from stcal_dask.mosaic import wcs as mosaic
     except ImportError as exc:  # pragma: no cover - the module ships with the package
         raise UserInputError(f"mosaic-wcs is not available ({exc})") from None
     parser = _Parser(prog=PROG, formatter_class=_Formatter)
@@ -985,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(help_texts=any(a in ("-h", "--help") for a in argv))
         args = parser.parse_args(argv)
         if getattr(args, "memory_limit", None) is not None:
-            from stcal_dask.cluster import parse_memory_limit
+            from stcal_dask.engine.cluster import parse_memory_limit
 
             parse_memory_limit(args.memory_limit)
         if getattr(args, "n_workers", None) is not None and args.n_workers < 1:

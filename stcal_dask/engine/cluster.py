@@ -44,6 +44,7 @@ from typing import Any
 import dask
 from dask.utils import parse_bytes
 
+from stcal_dask.engine.threads import THREAD_ENV, limit_threads
 from stcal_dask.errors import UserInputError
 
 __all__ = [
@@ -64,14 +65,6 @@ __all__ = [
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
 """Scheduler names that select dask's local schedulers instead of a distributed cluster."""
 
-THREAD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
-    "MALLOC_TRIM_THRESHOLD_": "65536",
-}
-"""Environment given to spawned worker processes: one thread for every native thread pool."""
 
 _ADDRESS_RE = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://[^\s:/]+(:\d+)?/?$|^[^\s:/]+:\d+$")
 
@@ -94,22 +87,6 @@ def parse_memory_limit(value: str | int | float | None) -> int | str | None:
     if nbytes < 32 * 2**20:
         raise UserInputError(f"--memory-limit must be at least 32 MiB per worker, got {value!r}")
     return nbytes
-
-
-def limit_threads() -> None:
-    """Pin numba's parallel regions to one thread for the calling thread (cheap; idempotent).
-
-    Called at the start of every tile task so that a worker with N threads never runs more than
-    N busy OS threads, whatever the worker's environment was.
-    """
-    numba = sys.modules.get("numba")
-    if numba is None:
-        return
-    try:
-        if numba.get_num_threads() != 1:
-            numba.set_num_threads(1)
-    except Exception:  # threading layer not available: nothing to pin
-        pass
 
 
 class _PinThreadsPlugin:
@@ -175,12 +152,12 @@ def _exit_fast() -> None:  # pragma: no cover - runs at a worker process's exit
     os._exit(0)
 
 
-WORKER_IMPORTS = ("dask.array", "xarray", "stcal_dask.dataflow", "stcal_dask.io.fits_io",
+WORKER_IMPORTS = ("dask.array", "xarray", "stcal_dask.engine.dataflow", "stcal_dask.io.fits_io",
                   "zarr", "stcal_dask.io.zarr_store")
 """Modules every worker loads at start (besides the compiled kernels), see :func:`warm_workers`."""
 
-WORKER_IMPORTS_FITS = ("dask.array", "stcal_dask._tasks", "stcal_dask.io._fits_blocks",
-                       "stcal_dask.io._atomic")
+WORKER_IMPORTS_FITS = ("dask.array", "stcal_dask.engine.tasks", "stcal_dask.io.fits_blocks",
+                       "stcal_dask.io.atomic")
 """What the tasks of a FITS-in, FITS-out run need in a worker: no xarray, pandas, astropy or
 zarr (the FITS blocks are read and written with numpy memory maps). dask.array is then loaded
 with xarray hidden (it imports xarray, hence pandas, when it can: ~0.6 s), see
@@ -224,7 +201,7 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
 
     import psutil
 
-    from stcal_dask._imports import UNUSED_OPTIONAL, skipping_optional_imports
+    from stcal_dask.optional_imports import UNUSED_OPTIONAL, skipping_optional_imports
 
     monitor = logging.getLogger("distributed.worker.memory")
     level = monitor.level

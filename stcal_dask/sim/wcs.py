@@ -30,8 +30,8 @@ from astropy.coordinates import ICRS
 from astropy.modeling import models as m
 from gwcs import coordinate_frames as cf
 
-from stcal_dask.alignment import calc_rotation_matrix
 from stcal_dask.errors import UserInputError
+from stcal_dask.mosaic.alignment import calc_rotation_matrix
 
 __all__ = [
     "ExposureWCS",

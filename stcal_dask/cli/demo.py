@@ -121,8 +121,8 @@ def simulate_with_truth(cfg, tile):
     """Lazy ramp Dataset and truth Dataset of ``cfg`` sharing one simulation task per tile."""
     import xarray as xr
 
-    from stcal_dask.datamodel import make_ramp_dataset
-    from stcal_dask.io.zarr_store import simulated_arrays, simulation_timing
+    from stcal_dask.engine.datamodel import make_ramp_dataset
+    from stcal_dask.sim.lazy import simulated_arrays, simulation_timing
 
     nints, ngroups = cfg.shape[:2]
     fields = {
@@ -211,17 +211,17 @@ def run_demo(
     start_method: str | None = None,
 ) -> int:
     """Run the demo (see the module docstring); returns 0. Prints the summary unless ``quiet``.
-    ``start_method`` is :func:`~stcal_dask.cluster.get_client`'s (the CLI forks on Linux)."""
-    from stcal_dask import dataflow
-    from stcal_dask.cluster import compute, get_client
+    ``start_method`` is :func:`~stcal_dask.engine.cluster.get_client`'s (the CLI forks on Linux)."""
+    from stcal_dask.engine import dataflow
+    from stcal_dask.engine.cluster import compute, get_client
     from stcal_dask.io import (
         open_ramp,
         write_dataset_atomic,
         write_rate_fits,
         write_rateints_fits,
     )
-    from stcal_dask.io._atomic import remove_path
-    from stcal_dask.simulate import CELL, SimulationConfig
+    from stcal_dask.io.atomic import remove_path
+    from stcal_dask.sim.ramp import CELL, SimulationConfig
 
     for name, value, low in (("--size", size, 8), ("--nints", nints, 1), ("--ngroups", ngroups, 2)):
         if int(value) < low:

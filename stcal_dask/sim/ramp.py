@@ -78,7 +78,7 @@ class SimulationConfig:
     """Also produce a ZEROFRAME (the first frame of each integration, DN)."""
     pointing: tuple[float, float, float] | None = None
     """Optional (ra_ref, dec_ref, roll_ref) in degrees; :func:`exposure_wcs` then gives the
-    exposure a JWST-like imaging gwcs (see :mod:`stcal_dask.wcs_sim`). Does not change the data."""
+    exposure a JWST-like imaging gwcs (see :mod:`stcal_dask.sim.wcs`). Does not change the data."""
 
     @property
     def group_time(self) -> float:
@@ -276,10 +276,10 @@ def exposure_wcs(cfg: SimulationConfig, pixel_scale: float | None = None):
     Requires ``cfg.pointing = (ra_ref, dec_ref, roll_ref)`` (degrees); the detector is
     ``(cfg.ny, cfg.nx)`` with the reference pixel at its centre. ``pixel_scale`` is in
     arcsec/pixel (default: NIRCam long wavelength, 0.063"). Returns
-    :class:`stcal_dask.wcs_sim.ExposureWCS` ``(wcs, wcsinfo)``.
+    :class:`stcal_dask.sim.wcs.ExposureWCS` ``(wcs, wcsinfo)``.
     """
     from stcal_dask.errors import UserInputError
-    from stcal_dask.wcs_sim import NIRCAM_LW_SCALE, imaging_wcs
+    from stcal_dask.sim.wcs import NIRCAM_LW_SCALE, imaging_wcs
 
     if cfg.pointing is None:
         raise UserInputError("SimulationConfig.pointing is None: set (ra_ref, dec_ref, roll_ref)")

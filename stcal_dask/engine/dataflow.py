@@ -1,10 +1,10 @@
 """The dataflow layer: the tile kernels mapped over chunked ramps with dask, lazily.
 
 :func:`detect_jumps` and :func:`fit_ramps` take a ramp Dataset (schema in
-:mod:`stcal_dask.datamodel`; ``open_ramp``/``open_ramp_fits`` give lazy ones) and return Datasets
-whose variables are dask arrays: **building them computes nothing** (except the fitopt sizes, see
-below). Compute them on any scheduler, e.g. with :func:`stcal_dask.cluster.compute` inside
-:func:`stcal_dask.cluster.get_client`.
+:mod:`stcal_dask.engine.datamodel`; ``open_ramp``/``open_ramp_fits`` give lazy ones) and return
+Datasets whose variables are dask arrays: **building them computes nothing** (except the fitopt
+sizes, see below). Compute them on any scheduler, e.g. with
+:func:`stcal_dask.engine.cluster.compute` inside :func:`stcal_dask.engine.cluster.get_client`.
 
 Chunking
 --------
@@ -15,10 +15,10 @@ depend on the tiling: each tile is given a halo of the kernel's declared width
 (every block publishes its borders in one small task; a tile task assembles its window from its
 own blocks and its neighbours' borders, with no padding at the frame edges), runs the kernel and
 crops the halo off. A tile returns all its outputs as one dask block (a dict of arrays, see
-:func:`stcal_dask._tasks.pack`; the dask array declares a structured dtype with one field per
+:func:`stcal_dask.engine.tasks.pack`; the dask array declares a structured dtype with one field per
 output) from which each output array takes its field, so every kernel runs once per tile however
-many outputs are computed together. The functions the tasks run live in :mod:`stcal_dask._tasks`,
-which never imports xarray, so workers need not load it.
+many outputs are computed together. The functions the tasks run live in
+:mod:`stcal_dask.engine.tasks`, which never imports xarray, so workers need not load it.
 
 Frame-wide statistics
 ---------------------
@@ -36,7 +36,7 @@ The pass-1 reductions read their inputs through cloned graph keys
 reduction has touched alive until the tile that needs it runs: memory stays bounded by a few tiles.
 
 Compute several products of one graph **together** (one ``dask.compute`` call, or
-:func:`stcal_dask.cluster.compute`), so each tile kernel runs once. That function
+:func:`stcal_dask.engine.cluster.compute`), so each tile kernel runs once. That function
 also switches off dask's low-level task fusion: fusion renames tasks per consumer, and a kernel
 fused into one consumer (e.g. the jump count) would run again for the others (e.g. a Delayed
 write).
@@ -60,9 +60,9 @@ import xarray as xr
 from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
-from stcal_dask import _tasks as tasks
 from stcal_dask import dqflags
-from stcal_dask.datamodel import (
+from stcal_dask.engine import tasks
+from stcal_dask.engine.datamodel import (
     rate_dataset,
     rateints_dataset,
     timing_from_attrs,
@@ -124,9 +124,9 @@ def auto_tile(
 ) -> tuple[int, int]:
     """A tile that fits the per-tile memory budget *and* keeps every worker busy.
 
-    Starts from :func:`stcal_dask.datamodel.choose_tile_size` (largest tile within the budget,
-    full-width strips when possible) and shrinks the strip height until the frame has at least
-    ``tiles_per_worker * n_workers`` tiles (never below ``align`` rows), rounding heights to
+    Starts from :func:`stcal_dask.engine.datamodel.choose_tile_size` (largest tile within the
+    budget, full-width strips when possible) and shrinks the strip height until the frame has at
+    least ``tiles_per_worker * n_workers`` tiles (never below ``align`` rows), rounding heights to
     multiples of ``align``. ``n_workers`` counts the threads that run tiles.
 
     Four tiles per thread: a distributed task costs ~2.5 ms of CPU (scheduler and worker
@@ -135,7 +135,7 @@ def auto_tile(
     less wall time (medians of 8 interleaved runs: 4.31 s against 4.88 s) for ~110 MiB more peak
     memory (640 MiB against 527 MiB for the whole process tree).
     """
-    from stcal_dask.datamodel import DEFAULT_MEMORY_BUDGET, choose_tile_size
+    from stcal_dask.engine.datamodel import DEFAULT_MEMORY_BUDGET, choose_tile_size
 
     ty, tx = choose_tile_size(nints, ngroups, ny, nx, memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
     want = max(1, int(n_workers) * int(tiles_per_worker))
@@ -158,7 +158,7 @@ def prepare_ramp(ramp: xr.Dataset, tile=None) -> xr.Dataset:
     else the chunks of ``sci`` along y and x (or an automatic tile when ``sci`` is not chunked).
     Nothing is computed.
     """
-    from stcal_dask.datamodel import ramp_chunks
+    from stcal_dask.engine.datamodel import ramp_chunks
 
     source = str(ramp.attrs.get("source", "ramp")) if isinstance(ramp, xr.Dataset) else "ramp"
     ramp = validate_ramp(ramp, source=source)
@@ -247,7 +247,7 @@ def _map_tiles_with_halo(func, arrays: Sequence[da.Array], *, halo: int, name: s
 
 def _unpack(packed: da.Array, name: str) -> da.Array:
     """The field ``name`` of a packed (y, x) dask array (blocks made by
-    :func:`stcal_dask._tasks.pack`), leading axes first."""
+    :func:`stcal_dask.engine.tasks.pack`), leading axes first."""
     sub = packed.dtype[name]
     lead = sub.shape
     base = sub.base if sub.shape else sub
@@ -505,10 +505,10 @@ def fit_ramps(
     Returns
     -------
     ``(rate, rateints)`` or, with ``params.save_opt``, ``(rate, rateints, fitopt)`` Datasets
-    (see :mod:`stcal_dask.datamodel`): rate (y, x), rateints (integration, y, x) with ``sci``,
-    ``err`` (DN/s), ``dq``, ``var_poisson``, ``var_rnoise`` ((DN/s)^2); fitopt per segment.
+    (see :mod:`stcal_dask.engine.datamodel`): rate (y, x), rateints (integration, y, x) with
+    ``sci``, ``err`` (DN/s), ``dq``, ``var_poisson``, ``var_rnoise`` ((DN/s)^2); fitopt per segment.
     """
-    from stcal_dask.datamodel import fitopt_dataset
+    from stcal_dask.engine.datamodel import fitopt_dataset
 
     params = rk.RampFitParams() if params is None else params
     if not isinstance(params, rk.RampFitParams):

@@ -135,7 +135,7 @@ def _axes_types(w: Any) -> tuple[str, ...]:
     return tuple(types)
 
 
-def _celestial_frame_name(w: Any) -> str | None:
+def celestial_frame_name(w: Any) -> str | None:
     """Name of the celestial reference system (e.g. ``"ICRS"``, ``"FK5"``), or None."""
     if _kind(w) == "gwcs":
         frame = w.output_frame
@@ -329,10 +329,10 @@ def _as_list(items: Any, what: str) -> list:
 
 def _check_same_frames(wcslist: list, what: str = "wcslist") -> tuple[str, ...]:
     types0 = _axes_types(wcslist[0])
-    frame0 = _celestial_frame_name(wcslist[0])
+    frame0 = celestial_frame_name(wcslist[0])
     for i, w in enumerate(wcslist[1:], start=1):
         types = _axes_types(w)
-        frame = _celestial_frame_name(w)
+        frame = celestial_frame_name(w)
         if types != types0 or frame != frame0:
             raise UserInputError(
                 f"{what}[{i}] has output axes {list(types)} in frame {frame} but {what}[0] has "

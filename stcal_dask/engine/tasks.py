@@ -1,9 +1,9 @@
-"""What the workers run for the dataflow layer (:mod:`stcal_dask.dataflow` builds the graphs).
+"""What the workers run for the dataflow (:mod:`stcal_dask.engine.dataflow` builds the graphs).
 
 The tile tasks (halo exchange, the jump and ramp-fit tile calls, the packing of their outputs)
 and the frame-wide reductions' per-tile partials. This module imports only numpy, the kernels
-and :mod:`stcal_dask.cluster`'s thread pinning, never xarray: a worker whose tasks come from
-here and from :mod:`stcal_dask.io._fits_blocks` does not load xarray and pandas at all (~0.6 s
+and :mod:`stcal_dask.engine.cluster`'s thread pinning, never xarray: a worker whose tasks come from
+here and from :mod:`stcal_dask.io.fits_blocks` does not load xarray and pandas at all (~0.6 s
 of a worker's start, and ~60 MiB of its memory).
 
 Every function is a pure function of its arguments (tiles as numpy arrays); none mutates its
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stcal_dask.cluster import limit_threads
+from stcal_dask.engine.threads import limit_threads
 from stcal_dask.kernels import jump as jk
 from stcal_dask.kernels import ramp_fit as rk
 
@@ -93,7 +93,7 @@ def pack(dtype: np.dtype, fields: dict[str, np.ndarray], ny: int, nx: int) -> di
     layout (leading axes first, (y, x) last) and the field dtypes of the structured ``dtype``
     that the packed dask array declares (its ``meta``). Nothing is copied for an output that
     is already so (the rate products), and a cropped one is copied once; the block itself is
-    never a numpy array, only :func:`stcal_dask.dataflow._unpack` reads it. (A structured
+    never a numpy array, only :func:`stcal_dask.engine.dataflow._unpack` reads it. (A structured
     (y, x) array cost two copies of every output per tile: records packed pixel-major, then
     each field unpacked.)"""
     out = {}

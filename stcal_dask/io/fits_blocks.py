@@ -2,7 +2,7 @@
 graphs).
 
 Blocks are read and written through read-only / read-write memory maps of the HDU data regions
-with numpy alone: no astropy and no xarray in a worker (:mod:`stcal_dask._tasks`).
+with numpy alone: no astropy and no xarray in a worker (:mod:`stcal_dask.engine.tasks`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 
-_BITPIX_RAW = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+BITPIX_RAW = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
-class _FitsImage:
+class FitsImage:
     """A picklable, lazily read window of one FITS image HDU (dask ``from_array`` source).
 
     Each ``__getitem__`` memory-maps the file read-only and converts just the requested block to
@@ -33,7 +33,7 @@ class _FitsImage:
         self.origin = tuple(origin) if origin is not None else (0,) * len(self.full_shape)
         self.shape = tuple(shape) if shape is not None else self.full_shape
         self.ndim = len(self.shape)
-        raw = np.dtype(_BITPIX_RAW[self.bitpix])
+        raw = np.dtype(BITPIX_RAW[self.bitpix])
         self._xor = 0
         if self.bscale == 1.0 and self.bitpix > 8 and self.bzero == 2.0 ** (self.bitpix - 1):
             self._raw = np.dtype(f">u{self.bitpix // 8}")
@@ -83,22 +83,22 @@ class _FitsImage:
             del mm
         return block[rest] if rest else block
 
-    def window(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> _FitsImage:
+    def window(self, origin: tuple[int, ...], shape: tuple[int, ...]) -> FitsImage:
         """A sub-window (offsets relative to this window)."""
-        return _FitsImage(
+        return FitsImage(
             self.path, self.offset, self.full_shape, self.bitpix, self.bscale, self.bzero,
             tuple(a + b for a, b in zip(self.origin, origin, strict=True)), shape,
         )
 
 
-class _FitsRegion:
+class FitsRegion:
     """A picklable ``dask.array.store`` target: one HDU data region of a FITS file on disk."""
 
     def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
         self.path, self.offset, self.shape = path, int(offset), tuple(shape)
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
-        self._raw, self._xor = _raw_dtype(self.dtype)
+        self._raw, self._xor = raw_dtype(self.dtype)
 
     def __setitem__(self, key, value) -> None:
         if math.prod(self.shape) == 0:
@@ -106,7 +106,7 @@ class _FitsRegion:
         runs = self._runs(key)
         if runs is not None:
             block_shape, starts, run_len = runs
-            encoded = _encode(np.broadcast_to(np.asarray(value), block_shape), self.dtype,
+            encoded = encode(np.broadcast_to(np.asarray(value), block_shape), self.dtype,
                               self._xor)
             flat = np.ascontiguousarray(encoded, dtype=self._raw).reshape(-1)
             fd = os.open(self.path, os.O_WRONLY)
@@ -122,7 +122,7 @@ class _FitsRegion:
         try:
             # No msync: the page cache is coherent for every process on this machine, and the
             # file is renamed into place only after all blocks are written.
-            mm[key] = _encode(np.asarray(value), self.dtype, self._xor)
+            mm[key] = encode(np.asarray(value), self.dtype, self._xor)
         finally:
             del mm
 
@@ -178,7 +178,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         done += written
 
 
-def _write_blocks(*blocks, regions, block_info=None):
+def write_blocks(*blocks, regions, block_info=None):
     """Write one block of each array into its region (the blocks share their location)."""
     location = block_info[0]["array-location"]
     key = tuple(slice(start, stop) for start, stop in location)
@@ -187,7 +187,7 @@ def _write_blocks(*blocks, regions, block_info=None):
     return np.ones((1,) * len(location), dtype=np.uint8)
 
 
-def _raw_dtype(dtype: np.dtype) -> tuple[np.dtype, int]:
+def raw_dtype(dtype: np.dtype) -> tuple[np.dtype, int]:
     """On-disk dtype and the XOR that maps physical unsigned values to FITS BZERO storage."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
@@ -197,7 +197,7 @@ def _raw_dtype(dtype: np.dtype) -> tuple[np.dtype, int]:
     return dtype.newbyteorder(">"), 0
 
 
-def _encode(value: np.ndarray, dtype: np.dtype, xor: int) -> np.ndarray:
+def encode(value: np.ndarray, dtype: np.dtype, xor: int) -> np.ndarray:
     value = value.astype(dtype, copy=False)
     if xor:
         value = value ^ dtype.type(xor)
