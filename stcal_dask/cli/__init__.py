@@ -23,14 +23,11 @@ read.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
-import inspect
 import os
 import re
 import sys
-import textwrap
 import time
 import typing
 import uuid
@@ -38,7 +35,7 @@ from pathlib import Path
 
 from stcal_dask.errors import UserInputError
 
-__all__ = ["build_parser", "main", "step_params"]
+__all__ = ["build_parser", "field_help", "main", "step_params"]
 
 PROG = "stcal-dask"
 
@@ -71,42 +68,9 @@ def _param_class(step: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _field_docs(cls) -> dict[str, str]:
-    """One-line help per dataclass field: attribute docstrings, else the numpydoc Attributes."""
-    docs: dict[str, str] = {}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:], strict=False):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    except (OSError, TypeError, SyntaxError, IndexError):
-        pass
-    text = inspect.getdoc(cls) or ""
-    names = {f.name for f in dataclasses.fields(cls)}
-    current = None
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)\s*:\s*(.*)$", line.strip())
-        if m and m.group(1) in names and not line.startswith(" " * 4 + " "):
-            current = m.group(1)
-            docs.setdefault(current, "")
-            if m.group(2):
-                docs[current] = (docs[current] + " " + m.group(2)).strip()
-            continue
-        if current and line.startswith("    ") and line.strip():
-            if current in docs and not docs[current].endswith("."):
-                docs[current] = (docs[current] + " " + line.strip()).strip()
-            elif current in docs and len(docs[current]) < 200:
-                docs[current] = (docs[current] + " " + line.strip()).strip()
-        elif not line.strip():
-            current = None
-    return docs
+def field_help(f: dataclasses.Field) -> str:
+    """The one-line help of a parameter dataclass field (its ``metadata["help"]``)."""
+    return " ".join(str(f.metadata.get("help", "")).split())
 
 
 def _type_name(tp) -> str:
@@ -117,7 +81,6 @@ def _add_step_options(parser: argparse.ArgumentParser, step: str, help_texts: bo
                       ) -> None:
     cls = _param_class(step)
     hints = typing.get_type_hints(cls)
-    docs = _field_docs(cls) if help_texts else {}
     group = parser.add_argument_group(
         f"{step} step parameters (JWST names; {cls.__module__}.{cls.__name__})"
     )
@@ -127,7 +90,7 @@ def _add_step_options(parser: argparse.ArgumentParser, step: str, help_texts: bo
         default = f.default
         if isinstance(default, bool):
             default = str(default).lower()
-        doc = docs.get(f.name, "")
+        doc = field_help(f) if help_texts else ""
         group.add_argument(
             f"--{step}.{f.name}",
             dest=f"{step}__{f.name}",
@@ -321,8 +284,8 @@ def _io_options(parser, *, outputs: bool = True) -> None:
 def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
     """The ``stcal-dask`` argument parser (step options generated from the dataclasses).
 
-    ``help_texts=False`` leaves out the step options' descriptions, which are read from the
-    dataclasses' source (~40 ms): :func:`main` does so unless help is asked for."""
+    ``help_texts=False`` leaves out the step options' descriptions (the fields'
+    ``metadata["help"]``): :func:`main` does so unless help is asked for."""
     from stcal_dask import __version__
 
     parser = _Parser(

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -149,34 +149,39 @@ class JumpParams:
     (JWST default ``maximum_cores='1'``), the effective value is always 3.
     """
 
-    rejection_threshold: float = 4.0
-    """Sigma threshold with >= 4 usable differences, and of the single-pass/sigma-clip paths."""
-    three_group_rejection_threshold: float = 6.0
-    """Sigma threshold when exactly 2 usable differences remain (3 groups)."""
-    four_group_rejection_threshold: float = 5.0
-    """Sigma threshold when exactly 3 usable differences remain (4 groups)."""
-    flag_4_neighbors: bool = True
-    """Also flag the 4 edge-adjacent pixels of a jump (same group)."""
-    max_jump_to_flag_neighbors: float = 1000.0
-    """Upper limit (sigma, exclusive) of a jump whose neighbours are flagged."""
-    min_jump_to_flag_neighbors: float = 10.0
-    """Lower limit (sigma, exclusive) of a jump whose neighbours are flagged."""
-    after_jump_flag_dn1: float = 0.0
-    """Jumps of at least this many DN get the groups within ``after_jump_flag_time1`` flagged."""
-    after_jump_flag_time1: float = 0.0
-    """Seconds after a jump >= dn1 to flag (0 disables)."""
-    after_jump_flag_dn2: float = 0.0
-    """Second (larger) DN threshold."""
-    after_jump_flag_time2: float = 0.0
-    """Seconds after a jump >= dn2 to flag (0 disables)."""
-    minimum_groups: int = 3
-    """Accepted for compatibility; single-process stcal forces 3 (so does this kernel)."""
-    minimum_sigclip_groups: int = 100
-    """Integrations (or total groups if not ``only_use_ints``) needed for the sigma-clip path."""
-    only_use_ints: bool = True
-    """Sigma-clip each difference across integrations only (else all differences of a pixel)."""
-    min_diffs_single_pass: int = 10
-    """Usable differences per integration needed for the single-pass path."""
+    rejection_threshold: float = field(default=4.0, metadata={
+        "help": "jump threshold (sigma) with >= 4 usable differences, and of the single-pass and "
+                "sigma-clip paths"})
+    three_group_rejection_threshold: float = field(default=6.0, metadata={
+        "help": "jump threshold (sigma) when exactly 2 usable differences remain (3 groups)"})
+    four_group_rejection_threshold: float = field(default=5.0, metadata={
+        "help": "jump threshold (sigma) when exactly 3 usable differences remain (4 groups)"})
+    flag_4_neighbors: bool = field(default=True, metadata={
+        "help": "also flag the 4 edge-adjacent pixels of a jump, in the same group"})
+    max_jump_to_flag_neighbors: float = field(default=1000.0, metadata={
+        "help": "upper limit (sigma, exclusive) of a jump whose neighbours are flagged"})
+    min_jump_to_flag_neighbors: float = field(default=10.0, metadata={
+        "help": "lower limit (sigma, exclusive) of a jump whose neighbours are flagged"})
+    after_jump_flag_dn1: float = field(default=0.0, metadata={
+        "help": "jumps of at least this many DN get the groups within after_jump_flag_time1 "
+                "(s) flagged"})
+    after_jump_flag_time1: float = field(default=0.0, metadata={
+        "help": "seconds after a jump >= after_jump_flag_dn1 to flag (0 disables)"})
+    after_jump_flag_dn2: float = field(default=0.0, metadata={
+        "help": "second (larger) after-jump threshold (DN), with after_jump_flag_time2 (s)"})
+    after_jump_flag_time2: float = field(default=0.0, metadata={
+        "help": "seconds after a jump >= after_jump_flag_dn2 to flag (0 disables)"})
+    minimum_groups: int = field(default=3, metadata={
+        "help": "groups per integration (count); accepted for compatibility, single-process "
+                "stcal always uses 3"})
+    minimum_sigclip_groups: int = field(default=100, metadata={
+        "help": "integrations (or total groups without only_use_ints) needed for the sigma-clip "
+                "path (count)"})
+    only_use_ints: bool = field(default=True, metadata={
+        "help": "sigma-clip each difference across integrations only (else across all "
+                "differences of a pixel)"})
+    min_diffs_single_pass: int = field(default=10, metadata={
+        "help": "usable differences per integration needed for the single-pass path (count)"})
 
     def __post_init__(self):
         for name in (

@@ -64,7 +64,7 @@ parallel threads).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -115,12 +115,21 @@ class RampFitParams:
         does (default True); False reproduces ``ramp_fit_data`` without ``orig_gdq``.
     """
 
-    algorithm: str = "OLS_C"
-    weighting: str = "optimal"
-    suppress_one_group: bool = True
-    save_opt: bool = False
-    slope_weighting: str = "readnoise"
-    chargeloss_rnoise: bool = True
+    algorithm: str = field(default="OLS_C", metadata={
+        "help": "fitting algorithm; only OLS_C (ordinary least squares, case-insensitive)"})
+    weighting: str = field(default="optimal", metadata={
+        "help": "weighting of the groups within a segment; only optimal (Fixsen et al. 2000)"})
+    suppress_one_group: bool = field(default=True, metadata={
+        "help": "give integrations with exactly one usable group a NaN slope (DN/s) and "
+                "DO_NOT_USE; ignored when NGROUPS == 1"})
+    save_opt: bool = field(default=False, metadata={
+        "help": "also produce the per-segment fit product (fitopt: slopes DN/s, intercepts DN)"})
+    slope_weighting: str = field(default="readnoise", metadata={
+        "help": "how segment slopes (DN/s) are combined: readnoise (stcal >= 1.19) or combined "
+                "(stcal 1.7-1.18)"})
+    chargeloss_rnoise: bool = field(default=True, metadata={
+        "help": "recompute the read-noise variance ((DN/s)^2) of integrations with CHARGELOSS "
+                "groups, as the JWST step does"})
 
     def __post_init__(self):
         if not isinstance(self.algorithm, str) or self.algorithm.upper() not in _ALGORITHMS:
