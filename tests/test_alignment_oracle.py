@@ -328,3 +328,23 @@ def test_reproject_pixmap_matches_stcal_calc_pixmap():
     ours = np.dstack(al.reproject(w, out)(xx, yy))
     ref = stcal_calc_pixmap(w, out, shape=(12, 15))
     np.testing.assert_allclose(ours, ref, rtol=0, atol=PIX_TOL)
+
+
+def test_calc_pixmap_follows_stcal_bounding_box_and_regions():
+    """NaN outside the input's bounding box as stcal 1.20.0 (bit for bit), sub-regions equal."""
+    exposures = _jwst_field(2, shape=(40, 50))
+    out = al.wcs_from_footprints([(e.wcs, e.wcsinfo) for e in exposures])
+    w = exposures[1].wcs
+    w.bounding_box = ((3.5, 44.5), (-0.5, 30.2))  # smaller than the frame
+    out_box = out.bounding_box
+    ref = stcal_calc_pixmap(w, out, shape=(40, 50))
+    ours = al.calc_pixmap(w, out, shape=(40, 50))
+    assert out.bounding_box == out_box  # the output WCS keeps its box
+    np.testing.assert_array_equal(ours, ref)
+    assert np.isnan(ours[:, :4]).all() and np.isnan(ours[31:]).all()
+    assert np.isfinite(ours[:31, 4:45]).all()
+    part = al.calc_pixmap(w, out, shape=(40, 50), region=(5, 33, 2, 20))
+    np.testing.assert_array_equal(part, ref[5:33, 2:20])
+    old = al.calc_pixmap(w, out, shape=(40, 50), use_bounding_box=False)
+    assert np.isfinite(old).all()
+    np.testing.assert_allclose(old[:31, 4:45], ref[:31, 4:45], rtol=0, atol=PIX_TOL)

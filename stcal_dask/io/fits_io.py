@@ -80,6 +80,7 @@ from stcal_dask.io.naming import JWST_SUFFIXES, output_name, reference_paths
 
 __all__ = [
     "JWST_SUFFIXES",
+    "image_source",
     "open_ramp_fits",
     "output_name",
     "reference_paths",
@@ -165,6 +166,21 @@ def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
         )
     return FitsImage(str(p), offset, shape, bitpix, hdr.get("BSCALE", 1.0),
                       hdr.get("BZERO", 0.0))
+
+
+def image_source(path, extname: str, what: str = "input", *,
+                 required: bool = True) -> FitsImage | None:
+    """A picklable, lazily read window source (:class:`FitsImage`) for one image extension.
+
+    Slicing it reads only the requested rows/columns (memory-mapped); ``None`` when the
+    extension is absent and not ``required``. Raises :class:`UserInputError` for a missing file,
+    a non-FITS file, a compressed or truncated extension.
+    """
+    p, hdul = _open_fits(path, what)
+    try:
+        return _image(p, hdul, extname, what, required=required)
+    finally:
+        hdul.close()
 
 
 def _as_dask(img: FitsImage, chunks, name: str) -> da.Array:

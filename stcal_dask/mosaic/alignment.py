@@ -24,6 +24,8 @@ Where this module differs from stcal 1.20.0 on purpose (all listed in ``docs/ali
   2 pixels, footprints entirely outside a user shape, NaN pixel scale);
 * a WCS without a bounding box but with a pixel shape uses the full-frame box of that shape;
 * :func:`reproject` works with gwcs (stcal 1.7.1's failed) and ignores bounding boxes;
+  :func:`calc_pixmap` follows stcal 1.20.0 (NaN outside the input's bounding box) unless
+  ``use_bounding_box=False``, and can compute a sub-region only;
 * :func:`wcs_from_sregions` with a user ``transform`` returns a WCS that *uses* that transform
   (stcal 1.20.0 uses it only to size the grid, then builds the WCS from wcsinfo);
 * ``align_edges=True`` (default False = stcal's numbers) removes the half-pixel edge loss: the
@@ -71,6 +73,7 @@ __all__ = [
     "wcs_from_footprints",
     "wcs_from_sregions",
     "wcsinfo_from",
+    "without_bounding_box",
 ]
 
 log = logging.getLogger(__name__)
@@ -515,21 +518,35 @@ def reproject(wcs1: Any, wcs2: Any):
     return _reproject
 
 
-def calc_pixmap(wcs_from: Any, wcs_to: Any, shape: Sequence[int] | None = None) -> np.ndarray:
+def calc_pixmap(
+    wcs_from: Any,
+    wcs_to: Any,
+    shape: Sequence[int] | None = None,
+    *,
+    use_bounding_box: bool = True,
+    region: Sequence[int] | None = None,
+) -> np.ndarray:
     """Output-pixel coordinates of every input pixel centre (for drizzling).
 
     Parameters
     ----------
     wcs_from, wcs_to : gwcs.WCS or astropy.wcs.WCS
-        Input and output WCS; bounding boxes are ignored (input pixels that fall outside the
-        output still get coordinates).
+        Input and output WCS. The output WCS's bounding box is always ignored (input pixels that
+        fall outside the output still get coordinates).
     shape : (ny, nx), optional
         Input array shape; default ``wcs_from.array_shape``, else ``ceil(hi + 0.5)`` of its
         bounding box (numpy order, unlike stcal 1.7.1 which transposed ``pixel_shape``).
+    use_bounding_box : bool
+        True (default, stcal 1.20.0's ``calc_pixmap``): input pixels outside ``wcs_from``'s
+        bounding box map to NaN, so drizzle skips them. False: they get coordinates too (this
+        module's behaviour before it followed stcal).
+    region : (y0, y1, x0, x1), optional
+        Compute only the input pixels ``[y0:y1, x0:x1]`` (absolute 0-based indices, ends
+        exclusive); each value equals the full map's value for the same pixel.
 
     Returns
     -------
-    ndarray, shape (ny, nx, 2), float64
+    ndarray, shape (ny, nx, 2) or (y1 - y0, x1 - x0, 2), float64
         ``[..., 0]`` = x and ``[..., 1]`` = y in ``wcs_to`` (0-based).
     """
     if shape is None:
@@ -538,8 +555,31 @@ def calc_pixmap(wcs_from: Any, wcs_to: Any, shape: Sequence[int] | None = None) 
         bb = _resolve_bbox(wcs_from, what="wcs_from")
         shape = tuple(math.ceil(hi + 0.5) for _, hi in bb)[::-1]
     ny, nx = (int(s) for s in tuple(shape)[-2:])
-    yy, xx = np.indices((ny, nx), dtype=float)
+    y0, y1, x0, x1 = (0, ny, 0, nx) if region is None else (int(v) for v in region)
+    if not (0 <= y0 <= y1 <= ny and 0 <= x0 <= x1 <= nx):
+        raise UserInputError(f"region {tuple(region)} is not inside the input shape {(ny, nx)}")
+    yy, xx = np.indices((y1 - y0, x1 - x0), dtype=np.float64)
+    if y0:
+        yy += y0
+    if x0:
+        xx += x0
+    if use_bounding_box and _kind(wcs_from) == "gwcs" and _kind(wcs_to) == "gwcs":
+        # the same calls as stcal: the input's box applies (NaN outside), the output's does not
+        to = without_bounding_box(wcs_to)
+        x, y = to.world_to_pixel_values(*wcs_from.pixel_to_world_values(xx, yy))
+        return np.dstack([x, y])
     return np.dstack(reproject(wcs_from, wcs_to)(xx, yy))
+
+
+def without_bounding_box(w: Any) -> Any:
+    """``w`` itself when it has no bounding box, else a copy of it without one (gwcs)."""
+    if _kind(w) != "gwcs" or w.bounding_box is None:
+        return w
+    import copy
+
+    out = copy.deepcopy(w)
+    out.bounding_box = None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,937 @@
+"""Drizzled mosaics as a dataflow over OUTPUT tiles (stcal 1.20.0's ``Resample``, tile by tile).
+
+stcal's :class:`stcal.resample.Resample` drizzles whole exposures, one after the other, onto one
+in-memory output image with :class:`drizzle.resample.Drizzle` (a running weighted mean, so an
+output pixel's value depends on the order in which inputs are added). Here the output is cut into
+tiles (the chunks of the output zarr arrays) and each tile is one task that
+
+1. takes, in the **global input order**, every exposure the tile index says touches it,
+2. reads only the rectangle of that exposure whose pixels can land on the tile (plus the two-pixel
+   border drizzle's square kernel interpolates corners from), computes the pixel map of that
+   rectangle alone (:func:`stcal_dask.mosaic.alignment.calc_pixmap`, NaN outside the exposure's
+   bounding box, as stcal), and drizzles it with ``drizzle`` onto a *window*: the tile plus a
+   halo wider than the kernel's reach (drizzle only visits input pixels whose centres fall on its
+   output array, so a pixel centred just outside the tile but overlapping it must still land on
+   the window),
+3. advances the context id for every exposure that does not touch it (context bits are numbered
+   globally, exposure k sets bit k as in stcal),
+4. combines the variances exactly as stcal does pixel by pixel, crops the window to the tile and
+   writes the tile's block of every output array into the (partial) zarr store.
+
+The tile index (which exposures reach which tile, and which input rectangle each needs) is built
+once, one small task per exposure that maps a coarse grid of its pixels to the output. No task
+allocates a full-mosaic array and no tile task reads more of an exposure than its rectangle.
+
+Equality with stcal: the pixel map is bit-identical; ``con`` is identical; the drizzle on a
+window sees the same input pixels but output coordinates shifted by the window origin, so the C
+kernels' corner interpolation and overlap areas can round differently in the last bits of a
+float64 (about 1e-12 pixel), which changes a float32 weight by one unit in the last place in a
+few pixels in 10^4. The tests state and enforce the bounds (``tests/test_resample_oracle.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from stcal_dask import dqflags
+from stcal_dask.errors import UserInputError
+from stcal_dask.mosaic import alignment as al
+
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_PIXELS",
+    "KERNELS",
+    "InputExposure",
+    "MosaicPlan",
+    "ResampleParams",
+    "TileJob",
+    "build_tile_index",
+    "choose_mosaic_tile",
+    "drizzle_tile",
+    "good_bits_value",
+    "kernel_reach",
+    "plan_mosaic",
+    "read_input_exposure",
+    "tile_grid",
+]
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
+"""The drizzle kernels ``ResampleStep`` accepts."""
+
+NON_CONSERVING_KERNELS = ("gaussian", "lanczos2", "lanczos3")
+
+DEFAULT_MAX_OUTPUT_PIXELS = 2_000_000_000
+"""Largest output (ny * nx) accepted without an explicit ``output_shape``: 2e9 pixels, about
+40 GB of output arrays. An output WCS that asks for more is almost surely wrong (a bad pointing,
+a degenerate footprint); jwst#5081 tried to allocate tens of TiB that way."""
+
+VARIANCES = ("var_rnoise", "var_poisson", "var_flat")
+"""stcal's ``Resample.variance_array_names`` (in its order)."""
+
+_INDEX_STEP = 32
+"""Input pixels between the grid points the tile index maps to the output."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def good_bits_value(good_bits: int | str | None) -> int | None:
+    """The integer of DQ bits that count as good, from an int or a string of mnemonics.
+
+    Strings follow stcal/astropy's ``interpret_bit_flags``: ``"4,8"``, ``"4+8"``,
+    ``"JUMP_DET, DROPOUT"`` (names from :mod:`stcal_dask.dqflags`); a leading ``~`` inverts (the
+    listed flags are the *bad* ones and every other bit is good). ``None`` means "ignore DQ".
+    """
+    from astropy.nddata.bitmask import interpret_bit_flags
+
+    if good_bits is None:
+        return None
+    if isinstance(good_bits, (bool, np.bool_)):
+        raise UserInputError(f"good_bits must be an integer or a string, got {good_bits!r}")
+    if isinstance(good_bits, str) and good_bits.strip().upper() in ("", "NONE"):
+        return None
+    try:
+        value = interpret_bit_flags(good_bits, flag_name_map=dqflags.as_dict())
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserInputError(
+            f"good_bits {good_bits!r} is not an integer or DQ mnemonics "
+            f"(e.g. '~DO_NOT_USE+NON_SCIENCE'): {str(exc).splitlines()[0]}"
+        ) from None
+    return None if value is None else int(value)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UserInputError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ResampleParams:
+    """Parameters of the mosaic drizzle: jwst ``ResampleStep``'s names and defaults.
+
+    The output-WCS fields (``pixel_scale``, ``pixel_scale_ratio``, ``rotation``, ``crpix``,
+    ``crval``, ``output_shape``) are used only when the output WCS is computed from the inputs
+    (no ``--wcs`` file).
+    """
+
+    pixfrac: float = field(
+        default=1.0,
+        metadata={"help": "fraction (0, 1] of an input pixel's side its flux is confined to"},
+    )
+    kernel: str = field(
+        default="square",
+        metadata={
+            "help": "drizzle kernel: square, point, turbo, gaussian, lanczos2 or lanczos3 "
+            "(gaussian and lanczos do not conserve flux)"
+        },
+    )
+    fillval: str = field(
+        default="NAN",
+        metadata={"help": "value of output pixels no input reaches (a number, NAN or INDEF)"},
+    )
+    weight_type: str = field(
+        default="ivm",
+        metadata={
+            "help": "input weighting: ivm (inverse read-noise variance) or exptime "
+            "(measurement or exposure time)"
+        },
+    )
+    good_bits: str = field(
+        default="~DO_NOT_USE+NON_SCIENCE",
+        metadata={
+            "help": "DQ bits that count as good: an integer or DQ mnemonics ('~' = all but "
+            "the listed)"
+        },
+    )
+    pixel_scale: float | None = field(
+        default=None,
+        metadata={"help": "output pixel scale in arcsec (overrides pixel_scale_ratio)"},
+    )
+    pixel_scale_ratio: float = field(
+        default=1.0,
+        metadata={"help": "output / input pixel scale (0.5 gives 4 output pixels per input)"},
+    )
+    output_shape: tuple[int, int] | None = field(
+        default=None,
+        metadata={"help": "output array shape NY NX (also lifts the output size limit)"},
+    )
+    crpix: tuple[float, float] | None = field(
+        default=None,
+        metadata={"help": "0-based output pixel X Y of crval (default: from the footprints)"},
+    )
+    crval: tuple[float, float] | None = field(
+        default=None,
+        metadata={"help": "RA DEC (deg) of the output reference pixel (default: centre)"},
+    )
+    rotation: float | None = field(
+        default=None,
+        metadata={"help": "position angle (deg) of the output +y axis East of North"},
+    )
+    enable_ctx: bool = field(
+        default=True, metadata={"help": "write the context image (which inputs hit each pixel)"}
+    )
+    enable_var: bool = field(
+        default=True, metadata={"help": "drizzle the variance arrays (var_rnoise, var_poisson)"}
+    )
+    compute_err: str | None = field(
+        default="from_var",
+        metadata={
+            "help": "output err: from_var (sqrt of the summed drizzled variances), driz_err "
+            "(drizzle the input err arrays) or none"
+        },
+    )
+
+    def __post_init__(self):
+        if not (isinstance(self.pixfrac, (int, float)) and 0.0 < float(self.pixfrac) <= 1.0):
+            raise UserInputError(f"pixfrac must be in (0, 1], got {self.pixfrac!r}")
+        _check_choice("kernel", self.kernel, KERNELS)
+        _check_choice("weight_type", self.weight_type, ("ivm", "exptime"))
+        fill = str(self.fillval).strip().upper()
+        if fill not in ("NAN", "INDEF"):
+            try:
+                float(fill)
+            except ValueError:
+                raise UserInputError(
+                    f"fillval must be a number, NAN or INDEF, got {self.fillval!r}"
+                ) from None
+        good_bits_value(self.good_bits)
+        if self.compute_err not in ("from_var", "driz_err", None):
+            raise UserInputError(
+                f"compute_err must be from_var, driz_err or none, got {self.compute_err!r}"
+            )
+        for name in ("pixel_scale", "pixel_scale_ratio"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise UserInputError(f"{name} must be > 0, got {v!r}")
+        if self.output_shape is not None:
+            if len(self.output_shape) != 2 or min(int(v) for v in self.output_shape) < 1:
+                raise UserInputError(
+                    f"output_shape must be two positive integers NY NX, got {self.output_shape!r}"
+                )
+
+    @property
+    def good_bits_int(self) -> int | None:
+        """:func:`good_bits_value` of ``good_bits``."""
+        return good_bits_value(self.good_bits)
+
+    @property
+    def variances_on(self) -> bool:
+        """Variances are drizzled (``from_var`` needs them whatever ``enable_var`` says)."""
+        return bool(self.enable_var or self.compute_err == "from_var")
+
+    def as_dict(self) -> dict:
+        """Plain dict (JSON-serialisable) of the parameters."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def kernel_reach(params: ResampleParams, input_pixel: float, pixel_scale_ratio: float) -> float:
+    """How far (output pixels) from an input pixel's mapped centre its kernel can deposit flux.
+
+    ``input_pixel`` is the largest size of an input pixel in output pixels, ``pixel_scale_ratio``
+    the ratio drizzle is given. Generous: the square pixel's half-diagonal, the turbo box, 2.5
+    sigma of the gaussian (at least 1.2 input pixels, drizzle's floor), the lanczos support, plus
+    half an output pixel.
+    """
+    pf = float(params.pixfrac)
+    inv = 1.0 / float(pixel_scale_ratio)
+    k = params.kernel
+    if k == "point":
+        r = 0.0
+    elif k in ("square", "turbo"):
+        r = max(input_pixel, inv) * pf * math.sqrt(0.5)
+    elif k == "gaussian":
+        r = max(2.5 * pf / 2.3548, 1.2) * inv
+    else:
+        order = 2 if k == "lanczos2" else 3
+        r = max(order * pf, 1.2) * inv * 1.5
+    return r + 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+class ZarrWindow:
+    """Picklable lazy window source over one array of a zarr store (sliced on read)."""
+
+    def __init__(self, store: str, name: str, shape: tuple[int, ...], dtype: str):
+        self.store, self.name = store, name
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def __getitem__(self, key):
+        import zarr
+
+        return np.asarray(zarr.open_array(self.store, path=self.name, mode="r")[key])
+
+
+class InputExposure(NamedTuple):
+    """One input rate/cal product: its WCS, metadata and lazily read arrays (picklable)."""
+
+    index: int
+    """Position in the global input order (the context bit)."""
+    path: str
+    wcs: Any
+    """gwcs with a bounding box."""
+    shape: tuple[int, int]
+    """(ny, nx)."""
+    arrays: dict
+    """name -> window source (``sci``, ``dq`` and whichever of ``err``, ``var_rnoise``,
+    ``var_poisson``, ``var_flat`` the file has); slicing reads only that window."""
+    units: str | None
+    exposure_time: float | None
+    """seconds (EFFEXPTM/EXPTIME), None when absent."""
+    measurement_time: float | None
+    """seconds (TMEASURE), None when absent."""
+    pixelarea_steradians: float | None
+    """nominal pixel area (PIXAR_SR), None when absent."""
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+_FITS_EXT = {
+    "sci": "SCI",
+    "dq": "DQ",
+    "err": "ERR",
+    "var_rnoise": "VAR_RNOISE",
+    "var_poisson": "VAR_POISSON",
+    "var_flat": "VAR_FLAT",
+}
+
+
+def _number(*values) -> float | None:
+    for v in values:
+        if v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            return f
+    return None
+
+
+def _fits_meta(p: Path) -> tuple[dict, str | None]:
+    from astropy.io import fits
+
+    with fits.open(p, memmap=False) as hdul:
+        keys = {}
+        for hdu in hdul[:1] + [hdul[e] for e in ("SCI",) if e in hdul]:
+            for k in ("EFFEXPTM", "EXPTIME", "TMEASURE", "PIXAR_SR", "EXPSTART", "EXPEND",
+                      "NINTS", "NGROUPS", "TGROUP"):
+                if k in hdu.header and k not in keys:
+                    keys[k] = hdu.header[k]
+        units = hdul["SCI"].header.get("BUNIT") if "SCI" in hdul else None
+    return keys, units
+
+
+def _exposure_time(keys: dict) -> float | None:
+    t = _number(keys.get("EFFEXPTM"), keys.get("EXPTIME"))
+    if t is None:
+        n, g, tg = (_number(keys.get(k)) for k in ("NINTS", "NGROUPS", "TGROUP"))
+        if n and g and tg and g > 1:
+            t = n * (g - 1) * tg
+    return t if t is not None and t > 0 else None
+
+
+def read_input_exposure(path, index: int = 0) -> InputExposure:
+    """Read one input's WCS and metadata and set up lazy window readers of its arrays.
+
+    Inputs are JWST FITS rate/cal files (gwcs in the ASDF extension; SCI, DQ, ERR, VAR_*) or
+    zarr rate stores (``wcs_asdf`` attribute; ``sci``, ``dq``, ``err``, ``var_*`` arrays). Raises
+    :class:`UserInputError` (one line) for a missing WCS, a missing SCI/DQ array or 3-D data.
+    """
+    from stcal_dask.mosaic.wcs import read_exposure_wcs
+
+    exp = read_exposure_wcs(path)
+    p = Path(exp.path)
+    arrays: dict[str, Any] = {}
+    if p.is_dir():
+        import zarr
+
+        group = zarr.open_group(str(p), mode="r")
+        attrs = {str(k).upper(): v for k, v in dict(group.attrs).items()}
+        keys = attrs
+        units = None
+        for name in _FITS_EXT:
+            if name in group:
+                a = group[name]
+                arrays[name] = ZarrWindow(str(p), name, a.shape, str(a.dtype))
+                if name == "sci":
+                    units = dict(a.attrs).get("units")
+    else:
+        from stcal_dask.io.fits_io import image_source
+
+        keys, units = _fits_meta(p)
+        for name, ext in _FITS_EXT.items():
+            src = image_source(p, ext, "input", required=False)
+            if src is not None:
+                arrays[name] = src
+    for name in ("sci", "dq"):
+        if name not in arrays:
+            raise UserInputError(f"input {p} has no {name.upper()} array")
+    shape = tuple(int(s) for s in arrays["sci"].shape)
+    if len(shape) != 2:
+        raise UserInputError(
+            f"input {p}: SCI has shape {shape}; the mosaic needs 2-D rate or cal images"
+        )
+    for name, src in arrays.items():
+        if tuple(src.shape) != shape:
+            raise UserInputError(
+                f"input {p}: {name.upper()} has shape {tuple(src.shape)}, SCI has {shape}"
+            )
+    if exp.shape is not None and tuple(exp.shape) != shape:
+        raise UserInputError(f"input {p}: the WCS is for shape {exp.shape}, SCI has {shape}")
+    return InputExposure(
+        index=int(index),
+        path=str(p),
+        wcs=exp.wcs,
+        shape=shape,
+        arrays=arrays,
+        units=None if units is None else str(units),
+        exposure_time=_exposure_time(keys),
+        measurement_time=_number(keys.get("TMEASURE")),
+        pixelarea_steradians=_number(keys.get("PIXAR_SR")),
+        start_time=_number(keys.get("EXPSTART")),
+        end_time=_number(keys.get("EXPEND")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Output tiles and the tile index
+# ---------------------------------------------------------------------------------------------
+
+
+def tile_grid(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Row-major list of tiles ``(y0, y1, x0, x1)`` (ends exclusive) covering ``shape``."""
+    ny, nx = (int(s) for s in shape)
+    ty, tx = (int(t) for t in tile)
+    return [
+        (y0, min(y0 + ty, ny), x0, min(x0 + tx, nx))
+        for y0 in range(0, ny, ty)
+        for x0 in range(0, nx, tx)
+    ]
+
+
+def choose_mosaic_tile(
+    shape: Sequence[int], memory_budget_bytes: int, n_inputs: int = 1, *, minimum: int = 256
+) -> tuple[int, int]:
+    """Square output tile from a per-task memory budget (bytes).
+
+    A tile task holds, per output pixel of its window: sci, wht (float32), the context planes
+    (int32 each 32 inputs), per variance the drizzled error, its running sum and weight (float32)
+    and a float64 weight; and per input pixel it reads about 40 bytes (data, dq, weight, two
+    variances, float64 pixel map): about 140 bytes per output pixel at equal pixel scales.
+    """
+    ny, nx = (int(s) for s in shape)
+    per_pixel = 140 + 4 * (n_inputs // 32 + 1)
+    side = int(math.sqrt(max(memory_budget_bytes, 1) / per_pixel))
+    side = max(minimum, min(4096, side))
+    side = (side // 64) * 64 or minimum
+    return (min(side, ny), min(side, nx))
+
+
+class TileJob(NamedTuple):
+    """What one tile task drizzles: its tile, window, and the input rectangles in global order."""
+
+    tile: tuple[int, int, int, int]
+    """(y0, y1, x0, x1) in the output."""
+    window: tuple[int, int, int, int]
+    """The tile plus the halo, clipped to the output."""
+    regions: tuple[tuple[int, tuple[int, int, int, int]], ...]
+    """(input index, (y0, y1, x0, x1) input pixels to drizzle), input indices increasing."""
+
+
+def _grid(n: int, step: int) -> np.ndarray:
+    g = np.arange(0, n, step, dtype=np.float64)
+    if g[-1] != n - 1:
+        g = np.append(g, n - 1)
+    return g
+
+
+def _cell_boxes(
+    wcs, out_wcs, shape: tuple[int, int], step: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Map a coarse grid of an input to the output; per grid cell its input and output boxes.
+
+    Returns (input boxes (n, 4) [y0, y1, x0, x1] ends exclusive, output boxes (n, 4) [ymin, ymax,
+    xmin, xmax] of the cell's mapped corners, valid mask (n,), largest input pixel size in output
+    pixels).
+    """
+    ny, nx = shape
+    gy, gx = _grid(ny, step), _grid(nx, step)
+    yy, xx = np.meshgrid(gy, gx, indexing="ij")
+    # no input bounding box here: coordinates everywhere (the drizzle itself honours the box)
+    ox, oy = al.reproject(wcs, out_wcs)(xx, yy)
+    in_boxes, out_boxes, valid = [], [], []
+    size = 0.0
+    for j in range(len(gy) - 1):
+        for i in range(len(gx) - 1):
+            cx = ox[j : j + 2, i : i + 2]
+            cy = oy[j : j + 2, i : i + 2]
+            ok = bool(np.all(np.isfinite(cx)) and np.all(np.isfinite(cy)))
+            in_boxes.append((int(gy[j]), int(gy[j + 1]) + 1, int(gx[i]), int(gx[i + 1]) + 1))
+            if ok:
+                out_boxes.append((cy.min(), cy.max(), cx.min(), cx.max()))
+                dx = max(gx[i + 1] - gx[i], 1.0)
+                dy = max(gy[j + 1] - gy[j], 1.0)
+                size = max(
+                    size,
+                    math.hypot(cx[0, 1] - cx[0, 0], cy[0, 1] - cy[0, 0]) / dx,
+                    math.hypot(cx[1, 0] - cx[0, 0], cy[1, 0] - cy[0, 0]) / dy,
+                )
+            else:
+                out_boxes.append((np.nan,) * 4)
+            valid.append(ok)
+    return (np.asarray(in_boxes, dtype=np.int64), np.asarray(out_boxes, dtype=float),
+            np.asarray(valid, dtype=bool), size)
+
+
+def _input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP):
+    """One index task: the grid cells of one input in the output frame (small arrays)."""
+    return _cell_boxes(in_wcs, out_wcs, shape, step)
+
+
+def build_tile_index(
+    cells: Sequence[tuple],
+    shapes: Sequence[tuple[int, int]],
+    out_shape: tuple[int, int],
+    tiles: Sequence[tuple[int, int, int, int]],
+    halo: int,
+    slack: float,
+) -> list[TileJob]:
+    """Which inputs touch which tile, and the rectangle of each input a tile needs.
+
+    ``cells[k]`` is :func:`_input_reach`'s result for input k; an input's grid cell is needed by
+    a tile when the cell's mapped box, widened by ``slack`` output pixels (curvature inside a
+    cell, the kernel's reach), meets the tile's window (tile + ``halo``). The rectangle is the
+    bounding box of the needed cells.
+    """
+    ny, nx = out_shape
+    jobs = []
+    for tile in tiles:
+        y0, y1, x0, x1 = tile
+        win = (max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo))
+        regions = []
+        for k, (in_boxes, out_boxes, valid, _size) in enumerate(cells):
+            if not valid.any():
+                continue
+            ob = out_boxes[valid]
+            hit = (
+                (ob[:, 1] + slack >= win[0] - 0.5)
+                & (ob[:, 0] - slack <= win[1] - 0.5)
+                & (ob[:, 3] + slack >= win[2] - 0.5)
+                & (ob[:, 2] - slack <= win[3] - 0.5)
+            )
+            if not hit.any():
+                continue
+            ib = in_boxes[valid][hit]
+            r = (int(ib[:, 0].min()), int(ib[:, 1].max()), int(ib[:, 2].min()),
+                 int(ib[:, 3].max()))
+            iy, ix = shapes[k]
+            regions.append((k, (max(0, r[0]), min(iy, r[1]), max(0, r[2]), min(ix, r[3]))))
+        jobs.append(TileJob(tile, win, tuple(regions)))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# The tile task
+# ---------------------------------------------------------------------------------------------
+
+
+def _resample_range(shape, bbox) -> tuple[int, int, int, int]:
+    """Input pixels drizzle may use (stcal's ``resample_range``): xmin, xmax, ymin, ymax."""
+    ny, nx = shape
+    if bbox is None:
+        return 0, max(nx - 1, 0), 0, max(ny - 1, 0)
+    (x1, x2), (y1, y2) = bbox
+    xmin = max(0, int(x1 + 0.5))
+    ymin = max(0, int(y1 + 0.5))
+    xmax = max(xmin, min(nx - 1, int(x2 + 0.5)))
+    ymax = max(ymin, min(ny - 1, int(y2 + 0.5)))
+    return xmin, xmax, ymin, ymax
+
+
+def _bbox_f(wcs):
+    bb = wcs.bounding_box
+    if bb is None:
+        return None
+    try:
+        return bb.bounding_box(order="F")
+    except AttributeError:
+        return tuple(bb)
+
+
+def _driz_weight(exp: InputExposure, dq, rnoise, weight_type: str, good_bits) -> np.ndarray:
+    """stcal's ``build_driz_weight`` on a window: DQ mask times 1/var_rnoise or the time."""
+    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+
+    dqmask = bitfield_to_boolean_mask(dq, good_bits, good_mask_value=1, dtype=np.uint8)
+    if weight_type == "ivm":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / rnoise
+        inv[~np.isfinite(inv)] = 0
+        result = inv * dqmask
+    else:
+        t = exp.measurement_time if exp.measurement_time is not None else exp.exposure_time
+        result = np.float32(t) * dqmask
+    return result.astype(np.float32)
+
+
+class _TileState:
+    """Per-tile accumulators (window-sized drizzles, tile-sized variance sums)."""
+
+    def __init__(self, job: TileJob, params: ResampleParams, n_inputs: int, variances):
+        from drizzle.resample import Drizzle
+
+        wy0, wy1, wx0, wx1 = job.window
+        self.wshape = (wy1 - wy0, wx1 - wx0)
+        ty0, ty1, tx0, tx1 = job.tile
+        self.crop = (slice(ty0 - wy0, ty1 - wy0), slice(tx0 - wx0, tx1 - wx0))
+        tshape = (ty1 - ty0, tx1 - tx0)
+        self.driz = Drizzle(
+            kernel=params.kernel,
+            fillval=params.fillval,
+            out_shape=self.wshape,
+            begin_ctx_id=0,
+            max_ctx_id=max(n_inputs - 1, 0),
+            disable_ctx=not params.enable_ctx,
+        )
+        self.ctx = bool(params.enable_ctx)
+        self.driz_err = None
+        if params.compute_err == "driz_err":
+            self.driz_err = Drizzle(
+                kernel=params.kernel, fillval=params.fillval, out_shape=self.wshape,
+                disable_ctx=True,
+            )
+        self.var = {
+            name: {
+                "wsum": np.full(tshape, np.nan, dtype=np.float32),
+                "wt": np.zeros(tshape, dtype=np.float32),
+            }
+            for name in variances
+        }
+
+
+_SKIP_PIXMAP = np.dstack(np.indices((2, 2), dtype=np.float64)[::-1])
+_SKIP_DATA = np.zeros((2, 2), dtype=np.float32)
+
+
+def _skip(state: _TileState, exptime: float) -> None:
+    """Advance the context id past an input that does not touch the tile (nothing drizzled)."""
+    if not state.ctx:
+        return
+    # zero weights: drizzle returns before touching any output pixel or context bit
+    state.driz.add_image(
+        _SKIP_DATA, exptime=exptime, pixmap=_SKIP_PIXMAP, weight_map=_SKIP_DATA
+    )
+
+
+def drizzle_tile(
+    job: TileJob,
+    exposures: Sequence[InputExposure],
+    out_wcs,
+    params: ResampleParams,
+    pixel_scale_ratio: float,
+    variances: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Drizzle every input region of ``job`` in global order; the tile's output arrays.
+
+    Parameters
+    ----------
+    job : TileJob
+    exposures : all inputs, in global order (``exposures[k].index == k``).
+    out_wcs : the output gwcs.
+    params : ResampleParams
+    pixel_scale_ratio : output / first input's pixel scale (stcal's ``pixel_scale_ratio``).
+    variances : names of the variance arrays to drizzle (each input has them, or the output of
+        that variance is all NaN as in stcal).
+
+    Returns
+    -------
+    dict of tile-sized arrays (ny_t, nx_t): ``sci``, ``wht`` (float32); ``con`` (int32,
+    (planes, ny_t, nx_t)) when ``enable_ctx``; each variance (float32) when drizzled; ``err``
+    (float32) when ``compute_err`` is set.
+    """
+    from stcal_dask.engine.threads import limit_threads
+
+    limit_threads()
+    out_wcs = al.without_bounding_box(out_wcs)
+    state = _TileState(job, params, len(exposures), variances)
+    good_bits = params.good_bits_int
+    wy0, _, wx0, _ = job.window
+    regions = dict(job.regions)
+    iscale = 1.0
+    for exp in exposures:
+        k = exp.index
+        exptime = exp.exposure_time if exp.exposure_time is not None else 1.0
+        if k not in regions:
+            _skip(state, exptime)
+            continue
+        ry0, ry1, rx0, rx1 = regions[k]
+        ny, nx = exp.shape
+        # the square kernel interpolates a pixel's corners from its neighbours only when it is
+        # >= 1 pixel from the map's first and >= 2 from its last row/column: keep 2 more pixels
+        # of map (but not of drizzled pixels) so interior pixels take the same path as stcal's
+        py0, py1 = max(0, ry0 - 2), min(ny, ry1 + 2)
+        px0, px1 = max(0, rx0 - 2), min(nx, rx1 + 2)
+        xmin, xmax, ymin, ymax = _resample_range(exp.shape, _bbox_f(exp.wcs))
+        xmin, xmax = max(xmin, rx0), min(xmax, rx1 - 1)
+        ymin, ymax = max(ymin, ry0), min(ymax, ry1 - 1)
+        if xmin > xmax or ymin > ymax:
+            _skip(state, exptime)
+            continue
+        win = (slice(py0, py1), slice(px0, px1))
+        data = np.asarray(exp.arrays["sci"][win])
+        dq = np.asarray(exp.arrays["dq"][win])
+        var = {n: np.asarray(exp.arrays[n][win]) for n in variances if n in exp.arrays}
+        rnoise = var.get("var_rnoise")
+        if rnoise is None and params.weight_type == "ivm":
+            rnoise = np.asarray(exp.arrays["var_rnoise"][win])
+        weight = _driz_weight(exp, dq, rnoise, params.weight_type, good_bits)
+        pixmap = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(py0, py1, px0, px1))
+        pixmap[..., 0] -= wx0
+        pixmap[..., 1] -= wy0
+        kwargs = {
+            "exptime": exptime,
+            "pixmap": pixmap,
+            "pixel_scale_ratio": pixel_scale_ratio,
+            "iscale": iscale,
+            "weight_map": weight,
+            "wht_scale": 1.0,
+            "pixfrac": params.pixfrac,
+            "in_units": "cps",
+            "xmin": xmin - px0,
+            "xmax": xmax - px0,
+            "ymin": ymin - py0,
+            "ymax": ymax - py0,
+        }
+        state.driz.add_image(data, **kwargs)
+        if state.driz_err is not None:
+            state.driz_err.add_image(np.asarray(exp.arrays["err"][win]), **kwargs)
+        if variances:
+            _add_variances(state, exp, var, params, kwargs)
+    return _finish(state, params, pixel_scale_ratio, variances)
+
+
+def _add_variances(state: _TileState, exp, var: dict, params, kwargs) -> None:
+    """stcal's ``resample_variance_arrays`` on one window (cropped to the tile)."""
+    from drizzle.resample import Drizzle
+
+    driz_var = {}
+    for name, v in var.items():
+        d = Drizzle(out_shape=state.wshape, kernel=params.kernel, fillval=np.nan,
+                    disable_ctx=True)
+        d.add_image(data=np.sqrt(v), **kwargs)
+        driz_var[name] = d.out_img[state.crop] ** 2
+    tshape = next(iter(state.var.values()))["wt"].shape
+    if params.weight_type == "ivm":
+        rn = driz_var.get("var_rnoise")
+        weight = np.zeros(tshape)
+        if rn is not None:
+            mask = (rn > 0) & np.isfinite(rn)
+            weight[mask] = np.reciprocal(rn[mask])
+    else:
+        t = exp.measurement_time if exp.measurement_time is not None else exp.exposure_time
+        weight = np.full(tshape, t)
+    for name, v in driz_var.items():
+        acc = state.var[name]
+        mask = (v >= 0) & np.isfinite(v) & (weight > 0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+            acc["wsum"][mask] = np.nansum(
+                [acc["wsum"][mask], v[mask] * weight[mask] * weight[mask]], axis=0
+            )
+        acc["wt"][mask] += weight[mask]
+
+
+def _finish(state: _TileState, params, psr: float, variances) -> dict[str, np.ndarray]:
+    crop = state.crop
+    out = {
+        "sci": np.ascontiguousarray(state.driz.out_img[crop]),
+        "wht": np.ascontiguousarray(state.driz.out_wht[crop]),
+    }
+    if params.enable_ctx:
+        out["con"] = np.ascontiguousarray(state.driz.out_ctx[(slice(None),) + crop])
+    # a numpy float64 as in stcal (its ratio comes out of np.rad2deg): the float32 sums are then
+    # scaled in float64 and rounded once
+    psr = np.float64(psr)
+    scaling_var = 1.0 / psr**2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "invalid value*", RuntimeWarning)
+        warnings.filterwarnings("ignore", "divide by zero*", RuntimeWarning)
+        for name in variances:
+            acc = state.var[name]
+            out[name] = (acc["wsum"] * scaling_var / acc["wt"] / acc["wt"]).astype(np.float32)
+    if params.compute_err == "driz_err":
+        out["err"] = (state.driz_err.out_img[crop] / psr).astype(np.float32)
+    elif params.compute_err == "from_var" and variances:
+        comps = [out[n] for n in VARIANCES if n in out]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            err = np.sqrt(np.nansum(comps, axis=0))
+        err[np.all(np.isnan(comps), axis=0)] = np.nan
+        out["err"] = err
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning a mosaic
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MosaicPlan:
+    """Everything the tile tasks need, decided once on the client."""
+
+    exposures: list[InputExposure]
+    out_wcs: Any
+    out_shape: tuple[int, int]
+    params: ResampleParams
+    pixel_scale_ratio: float
+    output_pixel_scale: float
+    """arcsec."""
+    variances: tuple[str, ...]
+    tile: tuple[int, int]
+    jobs: list[TileJob]
+    halo: int
+    skipped: list[str]
+    """Inputs that do not overlap the output (warned about, not drizzled)."""
+    units: str | None
+
+    @property
+    def n_planes(self) -> int:
+        """Context planes (32 inputs each)."""
+        return (len(self.exposures) - 1) // 32 + 1
+
+
+def _pixel_scale_arcsec(w) -> float:
+    bb = w.bounding_box.bounding_box(order="F") if w.bounding_box is not None else None
+    if bb is None:
+        ny, nx = w.array_shape
+        centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    else:
+        centre = tuple((lo + hi) / 2.0 for lo, hi in bb)
+    world = w(*centre, with_bounding_box=False)
+    return float(al.compute_scale(w, world)) * 3600.0
+
+
+def plan_mosaic(
+    exposures: Sequence[InputExposure],
+    out_wcs,
+    params: ResampleParams,
+    *,
+    cells: Sequence[tuple] | None = None,
+    tile: Sequence[int] | None = None,
+    memory_budget_bytes: int = 256 * 2**20,
+    output_pixel_scale: float | None = None,
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+) -> MosaicPlan:
+    """Check the inputs against the output WCS and build the tile index.
+
+    ``cells[k]`` (from :func:`_input_reach`, e.g. computed on the cluster) is computed here when
+    not given. ``output_pixel_scale`` (arcsec) defaults to the output WCS's scale at its centre.
+    Raises :class:`UserInputError` for mixed units, ivm weighting without ``var_rnoise``,
+    exptime weighting without exposure times, no overlapping input, or an output larger than
+    ``max_output_pixels`` without ``params.output_shape``.
+    """
+    exposures = list(exposures)
+    if not exposures:
+        raise UserInputError("no inputs given: need at least one rate or cal product")
+    if out_wcs.array_shape is None:
+        if out_wcs.bounding_box is None:
+            raise UserInputError("the output WCS has neither an array shape nor a bounding box")
+        (_, xhi), (_, yhi) = out_wcs.bounding_box.bounding_box(order="F")
+        out_wcs.array_shape = (int(yhi + 0.5), int(xhi + 0.5))
+    out_shape = tuple(int(s) for s in out_wcs.array_shape)
+    npix = out_shape[0] * out_shape[1]
+    if npix > max_output_pixels and params.output_shape is None:
+        raise UserInputError(
+            f"the output WCS asks for a {out_shape[0]} x {out_shape[1]} mosaic ({npix:.3g} "
+            f"pixels, more than the {max_output_pixels:.3g} accepted); check the inputs' WCSs "
+            "or give --resample.output_shape NY NX to allow it"
+        )
+    units = {e.units for e in exposures if e.units}
+    if len(units) > 1:
+        names = ", ".join(f"{Path(e.path).name}: {e.units}" for e in exposures)
+        raise UserInputError(f"inputs have mixed SCI units ({names}); resample them separately")
+    for e in exposures:
+        if params.weight_type == "ivm" and "var_rnoise" not in e.arrays:
+            raise UserInputError(
+                f"input {e.path} has no VAR_RNOISE array, which weight_type=ivm needs "
+                "(use --resample.weight_type exptime)"
+            )
+        if params.weight_type == "exptime" and e.exposure_time is None and (
+            e.measurement_time is None
+        ):
+            raise UserInputError(
+                f"input {e.path} has no exposure time (EFFEXPTM, EXPTIME or TMEASURE), which "
+                "weight_type=exptime needs"
+            )
+        if params.compute_err == "driz_err" and "err" not in e.arrays:
+            raise UserInputError(
+                f"input {e.path} has no ERR array, which compute_err=driz_err needs"
+            )
+    if params.kernel in NON_CONSERVING_KERNELS:
+        warnings.warn(
+            f"the {params.kernel} kernel does not conserve flux", UserWarning, stacklevel=2
+        )
+    if output_pixel_scale is None:
+        output_pixel_scale = _pixel_scale_arcsec(out_wcs)
+    first = exposures[0]
+    area = first.pixelarea_steradians
+    if area is None or area <= 0:
+        area = math.radians(_pixel_scale_arcsec(first.wcs) / 3600.0) ** 2
+    psr = float(output_pixel_scale / (3600.0 * np.rad2deg(math.sqrt(area))))
+    if cells is None:
+        cells = [_input_reach(e.wcs, out_wcs, e.shape) for e in exposures]
+    reach = max((c[3] for c in cells if c[2].any()), default=1.0)
+    halo = int(math.ceil(kernel_reach(params, reach, psr))) + 2
+    slack = halo + 2.0 + 0.02 * _INDEX_STEP * max(reach, 1.0)
+    if tile is None:
+        tile = choose_mosaic_tile(out_shape, memory_budget_bytes, len(exposures))
+    tile = (min(int(tile[0]), out_shape[0]), min(int(tile[1]), out_shape[1]))
+    if min(tile) < 1:
+        raise UserInputError(f"tile must be two positive integers, got {tile}")
+    jobs = build_tile_index(
+        cells, [e.shape for e in exposures], out_shape, tile_grid(out_shape, tile), halo, slack
+    )
+    used = {k for j in jobs for k, _ in j.regions}
+    skipped = [e.path for e in exposures if e.index not in used]
+    if not used:
+        raise UserInputError(
+            f"none of the {len(exposures)} inputs overlaps the output WCS "
+            f"({out_shape[0]} x {out_shape[1]} pixels)"
+        )
+    for p in skipped:
+        warnings.warn(f"input {p} does not overlap the output WCS; skipped", UserWarning,
+                      stacklevel=2)
+    variances: tuple[str, ...] = ()
+    if params.variances_on:
+        variances = tuple(n for n in VARIANCES if any(n in e.arrays for e in exposures))
+    return MosaicPlan(
+        exposures=exposures,
+        out_wcs=out_wcs,
+        out_shape=out_shape,
+        params=params,
+        pixel_scale_ratio=psr,
+        output_pixel_scale=float(output_pixel_scale),
+        variances=variances,
+        tile=tile,
+        jobs=jobs,
+        halo=halo,
+        skipped=skipped,
+        units=next(iter(units)) if units else None,
+    )
