@@ -49,14 +49,42 @@ def stcal_jump_data(data, groupdq, pixeldq, gain, readnoise, *, params, nframes,
         params.minimum_groups, params.minimum_sigclip_groups, params.only_use_ints
     )
     jd.min_diffs_single_pass = params.min_diffs_single_pass
+    # large events, as the JWST step passes them (sat_expand and max_extended_radius doubled,
+    # times converted to groups, max_shower_amplitude per group)
+    jd.set_snowball_info(
+        params.expand_large_events,
+        params.min_jump_area,
+        params.min_sat_area,
+        params.expand_factor,
+        params.sat_required_snowball,
+        params.min_sat_radius_extend,
+        params.sat_expand * 2,
+        params.edge_size,
+    )
+    jd.set_shower_info(
+        params.find_showers,
+        params.extend_snr_threshold,
+        params.extend_min_area,
+        params.extend_inner_radius,
+        params.extend_outer_radius,
+        params.extend_ellipse_expand_ratio,
+        params.min_diffs_single_pass,
+        params.max_extended_radius * 2,
+    )
+    jd.mask_persist_grps_next_int = params.mask_snowball_core_next_int
+    jd.persist_grps_flagged = int(params.snowball_time_masked_next_int // group_time)
+    jd.grps_masked_after_shower = int(params.time_masked_after_shower // group_time)
+    jd.max_shower_amplitude = params.max_shower_amplitude * group_time
     jd.max_cores = "none"
     return jd
 
 
 def run_stcal_jump(
-    data, groupdq, pixeldq, gain, readnoise, *, params=None, nframes=1, group_time=10.0
+    data, groupdq, pixeldq, gain, readnoise, *, params=None, nframes=1, group_time=10.0,
+    extended=False,
 ):
-    """stcal 1.20.0 ``detect_jumps_data`` on copies: returns ``(gdq, pdq, total_primary_crs)``."""
+    """stcal 1.20.0 ``detect_jumps_data`` on copies: returns ``(gdq, pdq, total_primary_crs)``
+    (and the number of extended events as a fourth item with ``extended=True``)."""
     from stcal.jump.jump import detect_jumps_data
 
     jd = stcal_jump_data(
@@ -71,4 +99,6 @@ def run_stcal_jump(
     )
     with np.errstate(all="ignore"):
         gdq, pdq, total, _n_ext = detect_jumps_data(jd)
+    if extended:
+        return gdq, pdq, int(total), int(_n_ext)
     return gdq, pdq, int(total)

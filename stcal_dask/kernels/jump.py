@@ -182,6 +182,51 @@ class JumpParams:
                 "differences of a pixel)"})
     min_diffs_single_pass: int = field(default=10, metadata={
         "help": "usable differences per integration needed for the single-pass path (count)"})
+    # large events (stcal_dask.kernels.large_events)
+    expand_large_events: bool = field(default=False, metadata={
+        "help": "flag snowballs (JWST turns this on for NIRCam, NIRISS and NIRSpec)"})
+    min_jump_area: float = field(default=5.0, metadata={
+        "help": "minimum filled area (pixels) of a JUMP region to be a snowball candidate"})
+    min_sat_area: float = field(default=1.0, metadata={
+        "help": "minimum filled area (pixels) of a new-saturation region (a snowball core)"})
+    expand_factor: float = field(default=2.0, metadata={
+        "help": "a snowball's ellipse: minor axis times this, major axis plus (factor - 1) "
+                "minor axes"})
+    use_ellipses: bool = field(default=False, metadata={
+        "help": "deprecated in JWST and unused (accepted for compatibility)"})
+    sat_required_snowball: bool = field(default=True, metadata={
+        "help": "a snowball needs a new saturated core inside it (unless near an edge)"})
+    min_sat_radius_extend: float = field(default=2.5, metadata={
+        "help": "cores whose minor axis (pixels) exceeds this are enlarged and set SATURATED"})
+    sat_expand: int = field(default=2, metadata={
+        "help": "pixels added to a core's radius when it is enlarged (twice this on its axes)"})
+    edge_size: int = field(default=25, metadata={
+        "help": "within this many pixels of the edge a snowball needs no saturated core"})
+    mask_snowball_core_next_int: bool = field(default=True, metadata={
+        "help": "flag snowball cores as JUMP in the first groups of the next integration"})
+    snowball_time_masked_next_int: float = field(default=4000.0, metadata={
+        "help": "seconds of the next integration masked by a core (int(time // group_time) "
+                "groups)"})
+    max_extended_radius: int = field(default=200, metadata={
+        "help": "cap (pixels) of the radius of any enlarged core, snowball or shower ellipse"})
+    find_showers: bool = field(default=False, metadata={
+        "help": "flag MIRI showers (JWST turns this on for MIRI)"})
+    extend_snr_threshold: float = field(default=1.2, metadata={
+        "help": "threshold of the ring-smoothed difference signal-to-noise ratio for showers"})
+    extend_min_area: int = field(default=90, metadata={
+        "help": "minimum filled area (pixels) of a shower region"})
+    extend_inner_radius: float = field(default=1.0, metadata={
+        "help": "inner radius (pixels) of the ring kernel"})
+    extend_outer_radius: float = field(default=2.6, metadata={
+        "help": "width (pixels) of the ring kernel beyond its inner radius (astropy "
+                "Ring2DKernel's)"})
+    extend_ellipse_expand_ratio: float = field(default=1.1, metadata={
+        "help": "factor enlarging a shower's ellipse"})
+    time_masked_after_shower: float = field(default=15.0, metadata={
+        "help": "seconds after a shower also flagged (int(time // group_time) groups)"})
+    max_shower_amplitude: float = field(default=4.0, metadata={
+        "help": "DN/s: pixels whose mean rate a shower changes by more (times the group time, "
+                "compared as stcal does on data multiplied by the gain) keep their flags"})
 
     def __post_init__(self):
         for name in (
@@ -200,6 +245,33 @@ class JumpParams:
                 raise UserInputError(
                     f"jump parameter {name} must be a finite number >= 0, got {v!r}"
                 )
+        for name in (
+            "min_jump_area",
+            "min_sat_area",
+            "expand_factor",
+            "min_sat_radius_extend",
+            "snowball_time_masked_next_int",
+            "extend_snr_threshold",
+            "extend_inner_radius",
+            "extend_outer_radius",
+            "extend_ellipse_expand_ratio",
+            "time_masked_after_shower",
+            "max_shower_amplitude",
+        ):
+            v = getattr(self, name)
+            if not _is_real(v) or not math.isfinite(float(v)) or float(v) < 0:
+                raise UserInputError(
+                    f"jump parameter {name} must be a finite number >= 0, got {v!r}"
+                )
+        for name in ("sat_expand", "edge_size", "max_extended_radius", "extend_min_area"):
+            v = getattr(self, name)
+            if not _is_int(v) or int(v) < 0:
+                raise UserInputError(f"jump parameter {name} must be an integer >= 0, got {v!r}")
+        for name in ("expand_large_events", "use_ellipses", "sat_required_snowball",
+                     "mask_snowball_core_next_int", "find_showers"):
+            v = getattr(self, name)
+            if not _is_bool(v):
+                raise UserInputError(f"jump parameter {name} must be True or False, got {v!r}")
         for name in ("flag_4_neighbors", "only_use_ints"):
             v = getattr(self, name)
             if not _is_bool(v):
@@ -208,6 +280,52 @@ class JumpParams:
             v = getattr(self, name)
             if not _is_int(v) or int(v) < 1:
                 raise UserInputError(f"jump parameter {name} must be an integer >= 1, got {v!r}")
+
+    @property
+    def large_events(self) -> bool:
+        """Whether a large-event stage (snowballs or showers) runs after two-point detection."""
+        return bool(self.expand_large_events or self.find_showers)
+
+    def snowball_settings(self, group_time: float):
+        """The snowball settings in stcal's units, as the JWST step passes them: ``sat_expand``
+        and ``max_extended_radius`` doubled (full axes), the next-integration masking time in
+        groups (``int(time // group_time)``); None when snowballs are off."""
+        from stcal_dask.kernels.large_events import SnowballSettings
+
+        if not self.expand_large_events:
+            return None
+        return SnowballSettings(
+            min_jump_area=float(self.min_jump_area),
+            min_sat_area=float(self.min_sat_area),
+            expand_factor=float(self.expand_factor),
+            sat_required_snowball=bool(self.sat_required_snowball),
+            min_sat_radius_extend=float(self.min_sat_radius_extend),
+            sat_expand=int(self.sat_expand) * 2,
+            edge_size=int(self.edge_size),
+            max_extended_width=int(self.max_extended_radius) * 2,
+            mask_persist_next_int=bool(self.mask_snowball_core_next_int),
+            persist_groups=_time_groups(self.snowball_time_masked_next_int, group_time),
+        )
+
+    def shower_settings(self, group_time: float, nframes: int):
+        """The shower settings in stcal's units, as the JWST step passes them (times in groups,
+        ``max_shower_amplitude`` times the group time); None when showers are off."""
+        from stcal_dask.kernels.large_events import ShowerSettings
+
+        if not self.find_showers:
+            return None
+        return ShowerSettings(
+            extend_snr_threshold=float(self.extend_snr_threshold),
+            extend_min_area=float(self.extend_min_area),
+            extend_inner_radius=float(self.extend_inner_radius),
+            extend_outer_radius=float(self.extend_outer_radius),
+            extend_ellipse_expand_ratio=float(self.extend_ellipse_expand_ratio),
+            grps_masked_after_shower=_time_groups(self.time_masked_after_shower, group_time),
+            max_shower_amplitude=float(self.max_shower_amplitude) * float(group_time),
+            max_extended_width=int(self.max_extended_radius) * 2,
+            minimum_sigclip_groups=int(self.minimum_sigclip_groups),
+            nframes=int(nframes),
+        )
 
     def to_dict(self) -> dict:
         """Parameters as a plain JSON-serialisable dict."""
@@ -366,6 +484,15 @@ def _check_globals(globals_, nints, ngroups):
             "jump: sigma-clip path needs globals.sigclip_reset (run sigclip_reset_partial, "
             "merge_sigclip_reset_partials and with_sigclip_reset first)"
         )
+
+
+def _time_groups(time_s: float, group_time) -> int:
+    """A time (s) in whole groups, as the JWST step converts its times: ``int(t // tgroup)``."""
+    if group_time is None or not _is_real(group_time) or not float(group_time) > 0:
+        raise UserInputError(
+            f"jump: group_time must be a number > 0 s for large events, got {group_time!r}"
+        )
+    return int(float(time_s) // float(group_time))
 
 
 def _after_jump_groups(time_s: float, group_time) -> int:

@@ -1,0 +1,687 @@
+"""Large-event flagging (NIR snowballs, MIRI showers), faithful to stcal 1.20.0.
+
+Re-implements the two optional stages of ``stcal.jump.jump.detect_jumps_data`` that follow the
+two-point-difference detection: ``flag_large_events`` (snowballs, ``expand_large_events``) and
+``find_faint_extended`` (showers, ``find_showers``), so that GROUPDQ is bit-identical to stcal's.
+Both are whole-plane algorithms (connected regions of a whole (integration, group) plane, fitted
+ellipses up to ``max_extended_width`` pixels wide, an FFT ring convolution of a whole plane), so
+they are split here into functions a dataflow layer can run as **plane tasks** and **tile
+tasks**; :func:`flag_large_events` runs them all on a whole exposure in memory.
+
+Conventions
+-----------
+* An ellipse is stcal's ``((cen_x, cen_y), (h, w), theta_deg)`` held as :class:`Ellipse`:
+  the region's centroid (column, row; pixels), its minor and major axis lengths minus one
+  (pixels) and its orientation in degrees, as ``skimage.measure.regionprops`` gives them.
+* A :class:`Raster` is an ellipse drawn (``skimage.draw.ellipse``) into a small sub-image whose
+  frame coordinates it records, clipped at the frame's edges exactly as stcal draws it, so that a
+  tile can paint the part that falls inside it (:func:`paint`) and get the whole-frame result.
+* Planes are (ny, nx); cubes (ngroups, ny, nx) or (nints, ngroups, ny, nx); DQ values are those
+  of :mod:`stcal_dask.dqflags`. Inputs are never modified.
+
+Snowballs (per integration; groups g >= 1 in order)
+---------------------------------------------------
+stcal walks the groups of an integration in order and edits the group DQ as it goes, so a group
+sees what earlier groups did. Only one thing crosses groups: the *saturation extension* of group
+g (new-saturation cores with a minor axis > ``min_sat_radius_extend``, enlarged by ``sat_expand``)
+**sets** the DQ of groups g, g+1, ... to SATURATED. Everything else in group g depends on the
+input planes g-1, g, g+1 and the union of the extensions of groups < g. Hence three steps:
+
+1. :func:`snowball_saturation` (one task per integration, sequential over its groups, needs only
+   the SATURATED bits, which jump detection never changes): the new-saturation ellipses of every
+   group and the next group, the extension rasters and the (unexpanded) cores that mask the next
+   integration.
+2. :func:`snowball_plane` (one task per (integration, group) plane, in parallel): the JUMP
+   regions of the plane (minus earlier extensions), which of them are snowballs (centre within
+   ``edge_size`` of an edge, or containing the centre of a new-saturation ellipse of this or the
+   next group) and their expanded rasters.
+3. :func:`apply_snowballs` (one task per spatial tile): paints the extensions (DQ set to
+   SATURATED), the snowballs (JUMP OR-ed where not SATURATED) and the previous integration's
+   cores (JUMP OR-ed into groups 1 .. ``persist_groups`` - 1).
+
+Showers (MIRI)
+--------------
+:func:`shower_ratio_tile` (per tile, pixel-local): the masked signal-to-noise ratio of every
+difference; :func:`shower_plane` (per plane): ring convolution of the whole plane, threshold,
+regions >= ``extend_min_area``, ellipses; :func:`apply_showers` (per tile): JUMP in the
+(expanded) ellipses over the group and the next ``grps_masked_after_shower`` groups, then the
+per-pixel revert of pixels whose mean rate changed by more than ``max_shower_amplitude``.
+:func:`shower_globals` takes the whole-plane decisions (enough differences, first usable group).
+
+Deliberate differences from stcal
+---------------------------------
+* stcal raises ``UnboundLocalError`` for snowballs with 2 groups (the next group's saturation is
+  never set); here the last group simply has no next group.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from stcal_dask import dqflags
+
+__all__ = [
+    "Ellipse",
+    "Raster",
+    "SnowballSettings",
+    "ShowerSettings",
+    "SaturationResult",
+    "SnowballPlane",
+    "ShowerGlobals",
+    "LargeEventsResult",
+    "region_ellipses",
+    "ellipse_raster",
+    "paint",
+    "point_inside_ellipse",
+    "ring_kernel",
+    "snowball_saturation",
+    "snowball_plane",
+    "apply_snowballs",
+    "shower_globals",
+    "shower_ratio_tile",
+    "shower_plane",
+    "apply_showers",
+    "flag_large_events",
+]
+
+SAT = dqflags.SATURATED
+JUMP = dqflags.JUMP_DET
+DNU = dqflags.DO_NOT_USE
+REF = dqflags.REFERENCE_PIXEL
+
+
+class Ellipse(NamedTuple):
+    """A region's ellipse, in stcal's convention (see the module docstring)."""
+
+    x: float
+    """Centroid column (pixels)."""
+    y: float
+    """Centroid row (pixels)."""
+    h: float
+    """Minor axis length - 1 (pixels; -1 for a one-pixel-wide line)."""
+    w: float
+    """Major axis length - 1 (pixels)."""
+    angle: float
+    """Orientation (degrees), ``numpy.degrees(regionprops.orientation)``."""
+
+
+class Raster(NamedTuple):
+    """An ellipse drawn in frame coordinates: ``frame[y0:y1, x0:x1][mask]`` are its pixels."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    mask: np.ndarray
+    """(y1 - y0, x1 - x0) bool."""
+
+
+class SnowballSettings(NamedTuple):
+    """Snowball settings in stcal's ``JumpData`` units (see ``JumpParams.snowball_settings``)."""
+
+    min_jump_area: float = 5.0
+    min_sat_area: float = 1.0
+    expand_factor: float = 2.0
+    sat_required_snowball: bool = True
+    min_sat_radius_extend: float = 2.5
+    sat_expand: float = 4.0
+    """Pixels added to a core's full axes (JWST passes twice its ``sat_expand`` parameter)."""
+    edge_size: int = 25
+    max_extended_width: float = 400.0
+    """Cap of any extension's full axes (JWST passes twice ``max_extended_radius``)."""
+    mask_persist_next_int: bool = True
+    persist_groups: int = 25
+    """Groups 1 .. persist_groups - 1 of the next integration get the cores as JUMP."""
+
+
+class ShowerSettings(NamedTuple):
+    """Shower settings in stcal's ``JumpData`` units (see ``JumpParams.shower_settings``)."""
+
+    extend_snr_threshold: float = 1.2
+    extend_min_area: float = 90.0
+    extend_inner_radius: float = 1.0
+    extend_outer_radius: float = 2.6
+    extend_ellipse_expand_ratio: float = 1.1
+    grps_masked_after_shower: int = 5
+    max_shower_amplitude: float = 6.0
+    """electron per group (stcal compares rates of data already multiplied by the gain)."""
+    max_extended_width: float = 400.0
+    minimum_sigclip_groups: int = 100
+    nframes: int = 1
+    min_diffs_for_shower: int = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# regions, ellipses, rasters
+
+
+def _label(mask: np.ndarray):
+    """8-connected labels of a boolean plane (the connectivity ``skimage.measure.label`` uses
+    for 2-D images) and the number of regions."""
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+
+
+def _region_props(lab: np.ndarray, k: int, sl):
+    """``skimage.measure.regionprops`` of region ``k`` alone: the same region image and slice
+    origin as regionprops on the whole label image, so the same floating-point values."""
+    from skimage.measure import regionprops
+
+    sub = (lab[sl] == k).astype(np.uint8)
+    (r,) = regionprops(sub, offset=(sl[0].start, sl[1].start))
+    return r
+
+
+def _ellipse_of(r) -> Ellipse:
+    return Ellipse(
+        float(r.centroid[1]),
+        float(r.centroid[0]),
+        r.axis_minor_length - 1,
+        r.axis_major_length - 1,
+        np.degrees(r.orientation),
+    )
+
+
+def region_ellipses(mask, min_area, *, keep=None) -> list[Ellipse]:
+    """Ellipses of the 8-connected regions of ``mask`` whose filled area is >= ``min_area``.
+
+    stcal's ``find_ellipses``/``_sk_filter_areas`` (``regionprops``: filled area, centroid, axis
+    lengths, orientation). ``keep(y0, y1, x0, x1)``, given a region's bounding box (rows
+    ``y0:y1``, columns ``x0:x1``), may return False for regions whose ellipse cannot matter to
+    the caller: their properties are then not computed (the costly part on planes with many
+    regions). Regions with at least ``min_area`` pixels pass without filling their holes.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    lab, n = _label(mask)
+    if n == 0:
+        return []
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    out = []
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        n_px = counts[k]
+        bbox_area = (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start)
+        if bbox_area < min_area:  # even filled, the region is smaller than its bounding box
+            continue
+        if keep is not None and not keep(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop):
+            continue
+        r = _region_props(lab, k, sl)
+        if n_px < min_area and r.area_filled < min_area:
+            continue
+        out.append(_ellipse_of(r))
+    return out
+
+
+def ellipse_raster(x, y, axis1, axis2, angle, shape) -> Raster:
+    """stcal's ``ellipse_subim``: the ellipse of full axes ``axis1`` (along columns before the
+    rotation) and ``axis2`` centred on the rounded (``x``, ``y``), rotated by ``angle`` degrees,
+    drawn with ``skimage.draw.ellipse`` into a sub-image clipped at the frame ``shape``."""
+    from skimage.draw import ellipse as sk_ellipse
+
+    xc, yc = round(x), round(y)
+    r1, r2 = round(axis1 / 2), round(axis2 / 2)
+    half = max(r1, r2) + 2
+    x0, x1 = max(xc - half, 0), min(xc + half + 1, shape[1])
+    y0, y1 = max(yc - half, 0), min(yc + half + 1, shape[0])
+    sub = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=bool)
+    if r1 != 0 and r2 != 0:
+        rr, cc = sk_ellipse(yc - y0, xc - x0, r2, r1, sub.shape, np.radians(angle))
+        sub[rr, cc] = True
+    return Raster(int(y0), int(y1), int(x0), int(x1), sub)
+
+
+def paint(rasters, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """(y1 - y0, x1 - x0) bool: the union of ``rasters`` inside the frame window."""
+    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for r in rasters:
+        a0, a1 = max(r.y0, y0), min(r.y1, y1)
+        b0, b1 = max(r.x0, x0), min(r.x1, x1)
+        if a0 >= a1 or b0 >= b1:
+            continue
+        out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] |= r.mask[a0 - r.y0 : a1 - r.y0,
+                                                            b0 - r.x0 : b1 - r.x0]
+    return out
+
+
+def point_inside_ellipse(px, py, e: Ellipse) -> bool:
+    """stcal's ``point_inside_ellipse`` (float64 arithmetic; a zero semi-axis gives inf/NaN and
+    so False, as there)."""
+    t = np.radians(180 - e.angle)
+    c, s = np.cos(t), np.sin(t)
+    dx = np.float64(px - e.x)
+    dy = np.float64(py - e.y)
+    xr = dx * c - dy * s
+    yr = dx * s + dy * c
+    if e.w >= e.h:
+        a, b = np.float64(e.w * 0.5), np.float64(e.h * 0.5)
+    else:
+        a, b = np.float64(e.h * 0.5), np.float64(e.w * 0.5)
+    with np.errstate(all="ignore"):
+        return bool((xr**2 / a**2) + (yr**2 / b**2) <= 1)
+
+
+def _expanded_axes(e: Ellipse, factor: float, cap: float) -> tuple[int, int]:
+    """stcal's ``compute_axes`` with ``expand_by_ratio``: the minor axis times ``factor``, the
+    major one plus (factor - 1) times the minor one, capped; returned as rounded semi-axes."""
+    if e.w < e.h:
+        a1 = e.h + (factor - 1.0) * e.w
+        a2 = e.w * factor
+    else:
+        a1 = e.h * factor
+        a2 = e.w + (factor - 1.0) * e.h
+    return round(min(a1, cap) / 2), round(min(a2, cap) / 2)
+
+
+def _expanded_raster(e: Ellipse, factor: float, cap: float, shape) -> Raster:
+    s1, s2 = _expanded_axes(e, factor, cap)
+    return ellipse_raster(e.x, e.y, s1 * 2, s2 * 2, e.angle, shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# snowballs
+
+
+class SaturationResult(NamedTuple):
+    """:func:`snowball_saturation` of one integration (lists indexed by group)."""
+
+    sat: list
+    """sat[g]: the new-saturation ellipses of group g (empty for g = 0)."""
+    next_sat: list
+    """next_sat[g]: the ellipses of saturation new in group g + 1 (as group g sees it; empty
+    for the last group)."""
+    extensions: list
+    """extensions[g]: rasters set to SATURATED in groups g, g+1, ... (empty for g = 0)."""
+    cores: list
+    """Rasters of the unexpanded cores (masks the next integration's first groups)."""
+
+
+def snowball_saturation(sat_cube, *, settings: SnowballSettings) -> SaturationResult:
+    """Step 1 of the snowballs for one integration (see the module docstring).
+
+    ``sat_cube``: (ngroups, ny, nx) bool, the SATURATED bits of the integration's group DQ.
+    """
+    sat_cube = np.asarray(sat_cube, dtype=bool)
+    ngroups, ny, nx = sat_cube.shape
+    shape = (ny, nx)
+    sat = [[] for _ in range(ngroups)]
+    nxt = [[] for _ in range(ngroups)]
+    ext = [[] for _ in range(ngroups)]
+    cores: list = []
+    if not settings.sat_required_snowball:
+        return SaturationResult(sat, nxt, ext, cores)
+    extended = np.zeros(shape, dtype=bool)  # union of the extensions of earlier groups
+    for g in range(1, ngroups):
+        free = ~extended
+        sat[g] = region_ellipses(sat_cube[g] & ~sat_cube[g - 1] & free, settings.min_sat_area)
+        if g < ngroups - 1:
+            nxt[g] = region_ellipses(sat_cube[g + 1] & ~sat_cube[g] & free,
+                                     settings.min_sat_area)
+        for e in sat[g]:
+            if min(e.w, e.h) > settings.min_sat_radius_extend:
+                a1 = min(e.h + settings.sat_expand, settings.max_extended_width)
+                a2 = min(e.w + settings.sat_expand, settings.max_extended_width)
+                r = ellipse_raster(e.x, e.y, a1, a2, e.angle, shape)
+                ext[g].append(r)
+                extended[r.y0 : r.y1, r.x0 : r.x1] |= r.mask
+                cores.append(ellipse_raster(e.x, e.y, e.h, e.w, e.angle, shape))
+    return SaturationResult(sat, nxt, ext, cores)
+
+
+def extended_before(satres: SaturationResult, group: int, shape) -> np.ndarray:
+    """(ny, nx) bool: pixels set to SATURATED by the extensions of groups < ``group``."""
+    rasters = [r for g in range(min(group, len(satres.extensions))) for r in satres.extensions[g]]
+    return paint(rasters, 0, shape[0], 0, shape[1])
+
+
+class SnowballPlane(NamedTuple):
+    """:func:`snowball_plane` of one (integration, group) plane."""
+
+    rasters: list
+    """The snowballs' expanded rasters (JUMP where not SATURATED)."""
+    count: int
+    """Snowballs found (stcal's count)."""
+
+
+def snowball_plane(jump_plane, extended, sat, next_sat, *, settings: SnowballSettings,
+                   has_next: bool) -> SnowballPlane:  # fmt: skip
+    """Step 2 of the snowballs: one (integration, group >= 1) plane.
+
+    Parameters
+    ----------
+    jump_plane : (ny, nx) bool
+        JUMP bits of the plane after two-point detection.
+    extended : (ny, nx) bool
+        ``extended_before(satres, group, shape)``: those pixels no longer carry JUMP.
+    sat, next_sat : list of Ellipse
+        ``satres.sat[group]`` and ``satres.next_sat[group]``.
+    has_next : bool
+        Whether a next group exists (``group < ngroups - 1``).
+    """
+    jump_plane = np.asarray(jump_plane, dtype=bool)
+    ny, nx = jump_plane.shape
+    mask = jump_plane & ~np.asarray(extended, dtype=bool)
+    low = settings.edge_size
+    high = max(0, ny - settings.edge_size)  # stcal uses the row count for both axes
+    centres = [(e.x, e.y) for e in sat] + ([(e.x, e.y) for e in next_sat] if has_next else [])
+    required = settings.sat_required_snowball
+    keep = None
+    if required:
+        cx = np.array([c[0] for c in centres], dtype=np.float64)
+        cy = np.array([c[1] for c in centres], dtype=np.float64)
+
+        def keep(y0, y1, x0, x1):
+            # the centroid lies in the bounding box (rows y0..y1-1, columns x0..x1-1)
+            if x0 < low or y0 < low or x1 - 1 > high or y1 - 1 > high:
+                return True
+            if not cx.size:
+                return False
+            # an ellipse's semi-major axis, (4 sqrt(lambda_max) - 1) / 2, is below the box's
+            # diagonal (lambda_max <= var(rows) + var(cols) <= ((y1-y0-1)^2 + (x1-x0-1)^2) / 4)
+            d = float(np.hypot(y1 - y0, x1 - x0)) + 1.0
+            inside = (cx >= x0 - d) & (cx <= x1 + d) & (cy >= y0 - d) & (cy <= y1 + d)
+            return bool(inside.any())
+
+    jumps = region_ellipses(mask, settings.min_jump_area, keep=keep)
+    if required:
+        snowballs = []
+        for j in jumps:
+            near = j.x < low or j.y < low or j.x > high or j.y > high
+            if near or any(point_inside_ellipse(px, py, j) for px, py in centres):
+                snowballs.append(j)
+    else:
+        snowballs = jumps
+    rasters = [
+        _expanded_raster(j, settings.expand_factor, settings.max_extended_width, (ny, nx))
+        for j in snowballs
+    ]
+    return SnowballPlane(rasters, len(snowballs))
+
+
+def apply_snowballs(gdq, window, extensions, snowballs, cores, *,
+                    settings: SnowballSettings) -> np.ndarray:  # fmt: skip
+    """Step 3 of the snowballs on one tile; returns the new group DQ tile.
+
+    Parameters
+    ----------
+    gdq : (nints, ngroups, ty, tx) unsigned
+        Group DQ tile after two-point detection.
+    window : (y0, y1, x0, x1)
+        The tile's frame coordinates.
+    extensions : list (per integration) of lists (per group) of Raster
+        ``SaturationResult.extensions`` of every integration.
+    snowballs : list (per integration) of lists (per group) of Raster
+        ``SnowballPlane.rasters`` of every plane (anything for group 0).
+    cores : list (per integration) of lists of Raster
+        ``SaturationResult.cores`` of every integration.
+    """
+    y0, y1, x0, x1 = window
+    out = np.array(gdq, copy=True)
+    nints, ngroups = out.shape[:2]
+    jump = out.dtype.type(JUMP)
+    sat = out.dtype.type(SAT)
+    for i in range(nints):
+        extended = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        for g in range(1, ngroups):
+            if extensions[i][g]:
+                extended |= paint(extensions[i][g], y0, y1, x0, x1)
+            plane = out[i, g]
+            if snowballs[i][g]:
+                sb = paint(snowballs[i][g], y0, y1, x0, x1)
+                plane[sb & ((plane & sat) == 0)] |= jump
+            plane[extended] = sat
+    if settings.mask_persist_next_int and settings.persist_groups >= 1:
+        last = min(settings.persist_groups, ngroups)
+        for i in range(1, nints):
+            if cores[i - 1] and last > 1:
+                m = paint(cores[i - 1], y0, y1, x0, x1)
+                out[i, 1:last][:, m] |= jump
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# showers
+
+
+def ring_kernel(inner: float, outer_width: float) -> np.ndarray:
+    """astropy's ``Ring2DKernel(inner, outer_width)`` array (what stcal convolves with, called
+    with ``extend_inner_radius`` and ``extend_outer_radius``): 1 where inner^2 <= r^2 <=
+    (inner + outer_width)^2 on an odd grid of ``2 * (inner + outer_width)`` rounded up, divided by
+    its sum."""
+    r_out = inner + outer_width
+    size = int(np.ceil(2 * r_out))
+    size += 1 - size % 2
+    n = (size - 1) // 2
+    amp = 1.0 / (np.pi * (r_out**2 - inner**2))
+    y, x = np.mgrid[-n : n + 1, -n : n + 1].astype(np.float64)
+    rr = x**2 + y**2
+    k = np.where((rr >= inner**2) & (rr <= r_out**2), amp, 0.0)
+    return k / k.sum()
+
+
+class ShowerGlobals(NamedTuple):
+    """Whole-frame decisions of the shower search (:func:`shower_globals`)."""
+
+    run: bool
+    """False when there are too few usable differences (stcal then leaves the DQ alone)."""
+    first_good: np.ndarray
+    """(nints,) int: per integration, the first group not DO_NOT_USE in every pixel (after
+    reference pixels are set DO_NOT_USE); planes ``first_good + 1 ..`` are searched."""
+
+
+def shower_globals(plane_dnu, plane_dnu_ref, *, settings: ShowerSettings) -> ShowerGlobals:
+    """From (nints, ngroups) bool "every pixel DO_NOT_USE" flags of the group DQ before
+    (``plane_dnu``) and after (``plane_dnu_ref``) reference pixels are made DO_NOT_USE."""
+    plane_dnu = np.asarray(plane_dnu, dtype=bool)
+    nints, ngroups = plane_dnu.shape
+    total = nints * (ngroups - 1) - int(plane_dnu.sum())
+    first = np.zeros(nints, dtype=np.int64)
+    for i in range(nints):
+        bad = np.asarray(plane_dnu_ref[i], dtype=bool)
+        good = np.flatnonzero(~bad)
+        first[i] = good[0] if good.size else 0
+    return ShowerGlobals(total >= settings.min_diffs_for_shower, first)
+
+
+def shower_dnu_partial(gdq, pdq) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile (nints, ngroups) "every pixel DO_NOT_USE" flags, without and with the reference
+    pixels (PIXELDQ exactly REFERENCE_PIXEL) counted as DO_NOT_USE; merge with logical AND."""
+    dnu = (np.asarray(gdq) & DNU) != 0
+    ref = np.asarray(pdq) == REF
+    a = dnu.all(axis=(2, 3))
+    b = (dnu | ref).all(axis=(2, 3))
+    return a, b
+
+
+def _electrons(data, gain):
+    return np.asarray(data) * np.asarray(gain)
+
+
+def _nan_flagged(e, gdq):
+    """stcal's ``nan_invalid_data``: NaN where the group DQ *equals* one of five values."""
+    e = e.copy()
+    for v in (JUMP + DNU, SAT + DNU, SAT, JUMP, DNU):
+        e[gdq == v] = np.nan
+    return e
+
+
+def shower_ratio_tile(data, gdq, pdq, gain, readnoise, *, settings: ShowerSettings):
+    """Per tile (pixel-local): the masked difference signal-to-noise ratios the shower search
+    convolves, (nints, ngroups - 1, ty, tx) float32, NaN where masked.
+
+    ``data`` DN, ``gdq`` the group DQ after jump detection (and snowballs), ``pdq`` the PIXELDQ
+    after jump detection, ``gain`` electron/DN, ``readnoise`` CDS DN. Entry ``[i, g - 1]`` is
+    the ratio of difference g - 1 -> g masked by group g's DQ, as stcal's ``get_bigellipses``.
+    """
+    gdq = np.asarray(gdq)
+    pdq = np.asarray(pdq)
+    gain = np.asarray(gain)
+    nints = gdq.shape[0]
+    e = _nan_flagged(_electrons(data, gain), gdq)
+    rn_e = np.asarray(readnoise) * gain
+    ref = pdq == REF
+    diffs = np.diff(e, axis=1)
+    del e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if nints >= settings.minimum_sigclip_groups:
+            from astropy.stats import sigma_clipped_stats
+
+            _, median, stddev = sigma_clipped_stats(diffs, sigma=5, axis=0)
+            ratio = np.abs(diffs - median[np.newaxis]) / stddev[np.newaxis]
+        else:
+            med = np.nanmedian(diffs, axis=(0, 1))
+            sigma = np.sqrt(np.abs(med) + rn_e**2 / settings.nframes)
+            ratio = np.abs(diffs - med[np.newaxis, np.newaxis]) / sigma[np.newaxis, np.newaxis]
+    flagged = ((gdq[:, 1:] | pdq) & (JUMP | SAT | DNU)) != 0
+    flagged |= ref  # reference pixels are DO_NOT_USE in every group here
+    ratio = np.array(ratio, copy=True)
+    ratio[flagged] = np.nan
+    return ratio
+
+
+def _convolve_fast(arr, kernel):
+    """stcal's ``convolve_fast`` (astropy ``convolve(preserve_nan=True)`` with FFTs): the same
+    scipy calls on the same arrays, so the same values."""
+    from scipy import signal
+
+    arr = np.array(arr, copy=True)
+    good = np.isfinite(arr)
+    arr[~good] = 0
+    conv = signal.oaconvolve(arr, kernel, mode="same")
+    padded = np.ones((good.shape[0] + kernel.shape[0] - 1, good.shape[1] + kernel.shape[1] - 1))
+    n = kernel.shape[0] // 2
+    padded[n:-n, n:-n] = good
+    norm = signal.oaconvolve(padded, kernel, mode="valid")
+    good &= norm > 1e-3 * np.mean(kernel)
+    conv /= norm
+    conv[~good] = np.nan
+    return conv
+
+
+def shower_plane(ratio_plane, *, settings: ShowerSettings) -> list[Ellipse]:
+    """Per (integration, group) plane: the shower ellipses (whole-plane convolution, threshold,
+    regions of filled area >= ``extend_min_area``)."""
+    kernel = ring_kernel(settings.extend_inner_radius, settings.extend_outer_radius)
+    with np.errstate(all="ignore"):
+        sm = _convolve_fast(ratio_plane, kernel)
+        emission = sm > settings.extend_snr_threshold
+    return region_ellipses(emission, settings.extend_min_area)
+
+
+def apply_showers(data, gdq, pdq, gain, window, showers, *, settings: ShowerSettings,
+                  shape) -> np.ndarray:  # fmt: skip
+    """Per tile: the group DQ after the showers (JUMP over the expanded ellipses, then the
+    revert of pixels whose mean rate changed too much). ``showers`` is a list of
+    ``(integration, group, ellipses)`` in (integration, group) order; ``shape`` is the frame's
+    (ny, nx); ``window`` the tile's (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = window
+    gdq_in = np.asarray(gdq)
+    out = np.array(gdq_in, copy=True)
+    pdq = np.asarray(pdq)
+    ref = pdq == REF
+    out[:, :, ref] = DNU
+    nints, ngroups = out.shape[:2]
+    jump = out.dtype.type(JUMP)
+    sat = out.dtype.type(SAT)
+    for i, g, ellipses in showers:
+        for e in ellipses:
+            r = _expanded_raster(e, settings.extend_ellipse_expand_ratio,
+                                 settings.max_extended_width, shape)
+            m = paint([r], y0, y1, x0, x1)
+            if not m.any():
+                continue
+            for fg in range(g, min(g + settings.grps_masked_after_shower + 1, ngroups)):
+                plane = out[i, fg]
+                m &= (plane & sat) != sat
+                plane[m] |= jump
+    return _revert_showers(data, gain, gdq_in, out, settings)
+
+
+def _revert_showers(data, gain, gdq_in, gdq, settings: ShowerSettings) -> np.ndarray:
+    """stcal's ``max_flux_showers``: per integration, pixels whose mean difference (flagged
+    groups excluded) changed by more than ``max_shower_amplitude`` or became NaN get the input
+    flags back."""
+    e = _electrons(data, gain)
+    bad = DNU | SAT | JUMP
+    nints = gdq.shape[0]
+    for i in range(nints):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t = e[i].copy()
+            t[(gdq_in[i] & bad) != 0] = np.nan
+            before = np.nanmean(np.diff(t, axis=0), axis=0)
+            t = e[i].copy()
+            t[(gdq[i] & bad) != 0] = np.nan
+            after = np.nanmean(np.diff(t, axis=0), axis=0)
+            d = np.abs(before - after)
+            rev = ~np.isfinite(d) | (d > settings.max_shower_amplitude)
+        gdq[i][:, rev] = gdq_in[i][:, rev]
+    return gdq
+
+
+# ---------------------------------------------------------------------------------------------
+# whole exposure in memory
+
+
+class LargeEventsResult(NamedTuple):
+    """:func:`flag_large_events` output."""
+
+    groupdq: np.ndarray
+    """(nints, ngroups, ny, nx): group DQ after snowballs and/or showers (new array)."""
+    n_snowballs: int
+    n_showers: int
+
+
+def flag_large_events(data, gdq, pdq, gain, readnoise, *, snowballs: SnowballSettings | None,
+                      showers: ShowerSettings | None) -> LargeEventsResult:  # fmt: skip
+    """Snowballs then showers on a whole exposure held in memory (after jump detection).
+
+    ``data`` (nints, ngroups, ny, nx) DN; ``gdq`` the group DQ after two-point detection;
+    ``pdq`` the PIXELDQ after jump detection; ``gain`` electron/DN; ``readnoise`` CDS DN. None
+    settings switch a stage off.
+    """
+    gdq = np.asarray(gdq)
+    nints, ngroups, ny, nx = gdq.shape
+    shape = (ny, nx)
+    window = (0, ny, 0, nx)
+    out = gdq
+    n_sb = n_sh = 0
+    if snowballs is not None:
+        sats = [snowball_saturation((gdq[i] & SAT) != 0, settings=snowballs)
+                for i in range(nints)]
+        planes = [[[] for _ in range(ngroups)] for _ in range(nints)]
+        for i in range(nints):
+            for g in range(1, ngroups):
+                p = snowball_plane(
+                    (gdq[i, g] & JUMP) != 0, extended_before(sats[i], g, shape),
+                    sats[i].sat[g], sats[i].next_sat[g], settings=snowballs,
+                    has_next=g < ngroups - 1,
+                )
+                planes[i][g] = p.rasters
+                n_sb += p.count
+        out = apply_snowballs(gdq, window, [s.extensions for s in sats], planes,
+                              [s.cores for s in sats], settings=snowballs)
+    if showers is not None:
+        a, b = shower_dnu_partial(out, pdq)
+        glob = shower_globals(a, b, settings=showers)
+        if glob.run:
+            ratio = shower_ratio_tile(data, out, pdq, gain, readnoise, settings=showers)
+            found = []
+            for i in range(nints):
+                for g in range(int(glob.first_good[i]) + 1, ngroups):
+                    ell = shower_plane(ratio[i, g - 1], settings=showers)
+                    if ell:
+                        found.append((i, g, ell))
+                        n_sh += len(ell)
+            out = apply_showers(data, out, pdq, gain, window, found, settings=showers,
+                                shape=shape)
+    if out is gdq:
+        out = np.array(gdq, copy=True)
+    return LargeEventsResult(out, n_sb, n_sh)
