@@ -531,9 +531,7 @@ def shower_ratio_tile(data, gdq, pdq, gain, readnoise, *, settings: ShowerSettin
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if nints >= settings.minimum_sigclip_groups:
-            from astropy.stats import sigma_clipped_stats
-
-            _, median, stddev = sigma_clipped_stats(diffs, sigma=5, axis=0)
+            median, stddev = _sigclip_median_std(diffs)
             ratio = np.abs(diffs - median[np.newaxis]) / stddev[np.newaxis]
         else:
             med = np.nanmedian(diffs, axis=(0, 1))
@@ -544,6 +542,36 @@ def shower_ratio_tile(data, gdq, pdq, gain, readnoise, *, settings: ShowerSettin
     ratio = np.array(ratio, copy=True)
     ratio[flagged] = np.nan
     return ratio
+
+
+def _sigclip_median_std(diffs):
+    """astropy ``sigma_clipped_stats(diffs, sigma=5, axis=0)``'s median and population std
+    (what stcal uses with >= ``minimum_sigclip_groups`` integrations): the clipping bounds of
+    astropy's fast path per (difference, pixel), then numpy's nanmedian/nanstd of the float32
+    values inside them."""
+    from stcal_dask.kernels import _jump_numba as jnb
+
+    d = np.ascontiguousarray(diffs)
+    lo, hi = _clip_bounds(d, jnb.sigclip_bounds)
+    clipped = d.copy()
+    with np.errstate(invalid="ignore"):
+        clipped[~np.isfinite(d) | (d < lo[np.newaxis]) | (d > hi[np.newaxis])] = np.nan
+    return np.nanmedian(clipped, axis=0), np.nanstd(clipped, axis=0)
+
+
+def _clip_bounds(d, sigclip_bounds):
+    """(lo, hi) float64 arrays of shape d.shape[1:]: 5-sigma, 5-iteration bounds along axis 0."""
+    n = d.shape[0]
+    flat = d.reshape(n, -1)
+    lo = np.empty(flat.shape[1])
+    hi = np.empty(flat.shape[1])
+    buf = np.empty(n, dtype=np.float64)
+    for j in range(flat.shape[1]):
+        col = flat[:, j]
+        vals = col[np.isfinite(col)]
+        buf[: vals.size] = vals
+        lo[j], hi[j] = sigclip_bounds(buf, vals.size, 5.0, 5)
+    return lo.reshape(d.shape[1:]), hi.reshape(d.shape[1:])
 
 
 def _convolve_fast(arr, kernel):

@@ -92,14 +92,18 @@ def add_large_events(exp: SyntheticExposure, cfg: EventConfig | None = None
         return exp, truth
     gain = np.where(np.isfinite(exp.gain) & (exp.gain > 0), exp.gain, 2.0).astype(np.float64)
     tgroup = exp.config.group_time
+    margin = cfg.edge_size + 10
+
+    def inner(n):  # away from the edges where the frame allows it
+        lo, hi = min(margin, n / 2), max(n - margin, n / 2)
+        return rng.uniform(lo, hi)
+
     for i in range(nints):
         centres = []
-        margin = cfg.edge_size + 10
         for _ in range(cfg.n_snowballs):
-            centres.append((rng.uniform(margin, max(margin + 1, ny - margin)),
-                            rng.uniform(margin, max(margin + 1, nx - margin))))
+            centres.append((inner(ny), inner(nx)))
         for row in cfg.snowball_rows:
-            centres.append((float(row) + rng.uniform(-0.5, 0.5), rng.uniform(margin, nx - margin)))
+            centres.append((float(row) + rng.uniform(-0.5, 0.5), inner(nx)))
         for _ in range(cfg.n_edge_snowballs):
             side = rng.integers(0, 4)
             d = rng.uniform(2, cfg.edge_size - 2)

@@ -1,0 +1,197 @@
+"""Snowballs and showers (kernels/large_events.py) against stcal 1.20.0 ``detect_jumps_data``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from oracle_jump import run_stcal_jump
+
+from stcal_dask import dqflags
+from stcal_dask.kernels import jump as jk
+from stcal_dask.kernels import large_events as le
+from stcal_dask.sim.events import EventConfig, add_large_events
+from stcal_dask.sim.ramp import simulate_exposure
+
+
+def nircam_like(seed, nints=2, ngroups=7, ny=140, nx=130, **ev):
+    exp = simulate_exposure(nints=nints, ngroups=ngroups, ny=ny, nx=nx, seed=seed,
+                            cr_rate=0.004)
+    cfg = EventConfig(seed=seed, n_snowballs=4, snowball_rows=(64,), **ev)
+    return add_large_events(exp, cfg)
+
+
+def miri_like(seed, nints=3, ngroups=12, ny=120, nx=110, n_showers=3):
+    exp = simulate_exposure(nints=nints, ngroups=ngroups, ny=ny, nx=nx, seed=seed,
+                            cr_rate=0.002, frame_time=2.775)
+    exp, truth = add_large_events(exp, EventConfig(seed=seed, n_snowballs=0, n_edge_snowballs=0,
+                                                   n_showers=n_showers))
+    gdq = exp.groupdq.copy()
+    gdq[:, 0] |= dqflags.DO_NOT_USE  # firstframe / lastframe
+    gdq[:, -1] |= dqflags.DO_NOT_USE
+    pdq = exp.pixeldq.copy()
+    pdq[:, :4] = dqflags.REFERENCE_PIXEL
+    pdq[:, -4:] = dqflags.REFERENCE_PIXEL
+    return exp._replace(groupdq=gdq, pixeldq=pdq), truth
+
+
+def ours(exp, params):
+    tg = exp.config.group_time
+    r = jk.detect_jumps(exp.data, exp.groupdq, exp.pixeldq, exp.gain, exp.readnoise,
+                        params=params, nframes=exp.config.nframes, group_time=tg)
+    return le.flag_large_events(exp.data, r.groupdq, r.pixeldq, exp.gain, exp.readnoise,
+                                snowballs=params.snowball_settings(tg),
+                                showers=params.shower_settings(tg, exp.config.nframes)), r
+
+
+def theirs(exp, params):
+    return run_stcal_jump(exp.data, exp.groupdq, exp.pixeldq, exp.gain, exp.readnoise,
+                          params=params, nframes=exp.config.nframes,
+                          group_time=exp.config.group_time, extended=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_snowballs_nircam_like_bit_identical(seed):
+    exp, truth = nircam_like(seed)
+    assert any(t.kind == "snowball" for t in truth)
+    p = jk.JumpParams(expand_large_events=True, snowball_time_masked_next_int=30.0)
+    res, twopt = ours(exp, p)
+    gdq, pdq, _, n = theirs(exp, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    np.testing.assert_array_equal(twopt.pixeldq, pdq)
+    assert res.n_snowballs == n > 0
+    assert (res.groupdq != twopt.groupdq).sum() > 100  # the stage did something
+
+
+def test_snowball_variants_bit_identical():
+    """No saturated core required, no next-integration masking, a small cap, 3 groups."""
+    exp, _ = nircam_like(5, nints=2, ngroups=3)
+    for p in (
+        jk.JumpParams(expand_large_events=True, sat_required_snowball=False),
+        jk.JumpParams(expand_large_events=True, mask_snowball_core_next_int=False,
+                      max_extended_radius=3, min_sat_radius_extend=1.0),
+        jk.JumpParams(expand_large_events=True, edge_size=0, expand_factor=3.0, sat_expand=5),
+    ):
+        res, _ = ours(exp, p)
+        gdq, _, _, n = theirs(exp, p)
+        np.testing.assert_array_equal(res.groupdq, gdq)
+        assert res.n_snowballs == n
+
+
+def test_snowballs_nirspec_like_many_groups():
+    exp, _ = nircam_like(3, nints=1, ngroups=40, ny=90, nx=100)
+    p = jk.JumpParams(expand_large_events=True)
+    res, _ = ours(exp, p)
+    gdq, _, _, n = theirs(exp, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    assert res.n_snowballs == n > 0
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_showers_miri_like_bit_identical(seed):
+    exp, _ = miri_like(seed)
+    p = jk.JumpParams(find_showers=True)
+    res, twopt = ours(exp, p)
+    gdq, _, _, n = theirs(exp, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    assert res.n_showers == n > 0
+    assert (res.groupdq != twopt.groupdq).any()
+
+
+def test_showers_and_snowballs_together():
+    exp, _ = miri_like(4)
+    exp2, _ = add_large_events(exp, EventConfig(seed=9, n_snowballs=2, n_edge_snowballs=1))
+    p = jk.JumpParams(find_showers=True, expand_large_events=True)
+    res, _ = ours(exp2, p)
+    gdq, _, _, n = theirs(exp2, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    assert res.n_showers == n
+
+
+def test_showers_too_few_differences_change_nothing():
+    exp, _ = miri_like(1, nints=1, ngroups=6)
+    p = jk.JumpParams(find_showers=True)
+    res, twopt = ours(exp, p)
+    gdq, _, _, n = theirs(exp, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    np.testing.assert_array_equal(res.groupdq, twopt.groupdq)
+    assert n == res.n_showers == 0
+
+
+def test_options_off_is_the_identity():
+    exp, _ = nircam_like(0, nints=1, ngroups=5, ny=40, nx=40)
+    p = jk.JumpParams()
+    assert p.snowball_settings(10.0) is None and p.shower_settings(10.0, 1) is None
+    res, twopt = ours(exp, p)
+    np.testing.assert_array_equal(res.groupdq, twopt.groupdq)
+
+
+@pytest.mark.parametrize("inner,width", [(1, 2.6), (2, 3), (0.5, 1.2), (3, 4.5)])
+def test_ring_kernel_equals_astropy(inner, width):
+    from astropy.convolution import Ring2DKernel
+
+    np.testing.assert_array_equal(le.ring_kernel(inner, width), Ring2DKernel(inner, width).array)
+
+
+def test_painting_tiles_equals_whole_frame():
+    rng = np.random.default_rng(0)
+    shape = (50, 60)
+    rasters = [le.ellipse_raster(rng.uniform(0, 60), rng.uniform(0, 50), rng.uniform(1, 30),
+                                 rng.uniform(1, 30), rng.uniform(-90, 90), shape)
+               for _ in range(20)]
+    whole = le.paint(rasters, 0, 50, 0, 60)
+    assert whole.any()
+    for y0, y1, x0, x1 in [(0, 17, 0, 60), (17, 50, 0, 23), (17, 50, 23, 60)]:
+        np.testing.assert_array_equal(le.paint(rasters, y0, y1, x0, x1), whole[y0:y1, x0:x1])
+
+
+def test_inputs_not_modified():
+    exp, _ = miri_like(0, nints=2, ngroups=8, ny=60, nx=60, n_showers=1)
+    p = jk.JumpParams(find_showers=True, expand_large_events=True)
+    before = [a.copy() for a in (exp.data, exp.groupdq, exp.pixeldq)]
+    r = jk.detect_jumps(exp.data, exp.groupdq, exp.pixeldq, exp.gain, exp.readnoise, params=p,
+                        nframes=1, group_time=exp.config.group_time)
+    g2 = r.groupdq.copy()
+    le.flag_large_events(exp.data, r.groupdq, r.pixeldq, exp.gain, exp.readnoise,
+                         snowballs=p.snowball_settings(2.775), showers=p.shower_settings(2.775, 1))
+    for a, b in zip(before, (exp.data, exp.groupdq, exp.pixeldq), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(g2, r.groupdq)
+
+
+def test_parameter_checks():
+    from stcal_dask.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="edge_size"):
+        jk.JumpParams(edge_size=-1)
+    with pytest.raises(UserInputError, match="find_showers"):
+        jk.JumpParams(find_showers=1)
+    with pytest.raises(UserInputError, match="group_time"):
+        jk.JumpParams(expand_large_events=True).snowball_settings(0.0)
+
+
+def test_sigclip_stats_equal_astropy():
+    """The shower search's sigma-clip branch (>= minimum_sigclip_groups integrations)."""
+    from astropy.stats import sigma_clipped_stats
+
+    rng = np.random.default_rng(3)
+    d = rng.normal(0, 10, (101, 3, 6, 7)).astype(np.float32)
+    d[rng.random(d.shape) < 0.02] = 500.0
+    d[rng.random(d.shape) < 0.02] = np.nan
+    d[:, 0, 0, 0] = np.nan
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, med, std = sigma_clipped_stats(d, sigma=5, axis=0)
+        m2, s2 = le._sigclip_median_std(d)
+    np.testing.assert_array_equal(np.asarray(med), m2)
+    np.testing.assert_array_equal(np.asarray(std), s2)
+
+
+def test_showers_sigclip_branch_bit_identical():
+    exp, _ = miri_like(6, nints=100, ngroups=4, ny=40, nx=36, n_showers=1)
+    p = jk.JumpParams(find_showers=True, extend_min_area=20)
+    res, _ = ours(exp, p)
+    gdq, _, _, n = theirs(exp, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    assert res.n_showers == n
