@@ -565,6 +565,27 @@ def test_params_defaults_are_jwst_and_frozen():
         "minimum_sigclip_groups": 100,
         "only_use_ints": True,
         "min_diffs_single_pass": 10,
+        # large events (JWST JumpStep defaults)
+        "expand_large_events": False,
+        "min_jump_area": 5.0,
+        "min_sat_area": 1.0,
+        "expand_factor": 2.0,
+        "use_ellipses": False,
+        "sat_required_snowball": True,
+        "min_sat_radius_extend": 2.5,
+        "sat_expand": 2,
+        "edge_size": 25,
+        "mask_snowball_core_next_int": True,
+        "snowball_time_masked_next_int": 4000.0,
+        "max_extended_radius": 200,
+        "find_showers": False,
+        "extend_snr_threshold": 1.2,
+        "extend_min_area": 90,
+        "extend_inner_radius": 1.0,
+        "extend_outer_radius": 2.6,
+        "extend_ellipse_expand_ratio": 1.1,
+        "time_masked_after_shower": 15.0,
+        "max_shower_amplitude": 4.0,
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.rejection_threshold = 3.0  # type: ignore[misc]

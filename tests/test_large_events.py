@@ -195,3 +195,52 @@ def test_showers_sigclip_branch_bit_identical():
     gdq, _, _, n = theirs(exp, p)
     np.testing.assert_array_equal(res.groupdq, gdq)
     assert res.n_showers == n
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataflow stage: whole-plane tasks over jump tiles; results independent of the tiling
+
+TILINGS = [(64, 130), (50, 40), (33, 97), (200, 200)]
+
+
+def _dataflow(exp, params, tile, scheduler="sync"):
+    import dask
+
+    from stcal_dask.engine import dataflow
+    from stcal_dask.engine.datamodel import ramp_from_exposure
+
+    out = dataflow.detect_jumps(ramp_from_exposure(exp), params, tile=tile)
+    return dask.compute(out["groupdq"].data, out["pixeldq"].data,
+                        out[dataflow.JUMP_COUNT_VARIABLE].data,
+                        out[dataflow.LARGE_EVENTS_VARIABLE].data, scheduler=scheduler)
+
+
+@pytest.mark.parametrize("kind", ["nircam", "nirspec", "miri"])
+def test_dataflow_bit_identical_for_every_tiling(kind):
+    if kind == "nircam":
+        exp, _ = nircam_like(0)
+        p = jk.JumpParams(expand_large_events=True, snowball_time_masked_next_int=30.0)
+    elif kind == "nirspec":
+        exp, _ = nircam_like(3, nints=1, ngroups=30, ny=90, nx=100)
+        p = jk.JumpParams(expand_large_events=True)
+    else:
+        exp, _ = miri_like(0)
+        p = jk.JumpParams(find_showers=True)
+    gdq, pdq, total, n = theirs(exp, p)
+    assert n > 0
+    for k, tile in enumerate(TILINGS):
+        g, pd, c, ne = _dataflow(exp, p, tile, scheduler="threads" if k == 1 else "sync")
+        np.testing.assert_array_equal(g, gdq)
+        np.testing.assert_array_equal(pd, pdq)
+        assert int(c) == total and int(ne) == n
+
+
+def test_dataflow_options_off_has_no_large_event_tasks():
+    from stcal_dask.engine import dataflow
+    from stcal_dask.engine.datamodel import ramp_from_exposure
+
+    exp, _ = nircam_like(0, nints=1, ngroups=5, ny=40, nx=40)
+    out = dataflow.detect_jumps(ramp_from_exposure(exp), jk.JumpParams(), tile=(20, 20))
+    assert dataflow.LARGE_EVENTS_VARIABLE not in out
+    names = {k[0] if isinstance(k, tuple) else k for k in out["groupdq"].data.dask}
+    assert not any("large-events" in str(n) or "snowball" in str(n) for n in names)

@@ -74,6 +74,7 @@ from stcal_dask.kernels import ramp_fit as rk
 
 __all__ = [
     "JUMP_COUNT_VARIABLE",
+    "LARGE_EVENTS_VARIABLE",
     "all_group0_saturated",
     "auto_tile",
     "detect_jumps",
@@ -87,7 +88,15 @@ JUMP_COUNT_VARIABLE = "primary_jumps"
 """0-d int64 variable of :func:`detect_jumps`' result: stcal's primary-jump count (-99 if the
 exposure was skipped), computed on demand."""
 
+LARGE_EVENTS_VARIABLE = "large_events"
+"""0-d int64 variable of :func:`detect_jumps`' result when snowballs or showers are on: stcal's
+``number_extended_events`` (the shower count when showers are on, else the snowball count)."""
+
 _FAN_IN = 8
+
+_PLANES_PER_TASK = 4
+"""(integration, group) planes per large-event plane task: fewer, larger tasks on exposures
+with many groups (each distributed task costs ~1-3 ms of CPU)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,7 +371,9 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
         The ramp with ``groupdq`` (JUMP_DET added; uint8, (integration, group, y, x)) and
         ``pixeldq`` (NO_GAIN_VALUE | DO_NOT_USE for bad gains; uint32, (y, x)) replaced by lazy
         arrays, plus the 0-d int64 variable ``primary_jumps`` (stcal's primary count, -99 when
-        the exposure is skipped) and ``attrs["jump_parameters"]`` (JSON). Nothing is computed.
+        the exposure is skipped) and ``attrs["jump_parameters"]`` (JSON); with snowballs or
+        showers on, the 0-d int64 ``large_events`` (stcal's ``number_extended_events``).
+        Nothing is computed.
     """
     params = jk.JumpParams() if params is None else params
     if not isinstance(params, jk.JumpParams):
@@ -395,8 +406,9 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
         group_time=float(timing["TGROUP"]),
         out_dtype=dtype,
     )
-    new_gdq = _unpack(packed, "groupdq")
-    new_pdq = _unpack(packed, "pixeldq")
+    final, n_events = _large_events(packed, sci, gain, rn, params, timing)
+    new_gdq = _unpack(final, "groupdq")
+    new_pdq = _unpack(final, "pixeldq")
     # the count: one small task per tile (so each tile's packed block can be freed once the
     # fit has read it) and one aggregation, with no partial-reduction tree (each distributed
     # task costs ~1-3 ms of CPU). The blocks enter the Delayed unoptimized (an optimized dask
@@ -412,8 +424,105 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
     out["groupdq"] = xr.Variable(ramp["groupdq"].dims, new_gdq, ramp["groupdq"].attrs)
     out["pixeldq"] = xr.Variable(ramp["pixeldq"].dims, new_pdq, ramp["pixeldq"].attrs)
     out[JUMP_COUNT_VARIABLE] = xr.Variable((), count, {"long_name": "primary jumps flagged"})
+    if n_events is not None:
+        out[LARGE_EVENTS_VARIABLE] = xr.Variable(
+            (), n_events, {"long_name": "snowballs (or, with showers on, showers) flagged"}
+        )
     out.attrs["jump_parameters"] = json.dumps(params.to_dict(), sort_keys=True)
     return out
+
+
+def _packed_like(name: str, like: da.Array, blocks) -> da.Array:
+    """A packed (y, x) array with ``like``'s chunks and dtype whose block (i, j) is the Delayed
+    ``blocks[i][j]`` (a dict of arrays, :func:`stcal_dask.engine.tasks.pack`)."""
+    dsk = {(name, i, j): blocks[i][j].key
+           for i in range(len(blocks)) for j in range(len(blocks[0]))}
+    deps = [b for row in blocks for b in row]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+    return da.Array(graph, name, chunks=like.chunks, dtype=like.dtype,
+                    meta=np.empty((0, 0), dtype=like.dtype))
+
+
+def _plane_chunks(ngroups: int) -> list[range]:
+    return [range(g, min(g + _PLANES_PER_TASK, ngroups))
+            for g in range(1, ngroups, _PLANES_PER_TASK)]
+
+
+def _large_events(packed: da.Array, sci, gain, rn, params: jk.JumpParams, timing):
+    """The snowball and shower stage after two-point detection (stcal's order), or
+    ``(packed, None)`` when both are off.
+
+    Not a spatial halo: connected regions, ellipses of up to ``2 * max_extended_radius`` pixels
+    and the ring convolution are whole-plane operations. Tasks (see
+    :mod:`stcal_dask.kernels.large_events` for what each computes):
+
+    * snowballs: one saturation task per integration (sequential over its groups: a core's
+      extension is SATURATED in every later group) over all jump tiles; one task per few
+      (integration, group) planes (the JUMP regions of the whole plane, given its integration's
+      saturation result); one painting task per tile, given every integration's saturation
+      result and every plane's snowballs (the next integration's core masking is painted there);
+    * showers: per-tile "every pixel DO_NOT_USE" flags reduced to the whole-frame decisions, a
+      ratio task per tile (pixel-local), one task per few planes (convolution and regions of the
+      whole plane), one flagging task per tile given every plane's ellipses (groups after a
+      shower are flagged there).
+
+    Results do not depend on the tiling: plane tasks see whole planes, tile tasks paint
+    whole-frame rasters cropped to their window.
+    """
+    if not params.large_events:
+        return packed, None
+    group_time = float(timing["TGROUP"])
+    nframes = int(timing["NFRAMES"])
+    nints, ngroups = sci.shape[:2]
+    ychunks, xchunks = packed.chunks
+    layout = (tuple(ychunks), tuple(xchunks))
+    shape = (int(sum(ychunks)), int(sum(xchunks)))
+    y_off = np.concatenate([[0], np.cumsum(ychunks)]).astype(int)
+    x_off = np.concatenate([[0], np.cumsum(xchunks)]).astype(int)
+    windows = [[(int(y_off[i]), int(y_off[i + 1]), int(x_off[j]), int(x_off[j + 1]))
+                for j in range(len(xchunks))] for i in range(len(ychunks))]
+    delayed = dask.delayed
+    tok = dask.base.tokenize(packed.name, params, group_time, nframes)
+    blocks = packed.to_delayed(optimize_graph=False).tolist()
+    n_events = None
+    sb = params.snowball_settings(group_time)
+    if sb is not None and ngroups >= 2:
+        flat = [b for row in blocks for b in row]
+        sats = [delayed(tasks.snowball_saturation, pure=True)(i, sb, layout, *flat)
+                for i in range(nints)]
+        planes = [delayed(tasks.snowball_planes, pure=True)(i, tuple(gs), sb, layout, sats[i],
+                                                            *flat)
+                  for i in range(nints) for gs in _plane_chunks(ngroups)]
+        new = [[delayed(tasks.snowball_apply, pure=True)(blocks[i][j], windows[i][j], sb, sats,
+                                                         *planes)
+                for j in range(len(xchunks))] for i in range(len(ychunks))]
+        blocks = new
+        n_events = delayed(tasks.count_events, pure=True)(*planes)
+    sh = params.shower_settings(group_time, nframes)
+    if sh is not None and ngroups >= 2:
+        sci_b = sci.to_delayed(optimize_graph=False)
+        gain_b = gain.to_delayed(optimize_graph=False)
+        rn_b = rn.to_delayed(optimize_graph=False)
+        flat = [b for row in blocks for b in row]
+        parts = [delayed(tasks.shower_dnu, pure=True)(b) for b in flat]
+        glob = delayed(tasks.shower_globals, pure=True)(sh, *parts)
+        ratios = [delayed(tasks.shower_ratio, pure=True)(sci_b[0, 0, i, j], blocks[i][j],
+                                                         gain_b[i, j], rn_b[i, j], glob, sh)
+                  for i in range(len(ychunks)) for j in range(len(xchunks))]
+        planes = [delayed(tasks.shower_planes, pure=True)(i, tuple(gs), sh, layout, glob,
+                                                          *ratios)
+                  for i in range(nints) for gs in _plane_chunks(ngroups)]
+        blocks = [[delayed(tasks.shower_apply, pure=True)(sci_b[0, 0, i, j], blocks[i][j],
+                                                          gain_b[i, j], windows[i][j], shape,
+                                                          sh, *planes)
+                   for j in range(len(xchunks))] for i in range(len(ychunks))]
+        n_events = delayed(tasks.count_events, pure=True)(*planes)
+    if n_events is None:
+        return packed, None
+    final = _packed_like("stcal-dask-large-events-" + tok, packed, blocks)
+    count = da.from_delayed(n_events, shape=(), dtype=np.int64,
+                            meta=np.empty((), dtype=np.int64))
+    return final, count
 
 
 # ------------------------------------------------------------------------------------------------

@@ -222,3 +222,136 @@ def fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, 
         for f in (*SEG_FIELDS, "pedestal", "crmag"):
             fields["opt_" + f] = getattr(res.fitopt, f)
     return pack(out_dtype, fields, ny, nx)
+
+
+# Large events (snowballs, showers): whole-plane tasks over the jump tiles' packed blocks (see
+# stcal_dask.engine.dataflow._large_events). ``layout`` is the (row heights, column widths) of
+# the tiling; ``blocks`` come in row-major order.
+
+
+def assemble_plane(blocks, layout, get) -> np.ndarray:
+    """The whole (ny, nx) plane made of ``get(block)`` of every tile."""
+    ychunks, xchunks = layout
+    first = get(blocks[0])
+    out = np.empty((sum(ychunks), sum(xchunks)), dtype=first.dtype)
+    k = 0
+    y = 0
+    for cy in ychunks:
+        x = 0
+        for cx in xchunks:
+            out[y : y + cy, x : x + cx] = first if k == 0 else get(blocks[k])
+            k += 1
+            x += cx
+        y += cy
+    return out
+
+
+def snowball_saturation(i, settings, layout, *blocks):
+    """Step 1 of the snowballs for integration ``i`` (SATURATED bits of every group)."""
+    from stcal_dask.kernels import large_events as le
+
+    limit_threads()
+    ngroups = blocks[0]["groupdq"].shape[1]
+    sat = le.SAT
+    cube = np.stack([
+        assemble_plane(blocks, layout, lambda b, g=g: (b["groupdq"][i, g] & sat) != 0)
+        for g in range(ngroups)
+    ])
+    return le.snowball_saturation(cube, settings=settings)
+
+
+def snowball_planes(i, groups, settings, layout, satres, *blocks):
+    """Step 2 of the snowballs for planes (``i``, g in ``groups``): (i, [(g, SnowballPlane)])."""
+    from stcal_dask.kernels import large_events as le
+
+    limit_threads()
+    ngroups = blocks[0]["groupdq"].shape[1]
+    jump = le.JUMP
+    out = []
+    for g in groups:
+        plane = assemble_plane(blocks, layout, lambda b, g=g: (b["groupdq"][i, g] & jump) != 0)
+        ext = le.extended_before(satres, g, plane.shape)
+        out.append((g, le.snowball_plane(plane, ext, satres.sat[g], satres.next_sat[g],
+                                         settings=settings, has_next=g < ngroups - 1)))
+    return i, out
+
+
+def snowball_apply(block, window, settings, sats, *planes):
+    """Step 3 of the snowballs on one packed jump tile: the block with its new group DQ."""
+    from stcal_dask.kernels import large_events as le
+
+    limit_threads()
+    gdq = block["groupdq"]
+    nints, ngroups = gdq.shape[:2]
+    balls = [[[] for _ in range(ngroups)] for _ in range(nints)]
+    for i, part in planes:
+        for g, res in part:
+            balls[i][g] = res.rasters
+    new = le.apply_snowballs(gdq, window, [s.extensions for s in sats], balls,
+                             [s.cores for s in sats], settings=settings)
+    return {**block, "groupdq": new}
+
+
+def count_events(*parts) -> np.int64:
+    """Total snowballs of :func:`snowball_planes` results, or showers of :func:`shower_planes`
+    results."""
+    n = 0
+    for _, part in parts:
+        for _, res in part:
+            n += len(res) if isinstance(res, list) else int(res.count)
+    return np.int64(n)
+
+
+def shower_dnu(block):
+    from stcal_dask.kernels import large_events as le
+
+    return le.shower_dnu_partial(block["groupdq"], block["pixeldq"])
+
+
+def shower_globals(settings, *parts):
+    from stcal_dask.kernels import large_events as le
+
+    a = np.logical_and.reduce([p[0] for p in parts])
+    b = np.logical_and.reduce([p[1] for p in parts])
+    return le.shower_globals(a, b, settings=settings)
+
+
+def shower_ratio(sci, block, gain, rn, glob, settings):
+    """Per tile: the masked difference ratios (None when the search does not run)."""
+    from stcal_dask.kernels import large_events as le
+
+    if not glob.run:
+        return None
+    limit_threads()
+    return le.shower_ratio_tile(sci, block["groupdq"], block["pixeldq"], gain, rn,
+                                settings=settings)
+
+
+def shower_planes(i, groups, settings, layout, glob, *ratios):
+    """Shower ellipses of planes (``i``, g in ``groups``): (i, [(g, [Ellipse])])."""
+    from stcal_dask.kernels import large_events as le
+
+    out = []
+    if glob.run:
+        limit_threads()
+        for g in groups:
+            if g < int(glob.first_good[i]) + 1:
+                continue
+            plane = assemble_plane(ratios, layout, lambda r, g=g: r[i, g - 1])
+            ell = le.shower_plane(plane, settings=settings)
+            if ell:
+                out.append((g, ell))
+    return i, out
+
+
+def shower_apply(sci, block, gain, window, shape, settings, *planes):
+    """Per packed jump tile: the block with the showers flagged (unchanged when none)."""
+    from stcal_dask.kernels import large_events as le
+
+    found = sorted(((i, g, ell) for i, part in planes for g, ell in part), key=lambda t: t[:2])
+    if not found:
+        return block
+    limit_threads()
+    new = le.apply_showers(sci, block["groupdq"], block["pixeldq"], gain, window, found,
+                           settings=settings, shape=shape)
+    return {**block, "groupdq": new}

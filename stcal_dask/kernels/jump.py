@@ -56,11 +56,13 @@ differences, float64 medians and ratios, float32 numerators and later-round medi
 iterative path). The sigma-clip path re-implements astropy's fast ``sigma_clip`` (median centre,
 population std, 5 iterations) operation for operation, so its bounds are bit-identical.
 
-Deliberate scope
-----------------
-Snowballs (``expand_large_events``) and showers (``find_showers``) are not implemented, so their
-parameters are not accepted. stcal's multiprocessing row slicing (whose whole-plane tests are
-per slice) is not reproduced: results equal the single-process run.
+Large events
+------------
+Snowballs (``expand_large_events``) and showers (``find_showers``) follow the two-point detection
+in stcal; they are whole-plane algorithms, in :mod:`stcal_dask.kernels.large_events` (settings
+from :meth:`JumpParams.snowball_settings` / :meth:`JumpParams.shower_settings`), which
+:func:`detect_jumps_tile` and :func:`detect_jumps` do not run. stcal's multiprocessing row slicing
+(whose whole-plane tests are per slice) is not reproduced: results equal the single-process run.
 """
 
 from __future__ import annotations
@@ -774,9 +776,10 @@ def detect_jumps(
 ) -> JumpResult:
     """Whole-frame jump detection: computes the globals itself and runs one tile.
 
-    Equivalent to stcal 1.20.0 ``detect_jumps_data`` in a single process (without snowballs or
-    showers). The primary count stcal reports is ``total_primary_crs(result.n_primary, globals)``
-    (-99 on skipped exposures); :func:`detect_jumps_globals` gives the globals used.
+    Equivalent to stcal 1.20.0 ``detect_jumps_data`` in a single process up to its large-event
+    stage (:func:`stcal_dask.kernels.large_events.flag_large_events` adds it). The primary
+    count stcal reports is ``total_primary_crs(result.n_primary, globals)`` (-99 on skipped
+    exposures); :func:`detect_jumps_globals` gives the globals used.
     """
     params = JumpParams() if params is None else params
     g, detected = _frame_globals(data, groupdq, gain, params=params)
