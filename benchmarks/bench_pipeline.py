@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = (float(np.median(walls)), max(r[1] for r in rs), rs[-1][2])
         # informational: only importing the libraries the CLI needs (a fixed cost, any size)
         results["imports only"] = run_tree(
-            [sys.executable, "-c", "import stcal_dask.cli as c; c._import_for_workers()"],
+            [sys.executable, "-c", "import stcal_dask.engine.startup as s; s.import_for_workers()"],
             cwd=work)
         # informational: other layouts of the same LocalCluster, and no cluster at all
         results["ours, 2 processes"] = run_tree(

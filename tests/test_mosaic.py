@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from stcal.alignment import util as stcal_util
 
+from stcal_dask.cli.commands import mosaic_wcs as mosaic_cli
 from stcal_dask.engine.datamodel import rate_dataset
 from stcal_dask.errors import UserInputError
 from stcal_dask.io.zarr_store import write_dataset_atomic
@@ -178,7 +179,7 @@ def test_write_mosaic_wcs_atomic(client, inputs, exposures, tmp_path):
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="stcal-dask")
     sub = parser.add_subparsers(dest="command", required=True)
-    mosaic.add_parser(sub)
+    mosaic_cli.add_parser(sub)
     return parser.parse_args(argv)
 
 
@@ -198,8 +199,8 @@ def test_cli_run(client, inputs, exposures, tmp_path, capsys):
             client.scheduler.address,
         ]
     )
-    assert args.func is mosaic.run
-    assert mosaic.run(args) == 0
+    assert args.func is mosaic_cli.run
+    assert mosaic_cli.run(args) == 0
     assert "5 exposures ->" in capsys.readouterr().out
     w = mosaic.read_mosaic_wcs(out)
     expected, _ = _expected(exposures, pscale=0.05 / 3600, rotation=0.0)
@@ -222,7 +223,7 @@ def test_cli_run(client, inputs, exposures, tmp_path, capsys):
             client.scheduler.address,
         ]
     )
-    assert mosaic.run(args) == 0
+    assert mosaic_cli.run(args) == 0
     w = mosaic.read_mosaic_wcs(out)
     assert w.array_shape == (50, 60)
     np.testing.assert_allclose(w.forward_transform.crval.value, (53.16, -27.79))
@@ -255,7 +256,7 @@ def test_cli_errors(client, inputs, exposures, tmp_path):
     cases.append((["mosaic-wcs", inputs[0], str(fk5), "-o", out + "8", *sched], "frame FK5"))
     for argv, match in cases:
         with pytest.raises(UserInputError, match=match) as exc:
-            mosaic.run(_parse(argv))
+            mosaic_cli.run(_parse(argv))
         assert "\n" not in str(exc.value)
     assert Path(out).read_text() == "occupied"
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial outputs

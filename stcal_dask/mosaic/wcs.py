@@ -21,17 +21,12 @@ pixel scale at its ``(ra_ref, dec_ref)``, orientation from its ``roll_ref, v3yan
 :func:`write_mosaic_wcs` writes it as ASDF atomically (temporary name, then rename), with the
 output shape, bounding box, CRPIX/CRVAL/pixel scale/PC, S_REGION and the inputs' footprints.
 
-CLI: ``stcal-dask mosaic-wcs INPUTS... --output mosaic_wcs.asdf [--pscale ARCSEC]
-[--pscale-ratio R] [--rotation DEG] [--crval RA DEC] [--crpix X Y] [--shape NY NX]
-[--align-edges] [--overwrite] [--scheduler ADDRESS] [--n-workers N]`` (:func:`add_parser`,
-:func:`run`).
+Command line: ``stcal-dask mosaic-wcs`` (:mod:`stcal_dask.cli.commands.mosaic_wcs`).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import math
 import os
 import uuid
 import warnings
@@ -52,14 +47,12 @@ __all__ = [
     "ExposureFootprint",
     "ExposureWCS",
     "MosaicWCS",
-    "add_parser",
     "attach_wcs",
     "build_mosaic_wcs",
     "compute_footprints",
     "exposure_footprint",
     "read_exposure_wcs",
     "read_mosaic_wcs",
-    "run",
     "wcs_attrs",
     "wcs_from_asdf_text",
     "wcs_to_asdf_text",
@@ -485,145 +478,3 @@ def read_mosaic_wcs(path) -> gwcs.WCS:
     if not isinstance(wcs, gwcs.WCS):
         raise UserInputError(f"{path} holds no 'wcs' gwcs")
     return wcs
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``mosaic-wcs`` on an ``argparse`` subparsers object; returns the sub-parser."""
-    p = subparsers.add_parser(
-        "mosaic-wcs",
-        help="compute the output WCS of a mosaic of rate products",
-        description=(
-            "Compute the footprints of many rate products on a dask cluster (one task per "
-            "exposure) and write the mosaic's output WCS (gwcs with shape and bounding box) as "
-            "ASDF. Inputs: JWST FITS files with a gwcs in their ASDF extension, zarr rate stores "
-            "with a 'wcs_asdf' attribute, or .asdf files with a 'wcs'. The first input is the "
-            "reference (pixel scale and orientation); numbers match stcal 1.20.0's "
-            "wcs_from_sregions."
-        ),
-    )
-    p.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="rate products (the first is the reference)"
-    )
-    p.add_argument("--output", "-o", required=True, help="output ASDF file (e.g. mosaic_wcs.asdf)")
-    p.add_argument(
-        "--pscale",
-        type=float,
-        default=None,
-        metavar="ARCSEC",
-        help="output pixel scale in arcsec/pixel (default: the reference's, times --pscale-ratio)",
-    )
-    p.add_argument(
-        "--pscale-ratio",
-        type=float,
-        default=None,
-        metavar="R",
-        help="output/input pixel-scale ratio (ignored with --pscale)",
-    )
-    p.add_argument(
-        "--rotation",
-        type=float,
-        default=None,
-        metavar="DEG",
-        help="position angle of the output +y axis East of North (default: reference detector)",
-    )
-    p.add_argument(
-        "--crval",
-        type=float,
-        nargs=2,
-        metavar=("RA", "DEC"),
-        default=None,
-        help="world coordinates (deg) of the reference pixel (default: centre)",
-    )
-    p.add_argument(
-        "--crpix",
-        type=float,
-        nargs=2,
-        metavar=("X", "Y"),
-        default=None,
-        help="0-based pixel of CRVAL (default: from the footprints)",
-    )
-    p.add_argument(
-        "--shape",
-        type=int,
-        nargs=2,
-        metavar=("NY", "NX"),
-        default=None,
-        help="output array shape (default: from the footprints)",
-    )
-    p.add_argument(
-        "--align-edges",
-        action="store_true",
-        help="put the union of footprints exactly on pixel edges (no half-pixel loss; "
-        "differs from stcal by 0.5 px in CRPIX)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="dask scheduler address tcp://HOST:PORT (default: a local cluster)",
-    )
-    p.add_argument(
-        "--n-workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="worker processes of the local cluster (default: CPU cores)",
-    )
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``mosaic-wcs``; returns 0. User mistakes raise :class:`UserInputError` (one line)."""
-    from stcal_dask.engine.cluster import get_client
-    from stcal_dask.io.atomic import check_target
-
-    # fail before starting a cluster when the output exists or inputs are missing
-    out_path = Path(args.output).expanduser()
-    if (out_path.exists() or out_path.is_symlink()) and not args.overwrite:
-        raise UserInputError(
-            f"output WCS {out_path} already exists (use --overwrite to replace it)"
-        )
-    check_target(args.output, overwrite=args.overwrite, what="output WCS")
-    for p in args.inputs:
-        if not Path(p).expanduser().exists():
-            raise UserInputError(f"input {p} does not exist")
-    pscale = getattr(args, "pscale", None)
-    if pscale is not None and not (math.isfinite(pscale) and pscale > 0):
-        raise UserInputError(f"--pscale must be > 0 arcsec, got {pscale}")
-    options = {
-        "pscale": None if pscale is None else pscale / 3600.0,
-        "pscale_ratio": getattr(args, "pscale_ratio", None),
-        "rotation": getattr(args, "rotation", None),
-        "crval": getattr(args, "crval", None),
-        "crpix": getattr(args, "crpix", None),
-        "shape": getattr(args, "shape", None),
-        "align_edges": bool(getattr(args, "align_edges", False)),
-    }
-    scheduler, n_workers = getattr(args, "scheduler", None), getattr(args, "n_workers", None)
-    with get_client(scheduler=scheduler, n_workers=n_workers) as client:
-        mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
-    out = write_mosaic_wcs(mosaic, args.output, overwrite=args.overwrite, parameters=options)
-    ny, nx = mosaic.wcs.array_shape
-    scale = (
-        float(
-            al.compute_scale(
-                mosaic.wcs,
-                mosaic.wcs.forward_transform(
-                    *[(lo + hi) / 2 for lo, hi in mosaic.wcs.bounding_box.bounding_box(order="F")]
-                ),
-            )
-        )
-        * 3600.0
-    )
-    print(
-        f"mosaic-wcs: {len(mosaic.exposures)} exposures -> {ny} x {nx} pixels "
-        f"at {scale:.6f} arcsec/pixel; wrote {out}"
-    )
-    return 0

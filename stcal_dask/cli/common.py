@@ -1,0 +1,411 @@
+"""What every ``stcal-dask`` command shares: the parser style, the common options, the step
+options generated from the parameter dataclasses, the cluster options, and the translation of
+errors into one line (``stcal-dask: error: <one line>``, exit status 2).
+
+A command module (see :mod:`stcal_dask.cli.commands`) builds its parser with
+:func:`add_command` and the option groups below; nothing here imports more than the standard
+library at module level, so building the parser loads no scientific library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import re
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from stcal_dask.errors import UserInputError
+
+__all__ = [
+    "EPILOG_ERRORS",
+    "PROG",
+    "STEPS",
+    "Formatter",
+    "Parser",
+    "add_command",
+    "add_step_options",
+    "check_execution_options",
+    "client_kwargs",
+    "execution_options",
+    "exit_status",
+    "field_help",
+    "io_options",
+    "is_fits",
+    "is_zarr",
+    "open_client",
+    "param_class",
+    "parse_shape",
+    "parse_tile",
+    "run_pending",
+    "say",
+    "step_params",
+]
+
+PROG = "stcal-dask"
+
+STEPS = {
+    "jump": ("stcal_dask.kernels.jump", "JumpParams"),
+    "rampfit": ("stcal_dask.kernels.ramp_fit", "RampFitParams"),
+}
+"""Step name (the ``--STEP.NAME`` option prefix) -> (module, parameter dataclass)."""
+
+EPILOG_ERRORS = (
+    "Errors: a user mistake prints 'stcal-dask: error: <one line>' on stderr and exits with 2."
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UserInputError` instead of printing usage and exiting."""
+
+    def error(self, message):  # noqa: D401 - argparse hook
+        raise UserInputError(f"{message} (see '{self.prog} --help')")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """The help layout of every command: descriptions as written, options in two columns."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def add_command(subparsers, name: str, *, summary: str, description: str,
+                examples: typing.Sequence[str], func: Callable) -> argparse.ArgumentParser:
+    """Register the sub-command ``name``; every command is built this way.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        What ``add_subparsers`` returned.
+    name : str
+        The command (``stcal-dask NAME``).
+    summary : str
+        One line for the top-level ``--help``.
+    description : str
+        What the command does (line breaks kept).
+    examples : sequence of str
+        Command lines shown under "examples:" in the command's ``--help``.
+    func : callable
+        ``func(args) -> int``, the command's exit status.
+    """
+    p = subparsers.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=Formatter,
+        epilog="examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" + EPILOG_ERRORS,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+# option groups
+
+
+def execution_options(parser: argparse.ArgumentParser, *, outputs: bool = True,
+                      tile: bool = True) -> None:
+    """The cluster options (``--scheduler``, ``--n-workers``, ...), ``--quiet``, and optionally
+    ``--tile`` and ``--overwrite``."""
+    g = parser.add_argument_group("execution")
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="dask scheduler tcp://HOST:PORT of an existing cluster (default: "
+        "$DASK_SCHEDULER_ADDRESS, else a LocalCluster); 'threads' or 'synchronous' use dask's "
+        "local scheduler without a cluster",
+    )
+    g.add_argument(
+        "--n-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes of the LocalCluster (default: CPU cores / threads per worker; "
+        "one worker of up to 4 threads per 4 cores)",
+    )
+    g.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads per LocalCluster worker process (default: up to 4, or 1 when --n-workers "
+        "is given; the numba kernels release the GIL, so the threads of a worker share its "
+        "memory without slowing each other)",
+    )
+    g.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the LocalCluster's workers as threads of this process (no worker start-up, "
+        "one copy of the libraries in memory; the memory limit then only triggers spilling)",
+    )
+    g.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="memory limit per LocalCluster worker, e.g. 2GB (default: RAM / workers); a "
+        "worker needs memory for the libraries before any data, a limit they already fill is "
+        "refused",
+    )
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    if tile:
+        g.add_argument(
+            "--tile",
+            default=None,
+            metavar="N|NYxNX",
+            help="spatial tile (chunk) size in pixels (default: the input's chunks, or chosen "
+            "from a 256 MB per-tile memory budget)",
+        )
+    if outputs:
+        g.add_argument(
+            "--overwrite", action="store_true", help="replace existing outputs (else an error)"
+        )
+
+
+def io_options(parser: argparse.ArgumentParser, *, outputs: bool = True) -> None:
+    """``--gain``/``--readnoise`` (references of a FITS ramp) and optionally ``--output-dir`` and
+    ``--format``."""
+    g = parser.add_argument_group("input and output")
+    g.add_argument(
+        "--gain", metavar="FILE", default=None, help="GAIN reference FITS (for a FITS ramp input)"
+    )
+    g.add_argument(
+        "--readnoise",
+        metavar="FILE",
+        default=None,
+        help="READNOISE reference FITS (for a FITS ramp input)",
+    )
+    if outputs:
+        g.add_argument(
+            "--output-dir",
+            "-o",
+            metavar="DIR",
+            default=".",
+            help="directory for the outputs (default: current directory)",
+        )
+        g.add_argument(
+            "--format",
+            choices=("zarr", "fits", "both"),
+            default=None,
+            help="output format (default: that of the input)",
+        )
+
+
+def check_execution_options(args: argparse.Namespace) -> None:
+    """Refuse bad cluster options before anything starts."""
+    if getattr(args, "memory_limit", None) is not None:
+        from stcal_dask.engine.cluster import parse_memory_limit
+
+        parse_memory_limit(args.memory_limit)
+    if getattr(args, "n_workers", None) is not None and args.n_workers < 1:
+        raise UserInputError(f"--n-workers must be >= 1, got {args.n_workers}")
+
+
+# ------------------------------------------------------------------------------------------------
+# step parameters generated from the dataclasses
+
+
+def param_class(step: str):
+    """The parameter dataclass of ``step`` (a key of :data:`STEPS`)."""
+    module, name = STEPS[step]
+    return getattr(importlib.import_module(module), name)
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """The one-line help of a parameter dataclass field (its ``metadata["help"]``)."""
+    return " ".join(str(f.metadata.get("help", "")).split())
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def add_step_options(parser: argparse.ArgumentParser, step: str) -> None:
+    """One ``--STEP.NAME`` option per field of the step's parameter dataclass (JWST names; help
+    from the field's metadata, default from the field)."""
+    cls = param_class(step)
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(
+        f"{step} step parameters (JWST names; {cls.__module__}.{cls.__name__})"
+    )
+    for f in dataclasses.fields(cls):
+        tp = hints.get(f.name, str)
+        kind = "true|false" if tp is bool else _type_name(tp).upper()
+        default = f.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        group.add_argument(
+            f"--{step}.{f.name}",
+            dest=f"{step}__{f.name}",
+            metavar=kind,
+            default=None,
+            help=f"{field_help(f)} [default: {default}]".strip(),
+        )
+
+
+def _convert(value: str, tp, option: str):
+    text = str(value).strip()
+    if tp is bool:
+        low = text.lower()
+        if low in ("true", "yes", "1", "on"):
+            return True
+        if low in ("false", "no", "0", "off"):
+            return False
+        raise UserInputError(f"{option} must be true or false, got {value!r}")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UserInputError(f"{option} must be an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise UserInputError(f"{option} must be a number, got {value!r}") from None
+    return text
+
+
+def step_params(step: str, args: argparse.Namespace, **overrides):
+    """The step's parameter dataclass from ``--STEP.NAME`` options (JWST defaults otherwise)."""
+    cls = param_class(step)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        raw = getattr(args, f"{step}__{f.name}", None)
+        if raw is not None:
+            values[f.name] = _convert(raw, hints.get(f.name, str), f"--{step}.{f.name}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except UserInputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"{step} parameters: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# option values
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``NINTSxNGROUPSxNYxNX`` -> a 4-tuple of positive integers."""
+    parts = re.split(r"[xX,*]", str(text).strip())
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise UserInputError(
+            f"--shape must be NINTSxNGROUPSxNYxNX with positive integers (e.g. 1x10x256x256), "
+            f"got {text!r}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def parse_tile(text: str | None) -> tuple[int, int] | None:
+    """``N`` or ``NYxNX`` -> (ny, nx) pixels; None stays None (automatic tiles)."""
+    if text is None:
+        return None
+    parts = re.split(r"[xX,]", str(text).strip())
+    try:
+        tile = tuple(int(p) for p in parts)
+    except ValueError:
+        tile = ()
+    if len(tile) == 1:
+        tile = (tile[0], tile[0])
+    if len(tile) != 2 or min(tile) < 1:
+        raise UserInputError(f"--tile must be N or NYxNX with positive integers, got {text!r}")
+    return tile  # type: ignore[return-value]
+
+
+def is_fits(path) -> bool:
+    """Whether ``path`` names a FITS file (by its extension)."""
+    return str(path).lower().endswith((".fits", ".fit", ".fits.gz"))
+
+
+def is_zarr(path) -> bool:
+    """Whether ``path`` names a zarr store (``.zarr``, or a directory with zarr metadata)."""
+    p = Path(path)
+    return str(path).rstrip("/").lower().endswith(".zarr") or (
+        p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists())
+    )
+
+
+def say(args: argparse.Namespace, *lines: str) -> None:
+    """Print ``lines`` unless ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        for line in lines:
+            print(line, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# cluster and computation
+
+
+def client_kwargs(args: argparse.Namespace, *, fork: bool = False) -> dict:
+    """:func:`~stcal_dask.engine.cluster.get_client` keywords from the execution options;
+    ``fork``: fork the local workers from this process where that is safe."""
+    from stcal_dask.engine.startup import worker_start_method
+
+    kwargs = {
+        "scheduler": getattr(args, "scheduler", None),
+        "n_workers": getattr(args, "n_workers", None),
+        "memory_limit": getattr(args, "memory_limit", None),
+        "threads_per_worker": getattr(args, "threads_per_worker", None),
+        "processes": not getattr(args, "in_process", False),
+        "quiet": True,
+    }
+    if fork and worker_start_method() == "fork":
+        kwargs["start_method"] = "fork"
+    return kwargs
+
+
+def open_client(args: argparse.Namespace):
+    """The cluster of the execution options (a context manager yielding the client or None)."""
+    from stcal_dask.engine.cluster import get_client
+
+    return get_client(**client_kwargs(args))
+
+
+def run_pending(args: argparse.Namespace, pendings, extra=()) -> list:
+    """Compute the writes (and ``extra`` collections) in one graph; abort every write on
+    failure. Returns the results of ``extra``."""
+    from stcal_dask.engine import cluster
+
+    try:
+        results = cluster.compute(*[p.delayed for p in pendings], *extra, quiet=args.quiet)
+    except BaseException as exc:
+        for p in pendings:
+            p.abort()
+        if type(exc).__name__ == "KilledWorker":  # distributed.scheduler.KilledWorker
+            limit = getattr(args, "memory_limit", None)
+            raise UserInputError(
+                "dask workers died repeatedly while computing (most likely out of memory"
+                + (f" with --memory-limit {limit} per worker" if limit else "")
+                + "); give each worker more memory (--memory-limit, fewer --n-workers) or use a "
+                "smaller --tile; no output was written"
+            ) from None
+        raise
+    return list(results[len(pendings):])
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """Run ``command()`` and return its exit status; a user mistake prints
+    ``stcal-dask: error: <one line>`` on stderr (status 2), an interruption
+    ``stcal-dask: interrupted`` (status 130)."""
+    try:
+        return int(command() or 0)
+    except UserInputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,390 @@
+"""Running the steps on one input: what ``jump``, ``rampfit`` and ``run`` share.
+
+:func:`process` plans the outputs and checks the input before any cluster starts
+(:func:`plan`), starts the cluster in the background while this process opens the input and
+builds the graph (:func:`build`), computes every output in one graph and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from stcal_dask.cli.common import (
+    PROG,
+    add_command,
+    add_step_options,
+    client_kwargs,
+    execution_options,
+    io_options,
+    is_fits,
+    is_zarr,
+    parse_tile,
+    run_pending,
+    say,
+    step_params,
+)
+from stcal_dask.errors import UserInputError
+
+__all__ = ["RAMP_VARS", "Plan", "add_step_command", "open_input", "plan", "process", "references",
+           "tile_of"]
+
+RAMP_VARS = ("sci", "groupdq", "pixeldq", "gain", "readnoise", "zeroframe",
+             "average_dark_current")
+"""The variables of a ramp store (what a written ``X_jump.zarr`` keeps)."""
+
+_FIT_KINDS = ("rate", "rateints", "fitopt")
+
+
+class Plan(NamedTuple):
+    """What a step run will do, decided before any cluster starts."""
+
+    tile: tuple[int, int] | None
+    """--tile (pixels), or None for automatic tiles."""
+    jump: Any
+    """:class:`~stcal_dask.kernels.jump.JumpParams`, or None when jumps are not detected."""
+    rampfit: Any
+    """:class:`~stcal_dask.kernels.ramp_fit.RampFitParams`, or None when ramps are not fitted."""
+    formats: tuple[str, ...]
+    """``("zarr",)``, ``("fits",)`` or both."""
+    targets: dict[tuple[str, str], Path]
+    """(kind, format) -> output path; kinds: jump, rate, rateints, fitopt."""
+    header_from: str | None
+    """The FITS input whose primary header the FITS products copy."""
+
+    @property
+    def lean(self) -> bool:
+        """A FITS-only run without fitopt: the workers need no xarray, zarr or astropy."""
+        return (self.header_from is not None and "zarr" not in self.formats
+                and not (self.rampfit is not None and self.rampfit.save_opt))
+
+
+def add_step_command(subparsers, name: str, *, steps: tuple[str, ...], summary: str,
+                     description: str, examples, extra_outputs: dict[str, str], func):
+    """Register a command that runs ``steps`` (``"jump"``, ``"rampfit"``) on one input.
+
+    ``extra_outputs`` maps a flag (``"--save-opt"``) to its help; the options of every step's
+    parameters are generated from its dataclass. Other arguments: see
+    :func:`~stcal_dask.cli.common.add_command`.
+    """
+    p = add_command(subparsers, name, summary=summary, description=description,
+                    examples=examples, func=func)
+    p.add_argument("input", metavar="INPUT", help="zarr ramp store or X_ramp.fits")
+    io_options(p)
+    for flag, help_ in extra_outputs.items():
+        p.add_argument(flag, action="store_true", help=help_)
+    execution_options(p)
+    for step in steps:
+        add_step_options(p, step)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+
+
+def references(args: argparse.Namespace, path: str) -> tuple[str, str]:
+    """Gain / readnoise files for a FITS ramp: the options, else X_gain/X_readnoise beside it."""
+    from stcal_dask.io.naming import reference_paths
+
+    gain, rnoise = args.gain, args.readnoise
+    if gain is None or rnoise is None:
+        dg, dr = reference_paths(path)
+        gain = gain or (str(dg) if dg.exists() else None)
+        rnoise = rnoise or (str(dr) if dr.exists() else None)
+    if gain is None or rnoise is None:
+        missing = "--gain" if gain is None else "--readnoise"
+        raise UserInputError(
+            f"a FITS ramp input needs {missing} (reference file; default X_gain.fits / "
+            f"X_readnoise.fits beside {Path(path).name} not found)"
+        )
+    return gain, rnoise
+
+
+def open_input(args: argparse.Namespace, path: str, tile):
+    """The input ramp as a lazy Dataset: a zarr ramp store, or a FITS ramp with its references."""
+    from stcal_dask.io import open_ramp, open_ramp_fits
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserInputError(f"input {path} does not exist")
+    if is_fits(path):
+        gain, rnoise = references(args, path)
+        return open_ramp_fits(str(p), gain, rnoise, chunks=tile if tile else "auto")
+    if is_zarr(path) or p.is_dir():
+        if args.gain is not None or args.readnoise is not None:
+            raise UserInputError(
+                "--gain/--readnoise apply to FITS ramps only; a zarr ramp store carries its own "
+                "gain and readnoise arrays"
+            )
+        return open_ramp(str(p), chunks=tile)
+    raise UserInputError(f"input {path} is neither a zarr ramp store nor a FITS (.fits) ramp")
+
+
+def tile_of(ramp) -> tuple[int, int]:
+    """The (ny, nx) tile of a ramp Dataset (its largest chunk)."""
+    sci = ramp["sci"].data
+    return (max(sci.chunks[2]), max(sci.chunks[3]))
+
+
+def _retile(args, ramp, n_threads: int):
+    """Smaller tiles when the input's would leave workers idle (FITS: reopened with them)."""
+    from stcal_dask.engine import dataflow
+
+    nints, ngroups, ny, nx = ramp["sci"].shape
+    want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads)
+    have = tile_of(ramp)
+    if want[0] * want[1] >= have[0] * have[1]:
+        return ramp
+    if is_fits(args.input):
+        return open_input(args, args.input, want)
+    return dataflow.prepare_ramp(ramp, tile=want)
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+
+def _outputs(args, path: str, suffixes, formats) -> dict[tuple[str, str], Path]:
+    from stcal_dask.io.atomic import check_target
+    from stcal_dask.io.naming import output_name
+
+    out_dir = Path(args.output_dir).expanduser()
+    if not out_dir.is_dir():
+        raise UserInputError(f"--output-dir {args.output_dir} does not exist")
+    name = Path(path.rstrip("/")).name
+    targets = {}
+    for suffix in suffixes:
+        for fmt in formats:
+            target = output_name(name, suffix, ext="." + fmt, output_dir=out_dir)
+            if target.resolve() == Path(path).expanduser().resolve():
+                raise UserInputError(f"output {target} would overwrite the input")
+            if (target.exists() or target.is_symlink()) and not args.overwrite:
+                raise UserInputError(
+                    f"output {target} already exists (use --overwrite to replace it)"
+                )
+            targets[(suffix, fmt)] = check_target(target, overwrite=args.overwrite)
+    return targets
+
+
+def plan(args: argparse.Namespace, step: str) -> Plan:
+    """Parameters, outputs and input checks of ``step`` (``jump``, ``rampfit`` or ``run``);
+    every user mistake found here is reported before a cluster starts."""
+    tile = parse_tile(args.tile)
+    jparams = step_params("jump", args) if step in ("jump", "run") else None
+    save_opt = bool(getattr(args, "save_opt", False)) or None
+    rparams = (
+        step_params("rampfit", args, save_opt=save_opt) if step in ("rampfit", "run") else None
+    )
+    if not Path(args.input).expanduser().exists():
+        raise UserInputError(f"input {args.input} does not exist")
+    header_from = None
+    if is_fits(args.input):
+        references(args, args.input)  # missing reference files: before any cluster starts
+        header_from = str(Path(args.input).expanduser())
+    fmt = args.format or ("fits" if is_fits(args.input) else "zarr")
+    formats = ("zarr", "fits") if fmt == "both" else (fmt,)
+    suffixes = []
+    if step == "jump" or getattr(args, "save_jump", False):
+        suffixes.append("jump")
+    if rparams is not None:
+        suffixes += ["rate", "rateints"] + (["fitopt"] if rparams.save_opt else [])
+    targets = _outputs(args, args.input, suffixes, formats)
+    return Plan(tile, jparams, rparams, formats, targets, header_from)
+
+
+def _write(pendings: list, kind: str, ds, plan_: Plan, args) -> None:
+    """Prepare the writes of one product in every format (appended to ``pendings``)."""
+    from stcal_dask.io import (
+        write_dataset_atomic,
+        write_fitopt_fits,
+        write_jump_fits,
+        write_ramp,
+        write_rate_fits,
+        write_rateints_fits,
+    )
+
+    for fmt in plan_.formats:
+        target = plan_.targets[(kind, fmt)]
+        if fmt == "zarr" and kind == "jump":
+            ds_ramp = ds.drop_vars([v for v in ds.data_vars if v not in RAMP_VARS],
+                                   errors="ignore")
+            p = write_ramp(ds_ramp, target, overwrite=args.overwrite, tile=tile_of(ds),
+                           compute=False)
+        elif fmt == "zarr":
+            p = write_dataset_atomic(ds, target, overwrite=args.overwrite, compute=False)
+        else:
+            writer = {
+                "rate": write_rate_fits,
+                "rateints": write_rateints_fits,
+                "fitopt": write_fitopt_fits,
+                "jump": write_jump_fits,
+            }[kind]
+            p = writer(ds, target, header_from=plan_.header_from, overwrite=args.overwrite,
+                       compute=False)
+        pendings.append(p)
+
+
+@contextlib.contextmanager
+def _materialized_jump(args, jumped, out_dir: Path):
+    """Write the jump-flagged ramp to a temporary zarr store and reopen it (used with
+    ``--save-opt``, whose fitopt sizes depend on the flagged groupdq), removed at exit."""
+    from stcal_dask.io import open_ramp, write_ramp
+    from stcal_dask.io.atomic import remove_path
+
+    tmp = out_dir / f".stcal-dask-jump-{uuid.uuid4().hex[:12]}.zarr"
+    try:
+        ds = jumped.drop_vars([v for v in jumped.data_vars if v not in RAMP_VARS])
+        pending = write_ramp(ds, tmp, tile=tile_of(jumped), compute=False)
+        count = run_pending(args, [pending], extra=(jumped["primary_jumps"].data,))[0]
+        reopened = open_ramp(tmp)
+        reopened.attrs["jump_parameters"] = jumped.attrs.get("jump_parameters", "{}")
+        reopened.attrs["source"] = jumped.attrs.get("source", str(tmp))
+        yield reopened, int(count)
+    finally:
+        remove_path(tmp)
+
+
+# ------------------------------------------------------------------------------------------------
+# the cluster
+
+
+def _planned_threads(args, background) -> int:
+    """Threads the computation will run on: known in advance unless the cluster is external."""
+    from stcal_dask.engine.cluster import LOCAL_SCHEDULERS, local_layout, resolve_scheduler
+
+    address = resolve_scheduler(getattr(args, "scheduler", None))
+    if address in LOCAL_SCHEDULERS:
+        return max(1, os.cpu_count() or 1)
+    if not address:
+        n, t = local_layout(getattr(args, "n_workers", None),
+                            getattr(args, "threads_per_worker", None))
+        return n * t
+    client = background.client()
+    if client is None:
+        return max(1, os.cpu_count() or 1)
+    try:
+        workers = client.scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    except Exception:
+        return 1
+
+
+def _describe(client) -> str:
+    try:
+        info = client.scheduler_info()
+        workers = info.get("workers", {})
+        threads = sum(w.get("nthreads", 0) for w in workers.values())
+        mem = sum(w.get("memory_limit", 0) or 0 for w in workers.values())
+        return (
+            f"{client.scheduler.address}, {len(workers)} workers, {threads} threads, "
+            f"{mem / 2**30:.1f} GiB memory limit"
+        )
+    except Exception:
+        return str(client)
+
+
+def _wait_for_cluster(args, background):
+    """The started cluster's client (None for dask's local schedulers), announced once."""
+    client = background.client()
+    if client is not None and not args.quiet and not getattr(background, "_announced", False):
+        say(args, f"dask cluster: {_describe(client)}")
+        background._announced = True
+    return client
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def _compute(args, plan_: Plan, background) -> tuple[list, int | None]:
+    """Open the input, build the graph of every output, compute it; returns the results of the
+    extra collections (all-group-0-saturated flag when fitting, jump count when detecting) and
+    the jump count when it was computed before (``--save-opt`` with jumps)."""
+    from stcal_dask.engine import dataflow
+
+    ramp = open_input(args, args.input, plan_.tile)
+    if plan_.tile is None:
+        ramp = _retile(args, ramp, _planned_threads(args, background))
+    jumped = dataflow.detect_jumps(ramp, plan_.jump) if plan_.jump is not None else None
+    pendings: list = []
+    count = None
+    with contextlib.ExitStack() as stack:
+        fit_input = jumped if jumped is not None else ramp
+        if plan_.rampfit is not None and plan_.rampfit.save_opt and jumped is not None:
+            _wait_for_cluster(args, background)
+            out_dir = Path(args.output_dir).expanduser()
+            fit_input, count = stack.enter_context(_materialized_jump(args, jumped, out_dir))
+        extra = []
+        try:
+            if ("jump", plan_.formats[0]) in plan_.targets:
+                _write(pendings, "jump", jumped, plan_, args)
+            if plan_.rampfit is not None:
+                products = dataflow.fit_ramps(fit_input, plan_.rampfit)
+                for kind, ds in zip(_FIT_KINDS, products, strict=False):
+                    _write(pendings, kind, ds, plan_, args)
+                extra.append(dataflow.all_group0_saturated(ramp))
+            if jumped is not None and count is None:
+                extra.append(jumped["primary_jumps"].data)
+            # the graph was built while the workers loaded their kernels
+            _wait_for_cluster(args, background)
+        except BaseException:
+            for p in pendings:
+                p.abort()
+            raise
+        return run_pending(args, pendings, extra=extra), count
+
+
+def _drop_rate_products(targets: dict) -> dict:
+    """Remove the written rate products (stcal returns none when every pixel's group 0 is
+    saturated) and warn; returns the targets left."""
+    from stcal_dask.io.atomic import remove_path
+
+    for (kind, _fmt), target in targets.items():
+        if kind in _FIT_KINDS:
+            remove_path(target)
+    print(
+        f"{PROG}: warning: group 0 is saturated in every pixel of every integration; "
+        "no rate products written (stcal's ramp fitting returns none)",
+        file=sys.stderr,
+    )
+    return {k: v for k, v in targets.items() if k[0] not in _FIT_KINDS}
+
+
+def process(args: argparse.Namespace, step: str) -> int:
+    """Run ``step`` (``jump``, ``rampfit`` or ``run``) on ``args.input``; returns 0."""
+    from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS, BackgroundClient
+    from stcal_dask.engine.startup import import_for_graph, import_for_workers
+
+    plan_ = plan(args, step)
+    t0 = time.perf_counter()
+    kwargs = client_kwargs(args, fork=True)
+    if plan_.lean:
+        # a FITS-only run: the workers need neither zarr nor xarray (nor pandas, astropy)
+        kwargs["warm_imports"] = WORKER_IMPORTS_FITS
+    fork = kwargs.get("start_method") == "fork"
+    if fork:
+        import_for_workers(lean=plan_.lean)
+    # the cluster starts (spawned workers: and loads the libraries) and its workers load the
+    # compiled kernels while this process opens and validates the input and builds the graph
+    with BackgroundClient(**kwargs) as background:
+        if fork and plan_.lean:
+            import_for_graph()  # the workers are forked: this thread may import again
+        results, count = _compute(args, plan_, background)
+    elapsed = time.perf_counter() - t0
+    targets = plan_.targets
+    if plan_.rampfit is not None and bool(results.pop(0)):
+        targets = _drop_rate_products(targets)
+    if plan_.jump is not None:
+        if count is None:
+            count = int(results.pop(0))
+        say(args, "jump: " + ("exposure skipped (too few usable groups), no jumps flagged"
+                              if count < 0 else f"{count} primary jumps flagged"))
+    say(args, *(f"wrote {t}" for t in targets.values()), f"done in {elapsed:.1f} s")
+    return 0
