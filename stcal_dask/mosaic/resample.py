@@ -56,6 +56,7 @@ __all__ = [
     "choose_mosaic_tile",
     "drizzle_tile",
     "good_bits_value",
+    "input_reach",
     "kernel_reach",
     "plan_mosaic",
     "read_input_exposure",
@@ -379,6 +380,8 @@ def read_input_exposure(path, index: int = 0) -> InputExposure:
             src = image_source(p, ext, "input", required=False)
             if src is not None:
                 arrays[name] = src
+    # an ImageModel writes an absent array as an empty extension (NAXIS = 0): not there
+    arrays = {n: a for n, a in arrays.items() if len(a.shape) and math.prod(a.shape)}
     for name in ("sci", "dq"):
         if name not in arrays:
             raise UserInputError(f"input {p} has no {name.upper()} array")
@@ -499,8 +502,12 @@ def _cell_boxes(
             np.asarray(valid, dtype=bool), size)
 
 
-def _input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP):
-    """One index task: the grid cells of one input in the output frame (small arrays)."""
+def input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP):
+    """One index task: the grid cells of one input in the output frame (small arrays).
+
+    Returns (input boxes (n, 4), output boxes (n, 4), valid (n,), largest input pixel size in
+    output pixels) for the cells of a grid every ``step`` input pixels.
+    """
     return _cell_boxes(in_wcs, out_wcs, shape, step)
 
 
@@ -514,7 +521,7 @@ def build_tile_index(
 ) -> list[TileJob]:
     """Which inputs touch which tile, and the rectangle of each input a tile needs.
 
-    ``cells[k]`` is :func:`_input_reach`'s result for input k; an input's grid cell is needed by
+    ``cells[k]`` is :func:`input_reach`'s result for input k; an input's grid cell is needed by
     a tile when the cell's mapped box, widened by ``slack`` output pixels (curvature inside a
     cell, the kernel's reach), meets the tile's window (tile + ``halo``). The rectangle is the
     bounding box of the needed cells.
@@ -841,7 +848,7 @@ def plan_mosaic(
 ) -> MosaicPlan:
     """Check the inputs against the output WCS and build the tile index.
 
-    ``cells[k]`` (from :func:`_input_reach`, e.g. computed on the cluster) is computed here when
+    ``cells[k]`` (from :func:`input_reach`, e.g. computed on the cluster) is computed here when
     not given. ``output_pixel_scale`` (arcsec) defaults to the output WCS's scale at its centre.
     Raises :class:`UserInputError` for mixed units, ivm weighting without ``var_rnoise``,
     exptime weighting without exposure times, no overlapping input, or an output larger than
@@ -896,7 +903,7 @@ def plan_mosaic(
         area = math.radians(_pixel_scale_arcsec(first.wcs) / 3600.0) ** 2
     psr = float(output_pixel_scale / (3600.0 * np.rad2deg(math.sqrt(area))))
     if cells is None:
-        cells = [_input_reach(e.wcs, out_wcs, e.shape) for e in exposures]
+        cells = [input_reach(e.wcs, out_wcs, e.shape) for e in exposures]
     reach = max((c[3] for c in cells if c[2].any()), default=1.0)
     halo = int(math.ceil(kernel_reach(params, reach, psr))) + 2
     slack = halo + 2.0 + 0.02 * _INDEX_STEP * max(reach, 1.0)

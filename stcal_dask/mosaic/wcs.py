@@ -166,11 +166,16 @@ def write_rate_fits_with_wcs(
     var_poisson: np.ndarray | None = None,
     var_rnoise: np.ndarray | None = None,
     overwrite: bool = False,
+    exposure_time: float | None = None,
+    pixelarea_steradians: float | None = None,
+    units: str | None = None,
 ) -> Path:
     """Write a JWST-style ``_rate.fits`` (stdatamodels ImageModel) carrying ``meta.wcs``.
 
-    ``sci``/``err`` in DN/s, ``dq`` uint32, variances in (DN/s)^2, all (ny, nx). Written under a
-    temporary name and renamed into place. Requires the ``stdatamodels`` package.
+    ``sci``/``err`` in DN/s, ``dq`` uint32, variances in (DN/s)^2, all (ny, nx). Optional
+    metadata: ``exposure_time`` (s, EFFEXPTM), ``pixelarea_steradians`` (PIXAR_SR) and the SCI
+    ``units`` (BUNIT). Written under a temporary name and renamed into place. Requires the
+    ``stdatamodels`` package.
     """
     from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
 
@@ -196,6 +201,13 @@ def write_rate_fits_with_wcs(
             arrays[name] = arr
     model = ImageModel(**arrays)
     model.meta.wcs = wcs
+    if exposure_time is not None:
+        model.meta.exposure.exposure_time = float(exposure_time)
+    if pixelarea_steradians is not None:
+        model.meta.photometry.pixelarea_steradians = float(pixelarea_steradians)
+    if units is not None:
+        model.meta.bunit_data = str(units)
+        model.meta.bunit_err = str(units)
     for key, value in _plain_wcsinfo(wcsinfo).items():
         setattr(model.meta.wcsinfo, key, value)
     partial = partial_path(path).with_suffix(".fits")

@@ -1,0 +1,391 @@
+"""The drizzled mosaic product (``X_i2d.zarr``, optionally ``X_i2d.fits``) built on a cluster.
+
+:func:`build_mosaic` runs the whole dataflow:
+
+1. one task per input reads its WCS and metadata and maps a coarse grid of its pixels onto the
+   output (:func:`stcal_dask.mosaic.resample.read_input_exposure` and the tile index cells);
+2. the client checks the inputs and builds the tile index
+   (:func:`~stcal_dask.mosaic.resample.plan_mosaic`) and creates the zarr store's metadata under
+   a temporary name, one zarr chunk per output tile;
+3. one task per output tile drizzles its inputs (:func:`~stcal_dask.mosaic.resample.drizzle_tile`)
+   and writes its block of every array straight into the store, returning only a few counts;
+4. a last task consolidates the metadata and renames the store into place.
+
+So the client never holds more than the WCSs and the index, and each worker only its tiles.
+
+Store layout (zarr v3, opened lazily by ``xarray.open_zarr``): ``sci``, ``err`` (the inputs'
+units), ``wht`` (weights), ``var_rnoise``, ``var_poisson`` (units squared), each ``(y, x)``
+float32; ``con`` ``(ctx_plane, y, x)`` int32 (bit k of plane p: input 32 p + k contributed).
+Attributes: ``product = "i2d"``, ``wcs_asdf`` (the output gwcs as ASDF text, the same attribute
+``mosaic-wcs`` reads), ``units`` (JSON name -> unit), ``parameters`` (JSON of the
+:class:`~stcal_dask.mosaic.resample.ResampleParams`), ``inputs``, ``skipped_inputs``,
+``pixel_scale`` (arcsec), ``pixel_scale_ratio``, ``exposure_time``, ``tile``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from stcal_dask.errors import UserInputError
+from stcal_dask.mosaic import resample as rs
+
+__all__ = [
+    "MosaicResult",
+    "build_mosaic",
+    "index_input",
+    "open_i2d",
+    "quicklook_png",
+    "write_i2d_fits",
+    "write_tile",
+]
+
+
+class MosaicResult(NamedTuple):
+    """What :func:`build_mosaic` did."""
+
+    path: Path
+    shape: tuple[int, int]
+    tiles: int
+    tile: tuple[int, int]
+    inputs_used: int
+    skipped: list[str]
+    covered_pixels: int
+    """Output pixels with a positive weight."""
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of output pixels with a positive weight."""
+        return self.covered_pixels / float(self.shape[0] * self.shape[1])
+
+
+def index_input(path: str, index: int, out_wcs) -> tuple[rs.InputExposure, tuple]:
+    """One index task: the input's metadata/readers and its coarse grid mapped to the output."""
+    exp = rs.read_input_exposure(path, index)
+    return exp, rs.input_reach(exp.wcs, out_wcs, exp.shape)
+
+
+def write_tile(job: rs.TileJob, exposures, out_wcs, params, psr: float, variances, store: str):
+    """One tile task: drizzle the tile and write its block of every array; returns counts."""
+    import zarr
+
+    out = rs.drizzle_tile(job, exposures, out_wcs, params, psr, variances)
+    y0, y1, x0, x1 = job.tile
+    group = zarr.open_group(store, mode="r+")
+    for name, arr in out.items():
+        group[name][..., y0:y1, x0:x1] = arr
+    return int(np.count_nonzero(out["wht"] > 0)), len(job.regions)
+
+
+def _units(plan: rs.MosaicPlan) -> dict[str, str]:
+    u = plan.units or ""
+    sq = f"({u})^2" if u else ""
+    units = {"sci": u, "wht": "", "err": u}
+    for n in plan.variances:
+        units[n] = sq
+    if plan.params.enable_ctx:
+        units["con"] = ""
+    return units
+
+
+def _create_store(partial: Path, plan: rs.MosaicPlan, extra_attrs: dict) -> list[str]:
+    """Metadata of every output array (no chunk written); returns the array names."""
+    import dask.array as da
+    import xarray as xr
+
+    from stcal_dask.engine.datamodel import plain
+    from stcal_dask.mosaic.wcs import WCS_ATTR, wcs_to_asdf_text
+
+    ny, nx = plan.out_shape
+    ty, tx = plan.tile
+    units = _units(plan)
+    names = ["sci", "wht"]
+    if plan.params.compute_err is not None and (
+        plan.params.compute_err == "driz_err" or plan.variances
+    ):
+        names.append("err")
+    names += list(plan.variances)
+    data_vars = {}
+    enc = {}
+    for n in names:
+        data_vars[n] = (("y", "x"), da.zeros((ny, nx), chunks=(ty, tx), dtype=np.float32),
+                        {"units": units.get(n, "")})
+        enc[n] = {"chunks": (ty, tx), "_FillValue": None}
+    if plan.params.enable_ctx:
+        npl = plan.n_planes
+        data_vars["con"] = (("ctx_plane", "y", "x"),
+                            da.zeros((npl, ny, nx), chunks=(npl, ty, tx), dtype=np.int32), {})
+        enc["con"] = {"chunks": (npl, ty, tx), "_FillValue": None}
+        names.append("con")
+    attrs = {
+        "product": "i2d",
+        WCS_ATTR: wcs_to_asdf_text(plan.out_wcs),
+        "units": json.dumps(units),
+        "parameters": json.dumps(plan.params.as_dict()),
+        "inputs": [e.path for e in plan.exposures],
+        "skipped_inputs": list(plan.skipped),
+        "pixel_scale": plan.output_pixel_scale,
+        "pixel_scale_ratio": plan.pixel_scale_ratio,
+        "exposure_time": float(sum(e.exposure_time or 0.0 for e in plan.exposures
+                                   if e.path not in plan.skipped)),
+        "tile": list(plan.tile),
+    }
+    attrs.update(extra_attrs)
+    ds = xr.Dataset(data_vars, attrs={k: plain(v) for k, v in attrs.items()})
+    ds.to_zarr(str(partial), mode="w-", zarr_format=3, consolidated=False, encoding=enc,
+               compute=False)
+    return names
+
+
+def _memory_budget(client) -> int:
+    """Bytes one tile task may use: a quarter of a worker thread's share of its memory limit."""
+    default = 256 * 2**20
+    if client is None:
+        return default
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        per_thread = [w["memory_limit"] / max(w["nthreads"], 1) for w in workers
+                      if w.get("memory_limit")]
+    except Exception:  # an unusual scheduler: fall back to the default
+        return default
+    return int(min(per_thread) / 4) if per_thread else default
+
+
+def build_mosaic(
+    inputs: Sequence,
+    out_wcs,
+    output,
+    params: rs.ResampleParams | None = None,
+    *,
+    client=None,
+    tile: Sequence[int] | None = None,
+    overwrite: bool = False,
+    output_pixel_scale: float | None = None,
+    max_output_pixels: int = rs.DEFAULT_MAX_OUTPUT_PIXELS,
+    quiet: bool = True,
+) -> MosaicResult:
+    """Drizzle ``inputs`` onto ``out_wcs`` tile by tile and write the ``_i2d.zarr`` store.
+
+    Parameters
+    ----------
+    inputs : paths of rate/cal products (JWST FITS or zarr stores) carrying a gwcs, in the
+        order they are added (it matters: drizzle keeps a running weighted mean).
+    out_wcs : gwcs.WCS with an array shape or bounding box (from ``mosaic-wcs``).
+    output : the store to write (``X_i2d.zarr``); written under a temporary name and renamed
+        into place when complete, never partially visible.
+    params : ResampleParams (default: ResampleStep's defaults).
+    client : a ``distributed.Client``; None runs on the current dask scheduler.
+    tile : (ny, nx) output tile (= zarr chunk); default from the workers' memory limit.
+    output_pixel_scale : arcsec; default the output WCS's scale at its centre.
+
+    Returns
+    -------
+    MosaicResult
+    """
+    import dask
+
+    from stcal_dask.engine.cluster import compute
+    from stcal_dask.io.atomic import check_target, cleanup_failed, commit, partial_path
+    from stcal_dask.io.zarr_store import consolidate_store
+
+    params = params or rs.ResampleParams()
+    path = check_target(output, overwrite=overwrite)
+    paths = [str(Path(os.fspath(p)).expanduser()) for p in inputs]
+    if not paths:
+        raise UserInputError("no inputs given: need at least one rate or cal product")
+    for p in paths:
+        if not Path(p).exists():
+            raise UserInputError(f"input {p} does not exist")
+    token = uuid.uuid4().hex[:10]
+    if client is not None:
+        wcs_future = client.scatter(out_wcs, broadcast=True)
+        futures = client.map(index_input, paths, range(len(paths)), [wcs_future] * len(paths),
+                             key=[f"mosaic-index-{i}-{token}" for i in range(len(paths))],
+                             pure=False)
+        try:
+            indexed = client.gather(futures)
+        finally:
+            for f in futures:
+                f.release()
+    else:
+        indexed = dask.compute(*[
+            dask.delayed(index_input, pure=False)(p, i, out_wcs)
+            for i, p in enumerate(paths)
+        ])
+    exposures = [e for e, _ in indexed]
+    cells = [c for _, c in indexed]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        plan = rs.plan_mosaic(
+            exposures, out_wcs, params, cells=cells, tile=tile,
+            memory_budget_bytes=_memory_budget(client), output_pixel_scale=output_pixel_scale,
+            max_output_pixels=max_output_pixels,
+        )
+    for w in caught:
+        warnings.warn(str(w.message), w.category, stacklevel=2)
+    partial = partial_path(path)
+    try:
+        _create_store(partial, plan, {})
+        shared_exps = dask.delayed(plan.exposures, traverse=False)
+        shared_wcs = dask.delayed(out_wcs, traverse=False)
+        tasks = [
+            dask.delayed(write_tile, pure=False)(
+                job, shared_exps, shared_wcs, plan.params, plan.pixel_scale_ratio,
+                plan.variances, str(partial),
+                dask_key_name=f"mosaic-tile-{i}-{token}",
+            )
+            for i, job in enumerate(plan.jobs)
+        ]
+        counts = compute(*tasks, quiet=quiet, client=client)
+        consolidate_store(str(partial))
+        commit(partial, path, overwrite)
+    except BaseException:
+        cleanup_failed(partial)
+        raise
+    covered = int(sum(c for c, _ in counts))
+    used = len(plan.exposures) - len(plan.skipped)
+    return MosaicResult(path, plan.out_shape, len(plan.jobs), plan.tile, used,
+                        list(plan.skipped), covered)
+
+
+def open_i2d(path):
+    """Open an ``_i2d.zarr`` store lazily (xarray Dataset of dask arrays) with its gwcs in
+    ``attrs["wcs"]``."""
+    import xarray as xr
+
+    from stcal_dask.mosaic.wcs import WCS_ATTR, wcs_from_asdf_text
+
+    p = Path(os.fspath(path)).expanduser()
+    if not p.is_dir():
+        raise UserInputError(f"mosaic {p} does not exist or is not a zarr store")
+    ds = xr.open_zarr(str(p), mask_and_scale=False)
+    if ds.attrs.get("product") != "i2d":
+        raise UserInputError(f"{p} is not an i2d mosaic store (attribute product != 'i2d')")
+    ds.attrs["wcs"] = wcs_from_asdf_text(ds.attrs[WCS_ATTR], f"{p} attribute '{WCS_ATTR}'")
+    return ds
+
+
+def write_i2d_fits(store, path, *, overwrite: bool = False) -> Path:
+    """Write an ``_i2d.zarr`` store as a JWST ``_i2d.fits`` (stdatamodels ImageModel layout).
+
+    Extensions SCI, ERR, WHT, CON, VAR_RNOISE, VAR_POISSON and the gwcs in the ASDF extension
+    (``meta.wcs``). The arrays are read into this process (stdatamodels writes from memory): a
+    mosaic of N pixels needs about 24 N bytes here. Written under a temporary name and renamed.
+    """
+    from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
+
+    try:
+        from stdatamodels.jwst.datamodels import ImageModel
+    except ImportError:  # pragma: no cover - stdatamodels is in the test extra
+        raise UserInputError("writing the i2d FITS product needs stdatamodels installed") from None
+    path = check_target(path, overwrite=overwrite)
+    ds = open_i2d(store)
+    arrays = {"data": np.asarray(ds["sci"].values, dtype=np.float32),
+              "wht": np.asarray(ds["wht"].values, dtype=np.float32)}
+    for name in ("err", "var_rnoise", "var_poisson", "var_flat"):
+        if name in ds:
+            arrays[name] = np.asarray(ds[name].values, dtype=np.float32)
+    if "con" in ds:
+        arrays["con"] = np.asarray(ds["con"].values, dtype=np.int32)
+    model = ImageModel(**arrays)
+    partial = partial_path(path).with_suffix(".fits")
+    try:
+        model.meta.wcs = ds.attrs["wcs"]
+        units = json.loads(ds.attrs.get("units", "{}"))
+        if units.get("sci"):
+            model.meta.bunit_data = units["sci"]
+            model.meta.bunit_err = units["sci"]
+        params = json.loads(ds.attrs.get("parameters", "{}"))
+        model.meta.resample.pixfrac = params.get("pixfrac")
+        model.meta.resample.pixel_scale_ratio = float(ds.attrs.get("pixel_scale_ratio", 1.0))
+        model.meta.resample.weight_type = params.get("weight_type")
+        model.meta.resample.product_exposure_time = float(ds.attrs.get("exposure_time", 0.0))
+        model.meta.asn.pool_name = ""
+        area = math.radians(float(ds.attrs["pixel_scale"]) / 3600.0) ** 2
+        model.meta.photometry.pixelarea_steradians = area
+        model.meta.photometry.pixelarea_arcsecsq = float(ds.attrs["pixel_scale"]) ** 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(str(partial))
+        commit(partial, path, overwrite)
+    except BaseException:
+        remove_path(partial)
+        raise
+    finally:
+        model.close()
+    return path
+
+
+def _decimated(arr, max_side: int) -> np.ndarray:
+    """Every k-th pixel (k so both sides fit in ``max_side``), read chunk by chunk."""
+    ny, nx = arr.shape[-2:]
+    k = max(1, math.ceil(max(ny, nx) / max_side))
+    return np.asarray(arr.data[..., ::k, ::k].compute(scheduler="threads"), dtype=np.float64)
+
+
+def _stretch(img: np.ndarray, kind: str) -> np.ndarray:
+    """0..1 display values: ``asinh`` (soft knee at the sky noise) or ``zscale`` (linear)."""
+    finite = img[np.isfinite(img)]
+    if finite.size == 0:
+        return np.zeros_like(img)
+    if kind == "zscale":
+        from astropy.visualization import ZScaleInterval
+
+        lo, hi = ZScaleInterval().get_limits(finite)
+        out = (img - lo) / max(hi - lo, 1e-30)
+    else:
+        lo, med, hi = np.percentile(finite, [0.5, 50.0, 99.8])
+        noise = max(np.percentile(finite, 84.0) - med, 1e-30)
+        a = np.arcsinh((img - lo) / noise)
+        out = a / max(np.arcsinh((hi - lo) / noise), 1e-30)
+    out = np.clip(out, 0.0, 1.0)
+    out[~np.isfinite(img)] = 0.0
+    return out
+
+
+def quicklook_png(store, path, *, array: str = "sci", stretch: str = "asinh",
+                  max_side: int = 2048) -> Path:
+    """A PNG preview of one mosaic array (decimated to ``max_side`` pixels, north as stored).
+
+    ``stretch``: ``asinh`` (default for ``sci``) or ``zscale``; the weight map is shown linearly
+    between 0 and its 99.5th percentile.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stcal_dask.io.atomic import commit, partial_path, remove_path
+
+    if stretch not in ("asinh", "zscale"):
+        raise UserInputError(f"stretch must be asinh or zscale, got {stretch!r}")
+    ds = open_i2d(store)
+    if array not in ds:
+        raise UserInputError(f"mosaic {store} has no array {array!r}")
+    img = _decimated(ds[array], max_side)
+    if img.ndim == 3:  # context: number of contributing inputs
+        img = np.sum([np.unpackbits(p.astype(">u4").view(np.uint8).reshape(p.shape + (4,)),
+                                    axis=-1).sum(-1) for p in img.astype(np.uint32)], axis=0)
+    if array == "sci":
+        disp = _stretch(img, stretch)
+    else:
+        finite = img[np.isfinite(img)]
+        hi = np.percentile(finite, 99.5) if finite.size else 1.0
+        disp = np.clip(np.nan_to_num(img) / (hi or 1.0), 0.0, 1.0)
+    path = Path(os.fspath(path)).expanduser().absolute()
+    partial = partial_path(path).with_suffix(".png")
+    try:
+        plt.imsave(str(partial), disp, cmap="gray", origin="lower", vmin=0.0, vmax=1.0)
+        commit(partial, path, True)
+    except BaseException:
+        remove_path(partial)
+        raise
+    return path

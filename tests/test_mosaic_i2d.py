@@ -1,0 +1,181 @@
+"""The mosaic product on a real distributed cluster: zarr store equal to stcal's Resample,
+lazily openable, FITS product stdatamodels opens, quicklooks, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from resample_field import AREA, PSCALE, make_field, mosaic_wcs, oracle, ulp_diff
+
+from stcal_dask.engine.datamodel import rate_dataset
+from stcal_dask.errors import UserInputError
+from stcal_dask.io.zarr_store import write_dataset_atomic
+from stcal_dask.mosaic import i2d
+from stcal_dask.mosaic import resample as rs
+from stcal_dask.mosaic import wcs as mwcs
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    )
+    c = Client(cluster, set_as_default=False)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def write_inputs(d, exps, units="DN/s"):
+    """Inputs 0, 2, ... as JWST FITS, 1, 3, ... as zarr rate stores (exposure time 100 + k)."""
+    paths = []
+    for k, (w, info, a) in enumerate(exps):
+        if k % 2 == 0:
+            p = mwcs.write_rate_fits_with_wcs(
+                d / f"e{k}_rate.fits", a["sci"], w, info, err=a["err"], dq=a["dq"],
+                var_poisson=a["var_poisson"], var_rnoise=a["var_rnoise"],
+                exposure_time=100.0 + k, pixelarea_steradians=AREA, units=units,
+            )
+        else:
+            ds = rate_dataset(a["sci"], a["err"], a["dq"], a["var_poisson"], a["var_rnoise"])
+            ds["sci"].attrs["units"] = units
+            ds = ds.assign_attrs(**mwcs.wcs_attrs(w, info), EFFEXPTM=100.0 + k, PIXAR_SR=AREA)
+            p = write_dataset_atomic(ds, d / f"e{k}_rate.zarr")
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    d = tmp_path_factory.mktemp("i2d")
+    exps = make_field(4, seed=11, roll_step=5.0)
+    return d, exps, write_inputs(d, exps)
+
+
+def test_store_equals_stcal_and_opens_lazily(client, field, tmp_path):
+    d, exps, paths = field
+    out_wcs = mosaic_wcs(exps)
+    params = rs.ResampleParams()
+    res = i2d.build_mosaic(paths, out_wcs, tmp_path / "m_i2d.zarr", params, client=client,
+                           tile=(48, 40), output_pixel_scale=PSCALE)
+    assert res.tiles > 4 and res.inputs_used == 4 and not res.skipped
+    assert 0.5 < res.coverage <= 1.0
+    ref = oracle(exps, out_wcs, params)
+    ds = xr.open_zarr(res.path)
+    assert ds["sci"].chunks == ((48,) * (ds.sizes["y"] // 48) + ((ds.sizes["y"] % 48,)
+                                if ds.sizes["y"] % 48 else ()), ds["sci"].chunks[1])
+    assert ds["sci"].attrs["units"] == "DN/s" and ds["var_rnoise"].attrs["units"] == "(DN/s)^2"
+    opened = i2d.open_i2d(res.path)
+    assert opened.attrs["wcs"].array_shape == out_wcs.array_shape
+    assert json.loads(opened.attrs["parameters"])["kernel"] == "square"
+    for ours, theirs in [("sci", "data"), ("wht", "wht"), ("err", "err"),
+                         ("var_rnoise", "var_rnoise"), ("var_poisson", "var_poisson")]:
+        assert ulp_diff(opened[ours].values, ref[theirs]).max() == 0, ours
+    np.testing.assert_array_equal(opened["con"].values, ref["con"])
+    assert res.covered_pixels == int((ref["wht"] > 0).sum())
+    assert not list(tmp_path.glob(".*partial*"))
+
+    fits_path = i2d.write_i2d_fits(res.path, tmp_path / "m_i2d.fits")
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    with ImageModel(str(fits_path)) as m:
+        np.testing.assert_array_equal(m.data, opened["sci"].values)
+        np.testing.assert_array_equal(m.con, opened["con"].values)
+        assert m.meta.wcs is not None and m.meta.bunit_data == "DN/s"
+        assert m.var_poisson.shape == m.data.shape
+    for array, stretch in (("sci", "asinh"), ("sci", "zscale"), ("wht", "asinh")):
+        png = i2d.quicklook_png(res.path, tmp_path / f"{array}_{stretch}.png", array=array,
+                                stretch=stretch)
+        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tiling_does_not_change_the_store(client, field, tmp_path):
+    d, exps, paths = field
+    out_wcs = mosaic_wcs(exps)
+    params = rs.ResampleParams(kernel="turbo", pixfrac=0.5, weight_type="exptime")
+    a = i2d.build_mosaic(paths, out_wcs, tmp_path / "a.zarr", params, client=client,
+                         tile=(1000, 1000), output_pixel_scale=PSCALE)
+    b = i2d.build_mosaic(paths, out_wcs, tmp_path / "b.zarr", params, client=None,
+                         tile=(17, 64), output_pixel_scale=PSCALE)
+    assert a.tiles == 1 and b.tiles > 10
+    da_, db = xr.open_zarr(a.path), xr.open_zarr(b.path)
+    for n in ("sci", "wht", "err", "con", "var_rnoise", "var_poisson"):
+        np.testing.assert_array_equal(da_[n].values, db[n].values)
+
+
+def test_non_overlapping_input_is_skipped_and_none_is_an_error(client, field, tmp_path):
+    d, exps, paths = field
+    far = make_field(1, seed=2)
+    w, info, a = far[0]
+    from stcal_dask.sim.wcs import imaging_wcs
+
+    e = imaging_wcs(120.0, 30.0, 0.0, shape=a["sci"].shape)
+    far_path = write_inputs(tmp_path, [(e.wcs, e.wcsinfo, a)])[0]
+    out_wcs = mosaic_wcs(exps)
+    with pytest.warns(UserWarning, match="does not overlap"):
+        res = i2d.build_mosaic(paths + [far_path], out_wcs, tmp_path / "s.zarr", client=client,
+                               output_pixel_scale=PSCALE)
+    assert res.skipped == [far_path] and res.inputs_used == 4
+    with pytest.raises(UserInputError, match="none of the 1 inputs overlaps"):
+        i2d.build_mosaic([far_path], out_wcs, tmp_path / "n.zarr", client=client)
+    assert not (tmp_path / "n.zarr").exists() and not list(tmp_path.glob(".n.zarr*"))
+
+
+def test_user_errors_leave_nothing(client, field, tmp_path):
+    d, exps, paths = field
+    out_wcs = mosaic_wcs(exps)
+    out = tmp_path / "e_i2d.zarr"
+    # absurd output size
+    big = mosaic_wcs(exps)
+    big.array_shape = (200_000, 200_000)
+    with pytest.raises(UserInputError, match="output_shape"):
+        i2d.build_mosaic(paths, big, out, client=client)
+    # mixed units
+    other = write_inputs(tmp_path, make_field(1, seed=4), units="MJy/sr")
+    with pytest.raises(UserInputError, match="mixed SCI units"):
+        i2d.build_mosaic(paths + other, out_wcs, out, client=client)
+    # ivm without var_rnoise
+    w, info, a = exps[0]
+    p = mwcs.write_rate_fits_with_wcs(tmp_path / "novar_rate.fits", a["sci"], w, info,
+                                      dq=a["dq"], units="DN/s")
+    with pytest.raises(UserInputError, match="VAR_RNOISE"):
+        i2d.build_mosaic([str(p)], out_wcs, out, client=client)
+    # no WCS
+    ds = rate_dataset(a["sci"], a["err"], a["dq"], a["var_poisson"], a["var_rnoise"])
+    nowcs = write_dataset_atomic(ds, tmp_path / "nowcs_rate.zarr")
+    with pytest.raises(UserInputError, match="wcs_asdf"):
+        i2d.build_mosaic([str(nowcs)], out_wcs, out, client=client)
+    # existing output
+    out.mkdir()
+    with pytest.raises(UserInputError, match="already exists"):
+        i2d.build_mosaic(paths, out_wcs, out, client=client)
+    out.rmdir()
+    assert not out.exists() and not list(tmp_path.glob(".e_i2d*"))
+
+
+def test_params_validation_and_good_bits():
+    assert rs.good_bits_value("~DO_NOT_USE+NON_SCIENCE") == ~(1 | 512)
+    assert rs.good_bits_value("JUMP_DET, DROPOUT") == 12
+    assert rs.good_bits_value(6) == 6 and rs.good_bits_value(None) is None
+    for bad in ({"pixfrac": 0.0}, {"kernel": "tophat"}, {"weight_type": "ivm-sky"},
+                {"fillval": "lots"}, {"good_bits": "NOT_A_FLAG"}, {"compute_err": "x"},
+                {"pixel_scale": -1.0}, {"output_shape": (0, 5)}):
+        with pytest.raises(UserInputError):
+            rs.ResampleParams(**bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exps = make_field(2, shape=(30, 30))
+        from resample_field import exposures
+
+        rs.plan_mosaic(exposures(exps), mosaic_wcs(exps), rs.ResampleParams(kernel="lanczos3"))
+    assert any("does not conserve flux" in str(w.message) for w in caught)
+    help_texts = [f.metadata["help"] for f in rs.ResampleParams.__dataclass_fields__.values()]
+    assert all(help_texts) and len(help_texts) == 14
