@@ -449,3 +449,31 @@ def test_region_writes_pwrite_runs_and_memmap_agree(tmp_path, dtype):
             assert raw[100:-50] == (tmp_path / "ref.bin").read_bytes(), (shape, key)
             del ref
     assert used == {True, False}  # both paths exercised
+
+
+@pytest.mark.parametrize("name", ["é_ramp.fits", "ümlaut ünd spaces_ramp.fits",
+                                  os.fsdecode(b"bad\xff_ramp.fits"),
+                                  "x" * 90 + "ö_ramp.fits"])
+def test_any_file_name_the_os_accepts(tmp_path, ramp, name):
+    """FITS strings are printable ASCII: FILENAME gets '?' for other characters and the exact
+    name (its UTF-8 / OS bytes %-escaped) is kept in a HISTORY record; the files open in
+    stdatamodels and read back."""
+    from urllib.parse import unquote_to_bytes
+
+    folder = tmp_path / "ö"
+    folder.mkdir()
+    path = folder / name
+    write_ramp_fits(ramp, path, references=True)
+    back = open_ramp_fits(path, *reference_paths(path))
+    np.testing.assert_array_equal(back.sci.values, ramp.sci.values)
+    rate, _ = _rate()
+    out = output_name(path, "rate")
+    write_rate_fits(rate, out, header_from=path)
+    with fits.open(out) as hdul:
+        card = hdul[0].header["FILENAME"]
+        assert card == "".join(c if " " <= c <= "~" else "?" for c in out.name)
+        history = "".join(hdul[0].header["HISTORY"])
+    escaped = history.split("FILENAME in full (UTF-8, %-escaped): ")[-1].split("stcal_dask")[0]
+    assert unquote_to_bytes(escaped) == os.fsencode(out.name)
+    with dm.open(out) as m:
+        assert type(m) is dm.ImageModel

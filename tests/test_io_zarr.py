@@ -248,3 +248,71 @@ def test_distributed_writes(tmp_path):
         np.testing.assert_array_equal(hdul["SCI"].data, expected)
         np.testing.assert_array_equal(hdul["ERR"].data, exp.gain)
     assert total == pytest.approx(float(exp.data.astype(np.float64).sum()), rel=1e-6)
+
+
+def _chunk_files(store, name):
+    root = store / name
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.name != "zarr.json")
+
+
+def test_every_chunk_is_written_also_fill_value_chunks(tmp_path, ramp):
+    """pixeldq is all 0 (the fill value) in most tiles: the chunks are written all the same, so
+    that an absent chunk always means an incomplete store."""
+    ramp = ramp.assign(pixeldq=ramp.pixeldq * 0)
+    out = write_ramp(ramp, tmp_path / "r.zarr", tile=(16, 20))
+    assert len(_chunk_files(out, "pixeldq")) == 9  # 3 x 3 tiles
+    assert len(_chunk_files(out, "sci")) == 9
+    open_ramp(out)  # complete
+
+
+@pytest.mark.parametrize("name, key", [("sci", "c/0/0/1/2"), ("readnoise", "c/2/0")])
+def test_missing_chunk_is_refused_without_reading(tmp_path, ramp, name, key):
+    """zarr reads an absent chunk as the fill value (rate 0, or NaN, with DQ 0): an input store
+    with a chunk missing is refused at open, naming the store, the array and the chunk."""
+    out = write_ramp(ramp, tmp_path / "r.zarr", tile=(16, 20))
+    (out / name / key).unlink()
+    with pytest.raises(UserInputError) as err:
+        open_ramp(out)
+    msg = str(err.value)
+    assert str(out) in msg and f"array {name} chunk {key} is missing" in msg
+    assert "\n" not in msg
+    # a product store likewise
+    plane = ramp.sci.isel(integration=0, group=0).chunk({"y": 16, "x": 20})
+    prod = write_dataset_atomic(xr.Dataset({"sci": plane, "dq": ramp.pixeldq.chunk(16)}),
+                                tmp_path / "p_rate.zarr")
+    first = _chunk_files(prod, "sci")[0]
+    (prod / "sci" / first).unlink()
+    with pytest.raises(UserInputError, match=f"array sci chunk {first} is missing"):
+        open_product(prod)
+
+
+def test_written_store_is_verified_before_it_is_committed(tmp_path, ramp):
+    """The step between the chunk writes and the rename into place refuses a partial store with
+    a chunk missing (the rename then never happens)."""
+    from stcal_dask.io.zarr_store import finish_store
+
+    pending = write_ramp(ramp, tmp_path / "r.zarr", tile=(16, 20), compute=False)
+    graph = dict(pending.delayed.__dask_graph__())
+    assert any("finish_store" in str(k) for k in graph)
+    dask.compute(pending.delayed)
+    # a store written by hand, then a chunk lost
+    ramp_path = tmp_path / "r.zarr"
+    (ramp_path / "gain" / "c/1/1").unlink()
+    with pytest.raises(UserInputError, match="array gain chunk c/1/1 is missing"):
+        finish_store(str(ramp_path), str(tmp_path / "final.zarr"))
+
+
+@pytest.mark.parametrize("chunks", [None, (40, 50)])
+def test_corrupt_chunk_names_store_array_and_chunk(tmp_path, ramp, chunks):
+    """A chunk zarr cannot decode is one UserInputError naming it, also when a read spans
+    several chunks (re-chunked on open)."""
+    out = write_ramp(ramp, tmp_path / "r.zarr", tile=(16, 20))
+    (out / "sci" / "c/0/0/1/1").write_bytes(b"x\n")
+    ds = open_ramp(out, chunks=chunks)
+    assert np.isfinite(ds.gain.values).all()  # other arrays read fine
+    with pytest.raises(UserInputError) as err:
+        ds.sci.compute()
+    msg = str(err.value)
+    assert f"zarr store {out}: array sci chunk c/0/0/1/1 cannot be read" in msg
+    assert "\n" not in msg

@@ -435,6 +435,30 @@ def _add_keywords(out: fits.Header, mapping: Mapping[str, Any], only_missing=Fal
                 continue
 
 
+def fits_filename(name: str) -> tuple[str, str | None]:
+    """A file name as a FITS header string, and its exact form when that differs.
+
+    FITS strings hold printable ASCII only, while a file name may be any characters the OS
+    accepts (UTF-8, or undecodable bytes that Python keeps as surrogate escapes). The card gets
+    the name with every other character replaced by ``?``; the exact name is then returned
+    %-escaped (RFC 3986, of its UTF-8 / OS bytes) for a HISTORY record.
+
+    Parameters
+    ----------
+    name: the file name (no directory).
+
+    Returns
+    -------
+    (ascii_name, escaped): ``escaped`` is None when ``ascii_name == name``.
+    """
+    from urllib.parse import quote
+
+    if all(" " <= ch <= "~" for ch in name):
+        return name, None
+    ascii_name = "".join(ch if " " <= ch <= "~" else "?" for ch in name)
+    return ascii_name, quote(os.fsencode(name), safe="")
+
+
 def _primary_header(copy: fits.Header, datamodl: str, filename: str,
                     parameters: str | None) -> fits.Header:
     h = fits.Header()
@@ -443,12 +467,17 @@ def _primary_header(copy: fits.Header, datamodl: str, filename: str,
     h["NAXIS"] = 0
     h["EXTEND"] = True
     h["DATAMODL"] = (datamodl, "Type of data model")
-    h["FILENAME"] = (filename, "Name of the file")
+    ascii_name, escaped = fits_filename(filename)
+    h["FILENAME"] = (ascii_name, "Name of the file")
     if "TELESCOP" not in copy:
         h["TELESCOP"] = ("JWST", "Telescope used to acquire the data")
     for card in copy.cards:
         h.append(card, end=True)
     h["STCDASKV"] = (package_version(), "stcal_dask version that wrote this file")
+    if escaped is not None:
+        text = f"FILENAME in full (UTF-8, %-escaped): {escaped}"
+        for i in range(0, len(text), 70):
+            h.add_history(text[i:i + 70])
     if parameters and parameters != "{}":
         text = f"stcal_dask {package_version()} parameters: {parameters}"
         for i in range(0, len(text), 70):

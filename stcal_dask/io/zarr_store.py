@@ -3,7 +3,10 @@
 * :func:`write_ramp` stores a ramp with chunks ``(all integrations, all groups, tile_y, tile_x)``;
   the tile comes from a memory budget (:func:`stcal_dask.engine.datamodel.choose_tile_size`)
   unless given.
-* :func:`open_ramp` opens one lazily (dask arrays over the zarr chunks) and validates it.
+* :func:`open_ramp` opens one lazily (dask arrays over the zarr chunks) and validates it; the
+  store must be complete (every chunk present, :func:`stcal_dask.io.zarr_chunks.check_complete`)
+  and a chunk that cannot be decoded stops the computation with one line naming it
+  (:class:`stcal_dask.io.zarr_chunks.ChunkReader`).
 * :func:`write_dataset_atomic` writes any Dataset (rate, rateints, fitopt, a flagged ramp) under
   a temporary name and renames it into place when complete; with ``compute=False`` it returns a
   :class:`PendingWrite` whose ``delayed`` the caller computes (e.g. on a distributed cluster with a
@@ -11,7 +14,9 @@
 
 Stores carry no coordinate variables and no CF ``_FillValue`` (NaN is data, not "missing"), so
 every array reads back with its own dtype and values (stores are opened with
-``mask_and_scale=False``).
+``mask_and_scale=False``). Every chunk is written, also one that equals the fill value
+(``write_empty_chunks=True``): an absent chunk then always means an incomplete store, and a
+store is verified complete before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+import numpy as np
 import xarray as xr
 
 from stcal_dask.engine.datamodel import (
@@ -39,8 +45,10 @@ from stcal_dask.io.atomic import (
     partial_path,
     remove_path,
 )
+from stcal_dask.io.zarr_chunks import ChunkReader, check_complete
 
-__all__ = ["PendingWrite", "open_product", "open_ramp", "write_dataset_atomic", "write_ramp"]
+__all__ = ["PendingWrite", "finish_store", "open_product", "open_ramp", "write_dataset_atomic",
+           "write_ramp"]
 
 
 def _regular_chunks(chunks: tuple[int, ...]) -> bool:
@@ -102,7 +110,8 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
         enc.setdefault(name, {}).update(extra)
     try:
         delayed_write = ds.to_zarr(
-            partial, mode="w-", zarr_format=3, consolidated=False, encoding=enc, compute=False
+            partial, mode="w-", zarr_format=3, consolidated=False, encoding=enc, compute=False,
+            write_empty_chunks=True,
         )
     except BaseException:
         remove_path(partial)
@@ -110,13 +119,13 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
     if compute:
         try:
             dask.compute(delayed_write)
-            consolidate_store(str(partial))
+            finish_store(str(partial), str(path))
             commit(partial, path, overwrite)
         except BaseException:
             cleanup_failed(partial)
             raise
         return path
-    consolidated = dask.delayed(consolidate_store, pure=False)(str(partial), delayed_write)
+    consolidated = dask.delayed(finish_store, pure=False)(str(partial), str(path), delayed_write)
     final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, consolidated)
     return PendingWrite(path=path, partial=partial, delayed=final)
 
@@ -135,6 +144,21 @@ def consolidate_store(store: str, *_deps) -> str:
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     zarr.consolidate_metadata(store, zarr_format=3)
     return store
+
+
+def finish_store(partial: str, final: str, *_deps) -> str:
+    """Verify that the written store ``partial`` holds every chunk of every array, then
+    consolidate its metadata (:func:`consolidate_store`); returns ``partial``.
+
+    Extra positional arguments are ignored (they make the step depend on the write tasks).
+
+    Raises
+    ------
+    UserInputError: a chunk is missing (e.g. removed by another process while writing); the
+        caller removes the partial store, so nothing appears at ``final``.
+    """
+    check_complete(partial, what=f"written store for {final}")
+    return consolidate_store(partial)
 
 
 def write_ramp(ds: xr.Dataset, path, *, overwrite: bool = False, tile=None,
@@ -174,6 +198,33 @@ def _open_store(path, what: str) -> tuple[Path, xr.Dataset]:
     return p, ds
 
 
+def _checked(p: Path, ds: xr.Dataset, names, what: str) -> xr.Dataset:
+    """``ds`` with the variables ``names`` checked complete in the store ``p`` (a listing of its
+    keys, no chunk read) and read through :class:`ChunkReader` (a chunk that cannot be decoded
+    names itself)."""
+    import zarr
+    from dask.base import tokenize
+
+    names = [n for n in names if isinstance(ds[n].data, da.Array)]
+    check_complete(p, names, what=what)
+    group = zarr.open_group(str(p), mode="r", use_consolidated=False)
+    out = ds.copy(deep=False)
+    for name in names:
+        array = group[name]
+        meta_file = p / name / "zarr.json"
+        stamp = meta_file.stat().st_mtime_ns if meta_file.exists() else 0
+        data = da.from_array(
+            ChunkReader(p, name, array),
+            chunks=ds[name].data.chunks,
+            name=f"zarr-{name}-{tokenize(str(p.absolute()), name, stamp)}",
+            lock=False,
+            asarray=False,
+            meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+        )
+        out[name] = ds[name].copy(data=data)
+    return out
+
+
 def open_ramp(path, *, chunks=None) -> xr.Dataset:
     """Open a zarr ramp store lazily and validate it.
 
@@ -187,6 +238,8 @@ def open_ramp(path, *, chunks=None) -> xr.Dataset:
     """
     p, ds = _open_store(path, "ramp store")
     ds.attrs["source"] = str(p)
+    validate_ramp(ds, source=str(p))  # schema errors first (metadata only)
+    ds = _checked(p, ds, [n for n in RAMP_VARIABLES if n in ds.data_vars], "ramp store")
     ds = validate_ramp(ds, source=str(p))
     return apply_chunks(ds, chunks)
 
@@ -194,4 +247,4 @@ def open_ramp(path, *, chunks=None) -> xr.Dataset:
 def open_product(path) -> xr.Dataset:
     """Open a product store (rate, rateints, fitopt) lazily; raise UserInputError if missing."""
     p, ds = _open_store(path, "product store")
-    return ds
+    return _checked(p, ds, list(ds.data_vars), "product store")
