@@ -363,3 +363,25 @@ def test_external_scheduler_runs_each_tile_kernel_once(external_cluster, tmp_pat
     local = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"].compute(scheduler="sync")
     np.testing.assert_array_equal(open_product(tmp_path / "x_rate.zarr")["sci"].values,
                                   local.values)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_failures_are_logged_to_a_file_not_the_terminal(start_method, capfd):
+    """A failing task's 'Compute Failed' record and traceback (from a forked or a spawned
+    worker) go to the log file, not the user's terminal; the exception still reaches the
+    caller, and the log file is named by log_note()."""
+    import operator
+
+    from stcal_dask.engine.cluster import log_note, log_path
+
+    log_path().unlink(missing_ok=True)
+    with pytest.raises(ZeroDivisionError):
+        with get_client(n_workers=1, threads_per_worker=1, start_method=start_method,
+                        warm=False) as c:
+            c.submit(operator.truediv, 1, 0).result()
+    err = capfd.readouterr().err
+    assert "Compute Failed" not in err and "Traceback" not in err, err
+    assert "Compute Failed" in log_path().read_text()
+    assert log_note() == f" (details: {log_path()})"
+    log_path().unlink()
+    assert log_note() == ""

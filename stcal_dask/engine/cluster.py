@@ -37,8 +37,10 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -55,6 +57,10 @@ __all__ = [
     "get_client",
     "limit_threads",
     "local_layout",
+    "log_note",
+    "log_path",
+    "logs_to_file",
+    "swap_log_handlers",
     "parse_memory_limit",
     "resolve_scheduler",
     "WORKER_IMPORTS",
@@ -87,20 +93,6 @@ def parse_memory_limit(value: str | int | float | None) -> int | str | None:
     if nbytes < 32 * 2**20:
         raise UserInputError(f"--memory-limit must be at least 32 MiB per worker, got {value!r}")
     return nbytes
-
-
-class _PinThreadsPlugin:
-    """Worker plugin for clusters we did not start: set the thread environment variables.
-
-    Libraries already loaded in the worker keep their pools, but numba's parallel regions are
-    pinned per task by :func:`limit_threads`, and BLAS is not used by the kernels.
-    """
-
-    name = "stcal-dask-pin-threads"
-
-    def setup(self, worker):  # noqa: D401 - distributed plugin hook
-        for key, value in THREAD_ENV.items():
-            os.environ.setdefault(key, value)
 
 
 @contextlib.contextmanager
@@ -252,6 +244,77 @@ def _quiet_distributed():
             lg.setLevel(level)
 
 
+_LOG_ROOTS = ("distributed", "tornado", "bokeh")
+
+
+def log_path() -> Path:
+    """The file this process's clusters log to (see :func:`logs_to_file`):
+    ``<temporary directory>/stcal-dask-<pid>.log``, created only when something is logged."""
+    return Path(tempfile.gettempdir()) / f"stcal-dask-{os.getpid()}.log"
+
+
+def swap_log_handlers(path: str) -> list[tuple[logging.Logger, list, bool]]:
+    """Make distributed's, tornado's and bokeh's loggers in this process write records of level
+    WARNING and above to ``path`` (opened at the first record) and nowhere else: the top-level
+    loggers and every one with handlers of its own get the file as their only handler and stop
+    propagating. Returns (logger, old handlers, old propagate) to undo it."""
+    new = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
+    new.setLevel(logging.WARNING)
+    new.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    swapped = []
+    for name in sorted({*_LOG_ROOTS, *logging.root.manager.loggerDict}):
+        logger = logging.getLogger(name)
+        if name.split(".")[0] not in _LOG_ROOTS or not (name in _LOG_ROOTS or logger.handlers):
+            continue
+        swapped.append((logger, list(logger.handlers), logger.propagate))
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(new)
+        logger.propagate = False
+    return swapped
+
+
+@contextlib.contextmanager
+def logs_to_file(path=None):
+    """Send distributed's log records (task failures with their tracebacks, heartbeat errors
+    while a cluster shuts down, warnings) of this process, and of the worker processes it forks,
+    to the file ``path`` (default :func:`log_path`) instead of the terminal; undone on exit.
+
+    A user's mistake or an interruption then reaches the terminal as the command's one line, and
+    the details stay in the file. An empty file is removed on exit. Yields the path.
+    """
+    import distributed  # noqa: F401  (sets up the handlers replaced here)
+
+    path = Path(path or log_path())
+    swapped = swap_log_handlers(str(path))
+    try:
+        yield path
+    finally:
+        closing = set()
+        for logger, handlers, propagate in swapped:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                closing.add(handler)
+            for handler in handlers:
+                logger.addHandler(handler)
+            logger.propagate = propagate
+        for handler in closing:
+            handler.close()
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
+
+
+def log_note() -> str:
+    """`` (details: <log file>)`` when :func:`log_path` holds records, else ``""``: for the end
+    of the command's one-line error."""
+    path = log_path()
+    try:
+        return f" (details: {path})" if path.stat().st_size > 0 else ""
+    except OSError:
+        return ""
+
+
 def _warm_and_check_room(client, limit: int | None,
                          modules: tuple[str, ...] = WORKER_IMPORTS) -> None:
     """Load the libraries and compiled kernels in every worker now (in parallel, instead of in
@@ -344,6 +407,7 @@ def get_client(
     start_method: str | None = None,
     warm: bool = True,
     warm_imports: tuple[str, ...] | None = None,
+    log_to_file: bool = True,
 ) -> Iterator[Any]:
     """Yield a :class:`distributed.Client`, closing it (and any cluster started here) at exit.
 
@@ -390,7 +454,47 @@ def get_client(
     warm_imports:
         The modules the workers load at start (default :data:`WORKER_IMPORTS`; e.g. leave out
         zarr for a FITS-only run).
+    log_to_file:
+        Send distributed's log records of this process and of the local cluster's workers to
+        :func:`log_path` instead of the terminal (:func:`logs_to_file`); a task's failure then
+        reaches the user as the command's one line, not as the workers' tracebacks. False
+        leaves distributed's logging as it is (``--verbose``).
     """
+    if not log_to_file or resolve_scheduler(scheduler) in LOCAL_SCHEDULERS:
+        with _get_client(scheduler, n_workers, memory_limit, threads_per_worker,
+                         dashboard=dashboard, connect_timeout=connect_timeout, quiet=quiet,
+                         local_directory=local_directory, processes=processes,
+                         start_method=start_method, warm=warm,
+                         warm_imports=warm_imports) as client:
+            yield client
+        return
+    with logs_to_file() as path, _get_client(
+            scheduler, n_workers, memory_limit, threads_per_worker, dashboard=dashboard,
+            connect_timeout=connect_timeout, quiet=quiet, local_directory=local_directory,
+            processes=processes, start_method=start_method, warm=warm,
+            warm_imports=warm_imports, log_file=str(path)) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _get_client(
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    memory_limit: str | int | None = None,
+    threads_per_worker: int | None = None,
+    *,
+    dashboard: bool = False,
+    connect_timeout: float = 5.0,
+    quiet: bool = True,
+    local_directory: str | None = None,
+    processes: bool = True,
+    start_method: str | None = None,
+    warm: bool = True,
+    warm_imports: tuple[str, ...] | None = None,
+    log_file: str | None = None,
+) -> Iterator[Any]:
+    """:func:`get_client` without the log routing; ``log_file``: a local cluster's worker
+    processes log there (:class:`~stcal_dask.engine.worker_plugins.LogToFile`)."""
     from distributed import Client, LocalCluster
 
     address = resolve_scheduler(scheduler)
@@ -410,7 +514,9 @@ def get_client(
             ) from None
         try:
             with contextlib.suppress(Exception):
-                client.register_plugin(_PinThreadsPlugin())
+                from stcal_dask.engine.worker_plugins import PinThreads
+
+                client.register_plugin(PinThreads())
             yield client
         finally:
             client.close()
@@ -484,6 +590,10 @@ def get_client(
         try:
             client = Client(cluster, set_as_default=True)
             try:
+                if processes and log_file is not None:
+                    from stcal_dask.engine.worker_plugins import LogToFile
+
+                    client.register_plugin(LogToFile(log_file))
                 if processes and warm:
                     warm_workers(client, limit, warm_imports)  # closed below if it refuses
                 yield client
