@@ -13,6 +13,15 @@ latter judged on the memory above the import baseline, with the raw peak printed
 
     python benchmarks/bench_jump.py                       # full frame
     python benchmarks/bench_jump.py --ny 512 --nx 512     # quicker
+    python benchmarks/bench_jump.py --case snowball       # + snowballs (expand_large_events)
+    python benchmarks/bench_jump.py --case shower --nints 2 --ngroups 20 --ny 1024 --nx 1032
+
+``--case snowball`` adds seeded snowballs (:mod:`stcal_dask.sim.events`) and turns
+``expand_large_events`` on; ``--case shower`` makes a MIRI-like exposure (2.775 s frames, group 0
+and the last group DO_NOT_USE everywhere, 4 reference-pixel columns on each side, showers) and
+turns ``find_showers`` on. Ours then runs the large-event kernel on the whole frame after
+``detect_jumps`` (one core); stcal's ``detect_jumps_data`` gets the same settings as the JWST step
+passes them.
 """
 
 from __future__ import annotations
@@ -62,17 +71,27 @@ def _load(d: Path):
     return [np.load(d / f"{n}.npy") for n in NAMES]
 
 
-def child_ours(d: Path, nframes: int, group_time: float) -> dict:
+def _params(case: str):
+    from stcal_dask.kernels.jump import JumpParams
+
+    if case == "snowball":
+        return JumpParams(expand_large_events=True)
+    if case == "shower":
+        return JumpParams(find_showers=True)
+    return JumpParams()
+
+
+def child_ours(d: Path, nframes: int, group_time: float, case: str = "plain") -> dict:
     import numpy as np
 
+    from stcal_dask.kernels import large_events as le
     from stcal_dask.kernels.jump import (
-        JumpParams,
         detect_jumps,
         detect_jumps_globals,
         total_primary_crs,
     )
 
-    params = JumpParams()
+    params = _params(case)
     # warm up numba (loads the on-disk cache or compiles) on a tiny array
     tiny = np.zeros((1, 4, 3, 3), np.float32)
     ones = np.ones((3, 3), np.float32)
@@ -85,6 +104,13 @@ def child_ours(d: Path, nframes: int, group_time: float) -> dict:
     res = detect_jumps(
         data, gdq, pdq, gain, rn, params=params, nframes=nframes, group_time=group_time
     )
+    n_ext = 0
+    if params.large_events:
+        big = le.flag_large_events(data, res.groupdq, res.pixeldq, gain, rn,
+                                   snowballs=params.snowball_settings(group_time),
+                                   showers=params.shower_settings(group_time, nframes))
+        res = res._replace(groupdq=big.groupdq)
+        n_ext = big.n_showers if params.find_showers else big.n_snowballs
     wall = time.perf_counter() - t0
     peak = _peak_mib()
     g = detect_jumps_globals(data, gdq, gain, params=params)
@@ -95,11 +121,12 @@ def child_ours(d: Path, nframes: int, group_time: float) -> dict:
         "peak_mib": peak,
         "base_mib": base,
         "n_primary": total_primary_crs(res.n_primary, g),
+        "n_extended": n_ext,
         "path": g.path,
     }
 
 
-def child_stcal(d: Path, nframes: int, group_time: float) -> dict:
+def child_stcal(d: Path, nframes: int, group_time: float, case: str = "plain") -> dict:
     import logging
 
     import numpy as np
@@ -118,19 +145,33 @@ def child_stcal(d: Path, nframes: int, group_time: float) -> dict:
     jd.dt_group = np.ones(1)  # as JumpData sets them for a JWST model
     jd.n_reads_groupdiff = np.ones(1) * 2 * nframes
     jd.max_cores = "none"
+    p = _params(case)
+    # the large-event settings as the JWST step passes them
+    jd.set_snowball_info(p.expand_large_events, p.min_jump_area, p.min_sat_area, p.expand_factor,
+                         p.sat_required_snowball, p.min_sat_radius_extend, p.sat_expand * 2,
+                         p.edge_size)
+    jd.set_shower_info(p.find_showers, p.extend_snr_threshold, p.extend_min_area,
+                       p.extend_inner_radius, p.extend_outer_radius,
+                       p.extend_ellipse_expand_ratio, p.min_diffs_single_pass,
+                       p.max_extended_radius * 2)
+    jd.mask_persist_grps_next_int = p.mask_snowball_core_next_int
+    jd.persist_grps_flagged = int(p.snowball_time_masked_next_int // group_time)
+    jd.grps_masked_after_shower = int(p.time_masked_after_shower // group_time)
+    jd.max_shower_amplitude = p.max_shower_amplitude * group_time
     t0 = time.perf_counter()
     with np.errstate(all="ignore"):
-        out_gdq, out_pdq, total, _ = detect_jumps_data(jd)
+        out_gdq, out_pdq, total, n_ext = detect_jumps_data(jd)
     wall = time.perf_counter() - t0
     peak = _peak_mib()
     np.save(d / "stcal_gdq.npy", out_gdq)
     np.save(d / "stcal_pdq.npy", out_pdq)
-    return {"wall_s": wall, "peak_mib": peak, "base_mib": base, "n_primary": int(total)}
+    return {"wall_s": wall, "peak_mib": peak, "base_mib": base, "n_primary": int(total),
+            "n_extended": int(n_ext)}
 
 
-def _run_child(which: str, d: Path, nframes: int, group_time: float) -> dict:
+def _run_child(which: str, d: Path, nframes: int, group_time: float, case: str) -> dict:
     cmd = [sys.executable, __file__, "--child", which, "--dir", str(d),
-           "--nframes", str(nframes), "--group-time", repr(group_time)]  # fmt: skip
+           "--nframes", str(nframes), "--group-time", repr(group_time), "--case", case]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -143,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nx", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each; the best is reported")
+    ap.add_argument("--case", choices=("plain", "snowball", "shower"), default="plain",
+                    help="large events added and flagged (see the module docstring)")
     ap.add_argument("--child", choices=("ours", "stcal"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--nframes", type=int, default=1, help=argparse.SUPPRESS)
@@ -151,18 +194,36 @@ def main(argv=None) -> int:
 
     if args.child:
         fn = child_ours if args.child == "ours" else child_stcal
-        print(json.dumps(fn(Path(args.dir), args.nframes, args.group_time)))
+        print(json.dumps(fn(Path(args.dir), args.nframes, args.group_time, args.case)))
         return 0
 
     import numpy as np
 
+    from stcal_dask import dqflags
+    from stcal_dask.sim.events import EventConfig, add_large_events
     from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
     cfg = SimulationConfig(
-        nints=args.nints, ngroups=args.ngroups, ny=args.ny, nx=args.nx, seed=args.seed
+        nints=args.nints, ngroups=args.ngroups, ny=args.ny, nx=args.nx, seed=args.seed,
+        **({"frame_time": 2.775, "cr_rate": 0.002} if args.case == "shower" else {}),
     )
-    print(f"simulating {cfg.shape} (nints, ngroups, ny, nx) ...", flush=True)
+    print(f"simulating {cfg.shape} (nints, ngroups, ny, nx), case {args.case} ...", flush=True)
     exp = simulate_exposure(cfg)
+    if args.case == "snowball":
+        per = max(1, args.ny * args.nx // 100_000)
+        exp, _ = add_large_events(exp, EventConfig(seed=args.seed, n_snowballs=per,
+                                                   snowball_rows=(args.ny // 2,)))
+    elif args.case == "shower":
+        per = max(1, args.ny * args.nx // 200_000)
+        exp, _ = add_large_events(exp, EventConfig(seed=args.seed, n_snowballs=0,
+                                                   n_edge_snowballs=0, n_showers=per))
+        gdq = exp.groupdq.copy()
+        gdq[:, 0] |= dqflags.DO_NOT_USE
+        gdq[:, -1] |= dqflags.DO_NOT_USE
+        pdq = exp.pixeldq.copy()
+        pdq[:, :4] = dqflags.REFERENCE_PIXEL
+        pdq[:, -4:] = dqflags.REFERENCE_PIXEL
+        exp = exp._replace(groupdq=gdq, pixeldq=pdq)
     cube_mib = exp.data.nbytes / 2**20
     with tempfile.TemporaryDirectory(prefix="bench_jump_") as tmp:
         d = Path(tmp)
@@ -173,7 +234,7 @@ def main(argv=None) -> int:
         for which in ("ours", "stcal"):
             best = None
             for _ in range(args.repeat):
-                r = _run_child(which, d, cfg.nframes, cfg.group_time)
+                r = _run_child(which, d, cfg.nframes, cfg.group_time, args.case)
                 if best is None or r["wall_s"] < best["wall_s"]:
                     best = r
             runs[which] = best
@@ -181,6 +242,7 @@ def main(argv=None) -> int:
         same_gdq = np.array_equal(np.load(d / "ours_gdq.npy"), np.load(d / "stcal_gdq.npy"))
         same_pdq = np.array_equal(np.load(d / "ours_pdq.npy"), np.load(d / "stcal_pdq.npy"))
     same_n = runs["ours"]["n_primary"] == runs["stcal"]["n_primary"]
+    same_n = same_n and runs["ours"]["n_extended"] == runs["stcal"]["n_extended"]
 
     o, s = runs["ours"], runs["stcal"]
     speedup = s["wall_s"] / o["wall_s"]
@@ -203,7 +265,8 @@ def main(argv=None) -> int:
     print(f"memory ratio (stcal / ours, above imports): {s_work / o_work:.1f}x")
     print(
         f"GROUPDQ identical: {same_gdq}; PIXELDQ identical: {same_pdq}; "
-        f"primary count {o['n_primary']} vs {s['n_primary']}: {'equal' if same_n else 'DIFFER'}"
+        f"primary count {o['n_primary']} vs {s['n_primary']}, extended events "
+        f"{o['n_extended']} vs {s['n_extended']}: {'equal' if same_n else 'DIFFER'}"
     )
     return 0 if (same_gdq and same_pdq and same_n) else 1
 

@@ -244,3 +244,52 @@ def test_dataflow_options_off_has_no_large_event_tasks():
     assert dataflow.LARGE_EVENTS_VARIABLE not in out
     names = {k[0] if isinstance(k, tuple) else k for k in out["groupdq"].data.dask}
     assert not any("large-events" in str(n) or "snowball" in str(n) for n in names)
+
+
+def test_cli_run_with_snowballs_matches_stcal(tmp_path):
+    """``stcal-dask run --jump.expand_large_events true`` (FITS in, FITS and zarr out): the
+    jump product's GROUPDQ equals stcal's detect_jumps_data with snowballs, and the rate its
+    OLS fit of that GROUPDQ. The 40 x 48 frame lies within edge_size of an edge everywhere, so
+    every JUMP region of >= 5 pixels is a snowball."""
+    import xarray as xr
+    from astropy.io import fits
+    from oracle_ramp import run_stcal
+
+    from stcal_dask.cli import main
+    from stcal_dask.kernels.ramp_fit import RampFitParams, RampTiming
+
+    ramp = tmp_path / "expo_ramp.fits"
+    local = ["--scheduler", "threads", "--quiet"]
+    assert main(["simulate", str(ramp), "--shape", "2x6x40x48", "--seed", "7", "--cr-rate",
+                 "0.05", *local]) == 0
+    gain, rnoise = tmp_path / "expo_gain.fits", tmp_path / "expo_readnoise.fits"
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["run", str(ramp), "--gain", str(gain), "--readnoise", str(rnoise),
+                 "--output-dir", str(out), "--format", "both", "--save-jump", "--tile", "16x20",
+                 "--jump.expand_large_events", "true", *local]) == 0
+    with fits.open(ramp) as h:
+        data = h["SCI"].data.astype(np.float32)
+        gdq = h["GROUPDQ"].data.astype(np.uint8)
+        pdq = h["PIXELDQ"].data.astype(np.uint32)
+        hdr = h[0].header
+    g = fits.getdata(gain, "SCI").astype(np.float32)
+    rn = fits.getdata(rnoise, "SCI").astype(np.float32)
+    p = jk.JumpParams(expand_large_events=True)
+    jgdq, jpdq, _, n = run_stcal_jump(data, gdq, pdq, g, rn, params=p, nframes=hdr["NFRAMES"],
+                                      group_time=hdr["TGROUP"], extended=True)
+    assert n > 0
+    two = jk.detect_jumps(data, gdq, pdq, g, rn, params=jk.JumpParams(),
+                          nframes=hdr["NFRAMES"], group_time=hdr["TGROUP"])
+    assert (jgdq != two.groupdq).any()
+    np.testing.assert_array_equal(fits.getdata(out / "expo_jump.fits", "GROUPDQ"), jgdq)
+    timing = RampTiming(hdr["TFRAME"], hdr["TGROUP"], hdr["NFRAMES"], hdr["GROUPGAP"],
+                        hdr["DRPFRMS1"])
+    image, _, _ = run_stcal(data, jgdq, jpdq, g, rn, params=RampFitParams(), timing=timing)
+    rate_dq = fits.getdata(out / "expo_rate.fits", "DQ")
+    np.testing.assert_array_equal(rate_dq, image["dq"])
+    ours = fits.getdata(out / "expo_rate.fits", "SCI")
+    ok = ~np.isnan(image["slope"])
+    np.testing.assert_allclose(ours[ok], image["slope"][ok], rtol=1e-5)
+    z = xr.open_zarr(out / "expo_rate.zarr")
+    np.testing.assert_array_equal(z["dq"].values, image["dq"])
