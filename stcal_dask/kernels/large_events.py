@@ -166,24 +166,28 @@ def _label(mask: np.ndarray):
     return ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
 
 
-def _region_props(lab: np.ndarray, k: int, sl):
-    """``skimage.measure.regionprops`` of region ``k`` alone: the same region image and slice
-    origin as regionprops on the whole label image, so the same floating-point values."""
+def _shape_props(sub: np.ndarray, cache: dict):
+    """regionprops of a region image (its bounding box, uint8 0/1): (axis_minor_length,
+    axis_major_length, orientation, the RegionProperties). They depend on the region image
+    alone (not on where it lies), so identical shapes -- most regions of a jump plane are the
+    same few small patterns, e.g. the five-pixel cross of a neighbour-flagged cosmic ray -- are
+    measured once per plane."""
     from skimage.measure import regionprops
 
-    sub = (lab[sl] == k).astype(np.uint8)
-    (r,) = regionprops(sub, offset=(sl[0].start, sl[1].start))
-    return r
+    key = (sub.shape, sub.tobytes())
+    hit = cache.get(key)
+    if hit is None:
+        (r,) = regionprops(sub)
+        hit = (r.axis_minor_length, r.axis_major_length, r.orientation, r)
+        cache[key] = hit
+    return hit
 
 
-def _ellipse_of(r) -> Ellipse:
-    return Ellipse(
-        float(r.centroid[1]),
-        float(r.centroid[0]),
-        r.axis_minor_length - 1,
-        r.axis_major_length - 1,
-        np.degrees(r.orientation),
-    )
+def _centroid(sub: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """regionprops' centroid of a region in the frame: the mean of its pixels' frame
+    coordinates as float64 (the same values in the same order, so the same result)."""
+    coords = (np.array([y0, x0]) + np.argwhere(sub)) * np.ones(2)
+    return coords.mean(axis=0)
 
 
 def region_ellipses(mask, min_area, *, keep=None) -> list[Ellipse]:
@@ -203,6 +207,7 @@ def region_ellipses(mask, min_area, *, keep=None) -> list[Ellipse]:
         return []
     counts = np.bincount(lab.ravel(), minlength=n + 1)
     out = []
+    cache: dict = {}
     for k, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue
@@ -212,10 +217,12 @@ def region_ellipses(mask, min_area, *, keep=None) -> list[Ellipse]:
             continue
         if keep is not None and not keep(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop):
             continue
-        r = _region_props(lab, k, sl)
-        if n_px < min_area and r.area_filled < min_area:
+        sub = (lab[sl] == k).astype(np.uint8)
+        hit = _shape_props(sub, cache)
+        if n_px < min_area and hit[3].area_filled < min_area:
             continue
-        out.append(_ellipse_of(r))
+        cy, cx = _centroid(sub, sl[0].start, sl[1].start)
+        out.append(Ellipse(float(cx), float(cy), hit[0] - 1, hit[1] - 1, np.degrees(hit[2])))
     return out
 
 
