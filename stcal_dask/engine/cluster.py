@@ -122,20 +122,13 @@ def _scoped_environ(values: dict[str, str]):
         yield
 
 
-def _warm_kernels() -> None:
-    """Load the compiled jump and ramp-fit kernels (numba's on-disk cache) with a 1x5x2x2 ramp."""
-    import numpy as np
+def _warm_kernels(quiet: bool = True) -> None:
+    """Load the compiled jump and ramp-fit kernels, compiling them first (once per machine, with
+    a message on stderr unless ``quiet``) when the cache is cold: see
+    :func:`stcal_dask.engine.warmup.ensure_compiled`."""
+    from stcal_dask.engine.warmup import ensure_compiled
 
-    from stcal_dask.kernels import jump as jk
-    from stcal_dask.kernels import ramp_fit as rk
-
-    data = np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None] * 50, (1, 5, 2, 2))
-    gdq = np.zeros(data.shape, np.uint8)
-    pdq = np.zeros((2, 2), np.uint32)
-    gain, rn = np.full((2, 2), 2.0, np.float32), np.full((2, 2), 10.0, np.float32)
-    res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.0)
-    rk.fit_ramps_tile(data, res.groupdq, res.pixeldq, gain, rn, params=rk.RampFitParams(),
-                      timing=rk.RampTiming(10.0, 10.0, 1))
+    ensure_compiled(quiet=quiet)
 
 
 def _exit_fast() -> None:  # pragma: no cover - runs at a worker process's exit
@@ -181,9 +174,10 @@ def _trim_malloc() -> None:
 
 
 def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
-                 trim: bool = False) -> int:
+                 trim: bool = False, quiet: bool = True) -> int:
     """Prepare a worker: import what every tile task needs (as the first task would), load the
-    compiled kernels, arrange a fast exit; return the worker's RSS in bytes.
+    compiled kernels (compiling them first when this machine's cache is cold, saying so on
+    stderr unless ``quiet``), arrange a fast exit; return the worker's RSS in bytes.
 
     Runs in the worker's event loop, so its memory monitor cannot fire meanwhile; when the RSS is
     above ``threshold`` the monitor's warnings stay silenced (the caller raises a clear error and
@@ -206,7 +200,7 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
             importlib.import_module(name)
     if trim:
         _trim_malloc()
-    _warm_kernels()
+    _warm_kernels(quiet)
     # Once the worker has closed, skip the interpreter's finalisation of all these libraries
     # (~0.9 s of a LocalCluster's close): every output was committed by its own task, and the
     # worker's directory was removed by its close. Registered last, so it runs first.
@@ -316,7 +310,7 @@ def log_note() -> str:
 
 
 def _warm_and_check_room(client, limit: int | None,
-                         modules: tuple[str, ...] = WORKER_IMPORTS) -> None:
+                         modules: tuple[str, ...] = WORKER_IMPORTS, quiet: bool = True) -> None:
     """Load the libraries and compiled kernels in every worker now (in parallel, instead of in
     the first task), and refuse a per-worker memory ``limit`` that this already fills.
 
@@ -327,7 +321,7 @@ def _warm_and_check_room(client, limit: int | None,
     threshold = 0.9 * pause * limit if limit is not None else float("inf")
     try:
         rss = max(client.run(_warm_worker, threshold, tuple(modules),
-                             limit is not None).values())
+                             limit is not None, quiet).values())
     except Exception:  # a worker died while importing the libraries: its limit killed it
         if limit is None:
             return  # nothing to check; the computation will report a real failure
@@ -349,15 +343,18 @@ def _warm_and_check_room(client, limit: int | None,
         )
 
 
-def warm_workers(client, memory_limit=None, modules: tuple[str, ...] | None = None) -> None:
+def warm_workers(client, memory_limit=None, modules: tuple[str, ...] | None = None,
+                 announce: bool = True) -> None:
     """Load the libraries (``modules``, default :data:`WORKER_IMPORTS`) and the compiled kernels
     in every worker of ``client`` now (all workers in parallel, instead of inside their first
     tile task); raise :class:`UserInputError` when a per-worker ``memory_limit`` (bytes or a
-    size string) is already filled by them."""
+    size string) is already filled by them. When the machine's kernel cache is cold, one worker
+    compiles (saying so on stderr if ``announce``) while the others wait for it."""
     limit = parse_memory_limit(memory_limit)
     modules = WORKER_IMPORTS if modules is None else tuple(modules)
     with _quiet_distributed():  # the check's failure is reported in one line
-        _warm_and_check_room(client, limit if isinstance(limit, int) else None, modules)
+        _warm_and_check_room(client, limit if isinstance(limit, int) else None, modules,
+                             not announce)
 
 
 def _check_address(address: str) -> str:
@@ -408,6 +405,7 @@ def get_client(
     warm: bool = True,
     warm_imports: tuple[str, ...] | None = None,
     log_to_file: bool = True,
+    announce_compile: bool = True,
 ) -> Iterator[Any]:
     """Yield a :class:`distributed.Client`, closing it (and any cluster started here) at exit.
 
@@ -459,20 +457,27 @@ def get_client(
         :func:`log_path` instead of the terminal (:func:`logs_to_file`); a task's failure then
         reaches the user as the command's one line, not as the workers' tracebacks. False
         leaves distributed's logging as it is (``--verbose``).
+    announce_compile:
+        When the machine's compiled-kernel cache is cold, say on stderr that the kernels are
+        being compiled (once per machine; see :mod:`stcal_dask.engine.warmup`). The kernels are
+        compiled (or loaded) before yielding by the local cluster's workers, or by this process
+        for dask's local schedulers and in-process workers; an external cluster's workers
+        compile on first use unless warmed (``stcal-dask warmup``, see ``deploy/``).
     """
     if not log_to_file or resolve_scheduler(scheduler) in LOCAL_SCHEDULERS:
         with _get_client(scheduler, n_workers, memory_limit, threads_per_worker,
                          dashboard=dashboard, connect_timeout=connect_timeout, quiet=quiet,
                          local_directory=local_directory, processes=processes,
                          start_method=start_method, warm=warm,
-                         warm_imports=warm_imports) as client:
+                         warm_imports=warm_imports, announce_compile=announce_compile) as client:
             yield client
         return
     with logs_to_file() as path, _get_client(
             scheduler, n_workers, memory_limit, threads_per_worker, dashboard=dashboard,
             connect_timeout=connect_timeout, quiet=quiet, local_directory=local_directory,
             processes=processes, start_method=start_method, warm=warm,
-            warm_imports=warm_imports, log_file=str(path)) as client:
+            warm_imports=warm_imports, log_file=str(path),
+            announce_compile=announce_compile) as client:
         yield client
 
 
@@ -492,6 +497,7 @@ def _get_client(
     warm: bool = True,
     warm_imports: tuple[str, ...] | None = None,
     log_file: str | None = None,
+    announce_compile: bool = True,
 ) -> Iterator[Any]:
     """:func:`get_client` without the log routing; ``log_file``: a local cluster's worker
     processes log there (:class:`~stcal_dask.engine.worker_plugins.LogToFile`)."""
@@ -500,6 +506,8 @@ def _get_client(
     address = resolve_scheduler(scheduler)
     if address in LOCAL_SCHEDULERS:
         # no distributed cluster: dask's local scheduler (tests, small jobs, debugging)
+        if warm:
+            _warm_kernels(quiet=not announce_compile)
         with dask.config.set(scheduler=address):
             yield None
         return
@@ -595,7 +603,10 @@ def _get_client(
 
                     client.register_plugin(LogToFile(log_file))
                 if processes and warm:
-                    warm_workers(client, limit, warm_imports)  # closed below if it refuses
+                    # closed below if it refuses
+                    warm_workers(client, limit, warm_imports, announce_compile)
+                elif warm:
+                    _warm_kernels(quiet=not announce_compile)
                 yield client
             finally:
                 # closing cancels the scheduler's handlers still running, e.g. the progress
@@ -655,6 +666,7 @@ class BackgroundClient:
             self._cm = get_client(**{**opts, "warm": False})
             self._limit = opts["memory_limit"]
             self._imports = opts["warm_imports"]
+            self._announce = opts["announce_compile"]
             n_workers, _ = local_layout(opts["n_workers"], opts["threads_per_worker"])
             with _FORKS:
                 target_forks = _FORK_COUNT[0] + max(1, int(n_workers))
@@ -675,7 +687,7 @@ class BackgroundClient:
             self._value = self._cm.__enter__()
             self._entered = True
             if self._warm_after:
-                warm_workers(self._value, self._limit, self._imports)
+                warm_workers(self._value, self._limit, self._imports, self._announce)
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
 

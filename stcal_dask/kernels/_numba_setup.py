@@ -5,11 +5,14 @@ numpy; one of them (``np.correlate``/``np.convolve``) imports ``scipy.linalg`` t
 BLAS may be used (~0.35 s, a third of a worker's kernel loading). The kernels use no BLAS, so
 the set-up runs once here with scipy hidden when it is not loaded yet (numba then uses its own
 loop for those two functions; ``np.dot`` and ``np.linalg`` still find scipy on first use).
-Imported by the numba kernel modules before they define anything.
+It also points numba's on-disk cache of compiled kernels at the directory that
+:func:`stcal_dask.kernels.numba_cache.configure` chooses (numba fixes a function's cache directory
+when the function is decorated). Imported by the numba kernel modules before they define anything.
 """
 
 from __future__ import annotations
 
+from stcal_dask.kernels.numba_cache import configure as configure_cache
 from stcal_dask.optional_imports import skipping_optional_imports
 
 
@@ -22,4 +25,5 @@ def set_up_cpu_target() -> None:
         cpu_target.target_context.refresh()
 
 
+configure_cache()
 set_up_cpu_target()

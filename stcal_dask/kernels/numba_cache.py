@@ -1,0 +1,165 @@
+"""Where numba keeps the compiled kernels on disk.
+
+Every numba function of the kernels is compiled with ``cache=True``: the machine code is stored
+on disk the first time and loaded (in a fraction of a second) by every later process. numba's own
+default stores it beside the package (``__pycache__``), else under ``$HOME/.cache``, and fails
+(``cannot cache function ...: no locator available``) when neither is writable, e.g. a package
+installed read-only, shared by several users, with a read-only HOME. This module chooses the
+directory instead, before any kernel is defined (numba picks a function's cache directory when
+the function is decorated), from the first usable of:
+
+1. ``$STCAL_DASK_CACHE_DIR`` (set it to put the cache anywhere, e.g. a directory warmed when a
+   container image is built, or node-local disk on a cluster);
+2. ``$NUMBA_CACHE_DIR`` (numba's own setting);
+3. ``/var/tmp/stcal-dask-<uid>/numba``: the same for every process of the user on this machine
+   (every worker of every run, every install), whatever the package directory or HOME, and
+   kept across reboots;
+4. ``<temporary directory>/stcal-dask-<uid>/numba`` (``$TMPDIR``, else ``/tmp``);
+5. ``$XDG_CACHE_HOME/stcal-dask/numba`` (else ``~/.cache/stcal-dask/numba``).
+
+A directory is usable when it exists or can be created and a file can be written in it. The
+defaults (3-5) are per user and must belong to the user and not be writable by others: numba
+loads machine code from its cache, so a cache another account can write into would run that
+account's code. An explicit directory (1, 2) is taken as given (an administrator may share a
+directory warmed once; it must then be writable by its users, as numba writes new variants
+into it). An explicit directory that is unusable is reported on stderr and skipped.
+
+The chosen directory is also exported as ``NUMBA_CACHE_DIR``, so worker processes started from
+this one (a LocalCluster) use the same cache. numba writes every cache file under a temporary
+name and renames it, so concurrent processes never read a partly written entry; compiling once
+per machine rather than once per process is arranged by :mod:`stcal_dask.engine.warmup`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+from stcal_dask.errors import UserInputError
+
+__all__ = ["CACHE_ENV", "candidate_dirs", "configure", "machine", "usable_dir"]
+
+CACHE_ENV = "STCAL_DASK_CACHE_DIR"
+"""Environment variable that sets the directory of the compiled-kernel cache."""
+
+_configured: Path | None = None
+
+
+def _default_dirs() -> list[Path]:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [
+        Path("/var/tmp") / f"stcal-dask-{uid}" / "numba",
+        Path(tempfile.gettempdir()) / f"stcal-dask-{uid}" / "numba",
+        Path(xdg) / "stcal-dask" / "numba",
+    ]
+
+
+def candidate_dirs() -> list[tuple[Path, bool]]:
+    """The cache directories to try, in order, as (directory, explicit) pairs: ``explicit`` when
+    the directory comes from ``$STCAL_DASK_CACHE_DIR`` or ``$NUMBA_CACHE_DIR``."""
+    found = []
+    for env in (CACHE_ENV, "NUMBA_CACHE_DIR"):
+        value = os.environ.get(env)
+        if value:
+            found.append((Path(value).expanduser().absolute(), True))
+    found.extend((d, False) for d in _default_dirs())
+    return found
+
+
+def _private_enough(path: Path, root: Path) -> bool:
+    """Every directory from ``root`` (the per-user top) down to ``path`` belongs to this user and
+    is not writable by group or others."""
+    if not hasattr(os, "getuid"):
+        return True
+    for part in (root, *[p for p in path.parents if root in p.parents], path):
+        st = part.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
+
+
+def usable_dir(path: Path, explicit: bool = True) -> str | None:
+    """Why ``path`` cannot hold the cache (None when it can), creating it if needed.
+
+    Parameters
+    ----------
+    path : Path
+        The candidate directory.
+    explicit : bool
+        Chosen by the user (only writability is checked); else a per-user default, which must
+        also belong to the user and not be writable by others (created with mode 0700).
+    """
+    try:
+        if explicit:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            # the per-user top directory (stcal-dask-<uid> or stcal-dask) is created private
+            root = path.parent
+            root.parent.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=0o700, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
+            if not _private_enough(path, root):
+                return "not owned by this user or writable by others"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def configure(required: bool = True) -> Path | None:
+    """Choose the cache directory (see the module docstring), point numba at it and export it as
+    ``NUMBA_CACHE_DIR``; idempotent, returns the directory.
+
+    numba itself is not imported: when it is not loaded yet it reads ``NUMBA_CACHE_DIR`` as it
+    loads, else its ``config.CACHE_DIR`` is set here.
+
+    Parameters
+    ----------
+    required : bool
+        Raise when no candidate is usable (else return None and leave numba's default).
+
+    Raises
+    ------
+    UserInputError
+        No candidate directory is usable and ``required``.
+    """
+    global _configured
+    if _configured is not None:
+        return _configured
+    for path, explicit in candidate_dirs():
+        why = usable_dir(path, explicit)
+        if why is None:
+            break
+        if explicit:
+            print(f"stcal-dask: warning: cannot cache compiled kernels in {path} ({why}); "
+                  "trying the defaults", file=sys.stderr)
+    else:
+        if not required:
+            return None
+        raise UserInputError(
+            f"no writable directory for the compiled numba kernels; set {CACHE_ENV} to one"
+        )
+    os.environ["NUMBA_CACHE_DIR"] = str(path)
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        config.CACHE_DIR = str(path)
+    _configured = path
+    return path
+
+
+def machine() -> str:
+    """numba's key of the machine a cached variant was compiled for: (target triple, CPU name,
+    CPU features). It honours ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` (e.g. ``generic`` for a
+    cache that any x86-64 CPU can load, at the cost of the host's vector instructions)."""
+    from numba.core.registry import cpu_target
+
+    from stcal_dask.kernels import _numba_setup  # noqa: F401  (cache and CPU target set up)
+
+    return repr(cpu_target.target_context.codegen().magic_tuple())

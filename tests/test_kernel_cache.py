@@ -1,0 +1,137 @@
+"""Where the compiled numba kernels are cached: a read-only package directory and HOME, a
+separate cache directory, a second user of the machine (stcal_dask.kernels.numba_cache).
+
+The package copy and HOME are made read-only (mode 0555). As root, the probing subprocesses run
+without the capabilities that let root ignore file modes (``setpriv``), so the modes bind them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import stcal_dask
+
+ROOT = os.geteuid() == 0
+_DAC = "-dac_override,-dac_read_search,-fowner"
+AS_USER = ["setpriv", f"--inh-caps={_DAC}", f"--bounding-set={_DAC}"] if ROOT else []
+
+# import a numba kernel module (numba picks each function's cache directory as it is decorated:
+# numba's default locators raise "cannot cache function ...: no locator available" here), then
+# compile one small function and report whether it came from the cache
+PROBE = """
+import json, numpy as np
+from numba.core import config
+from stcal_dask.kernels import _median_numba as m
+m.mid_scratch(np.zeros((3, 4), np.float32))
+stats = m.mid_scratch.stats
+print(json.dumps({"cache_dir": config.CACHE_DIR, "hits": sum(stats.cache_hits.values()),
+                  "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory other users can read (pytest's tmp_path is private to its user)."""
+    path = Path(tempfile.mkdtemp(prefix="stcal-dask-cache-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for p in [path, *path.rglob("*")]:  # read-only copies must become removable again
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(stat.S_IRWXU)
+        shutil.rmtree(path)
+
+
+def _read_only_install(base: Path) -> Path:
+    """A copy of the package (no compiled cache in it) that the probing user cannot write."""
+    site = base / "site"
+    shutil.copytree(Path(stcal_dask.__file__).parent, site / "stcal_dask",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for p in [site, *site.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    return site
+
+
+def _home(base: Path, name: str) -> Path:
+    home = base / name
+    home.mkdir()
+    home.chmod(0o555)
+    return home
+
+
+def _probe(site: Path, home: Path, env_extra: dict[str, str]):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "STCAL_DASK_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update({"PYTHONPATH": str(site), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1",
+                **env_extra})
+    if ROOT and shutil.which("setpriv") is None:
+        pytest.fail("running as root needs setpriv to drop the capabilities that bypass modes")
+    return subprocess.run([*AS_USER, sys.executable, "-c", PROBE], env=env,
+                          capture_output=True, text=True, cwd=str(home))
+
+
+def test_read_only_package_and_home_with_a_cache_dir(shared_tmp):
+    """Package and HOME read-only, STCAL_DASK_CACHE_DIR writable: the kernels compile into the
+    cache directory; a second user (another HOME) using it loads them instead of compiling."""
+    import json
+
+    site = _read_only_install(shared_tmp)
+    cache = shared_tmp / "cache"
+    cache.mkdir()
+    first = _probe(site, _home(shared_tmp, "home1"), {"STCAL_DASK_CACHE_DIR": str(cache)})
+    assert first.returncode == 0, first.stderr
+    got = json.loads(first.stdout)
+    assert got["cache_dir"] == str(cache) and got["misses"] == 1 and got["hits"] == 0
+    assert list(cache.rglob("*.nbi")), "nothing was cached in STCAL_DASK_CACHE_DIR"
+    assert not list(site.rglob("__pycache__"))
+    second = _probe(site, _home(shared_tmp, "home2"), {"STCAL_DASK_CACHE_DIR": str(cache)})
+    assert second.returncode == 0, second.stderr
+    got = json.loads(second.stdout)
+    assert got["hits"] == 1 and got["misses"] == 0  # compiled at most once
+
+
+def test_unusable_cache_dir_falls_back_with_a_warning(shared_tmp):
+    """An explicit cache directory that cannot be written is reported in one line and a per-user
+    default under TMPDIR is used instead."""
+    import json
+
+    site = _read_only_install(shared_tmp)
+    blocked = shared_tmp / "blocked"
+    blocked.mkdir()
+    blocked.chmod(0o555)
+    tmp = shared_tmp / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    out = _probe(site, _home(shared_tmp, "home"),
+                 {"STCAL_DASK_CACHE_DIR": str(blocked / "c"), "TMPDIR": str(tmp)})
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(blocked / "c") in warnings[0], out.stderr
+    chosen = Path(json.loads(out.stdout)["cache_dir"])
+    # /var/tmp/stcal-dask-<uid> when /var/tmp is writable, else the TMPDIR one
+    assert chosen.name == "numba" and chosen.parent.name == f"stcal-dask-{os.getuid()}"
+    mode = chosen.parent.stat().st_mode
+    assert not mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def test_default_cache_dir_refuses_one_another_user_can_write(shared_tmp, monkeypatch):
+    """A per-user default directory that others can write into is not used (numba loads machine
+    code from it)."""
+    from stcal_dask.kernels.numba_cache import usable_dir
+
+    top = shared_tmp / "stcal-dask-x"
+    top.mkdir()
+    top.chmod(0o777)
+    assert usable_dir(top / "numba", explicit=False) is not None
+    top.chmod(0o700)
+    assert usable_dir(top / "numba", explicit=False) is None
+    assert usable_dir(top / "numba", explicit=True) is None
