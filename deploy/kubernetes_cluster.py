@@ -4,6 +4,12 @@ Needs ``pip install dask-kubernetes`` and the Dask operator installed in the Kub
 (see deploy/README.md). The image must contain stcal_dask; the data must be on a volume that the
 workers and this process see at the same path.
 
+The worker pods compile the numba kernels into the pod's cache before ``dask worker`` starts
+(``stcal-dask warmup``: a no-op when the image was built with a warm cache for this CPU, see
+deploy/Dockerfile). The scheduler is started with ``dask scheduler`` (``distributed`` no longer
+ships the ``dask-scheduler`` command that the operator's default spec uses); it listens on all of
+its pod's interfaces, reached through the cluster-internal (``ClusterIP``) service only.
+
 Example::
 
     python deploy/kubernetes_cluster.py --image ghcr.io/you/stcal-dask:latest --workers 8 \\
@@ -32,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+WARMUP = "stcal-dask warmup && exec \"$@\""
+"""Shell line run before a worker's own command (its arguments follow as ``$@``)."""
+
+
 def make_spec(args):
-    """The KubeCluster custom spec: single-threaded workers with the data volume mounted."""
+    """The KubeCluster custom spec: single-threaded workers that warm the kernel cache first,
+    ``dask scheduler``, the data volume mounted at /data in both."""
     from dask_kubernetes.operator import make_cluster_spec
 
     spec = make_cluster_spec(
@@ -47,6 +58,13 @@ def make_spec(args):
         env={"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
         worker_command="dask worker --nthreads 1",
     )
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    args_ = list(scheduler["args"])
+    if args_ and args_[0] == "dask-scheduler":  # the operator's default, gone from distributed
+        args_[:1] = ["dask", "scheduler"]
+    scheduler["args"] = args_
+    for container in spec["spec"]["worker"]["spec"]["containers"]:
+        container["command"] = ["sh", "-c", WARMUP, "--"]  # then args: the dask worker line
     volume = {"name": "data", "persistentVolumeClaim": {"claimName": args.pvc}}
     mount = {"name": "data", "mountPath": "/data"}
     for role in ("worker", "scheduler"):

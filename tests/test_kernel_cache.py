@@ -135,3 +135,32 @@ def test_default_cache_dir_refuses_one_another_user_can_write(shared_tmp, monkey
     top.chmod(0o700)
     assert usable_dir(top / "numba", explicit=False) is None
     assert usable_dir(top / "numba", explicit=True) is None
+
+
+def test_warmup_compiles_every_variant_a_run_uses(tmp_path):
+    """After ensure_compiled, runs (one integration; several, on the sigma-clip path; with the
+    optional fit outputs) compile nothing more: no new file in the cache."""
+    from stcal_dask.engine.warmup import cache_dir, ensure_compiled, is_warm
+
+    ensure_compiled(quiet=True)
+    assert is_warm()
+    cache = cache_dir()
+
+    def files():
+        return {p.name for p in cache.rglob("*.nb*")}
+
+    before = files()
+    exe = str(Path(sys.executable).parent / "stcal-dask")
+    env = {**os.environ, "PYTHONPATH": str(Path(stcal_dask.__file__).parents[1])}
+    for name, shape, extra in (("a", "1x10x64x64", []), ("b", "5x25x32x32", ["--save-opt"])):
+        expo = tmp_path / f"{name}_ramp.fits"
+        subprocess.run([exe, "simulate", str(expo), "--shape", shape, "--seed", "3", "-q",
+                        "--scheduler", "threads"], check=True, env=env)
+        out = tmp_path / f"out_{name}"
+        out.mkdir()
+        got = subprocess.run([exe, "run", str(expo), "--gain", str(tmp_path / f"{name}_gain.fits"),
+                              "--readnoise", str(tmp_path / f"{name}_readnoise.fits"), "-o",
+                              str(out), "-q", *extra], env=env, capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        assert "compiling" not in got.stderr
+    assert files() == before

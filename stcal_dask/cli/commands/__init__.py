@@ -11,9 +11,18 @@ Adding a command: add its module here and one line to :data:`COMMANDS`.
 
 from __future__ import annotations
 
-from stcal_dask.cli.commands import demo, ingest, jump, mosaic_wcs, rampfit, run, simulate
+from stcal_dask.cli.commands import (
+    demo,
+    ingest,
+    jump,
+    mosaic_wcs,
+    rampfit,
+    run,
+    simulate,
+    warmup,
+)
 
 __all__ = ["COMMANDS"]
 
-COMMANDS = (simulate, ingest, jump, rampfit, run, demo, mosaic_wcs)
+COMMANDS = (simulate, ingest, jump, rampfit, run, demo, mosaic_wcs, warmup)
 """The command modules, in the order of the top-level ``--help``."""
