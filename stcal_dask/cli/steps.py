@@ -32,8 +32,8 @@ from stcal_dask.cli.common import (
 )
 from stcal_dask.errors import UserInputError
 
-__all__ = ["RAMP_VARS", "Plan", "add_step_command", "open_input", "plan", "process", "references",
-           "tile_of"]
+__all__ = ["RAMP_VARS", "Plan", "add_step_command", "execute", "open_input", "plan", "process",
+           "references", "tile_of"]
 
 RAMP_VARS = ("sci", "groupdq", "pixeldq", "gain", "readnoise", "zeroframe",
              "average_dark_current")
@@ -66,7 +66,8 @@ class Plan(NamedTuple):
 
 
 def add_step_command(subparsers, name: str, *, steps: tuple[str, ...], summary: str,
-                     description: str, examples, extra_outputs: dict[str, str], func):
+                     description: str, examples, extra_outputs: dict[str, str], func,
+                     many: bool = False):
     """Register a command that runs ``steps`` (``"jump"``, ``"rampfit"``) on one input.
 
     ``extra_outputs`` maps a flag (``"--save-opt"``) to its help; the options of every step's
@@ -75,7 +76,11 @@ def add_step_command(subparsers, name: str, *, steps: tuple[str, ...], summary: 
     """
     p = add_command(subparsers, name, summary=summary, description=description,
                     examples=examples, func=func)
-    p.add_argument("input", metavar="INPUT", help="zarr ramp store or X_ramp.fits")
+    if many:
+        p.add_argument("inputs", metavar="INPUT", nargs="*",
+                       help="zarr ramp stores or X_ramp.fits files, glob patterns, directories")
+    else:
+        p.add_argument("input", metavar="INPUT", help="zarr ramp store or X_ramp.fits")
     io_options(p)
     for flag, help_ in extra_outputs.items():
         p.add_argument(flag, action="store_true", help=help_)
@@ -376,15 +381,28 @@ def process(args: argparse.Namespace, step: str) -> int:
     with BackgroundClient(**kwargs) as background:
         if fork and plan_.lean:
             import_for_graph()  # the workers are forked: this thread may import again
-        results, count = _compute(args, plan_, background)
+        targets, count = execute(args, plan_, background)
     elapsed = time.perf_counter() - t0
-    targets = plan_.targets
-    if plan_.rampfit is not None and bool(results.pop(0)):
-        targets = _drop_rate_products(targets)
     if plan_.jump is not None:
-        if count is None:
-            count = int(results.pop(0))
         say(args, "jump: " + ("exposure skipped (too few usable groups), no jumps flagged"
                               if count < 0 else f"{count} primary jumps flagged"))
     say(args, *(f"wrote {t}" for t in targets.values()), f"done in {elapsed:.1f} s")
     return 0
+
+
+def execute(args: argparse.Namespace, plan_: Plan, background) -> tuple[dict, int | None]:
+    """Compute and commit every output of a planned run on the started cluster
+    (``background``: a :class:`~stcal_dask.engine.cluster.BackgroundClient`).
+
+    Returns the products written ((kind, format) -> path; no rate products when group 0 is
+    saturated everywhere, as stcal) and the primary-jump count (None without jump detection,
+    negative when the exposure was skipped). Safe to call from several threads at once on one
+    cluster (the batch of ``run``), each with its own ``args`` and plan.
+    """
+    results, count = _compute(args, plan_, background)
+    targets = plan_.targets
+    if plan_.rampfit is not None and bool(results.pop(0)):
+        targets = _drop_rate_products(targets)
+    if plan_.jump is not None and count is None:
+        count = int(results.pop(0))
+    return targets, count
