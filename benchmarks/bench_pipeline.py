@@ -137,6 +137,23 @@ IO_FLOOR_SCRIPT = textwrap.dedent(
 )
 
 
+def tree_rss(roots) -> int:
+    """Summed RSS in bytes of the processes ``roots`` and all their descendants."""
+    procs = []
+    for root in roots:
+        try:
+            procs += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs.append(root)
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 def run_tree(cmd: list[str], *, cwd: Path, extra: tuple = ()) -> tuple[float, float, str]:
     """Run ``cmd``; return (wall seconds, peak summed RSS of its process tree in MiB, stdout).
 
@@ -150,19 +167,7 @@ def run_tree(cmd: list[str], *, cwd: Path, extra: tuple = ()) -> tuple[float, fl
     reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
-        total = 0
-        procs = []
-        for root in (proc, *extra):
-            try:
-                procs += [root, *root.children(recursive=True)]
-            except psutil.Error:
-                procs.append(root)
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        peak = max(peak, total)
+        peak = max(peak, tree_rss((proc, *extra)))
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     reader.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -24,3 +25,49 @@ def small_exposure():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@contextlib.contextmanager
+def dask_processes(work, *, workers: int = 1, threads: int = 2, env=None):
+    """A ``dask scheduler`` and ``dask worker --nworkers WORKERS --nthreads THREADS`` started as
+    separate processes on 127.0.0.1 (a user's cluster: their dask config is not this
+    process's); yields the scheduler address once the workers have registered, stops both
+    process groups at exit."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+
+    exe = str(Path(sys.executable).parent / "dask")
+    sched_file = Path(work) / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": str(threads),
+           **(env or {})}
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "start_new_session": True}
+    procs = [subprocess.Popen([exe, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--scheduler-file", str(sched_file), "--no-dashboard"], **quiet)]
+    try:
+        deadline = time.time() + 60
+        while not (sched_file.exists() and sched_file.stat().st_size) and time.time() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen([exe, "worker", address, "--host", "127.0.0.1",
+                                       "--nworkers", str(workers), "--nthreads", str(threads),
+                                       "--no-dashboard"], **quiet))
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, sig)
+                try:
+                    p.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue

@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 from astropy.io import fits
+from conftest import dask_processes
 
 pytestmark = pytest.mark.cluster
 
@@ -48,46 +49,9 @@ def exposures(tmp_path_factory):
 @pytest.fixture(scope="module")
 def external(tmp_path_factory):
     """``dask scheduler`` and two single-threaded ``dask worker`` processes on 127.0.0.1."""
-    work = tmp_path_factory.mktemp("batch-cluster")
-    sched_file = work / "scheduler.json"
-    env = {**ENV, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    sched = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                              "--scheduler-file", str(sched_file), "--no-dashboard"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    worker = None
-    try:
-        deadline = time.time() + 60
-        while not (sched_file.exists() and sched_file.stat().st_size) and time.time() < deadline:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        worker = subprocess.Popen([DASK, "worker", address, "--host", "127.0.0.1", "--nworkers",
-                                   "2", "--nthreads", "1", "--no-dashboard"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-        from distributed import Client
-
-        with Client(address, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=120)
+    with dask_processes(tmp_path_factory.mktemp("batch-cluster"), workers=2, threads=1,
+                        env={"PYTHONPATH": str(REPO)}) as address:
         yield address
-    finally:
-        for p in (worker, sched):
-            if p is not None:
-                with _suppress():
-                    os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(10)
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is ProcessLookupError
 
 
 def _run(args, cwd, **kw):

@@ -311,33 +311,10 @@ def test_workers_load_only_the_modules_asked_for():
 def external_cluster(tmp_path_factory):
     """A scheduler and a worker as separate processes (`dask scheduler`, `dask worker`), as a
     user's cluster is: their dask config is not this process's."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import dask_processes
 
-    work = tmp_path_factory.mktemp("external")
-    exe = str(Path(sys.executable).parent / "dask")
-    sched_file = work / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
-    sched = subprocess.Popen([exe, "scheduler", "--scheduler-file", str(sched_file), "--port",
-                              "0", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    worker = None
-    try:
-        deadline = time.time() + 60
-        while not (sched_file.exists() and sched_file.stat().st_size) and time.time() < deadline:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        worker = subprocess.Popen([exe, "worker", address, "--nworkers", "1", "--nthreads", "2",
-                                   "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+    with dask_processes(tmp_path_factory.mktemp("external"), workers=1, threads=2) as address:
         yield address
-    finally:
-        for p in (worker, sched):
-            if p is not None:
-                p.terminate()
-                p.wait(20)
 
 
 def test_external_scheduler_runs_each_tile_kernel_once(external_cluster, tmp_path):
