@@ -10,10 +10,13 @@ library at module level, so building the parser loads no scientific library.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import re
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +33,7 @@ __all__ = [
     "add_step_options",
     "check_execution_options",
     "client_kwargs",
+    "compute",
     "execution_options",
     "exit_status",
     "field_help",
@@ -40,9 +44,10 @@ __all__ = [
     "param_class",
     "parse_shape",
     "parse_tile",
-    "run_pending",
     "say",
+    "sigterm_unwinds",
     "step_params",
+    "Terminated",
 ]
 
 PROG = "stcal-dask"
@@ -370,42 +375,69 @@ def open_client(args: argparse.Namespace):
     return get_client(**client_kwargs(args))
 
 
-def run_pending(args: argparse.Namespace, pendings, extra=()) -> list:
-    """Compute the writes (and ``extra`` collections) in one graph; abort every write on
-    failure. Returns the results of ``extra``."""
+def compute(args: argparse.Namespace, *collections) -> list:
+    """Compute ``collections`` in one graph on the current cluster (progress bar unless
+    ``--quiet``); workers dying over and over is one line (:class:`UserInputError`)."""
     from stcal_dask.engine import cluster
 
     try:
-        results = cluster.compute(*[p.delayed for p in pendings], *extra, quiet=args.quiet)
-    except BaseException as exc:
-        for p in pendings:
-            p.abort()
-        if type(exc).__name__ == "KilledWorker":  # distributed.scheduler.KilledWorker
-            limit = getattr(args, "memory_limit", None)
-            raise UserInputError(
-                "dask workers died repeatedly while computing (most likely out of memory"
-                + (f" with --memory-limit {limit} per worker" if limit else "")
-                + "); give each worker more memory (--memory-limit, fewer --n-workers) or use a "
-                "smaller --tile; no output was written"
-            ) from None
-        raise
-    return list(results[len(pendings):])
+        return list(cluster.compute(*collections, quiet=args.quiet))
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":  # distributed.scheduler.KilledWorker
+            raise
+        limit = getattr(args, "memory_limit", None)
+        raise UserInputError(
+            "dask workers died repeatedly while computing (most likely out of memory"
+            + (f" with --memory-limit {limit} per worker" if limit else "")
+            + "); give each worker more memory (--memory-limit, fewer --n-workers) or use a "
+            "smaller --tile; no output was written"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------
 # errors
 
 
-def exit_status(command: Callable[[], int]) -> int:
-    """Run ``command()`` and return its exit status; a user mistake prints
-    ``stcal-dask: error: <one line>`` on stderr (status 2), an interruption
-    ``stcal-dask: interrupted`` (status 130)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the run unwinds as after Ctrl-C: outputs
+    aborted, temporaries removed, the cluster's workers stopped."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> typing.Iterator[None]:
+    """Within the block, SIGTERM (what SLURM, Kubernetes, ``timeout`` and systemd send) raises
+    :class:`Terminated` in the main thread; a second SIGTERM during the cleanup is ignored.
+    Outside the main thread (where Python cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        return int(command() or 0)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """Run ``command()`` and return its exit status; a user mistake or a condition of the
+    machine prints ``stcal-dask: error: <one line>`` on stderr (status 2), Ctrl-C
+    ``stcal-dask: interrupted`` (status 130), SIGTERM ``stcal-dask: terminated`` (143)."""
+    try:
+        with sigterm_unwinds():
+            return int(command() or 0)
     except UserInputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-

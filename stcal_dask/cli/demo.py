@@ -11,7 +11,7 @@
    the rate against the true flux).
 4. Writes ``demo_quicklook.png`` (matplotlib Agg): the rate image and the jump map.
 
-The demo owns its output directory's ``demo_*`` files and replaces them on every run.
+Existing ``demo_*`` products are replaced only with ``overwrite`` (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _block_reduce(a: da.Array, f: int, how: str) -> da.Array:
     return da.coarsen(func, a, {0: f, 1: f}, trim_excess=True)
 
 
-def _quicklook(path: Path, rate_img: np.ndarray, jump_img: np.ndarray, title: str) -> None:
+def _quicklook(path, rate_img: np.ndarray, jump_img: np.ndarray, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,10 +188,63 @@ def _quicklook(path: Path, rate_img: np.ndarray, jump_img: np.ndarray, title: st
         ax.set_xlabel("x (pixel)")
         ax.set_ylabel("y (pixel)")
     fig.suptitle(title)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _announce_and_tile(client, tile, cfg, say):
+    """Announce the cluster; the tile (given, or chosen for the cluster's threads)."""
+    from stcal_dask.engine import dataflow
+    from stcal_dask.sim.ramp import CELL
+
+    if client is not None:
+        workers = client.scheduler_info().get("workers", {})
+        say(f"dask cluster: {client.scheduler.address} with {len(workers)} worker processes"
+            + (f" (dashboard {client.dashboard_link})" if client.cluster is not None
+               and getattr(client.cluster, "scheduler", None) is not None
+               and client.cluster.scheduler.services.get("dashboard") else ""))
+    if tile is not None:
+        return tile
+    # tiles per thread that runs them (a worker may have several)
+    workers = {} if client is None else client.scheduler_info().get("workers", {})
+    nw = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    # tiles of whole simulator cells where possible, so each cell is simulated once
+    nints, ngroups, size = cfg.nints, cfg.ngroups, cfg.nx
+    return dataflow.auto_tile(nints, ngroups, size, size, n_workers=nw,
+                              align=CELL if size >= 8 * CELL else 16)
+
+
+def _summary_graph(ramp, jumped, rate, truth_path, size):
+    """Lazy comparison with the truth (per-tile :func:`tile_stats`, merged) and the binned
+    quicklook images; returns (stats, rate image, jump image, binning factor)."""
+    import xarray as xr
+
+    truth = xr.open_zarr(truth_path, consolidated=False, mask_and_scale=False)
+    gdq_b = jumped["groupdq"].data.to_delayed(optimize_graph=False)
+    slope_b = rate["sci"].data.to_delayed(optimize_graph=False)
+    dq_b = rate["dq"].data.to_delayed(optimize_graph=False)
+    gain_b = ramp["gain"].data.to_delayed(optimize_graph=False)
+    flux_b = truth["flux"].data.rechunk(rate["sci"].data.chunks)
+    flux_b = flux_b.to_delayed(optimize_graph=False)
+    cr_b = truth["cr_mask"].data.rechunk(jumped["groupdq"].data.chunks)
+    cr_b = cr_b.to_delayed(optimize_graph=False)
+    parts = [
+        dask.delayed(tile_stats, pure=True)(
+            gdq_b[0, 0, i, j], slope_b[i, j], dq_b[i, j], gain_b[i, j], flux_b[i, j],
+            cr_b[0, 0, i, j],
+        )
+        for i in range(slope_b.shape[0])
+        for j in range(slope_b.shape[1])
+    ]
+    stats = dask.delayed(_merge_stats, pure=True)(*parts)
+    f = max(1, size // 1024)
+    rate_img = _block_reduce(rate["sci"].data, f, "mean")
+    jmap = ((jumped["groupdq"].data & np.uint8(dqflags.JUMP_DET)) != 0).sum(
+        axis=(0, 1), dtype=np.int16
+    )
+    return stats, rate_img, _block_reduce(jmap, f, "max"), f
 
 
 def run_demo(
@@ -206,7 +259,7 @@ def run_demo(
     n_workers=None,
     memory_limit=None,
     tile=None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     quiet: bool = False,
     start_method: str | None = None,
 ) -> int:
@@ -220,15 +273,14 @@ def run_demo(
         write_rate_fits,
         write_rateints_fits,
     )
-    from stcal_dask.io.atomic import remove_path
-    from stcal_dask.sim.ramp import CELL, SimulationConfig
+    from stcal_dask.io.atomic import atomic_outputs, remove_path
+    from stcal_dask.sim.ramp import SimulationConfig
 
     for name, value, low in (("--size", size, 8), ("--nints", nints, 1), ("--ngroups", ngroups, 2)):
         if int(value) < low:
             raise UserInputError(f"{name} must be >= {low}, got {value}")
     out = Path(output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    overwrite = True  # the demo's own files in its own directory
 
     def say(*lines):
         if not quiet:
@@ -237,96 +289,52 @@ def run_demo(
 
     cfg = SimulationConfig(nints=nints, ngroups=ngroups, ny=size, nx=size, seed=seed)
     ramp_path, truth_path = out / "demo_ramp.zarr", out / "demo_truth.zarr"
+    png = out / "demo_quicklook.png"
+    written = [out / f"demo_{kind}.{fmt}" for fmt in formats for kind in ("rate", "rateints")]
     t_start = time.perf_counter()
-    # started here, in this thread, after the imports above: safe to fork the workers
-    with get_client(scheduler, n_workers=n_workers, memory_limit=memory_limit,
-                    start_method=start_method) as client:
-        if client is not None:
-            workers = client.scheduler_info().get("workers", {})
-            say(f"dask cluster: {client.scheduler.address} with {len(workers)} worker processes"
-                + (f" (dashboard {client.dashboard_link})" if client.cluster is not None
-                   and getattr(client.cluster, "scheduler", None) is not None
-                   and client.cluster.scheduler.services.get("dashboard") else ""))
-        if tile is None:
-            # tiles per thread that runs them (a worker may have several)
-            workers = {} if client is None else client.scheduler_info().get("workers", {})
-            nw = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
-            # tiles of whole simulator cells where possible, so each cell is simulated once
-            tile = dataflow.auto_tile(nints, ngroups, size, size, n_workers=nw,
-                                      align=CELL if size >= 8 * CELL else 16)
-        say(f"[1/3] simulating a {nints}x{ngroups}x{size}x{size} exposure (seed {seed}) into "
-            f"{ramp_path} in {tile[0]}x{tile[1]} tiles")
-        t0 = time.perf_counter()
-        ramp_ds, truth_ds = simulate_with_truth(cfg, tile)
-        pend = [
-            write_dataset_atomic(ramp_ds, ramp_path, overwrite=overwrite, compute=False),
-            write_dataset_atomic(truth_ds, truth_path, overwrite=overwrite, compute=False),
-        ]
-        try:
-            compute(*[p.delayed for p in pend], quiet=quiet)
-        except BaseException:
-            for p in pend:
-                p.abort()
-            raise
-        t_sim = time.perf_counter() - t0
+    with atomic_outputs() as products:
+        for target in (ramp_path, truth_path, *written, png):  # at once, before any work
+            products.claim(target, overwrite=overwrite)
+        # started here, in this thread, after the imports above: safe to fork the workers
+        with get_client(scheduler, n_workers=n_workers, memory_limit=memory_limit,
+                        start_method=start_method) as client:
+            tile = _announce_and_tile(client, tile, cfg, say)
+            say(f"[1/3] simulating a {nints}x{ngroups}x{size}x{size} exposure (seed {seed}) "
+                f"into {ramp_path} in {tile[0]}x{tile[1]} tiles")
+            t0 = time.perf_counter()
+            ramp_ds, truth_ds = simulate_with_truth(cfg, tile)
+            with atomic_outputs() as simulated:
+                for target, ds in ((ramp_path, ramp_ds), (truth_path, truth_ds)):
+                    simulated.add(write_dataset_atomic(ds, target, overwrite=overwrite,
+                                                       compute=False))
+                compute(*simulated.writes, quiet=quiet)
+            t_sim = time.perf_counter() - t0
 
-        say("[2/3] jump detection + ramp fitting (one graph over the store's tiles)")
-        t0 = time.perf_counter()
-        ramp = open_ramp(ramp_path)
-        import xarray as xr
-
-        truth = xr.open_zarr(truth_path, consolidated=False, mask_and_scale=False)
-        jumped = dataflow.detect_jumps(ramp)
-        rate, rateints = dataflow.fit_ramps(jumped)
-        pendings = []
-        written = []
-        for fmt in formats:
-            for kind, ds in (("rate", rate), ("rateints", rateints)):
-                target = out / f"demo_{kind}.{fmt}"
+            say("[2/3] jump detection + ramp fitting (one graph over the store's tiles)")
+            t0 = time.perf_counter()
+            ramp = open_ramp(ramp_path)
+            jumped = dataflow.detect_jumps(ramp)
+            rate, rateints = dataflow.fit_ramps(jumped)
+            for target in written:
+                kind, fmt = target.stem.split("_", 1)[1], target.suffix[1:]
+                ds = rate if kind == "rate" else rateints
                 if fmt == "zarr":
-                    p = write_dataset_atomic(ds, target, overwrite=overwrite, compute=False)
+                    products.add(write_dataset_atomic(ds, target, overwrite=overwrite,
+                                                      compute=False))
                 else:
                     writer = write_rate_fits if kind == "rate" else write_rateints_fits
-                    p = writer(ds, target, overwrite=overwrite, compute=False)
-                pendings.append(p)
-                written.append(target)
-        gdq_b = jumped["groupdq"].data.to_delayed(optimize_graph=False)
-        slope_b = rate["sci"].data.to_delayed(optimize_graph=False)
-        dq_b = rate["dq"].data.to_delayed(optimize_graph=False)
-        gain_b = ramp["gain"].data.to_delayed(optimize_graph=False)
-        flux_b = truth["flux"].data.rechunk(rate["sci"].data.chunks)
-        flux_b = flux_b.to_delayed(optimize_graph=False)
-        cr_b = truth["cr_mask"].data.rechunk(jumped["groupdq"].data.chunks)
-        cr_b = cr_b.to_delayed(optimize_graph=False)
-        parts = [
-            dask.delayed(tile_stats, pure=True)(
-                gdq_b[0, 0, i, j], slope_b[i, j], dq_b[i, j], gain_b[i, j], flux_b[i, j],
-                cr_b[0, 0, i, j],
-            )
-            for i in range(slope_b.shape[0])
-            for j in range(slope_b.shape[1])
-        ]
-        stats = dask.delayed(_merge_stats, pure=True)(*parts)
-        f = max(1, size // 1024)
-        rate_img = _block_reduce(rate["sci"].data, f, "mean")
-        jmap = ((jumped["groupdq"].data & np.uint8(dqflags.JUMP_DET)) != 0).sum(
-            axis=(0, 1), dtype=np.int16
-        )
-        jump_img = _block_reduce(jmap, f, "max")
-        try:
-            res = compute(*[p.delayed for p in pendings], stats, rate_img, jump_img,
-                          jumped["primary_jumps"].data, quiet=quiet)
-        except BaseException:
-            for p in pendings:
-                p.abort()
-            raise
-        stats, rate_np, jump_np, n_primary = res[len(pendings):]
-        t_run = time.perf_counter() - t0
+                    products.add(writer(ds, target, overwrite=overwrite, compute=False))
+            stats, rate_img, jump_img, f = _summary_graph(ramp, jumped, rate, truth_path, size)
+            writes = products.writes
+            res = compute(*writes, stats, rate_img, jump_img, jumped["primary_jumps"].data,
+                          quiet=quiet)
+            stats, rate_np, jump_np, n_primary = res[len(writes):]
+            t_run = time.perf_counter() - t0
 
-    png = out / "demo_quicklook.png"
-    _quicklook(png, np.asarray(rate_np), np.asarray(jump_np),
-               f"stcal-dask demo: {nints}x{ngroups}x{size}x{size}, seed {seed}"
-               + (f" (binned {f}x{f})" if f > 1 else ""))
+        _quicklook(products.reserve(png, overwrite=overwrite, suffix=".png"),
+                   np.asarray(rate_np), np.asarray(jump_np),
+                   f"stcal-dask demo: {nints}x{ngroups}x{size}x{size}, seed {seed}"
+                   + (f" (binned {f}x{f})" if f > 1 else ""))
     # the truth store is an internal by-product; keep the ramp for re-runs with `stcal-dask run`
     remove_path(truth_path)
 

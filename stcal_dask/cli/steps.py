@@ -8,11 +8,9 @@ builds the graph (:func:`build`), computes every output in one graph and reports
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,19 +19,19 @@ from stcal_dask.cli.common import (
     add_command,
     add_step_options,
     client_kwargs,
+    compute,
     execution_options,
     io_options,
     is_fits,
     is_zarr,
     parse_tile,
-    run_pending,
     say,
     step_params,
 )
 from stcal_dask.errors import UserInputError
 
-__all__ = ["RAMP_VARS", "Plan", "add_step_command", "execute", "open_input", "plan", "process",
-           "references", "tile_of"]
+__all__ = ["RAMP_VARS", "Plan", "add_step_command", "execute", "input_paths", "open_input", "plan",
+           "process", "references", "tile_of"]
 
 RAMP_VARS = ("sci", "groupdq", "pixeldq", "gain", "readnoise", "zeroframe",
              "average_dark_current")
@@ -112,6 +110,14 @@ def references(args: argparse.Namespace, path: str) -> tuple[str, str]:
     return gain, rnoise
 
 
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every file the run reads: ``args.input`` and, for a FITS ramp, its reference files
+    (outputs may never replace any of them)."""
+    if not Path(args.input).expanduser().exists():
+        raise UserInputError(f"input {args.input} does not exist")
+    return [args.input, *(references(args, args.input) if is_fits(args.input) else ())]
+
+
 def open_input(args: argparse.Namespace, path: str, tile):
     """The input ramp as a lazy Dataset: a zarr ramp store, or a FITS ramp with its references."""
     from stcal_dask.io import open_ramp, open_ramp_fits
@@ -156,43 +162,40 @@ def _retile(args, ramp, n_threads: int):
 # outputs
 
 
-def _outputs(args, path: str, suffixes, formats) -> dict[tuple[str, str], Path]:
-    from stcal_dask.io.atomic import check_target
+def _outputs(args, out, suffixes, formats) -> dict[tuple[str, str], Path]:
+    """Check and claim every output name (before anything is computed)."""
     from stcal_dask.io.naming import output_name
 
     out_dir = Path(args.output_dir).expanduser()
     if not out_dir.is_dir():
         raise UserInputError(f"--output-dir {args.output_dir} does not exist")
-    name = Path(path.rstrip("/")).name
+    name = Path(args.input.rstrip("/")).name
     targets = {}
     for suffix in suffixes:
         for fmt in formats:
             target = output_name(name, suffix, ext="." + fmt, output_dir=out_dir)
-            if target.resolve() == Path(path).expanduser().resolve():
-                raise UserInputError(f"output {target} would overwrite the input")
-            if (target.exists() or target.is_symlink()) and not args.overwrite:
-                raise UserInputError(
-                    f"output {target} already exists (use --overwrite to replace it)"
-                )
-            targets[(suffix, fmt)] = check_target(target, overwrite=args.overwrite)
+            targets[(suffix, fmt)] = out.claim(target, overwrite=args.overwrite)
     return targets
 
 
-def plan(args: argparse.Namespace, step: str) -> Plan:
+def plan(args: argparse.Namespace, step: str, out=None) -> Plan:
     """Parameters, outputs and input checks of ``step`` (``jump``, ``rampfit`` or ``run``);
-    every user mistake found here is reported before a cluster starts."""
+    every user mistake found here is reported before a cluster starts. The output names are
+    claimed in ``out`` (:class:`~stcal_dask.io.atomic.Outputs`); None: only checked (claimed
+    and released at once; :func:`execute` claims them again)."""
+    if out is None:
+        from stcal_dask.io.atomic import atomic_outputs
+
+        with atomic_outputs() as probe:
+            return plan(args, step, probe)
     tile = parse_tile(args.tile)
     jparams = step_params("jump", args) if step in ("jump", "run") else None
     save_opt = bool(getattr(args, "save_opt", False)) or None
     rparams = (
         step_params("rampfit", args, save_opt=save_opt) if step in ("rampfit", "run") else None
     )
-    if not Path(args.input).expanduser().exists():
-        raise UserInputError(f"input {args.input} does not exist")
-    header_from = None
-    if is_fits(args.input):
-        references(args, args.input)  # missing reference files: before any cluster starts
-        header_from = str(Path(args.input).expanduser())
+    out.protect(input_paths(args))  # missing input or reference files: before any cluster
+    header_from = str(Path(args.input).expanduser()) if is_fits(args.input) else None
     fmt = args.format or ("fits" if is_fits(args.input) else "zarr")
     formats = ("zarr", "fits") if fmt == "both" else (fmt,)
     suffixes = []
@@ -200,12 +203,12 @@ def plan(args: argparse.Namespace, step: str) -> Plan:
         suffixes.append("jump")
     if rparams is not None:
         suffixes += ["rate", "rateints"] + (["fitopt"] if rparams.save_opt else [])
-    targets = _outputs(args, args.input, suffixes, formats)
+    targets = _outputs(args, out, suffixes, formats)
     return Plan(tile, jparams, rparams, formats, targets, header_from)
 
 
-def _write(pendings: list, kind: str, ds, plan_: Plan, args) -> None:
-    """Prepare the writes of one product in every format (appended to ``pendings``)."""
+def _write(out, kind: str, ds, plan_: Plan, args) -> None:
+    """Prepare the writes of one product in every format (added to ``out``)."""
     from stcal_dask.io import (
         write_dataset_atomic,
         write_fitopt_fits,
@@ -233,27 +236,27 @@ def _write(pendings: list, kind: str, ds, plan_: Plan, args) -> None:
             }[kind]
             p = writer(ds, target, header_from=plan_.header_from, overwrite=args.overwrite,
                        compute=False)
-        pendings.append(p)
+        out.add(p)
 
 
-@contextlib.contextmanager
-def _materialized_jump(args, jumped, out_dir: Path):
-    """Write the jump-flagged ramp to a temporary zarr store and reopen it (used with
-    ``--save-opt``, whose fitopt sizes depend on the flagged groupdq), removed at exit."""
+def _materialized_jump(args, jumped, out):
+    """Write the jump-flagged ramp to a temporary zarr store (removed when ``out`` ends) and
+    reopen it (used with ``--save-opt``, whose fitopt sizes depend on the flagged groupdq);
+    returns the reopened ramp and the number of primary jumps."""
     from stcal_dask.io import open_ramp, write_ramp
-    from stcal_dask.io.atomic import remove_path
 
-    tmp = out_dir / f".stcal-dask-jump-{uuid.uuid4().hex[:12]}.zarr"
+    tmp = out.scratch(Path(args.output_dir).expanduser(), "stcal-dask-jump.zarr")
+    ds = jumped.drop_vars([v for v in jumped.data_vars if v not in RAMP_VARS])
+    pending = write_ramp(ds, tmp, tile=tile_of(jumped), compute=False)
     try:
-        ds = jumped.drop_vars([v for v in jumped.data_vars if v not in RAMP_VARS])
-        pending = write_ramp(ds, tmp, tile=tile_of(jumped), compute=False)
-        count = run_pending(args, [pending], extra=(jumped["primary_jumps"].data,))[0]
-        reopened = open_ramp(tmp)
-        reopened.attrs["jump_parameters"] = jumped.attrs.get("jump_parameters", "{}")
-        reopened.attrs["source"] = jumped.attrs.get("source", str(tmp))
-        yield reopened, int(count)
-    finally:
-        remove_path(tmp)
+        count = compute(args, pending.delayed, jumped["primary_jumps"].data)[1]
+    except BaseException:
+        pending.abort()
+        raise
+    reopened = open_ramp(tmp)
+    reopened.attrs["jump_parameters"] = jumped.attrs.get("jump_parameters", "{}")
+    reopened.attrs["source"] = jumped.attrs.get("source", str(tmp))
+    return reopened, int(count)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,52 +311,44 @@ def _wait_for_cluster(args, background):
 # the run
 
 
-def _compute(args, plan_: Plan, background) -> tuple[list, int | None]:
-    """Open the input, build the graph of every output, compute it; returns the results of the
-    extra collections (all-group-0-saturated flag when fitting, jump count when detecting) and
-    the jump count when it was computed before (``--save-opt`` with jumps)."""
+def _compute(args, plan_: Plan, background, out) -> tuple[list, int | None]:
+    """Open the input, build the graph of every output (added to ``out``), compute it; returns
+    the results of the extra collections (all-group-0-saturated flag when fitting, jump count
+    when detecting) and the jump count when it was computed before (``--save-opt`` with
+    jumps)."""
     from stcal_dask.engine import dataflow
 
     ramp = open_input(args, args.input, plan_.tile)
     if plan_.tile is None:
         ramp = _retile(args, ramp, _planned_threads(args, background))
     jumped = dataflow.detect_jumps(ramp, plan_.jump) if plan_.jump is not None else None
-    pendings: list = []
     count = None
-    with contextlib.ExitStack() as stack:
-        fit_input = jumped if jumped is not None else ramp
-        if plan_.rampfit is not None and plan_.rampfit.save_opt and jumped is not None:
-            _wait_for_cluster(args, background)
-            out_dir = Path(args.output_dir).expanduser()
-            fit_input, count = stack.enter_context(_materialized_jump(args, jumped, out_dir))
-        extra = []
-        try:
-            if ("jump", plan_.formats[0]) in plan_.targets:
-                _write(pendings, "jump", jumped, plan_, args)
-            if plan_.rampfit is not None:
-                products = dataflow.fit_ramps(fit_input, plan_.rampfit)
-                for kind, ds in zip(_FIT_KINDS, products, strict=False):
-                    _write(pendings, kind, ds, plan_, args)
-                extra.append(dataflow.all_group0_saturated(ramp))
-            if jumped is not None and count is None:
-                extra.append(jumped["primary_jumps"].data)
-            # the graph was built while the workers loaded their kernels
-            _wait_for_cluster(args, background)
-        except BaseException:
-            for p in pendings:
-                p.abort()
-            raise
-        return run_pending(args, pendings, extra=extra), count
+    fit_input = jumped if jumped is not None else ramp
+    if plan_.rampfit is not None and plan_.rampfit.save_opt and jumped is not None:
+        _wait_for_cluster(args, background)
+        fit_input, count = _materialized_jump(args, jumped, out)
+    extra = []
+    if ("jump", plan_.formats[0]) in plan_.targets:
+        _write(out, "jump", jumped, plan_, args)
+    if plan_.rampfit is not None:
+        products = dataflow.fit_ramps(fit_input, plan_.rampfit)
+        for kind, ds in zip(_FIT_KINDS, products, strict=False):
+            _write(out, kind, ds, plan_, args)
+        extra.append(dataflow.all_group0_saturated(ramp))
+    if jumped is not None and count is None:
+        extra.append(jumped["primary_jumps"].data)
+    # the graph was built while the workers loaded their kernels
+    _wait_for_cluster(args, background)
+    writes = out.writes
+    return compute(args, *writes, *extra)[len(writes):], count
 
 
-def _drop_rate_products(targets: dict) -> dict:
-    """Remove the written rate products (stcal returns none when every pixel's group 0 is
+def _drop_rate_products(out, targets: dict) -> dict:
+    """Leave out the rate products (stcal returns none when every pixel's group 0 is
     saturated) and warn; returns the targets left."""
-    from stcal_dask.io.atomic import remove_path
-
     for (kind, _fmt), target in targets.items():
         if kind in _FIT_KINDS:
-            remove_path(target)
+            out.discard(target)
     print(
         f"{PROG}: warning: group 0 is saturated in every pixel of every integration; "
         "no rate products written (stcal's ramp fitting returns none)",
@@ -363,25 +358,28 @@ def _drop_rate_products(targets: dict) -> dict:
 
 
 def process(args: argparse.Namespace, step: str) -> int:
-    """Run ``step`` (``jump``, ``rampfit`` or ``run``) on ``args.input``; returns 0."""
+    """Run ``step`` (``jump``, ``rampfit`` or ``run``) on ``args.input``; returns 0. The outputs
+    appear together when everything is computed, or not at all."""
     from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS, BackgroundClient
     from stcal_dask.engine.startup import import_for_graph, import_for_workers
+    from stcal_dask.io.atomic import atomic_outputs
 
-    plan_ = plan(args, step)
     t0 = time.perf_counter()
-    kwargs = client_kwargs(args, fork=True)
-    if plan_.lean:
-        # a FITS-only run: the workers need neither zarr nor xarray (nor pandas, astropy)
-        kwargs["warm_imports"] = WORKER_IMPORTS_FITS
-    fork = kwargs.get("start_method") == "fork"
-    if fork:
-        import_for_workers(lean=plan_.lean)
-    # the cluster starts (spawned workers: and loads the libraries) and its workers load the
-    # compiled kernels while this process opens and validates the input and builds the graph
-    with BackgroundClient(**kwargs) as background:
-        if fork and plan_.lean:
-            import_for_graph()  # the workers are forked: this thread may import again
-        targets, count = execute(args, plan_, background)
+    with atomic_outputs() as out:
+        plan_ = plan(args, step, out)
+        kwargs = client_kwargs(args, fork=True)
+        if plan_.lean:
+            # a FITS-only run: the workers need neither zarr nor xarray (nor pandas, astropy)
+            kwargs["warm_imports"] = WORKER_IMPORTS_FITS
+        fork = kwargs.get("start_method") == "fork"
+        if fork:
+            import_for_workers(lean=plan_.lean)
+        # the cluster starts (spawned workers: and loads the libraries) and its workers load the
+        # compiled kernels while this process opens and validates the input and builds the graph
+        with BackgroundClient(**kwargs) as background:
+            if fork and plan_.lean:
+                import_for_graph()  # the workers are forked: this thread may import again
+            targets, count = execute(args, plan_, background, out)
     elapsed = time.perf_counter() - t0
     if plan_.jump is not None:
         say(args, "jump: " + ("exposure skipped (too few usable groups), no jumps flagged"
@@ -390,19 +388,31 @@ def process(args: argparse.Namespace, step: str) -> int:
     return 0
 
 
-def execute(args: argparse.Namespace, plan_: Plan, background) -> tuple[dict, int | None]:
+def execute(args: argparse.Namespace, plan_: Plan, background, out=None
+            ) -> tuple[dict, int | None]:
     """Compute and commit every output of a planned run on the started cluster
     (``background``: a :class:`~stcal_dask.engine.cluster.BackgroundClient`).
+
+    ``out``: the :class:`~stcal_dask.io.atomic.Outputs` the plan claimed its names in (the
+    outputs are committed when its block ends); None: a block of its own around this run,
+    claiming the plan's names first and committing them before returning.
 
     Returns the products written ((kind, format) -> path; no rate products when group 0 is
     saturated everywhere, as stcal) and the primary-jump count (None without jump detection,
     negative when the exposure was skipped). Safe to call from several threads at once on one
     cluster (the batch of ``run``), each with its own ``args`` and plan.
     """
-    results, count = _compute(args, plan_, background)
+    if out is None:
+        from stcal_dask.io.atomic import atomic_outputs
+
+        with atomic_outputs(inputs=input_paths(args)) as own:
+            for target in plan_.targets.values():
+                own.claim(target, overwrite=args.overwrite)
+            return execute(args, plan_, background, own)
+    results, count = _compute(args, plan_, background, out)
     targets = plan_.targets
     if plan_.rampfit is not None and bool(results.pop(0)):
-        targets = _drop_rate_products(targets)
+        targets = _drop_rate_products(out, targets)
     if plan_.jump is not None and count is None:
         count = int(results.pop(0))
     return targets, count

@@ -10,6 +10,7 @@ import importlib
 
 _WHERE = {
     "PendingWrite": "atomic",
+    "atomic_outputs": "atomic",
     "output_name": "naming",
     "reference_paths": "naming",
     "open_ramp_fits": "fits_io",

@@ -15,8 +15,9 @@ The writers lay out the file themselves: headers are written first, the data reg
 allocated (sparse) and then filled block by block from numpy or dask arrays through a
 memory-map of the output (``dask.array.store``), so a large product is never materialised in
 memory and the blocks can be computed on any scheduler, including a distributed cluster sharing
-the file system. The file is written as ``.NAME.partial-<uuid>`` in the destination directory and
-renamed into place when complete. Layouts follow the stdatamodels schemas:
+the file system. The file is written under a temporary name in the destination directory and
+renamed into place when complete (:func:`stcal_dask.io.atomic.atomic_outputs`). Layouts follow
+the stdatamodels schemas:
 
 * rate  -> ImageModel: SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE (2-D; BUNIT DN/s);
 * rateints -> CubeModel: the same, 3-D;
@@ -62,14 +63,7 @@ from stcal_dask.engine.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io.atomic import (
-    PendingWrite,
-    check_target,
-    cleanup_failed,
-    commit,
-    partial_path,
-    remove_path,
-)
+from stcal_dask.io.atomic import after_all, atomic_outputs, check_target
 from stcal_dask.io.fits_blocks import (
     BITPIX_RAW,
     FitsImage,
@@ -486,12 +480,8 @@ def _primary_header(copy: fits.Header, datamodl: str, filename: str,
 
 
 def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.dtype, dict]],
-                *, overwrite: bool, compute: bool, check_only=()):
+                *, overwrite: bool, compute: bool):
     """Write primary + image extensions (name, array, dtype, extra keywords) atomically."""
-    path = check_target(path, overwrite=overwrite)
-    for other in check_only:
-        check_target(other, overwrite=overwrite)
-    partial = partial_path(path)
     layout = []
     pos = 0
     headers = [primary.tostring(padding=True).encode("ascii")]
@@ -505,7 +495,8 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
         layout.append((pos - len(headers[-1]), pos, shape, arr, dtype))
         pos += -(-nbytes // _BLOCK) * _BLOCK
     stores_src, stores_dst = [], []
-    try:
+    with atomic_outputs() as out:
+        partial = out.reserve(path, overwrite=overwrite)
         with open(partial, "wb") as f:
             f.write(headers[0])
             for (hdr_pos, _, _, _, _), hdr in zip(layout, headers[1:], strict=True):
@@ -519,26 +510,11 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
                 stores_dst.append(target)
             else:
                 target[...] = np.asarray(arr)
-    except BaseException:
-        remove_path(partial)
-        raise
-    stored = _store_grouped(stores_src, stores_dst)
-    if compute:
-        try:
-            if stored:
-                dask.compute(*stored)
-            commit(partial, path, overwrite)
-        except BaseException:
-            cleanup_failed(partial)
-            raise
-        return path
-    deps = (tuple(stored),) if stored else ()
-    # dask optimises the arrays' graph here, for this file alone: with low-level fusion on, a
-    # tile kernel feeding this file and another (rate and rateints) would be inlined into this
-    # file's write task and run once per file.
-    with dask.config.set({"optimization.fuse.active": False}):
-        final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, *deps)
-    return PendingWrite(path=path, partial=partial, delayed=final)
+        stored = _store_grouped(stores_src, stores_dst)
+        # the arrays' graph is optimised here for this file alone, without low-level fusion
+        # (see after_all): a tile kernel feeding two files must not be inlined into both
+        pending = out.detach(after_all(tuple(stored)))
+    return pending.compute() if compute else pending
 
 
 def _data(var: xr.DataArray):
@@ -633,10 +609,6 @@ def _ramp_extensions(ds: xr.Dataset) -> list:
     return exts
 
 
-def _first(*results):
-    return results[0]
-
-
 def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_from=None,
                     references: bool = False, compute: bool = True):
     """Write a ramp Dataset as a JWST ``_ramp.fits`` (RampModel: SCI, PIXELDQ, GROUPDQ, optional
@@ -657,27 +629,18 @@ def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_fro
         check_target(r, overwrite=overwrite)
     copy = _header_source(header_from, ds)
     primary = _primary_header(copy, "RampModel", Path(path).name, None)
-    pendings = [_write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite,
-                            compute=False)]
-    try:
+    with atomic_outputs() as out:
+        out.add(_write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite,
+                            compute=False))
         if references:
             sub = {k: ds.attrs[k] for k in SUBARRAY_KEYWORDS if k in ds.attrs}
             for r, name, reftype in zip(refs, ("gain", "readnoise"), ("GAIN", "READNOISE"),
                                         strict=True):
-                pendings.append(write_reference_fits(
+                out.add(write_reference_fits(
                     ds[name].data, r, reftype=reftype, overwrite=overwrite, header=sub,
                     compute=False,
                 ))
-    except BaseException:
-        for p in pendings:
-            p.abort()
-        raise
-    main = pendings[0]
-    pending = PendingWrite(
-        path=main.path, partial=main.partial,
-        delayed=dask.delayed(_first, pure=False)(*(p.delayed for p in pendings)),
-        also_partial=tuple(p.partial for p in pendings[1:]),
-    )
+        pending = out.detach()
     return pending.compute() if compute else pending
 
 

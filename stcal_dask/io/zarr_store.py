@@ -37,14 +37,7 @@ from stcal_dask.engine.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io.atomic import (
-    PendingWrite,
-    check_target,
-    cleanup_failed,
-    commit,
-    partial_path,
-    remove_path,
-)
+from stcal_dask.io.atomic import PendingWrite, atomic_outputs
 from stcal_dask.io.zarr_chunks import ChunkReader, check_complete
 
 __all__ = ["PendingWrite", "finish_store", "open_product", "open_ramp", "write_dataset_atomic",
@@ -84,9 +77,10 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
                          encoding: dict | None = None):
     """Write a Dataset to a zarr v3 store atomically.
 
-    The store is written to ``.NAME.partial-<uuid>`` in the destination directory and renamed to
-    ``path`` when complete; with ``overwrite`` an existing store is replaced only then. Dask
-    chunks become zarr chunks (irregular dask chunks are regularised first).
+    The store is written to a temporary beside ``path`` and renamed to ``path`` when complete
+    (:func:`stcal_dask.io.atomic.atomic_outputs`); with ``overwrite`` an existing store is
+    replaced only then. Dask chunks become zarr chunks (irregular dask chunks are regularised
+    first).
 
     Parameters
     ----------
@@ -95,39 +89,27 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
     overwrite: replace an existing ``path``; otherwise an existing ``path`` is an error.
     compute: True: write now on the active dask scheduler and return the final ``Path``
         (the partial store is removed if the write fails). False: write only the metadata now and
-        return a :class:`PendingWrite` whose ``delayed`` writes the chunks and renames the store
-        into place when computed (``pending.abort()`` cleans up after a failure).
+        return a :class:`PendingWrite` (add it to an ``atomic_outputs`` block, or compute its
+        ``delayed``, which writes the chunks and renames the store into place;
+        ``pending.abort()`` cleans up after a failure).
     encoding: extra per-variable zarr encoding merged over the defaults.
 
     Raises
     ------
     UserInputError: ``path`` exists and ``overwrite`` is False, or its directory does not exist.
     """
-    path = check_target(path, overwrite=overwrite)
-    partial = partial_path(path)
-    ds, enc = _prepare_for_zarr(ds)
-    for name, extra in (encoding or {}).items():
-        enc.setdefault(name, {}).update(extra)
-    try:
-        delayed_write = ds.to_zarr(
+    with atomic_outputs() as out:
+        partial = out.reserve(path, overwrite=overwrite)
+        ds, enc = _prepare_for_zarr(ds)
+        for name, extra in (encoding or {}).items():
+            enc.setdefault(name, {}).update(extra)
+        chunks = ds.to_zarr(
             partial, mode="w-", zarr_format=3, consolidated=False, encoding=enc, compute=False,
             write_empty_chunks=True,
         )
-    except BaseException:
-        remove_path(partial)
-        raise
-    if compute:
-        try:
-            dask.compute(delayed_write)
-            finish_store(str(partial), str(path))
-            commit(partial, path, overwrite)
-        except BaseException:
-            cleanup_failed(partial)
-            raise
-        return path
-    consolidated = dask.delayed(finish_store, pure=False)(str(partial), str(path), delayed_write)
-    final = dask.delayed(commit, pure=False)(str(partial), str(path), overwrite, consolidated)
-    return PendingWrite(path=path, partial=partial, delayed=final)
+        written = dask.delayed(finish_store, pure=False)(str(partial), str(path), chunks)
+        pending = out.detach(written)
+    return pending.compute() if compute else pending
 
 
 def consolidate_store(store: str, *_deps) -> str:

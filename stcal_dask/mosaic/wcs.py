@@ -177,7 +177,7 @@ def write_rate_fits_with_wcs(
     ``units`` (BUNIT). Written under a temporary name and renamed into place. Requires the
     ``stdatamodels`` package.
     """
-    from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
+    from stcal_dask.io.atomic import atomic_outputs, check_target
 
     try:
         from stdatamodels.jwst.datamodels import ImageModel
@@ -210,13 +210,9 @@ def write_rate_fits_with_wcs(
         model.meta.bunit_err = str(units)
     for key, value in _plain_wcsinfo(wcsinfo).items():
         setattr(model.meta.wcsinfo, key, value)
-    partial = partial_path(path).with_suffix(".fits")
     try:
-        model.save(str(partial))
-        commit(partial, path, overwrite)
-    except BaseException:
-        remove_path(partial)
-        raise
+        with atomic_outputs() as out:
+            model.save(str(out.reserve(path, overwrite=overwrite, suffix=".fits")))
     finally:
         model.close()
     return path
@@ -437,7 +433,7 @@ def build_mosaic_wcs(
 def write_mosaic_wcs(
     mosaic: MosaicWCS | gwcs.WCS, path, *, overwrite: bool = False, parameters=None
 ) -> Path:
-    """Write the output WCS as ASDF, atomically (``.NAME.partial-*`` then rename).
+    """Write the output WCS as ASDF, atomically (:func:`stcal_dask.io.atomic.atomic_outputs`).
 
     Tree: ``wcs`` (gwcs with bounding box and pixel shape), ``shape`` [ny, nx],
     ``bounding_box`` [[xlo, xhi], [ylo, yhi]], ``crpix`` (0-based), ``crval`` (deg), ``pixel_scale``
@@ -445,7 +441,7 @@ def write_mosaic_wcs(
     ``input_footprints`` ((4, 2) RA/Dec each) plus the ``parameters`` used.
     """
     from stcal_dask import __version__
-    from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
+    from stcal_dask.io.atomic import atomic_outputs, check_target
 
     wcs, records = (mosaic.wcs, mosaic.exposures) if isinstance(mosaic, MosaicWCS) else (mosaic, [])
     path = check_target(path, overwrite=overwrite, what="output WCS")
@@ -468,13 +464,9 @@ def write_mosaic_wcs(
         tree["input_footprints"] = [np.asarray(r.footprint, float).tolist() for r in records]
     if parameters:
         tree["parameters"] = {k: v for k, v in dict(parameters).items() if v is not None}
-    partial = partial_path(path)
-    try:
+    with atomic_outputs() as out:
+        partial = out.reserve(path, overwrite=overwrite, what="output WCS")
         asdf.AsdfFile(tree).write_to(str(partial), all_array_storage="inline")
-        commit(partial, path, overwrite)
-    except BaseException:
-        remove_path(partial)
-        raise
     return path
 
 

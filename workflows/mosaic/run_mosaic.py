@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     args = _parse(argv)
     import dask
 
-    from stcal_dask.engine.cluster import get_client
+    from stcal_dask.engine.cluster import compute, get_client
+    from stcal_dask.io.atomic import atomic_outputs
     from stcal_dask.io.zarr_store import write_dataset_atomic
     from stcal_dask.mosaic.wcs import (
         build_mosaic_wcs,
@@ -114,47 +115,43 @@ def main(argv=None) -> int:
     )
     t0 = time.perf_counter()
     with get_client(scheduler=args.scheduler, n_workers=args.n_workers) as client:
-        paths, pending = [], []
-        for i, pt in enumerate(pointings):
-            cfg = SimulationConfig(
-                nints=1,
-                ngroups=args.ngroups,
-                ny=args.ny,
-                nx=args.nx,
-                seed=i,
-                pointing=(pt.ra, pt.dec, pt.roll),
-            )
-            wcs, wcsinfo = exposure_wcs(cfg)
-            rate = _engine_rate(cfg) if rates == "engine" else _truth_rate(cfg)
-            if args.format == "zarr":
-                path = outdir / f"exp{i:03d}_rate.zarr"
-                rate = rate.assign_attrs(**wcs_attrs(wcs, wcsinfo))
-                pending.append(
-                    write_dataset_atomic(rate, path, overwrite=args.overwrite, compute=False)
+        paths = []
+        # the rates appear together (or none), before the mosaic WCS reads them
+        with atomic_outputs() as rate_outputs:
+            for i, pt in enumerate(pointings):
+                cfg = SimulationConfig(
+                    nints=1,
+                    ngroups=args.ngroups,
+                    ny=args.ny,
+                    nx=args.nx,
+                    seed=i,
+                    pointing=(pt.ra, pt.dec, pt.roll),
                 )
-            else:
-                path = outdir / f"exp{i:03d}_rate.fits"
-                (rate,) = dask.compute(rate)
-                write_rate_fits_with_wcs(
-                    path,
-                    rate["sci"].values,
-                    wcs,
-                    wcsinfo,
-                    err=rate["err"].values,
-                    dq=rate["dq"].values,
-                    var_poisson=rate["var_poisson"].values,
-                    var_rnoise=rate["var_rnoise"].values,
-                    overwrite=args.overwrite,
-                )
-            paths.append(str(path))
-        if pending:
-            futures = client.compute([p.delayed for p in pending])
-            try:
-                client.gather(futures)
-            except BaseException:
-                for p in pending:
-                    p.abort()
-                raise
+                wcs, wcsinfo = exposure_wcs(cfg)
+                rate = _engine_rate(cfg) if rates == "engine" else _truth_rate(cfg)
+                if args.format == "zarr":
+                    path = outdir / f"exp{i:03d}_rate.zarr"
+                    rate = rate.assign_attrs(**wcs_attrs(wcs, wcsinfo))
+                    rate_outputs.add(
+                        write_dataset_atomic(rate, path, overwrite=args.overwrite, compute=False)
+                    )
+                else:
+                    path = outdir / f"exp{i:03d}_rate.fits"
+                    (rate,) = dask.compute(rate)
+                    write_rate_fits_with_wcs(
+                        path,
+                        rate["sci"].values,
+                        wcs,
+                        wcsinfo,
+                        err=rate["err"].values,
+                        dq=rate["dq"].values,
+                        var_poisson=rate["var_poisson"].values,
+                        var_rnoise=rate["var_rnoise"].values,
+                        overwrite=args.overwrite,
+                    )
+                paths.append(str(path))
+            if rate_outputs.writes:
+                compute(*rate_outputs.writes, quiet=True, client=client)
         t1 = time.perf_counter()
         mosaic = build_mosaic_wcs(
             paths, client=client, pscale_ratio=args.pscale_ratio, rotation=args.rotation

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from stcal_dask.cli.common import (
     add_command,
+    compute,
     execution_options,
     io_options,
     is_fits,
     open_client,
     parse_tile,
-    run_pending,
     say,
 )
 from stcal_dask.errors import UserInputError
@@ -53,17 +53,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Write the zarr ramp store; returns 0."""
-    from stcal_dask.cli.steps import open_input, tile_of
+    from stcal_dask.cli.steps import input_paths, open_input, tile_of
     from stcal_dask.io import output_name, write_ramp
+    from stcal_dask.io.atomic import atomic_outputs
 
     if not is_fits(args.input):
         raise UserInputError(f"ingest reads a JWST FITS ramp (.fits), got {args.input!r}")
+    out_name = args.output or output_name(Path(args.input).name, "ramp", ext=".zarr",
+                                          output_dir=".")
+    if not str(out_name).rstrip("/").lower().endswith(".zarr"):
+        raise UserInputError(f"ingest --output must name a zarr store (ending in .zarr), got "
+                             f"{str(out_name)!r}")
     tile = parse_tile(args.tile)
-    ramp = open_input(args, args.input, tile)
-    out = args.output or output_name(Path(args.input).name, "ramp", ext=".zarr", output_dir=".")
-    pending = write_ramp(ramp, out, overwrite=args.overwrite, tile=tile or tile_of(ramp),
-                         compute=False)
-    with open_client(args):
-        run_pending(args, [pending])
+    with atomic_outputs(inputs=input_paths(args)) as out:
+        out.claim(out_name, overwrite=args.overwrite)
+        ramp = open_input(args, args.input, tile)
+        pending = out.add(write_ramp(ramp, out_name, overwrite=args.overwrite,
+                                     tile=tile or tile_of(ramp), compute=False))
+        with open_client(args):
+            compute(args, *out.writes)
     say(args, f"wrote {pending.path}")
     return 0

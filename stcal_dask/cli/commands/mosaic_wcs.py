@@ -95,17 +95,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Compute and write the mosaic WCS; returns 0. User mistakes raise
     :class:`UserInputError` (one line)."""
-    from stcal_dask.io.atomic import check_target
+    from stcal_dask.io.atomic import atomic_outputs
     from stcal_dask.mosaic import alignment as al
     from stcal_dask.mosaic.wcs import build_mosaic_wcs, write_mosaic_wcs
 
-    # fail before starting a cluster when the output exists or inputs are missing
-    out_path = Path(args.output).expanduser()
-    if (out_path.exists() or out_path.is_symlink()) and not args.overwrite:
-        raise UserInputError(
-            f"output WCS {out_path} already exists (use --overwrite to replace it)"
-        )
-    check_target(args.output, overwrite=args.overwrite, what="output WCS")
     for p in args.inputs:
         if not Path(p).expanduser().exists():
             raise UserInputError(f"input {p} does not exist")
@@ -121,12 +114,16 @@ def run(args: argparse.Namespace) -> int:
         "shape": args.shape,
         "align_edges": bool(args.align_edges),
     }
-    with open_client(args) as client:
-        mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
-    out = write_mosaic_wcs(mosaic, args.output, overwrite=args.overwrite, parameters=options)
+    # the output is claimed (and checked) before a cluster starts
+    with atomic_outputs(inputs=args.inputs) as out:
+        out.claim(args.output, overwrite=args.overwrite, what="output WCS")
+        with open_client(args) as client:
+            mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
+        written = write_mosaic_wcs(mosaic, args.output, overwrite=args.overwrite,
+                                   parameters=options)
     ny, nx = mosaic.wcs.array_shape
     centre = [(lo + hi) / 2 for lo, hi in mosaic.wcs.bounding_box.bounding_box(order="F")]
     scale = float(al.compute_scale(mosaic.wcs, mosaic.wcs.forward_transform(*centre))) * 3600.0
     say(args, f"mosaic-wcs: {len(mosaic.exposures)} exposures -> {ny} x {nx} pixels "
-              f"at {scale:.6f} arcsec/pixel; wrote {out}")
+              f"at {scale:.6f} arcsec/pixel; wrote {written}")
     return 0

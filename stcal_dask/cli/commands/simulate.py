@@ -7,12 +7,12 @@ import time
 
 from stcal_dask.cli.common import (
     add_command,
+    compute,
     execution_options,
     is_fits,
     open_client,
     parse_shape,
     parse_tile,
-    run_pending,
     say,
 )
 from stcal_dask.errors import UserInputError
@@ -62,6 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Simulate the exposure and write it; returns 0."""
     from stcal_dask.io import write_dataset_atomic, write_ramp_fits
+    from stcal_dask.io.atomic import atomic_outputs
     from stcal_dask.sim.lazy import simulate_ramp_lazy
     from stcal_dask.sim.ramp import SimulationConfig
 
@@ -73,25 +74,22 @@ def run(args: argparse.Namespace) -> int:
         overrides["cr_rate"] = float(args.cr_rate)
     cfg = SimulationConfig(nints=nints, ngroups=ngroups, ny=ny, nx=nx, seed=args.seed,
                            **overrides)
-    out = args.output
+    out_name = args.output
     tile = parse_tile(args.tile)
-    if not (is_fits(out) or str(out).rstrip("/").lower().endswith(".zarr")):
-        raise UserInputError(f"simulate output must end in .zarr or .fits, got {out!r}")
+    if not (is_fits(out_name) or str(out_name).rstrip("/").lower().endswith(".zarr")):
+        raise UserInputError(f"simulate output must end in .zarr or .fits, got {out_name!r}")
     ds = simulate_ramp_lazy(cfg, tile=tile)
-    if is_fits(out):
-        pending = write_ramp_fits(ds, out, overwrite=args.overwrite, references=True,
-                                  compute=False)
-    else:
-        pending = write_dataset_atomic(ds, out, overwrite=args.overwrite, compute=False)
     t0 = time.perf_counter()
-    with open_client(args):
-        run_pending(args, [pending])
-    written = [str(pending.path)]
-    if is_fits(out):
-        from stcal_dask.io import reference_paths
-
-        written += [str(p) for p in reference_paths(pending.path)]
-    say(args, *(f"wrote {w}" for w in written),
+    with atomic_outputs() as out:
+        if is_fits(out_name):
+            writer = write_ramp_fits(ds, out_name, overwrite=args.overwrite, references=True,
+                                     compute=False)
+        else:
+            writer = write_dataset_atomic(ds, out_name, overwrite=args.overwrite, compute=False)
+        pending = out.add(writer)
+        with open_client(args):
+            compute(args, *out.writes)
+    say(args, *(f"wrote {m.path}" for m in pending.members),
         f"simulated {nints}x{ngroups}x{ny}x{nx} (seed {args.seed}) in "
         f"{time.perf_counter() - t0:.1f} s")
     return 0
