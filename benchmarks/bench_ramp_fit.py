@@ -37,7 +37,8 @@ import numpy as np
 
 SPEED_TARGET = 2.0
 MEMORY_TARGET = 3.0
-FIELDS = ("slope", "dq", "var_poisson", "var_rnoise", "err")
+FIELDS = ("sci", "err", "dq", "var_poisson", "var_rnoise")
+STCAL_KEY = {"sci": "slope"}  # stcal's rate dicts name the slope "slope"
 
 
 def _status_bytes(key: str) -> int:
@@ -129,8 +130,9 @@ def worker(which: str, workdir: Path, save_opt: bool) -> None:
     elapsed = time.perf_counter() - t0
     peak = _peak_bytes() - base
     for f in FIELDS:
-        np.save(workdir / f"{which}_rate_{f}.npy", rate[f])
-        np.save(workdir / f"{which}_rateints_{f}.npy", rateints[f])
+        key = f if which == "ours" else STCAL_KEY.get(f, f)
+        np.save(workdir / f"{which}_rate_{f}.npy", rate[key])
+        np.save(workdir / f"{which}_rateints_{f}.npy", rateints[key])
     if which == "stcal":
         out_bytes = sum(a.nbytes for a in (*rate.values(), *rateints.values()))
         if opt is not None:

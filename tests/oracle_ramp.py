@@ -15,7 +15,9 @@ import numpy as np
 from stcal_dask import dqflags
 from stcal_dask.kernels.ramp_fit import RampFitParams, RampTiming
 
-RATE_FIELDS = ("slope", "dq", "var_poisson", "var_rnoise", "err")
+RATE_FIELDS = ("sci", "err", "dq", "var_poisson", "var_rnoise")
+"""Our RateProduct fields; stcal's dicts call ``sci`` ``slope``."""
+STCAL_RATE_KEY = {"sci": "slope"}
 FITOPT_FIELDS = (
     "slope",
     "sigslope",
@@ -137,8 +139,9 @@ def assert_matches_stcal(result, oracle, *, rtol: float = 1e-5) -> None:
     image, integ, opt = oracle
     assert image is not None, "stcal returned None (all-saturated early exit)"
     for f in RATE_FIELDS:
-        _close(f"rate.{f}", getattr(result.rate, f), image[f], rtol)
-        _close(f"rateints.{f}", getattr(result.rateints, f), integ[f], rtol)
+        key = STCAL_RATE_KEY.get(f, f)
+        _close(f"rate.{f}", getattr(result.rate, f), image[key], rtol)
+        _close(f"rateints.{f}", getattr(result.rateints, f), integ[key], rtol)
     if opt is None:
         assert result.fitopt is None
         return

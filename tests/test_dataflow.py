@@ -21,7 +21,7 @@ from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 CHUNKINGS = [(40, 50), (16, 16), (7, 13), (1, 50), (40, 3)]
 """Whole frame, square tiles, odd tiles, one-row strips, three-column strips (all < 64 px)."""
 
-RATE_MAP = {"sci": "slope", "err": "err", "dq": "dq", "var_poisson": "var_poisson",
+RATE_MAP = {"sci": "sci", "err": "err", "dq": "dq", "var_poisson": "var_poisson",
             "var_rnoise": "var_rnoise"}
 
 
@@ -55,7 +55,7 @@ def _whole_frame(exp, jparams, rparams):
     g = jk.detect_jumps_globals(exp.data, exp.groupdq, exp.gain, params=jparams)
     jr = jk.detect_jumps_tile(exp.data, exp.groupdq, exp.pixeldq, exp.gain, exp.readnoise,
                               params=jparams, nframes=cfg.nframes, group_time=cfg.group_time,
-                              globals=g)
+                              jump_globals=g)
     timing = rk.RampTiming(cfg.frame_time, cfg.group_time, cfg.nframes, cfg.groupgap,
                            cfg.drop_frames1)
     dims = rk.fitopt_dims(jr.groupdq, params=rparams, zeroframe=exp.zeroframe)

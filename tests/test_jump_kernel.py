@@ -67,7 +67,7 @@ def jump_groups(res, i=0, y=0, x=0):
 
 
 # ----------------------------------------------------------------------------------------------
-# stcal's two-point tests (behaviour as described in the spec, section 7)
+# the behaviours that stcal 1.20.0's own two-point-difference tests check
 
 
 @pytest.mark.parametrize(
@@ -487,9 +487,9 @@ def test_median_gain_is_gathered_only_for_after_jump_flagging():
     np.testing.assert_array_equal(g.plane_dnu, with_gain.plane_dnu)
     # without after-jump flagging the tiles give the same result either way
     a = detect_jumps_tile(e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise, params=JumpParams(),
-                          nframes=1, group_time=10.0, globals=g)
+                          nframes=1, group_time=10.0, jump_globals=g)
     b = detect_jumps_tile(e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise, params=JumpParams(),
-                          nframes=1, group_time=10.0, globals=with_gain)
+                          nframes=1, group_time=10.0, jump_globals=with_gain)
     np.testing.assert_array_equal(a.groupdq, b.groupdq)
     with pytest.raises(UserInputError, match="4-D"):
         jump_globals_partial(e.groupdq[0], None)
@@ -500,17 +500,18 @@ def test_tile_rejects_bad_globals():
     args = (e.data, e.groupdq, e.pixeldq, e.gain, e.readnoise)
     wrong = JumpGlobals(np.float32(2.0), np.zeros((2, 4), bool), "iterative")
     with pytest.raises(UserInputError, match="nints, ngroups"):
-        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, globals=wrong)
+        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, jump_globals=wrong)
     pending = JumpGlobals(np.float32(2.0), np.zeros((1, 4), bool), "sigclip")
     assert pending.needs_sigclip_pass
     with pytest.raises(UserInputError, match="sigclip_reset"):
-        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, globals=pending)
+        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0,
+                          jump_globals=pending)
     odd = JumpGlobals(np.float32(2.0), np.zeros((1, 4), bool), "reset-only")
     with pytest.raises(UserInputError, match="globals.path"):
-        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, globals=odd)
+        detect_jumps_tile(*args, params=JumpParams(), nframes=1, group_time=1.0, jump_globals=odd)
     g = detect_jumps_globals(e.data, e.groupdq, e.gain, params=JumpParams())
     with pytest.raises(UserInputError, match="path"):
-        sigclip_reset_partial(e.data, e.groupdq, e.gain, params=JumpParams(), globals=g)
+        sigclip_reset_partial(e.data, e.groupdq, e.gain, params=JumpParams(), jump_globals=g)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,7 +540,7 @@ def test_inputs_never_modified(nints, ngroups):
     g = detect_jumps_globals(e.data, gdq, e.gain, params=params)
     jump_globals_partial(gdq, e.gain)
     if g.path == "sigclip":
-        sigclip_reset_partial(e.data, gdq, e.gain, params=params, globals=g)
+        sigclip_reset_partial(e.data, gdq, e.gain, params=params, jump_globals=g)
     for a, c in zip(arrays, copies, strict=True):
         np.testing.assert_array_equal(a, c)
     for out, inp in zip(res[:2], arrays[1:3], strict=True):
@@ -632,7 +633,7 @@ def test_input_validation():
         detect_jumps(data, gdq, pdq, two, two, nframes=0)
     with pytest.raises(UserInputError, match="params"):
         detect_jumps_tile(
-            data, gdq, pdq, two, two, params={}, nframes=1, group_time=1.0, globals=None
+            data, gdq, pdq, two, two, params={}, nframes=1, group_time=1.0, jump_globals=None
         )
 
 

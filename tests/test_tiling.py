@@ -58,7 +58,7 @@ def _tiled_globals(arrays, params, y_edges, x_edges):
     if g.needs_sigclip_pass:
         parts = [
             sigclip_reset_partial(
-                data[(..., *t)], gdq[(..., *t)], gain[t], params=params, globals=g
+                data[(..., *t)], gdq[(..., *t)], gain[t], params=params, jump_globals=g
             )
             for t in tiles
         ]
@@ -70,7 +70,7 @@ def _check_tiling(arrays, params, y_edges, x_edges):
     whole = detect_jumps(*arrays, params=params, nframes=NFRAMES, group_time=GROUP_TIME)
     g = _tiled_globals(arrays, params, y_edges, x_edges)
     kernel = partial(
-        detect_jumps_tile, params=params, nframes=NFRAMES, group_time=GROUP_TIME, globals=g
+        detect_jumps_tile, params=params, nframes=NFRAMES, group_time=GROUP_TIME, jump_globals=g
     )
     tiled = run_tiled(kernel, arrays, y_edges, x_edges, halo=jump_halo(params))
     assert type(tiled).__name__ == "JumpResult"

@@ -60,7 +60,6 @@ import xarray as xr
 from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
-from stcal_dask import dqflags
 from stcal_dask.engine import tasks
 from stcal_dask.engine.datamodel import (
     rate_dataset,
@@ -302,13 +301,6 @@ def _packed_source(arrays: dict[str, da.Array]) -> da.Array | None:
 # jump detection
 
 
-def _sigclip_possible(nints: int, ngroups: int, params: jk.JumpParams) -> bool:
-    """Whether the sigma-clip path can be chosen for this shape, whatever the DQ planes."""
-    if params.only_use_ints:
-        return nints >= params.minimum_sigclip_groups
-    return nints * ngroups >= params.minimum_sigclip_groups
-
-
 def jump_globals(ramp: xr.Dataset, params: jk.JumpParams | None = None):
     """The frame-wide :class:`~stcal_dask.kernels.jump.JumpGlobals` of a ramp, as a Delayed.
 
@@ -336,7 +328,7 @@ def jump_globals(ramp: xr.Dataset, params: jk.JumpParams | None = None):
     ]
     merged = _tree_reduce(parts, jk.merge_jump_globals_partials)
     glob = dask.delayed(tasks.finalize_globals, pure=True)(merged, params)
-    if _sigclip_possible(nints, ngroups, params):
+    if jk.uses_sigclip(nints, nints * ngroups, params):  # can the path be chosen at all?
         sci_c, gdq_c2 = clone(sci, gdq, assume_layers=False)
         sci_b, gdq_b2 = sci_c.to_delayed(), gdq_c2.to_delayed()
         sparts = [
@@ -571,7 +563,6 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
     # one small task per tile and one aggregation (each distributed task costs ~1-3 ms of CPU)
     per_tile = gdq.map_blocks(
         tasks.group0_saturated,
-        np.uint8(dqflags.SATURATED),
         drop_axis=[0, 1],
         chunks=tuple((1,) * n for n in gdq.numblocks[2:]),
         dtype=bool,
@@ -694,8 +685,8 @@ def fit_ramps(
     attrs = {k: ramp.attrs[k] for k in keep if k in ramp.attrs}
 
     def rate_args(prefix):
-        u = {f: _unpack(packed, prefix + f) for f in tasks.RATE_FIELDS}
-        return u["slope"], u["err"], u["dq"], u["var_poisson"], u["var_rnoise"]
+        # RateProduct and rate_dataset share the JWST names and order
+        return [_unpack(packed, prefix + f) for f in tasks.RATE_FIELDS]
 
     rate = rate_dataset(*rate_args("rate_"), parameters=record, attrs=attrs)
     rateints = rateints_dataset(*rate_args("ints_"), parameters=record, attrs=attrs)

@@ -18,7 +18,7 @@ from stcal_dask.engine.threads import limit_threads
 from stcal_dask.kernels import jump as jk
 from stcal_dask.kernels import ramp_fit as rk
 
-RATE_FIELDS = ("slope", "dq", "var_poisson", "var_rnoise", "err")
+RATE_FIELDS = ("sci", "err", "dq", "var_poisson", "var_rnoise")
 SEG_FIELDS = ("slope", "sigslope", "yint", "sigyint", "weights", "var_poisson", "var_rnoise")
 
 
@@ -124,11 +124,11 @@ def finalize_globals(merged, params):
     return jk.finalize_jump_globals(merged, params=params)
 
 
-def sigclip_partial(sci, gdq, gain, params, globals_):
-    if globals_.path != "sigclip":
+def sigclip_partial(sci, gdq, gain, params, jump_globals):
+    if jump_globals.path != "sigclip":
         return None
     limit_threads()
-    return jk.sigclip_reset_partial(sci, gdq, gain, params=params, globals=globals_)
+    return jk.sigclip_reset_partial(sci, gdq, gain, params=params, jump_globals=jump_globals)
 
 
 def merge_sigclip(*parts):
@@ -136,18 +136,18 @@ def merge_sigclip(*parts):
     return jk.merge_sigclip_reset_partials(*parts) if parts else None
 
 
-def attach_sigclip(globals_, reset):
-    if globals_.path != "sigclip":
-        return globals_
-    return jk.with_sigclip_reset(globals_, reset)
+def attach_sigclip(jump_globals, reset):
+    if jump_globals.path != "sigclip":
+        return jump_globals
+    return jk.with_sigclip_reset(jump_globals, reset)
 
 
-def jump_block(sci, gdq, pdq, gain, rn, globals_, *, crop, params, nframes, group_time,
+def jump_block(sci, gdq, pdq, gain, rn, jump_globals, *, crop, params, nframes, group_time,
                 out_dtype):
     limit_threads()
     res = jk.detect_jumps_tile(
         sci, gdq, pdq, gain, rn, params=params, nframes=nframes, group_time=group_time,
-        globals=globals_,
+        jump_globals=jump_globals,
     )
     ys, xs = crop
     ny, nx = ys.stop - ys.start, xs.stop - xs.start
@@ -168,12 +168,10 @@ def primary_sum(block) -> int:
     return int(block["primary"].sum(dtype=np.int64))
 
 
-def primary_count(globals_, *sums) -> np.int64:
-    """stcal's primary-jump count of the frame from the tiles' :func:`primary_sum`, or its skip
-    value when detection was skipped."""
-    if globals_.skip:
-        return np.int64(jk.SKIPPED_PRIMARY_COUNT)
-    return np.int64(sum(sums))
+def primary_count(jump_globals, *sums) -> np.int64:
+    """stcal's primary-jump count of the frame from the tiles' :func:`primary_sum`
+    (:func:`stcal_dask.kernels.jump.total_primary_crs`)."""
+    return np.int64(jk.total_primary_crs(sum(sums), jump_globals))
 
 
 def all_of(*flags) -> np.bool_:
@@ -181,10 +179,10 @@ def all_of(*flags) -> np.bool_:
     return np.bool_(all(bool(np.all(f)) for f in flags))
 
 
-def group0_saturated(gdq, sat) -> np.ndarray:
-    """(1, 1) bool: group 0 of every integration of this (nints, ngroups, ty, tx) tile is
-    ``sat`` (SATURATED) in every pixel."""
-    return np.array([[bool(np.all(gdq[:, 0] & sat))]])
+def group0_saturated(gdq) -> np.ndarray:
+    """(1, 1) bool: :func:`stcal_dask.kernels.ramp_fit.all_group0_saturated` of this
+    (nints, ngroups, ty, tx) tile."""
+    return np.array([[rk.all_group0_saturated(gdq)]])
 
 
 def dims_partial(gdq, zf, params):

@@ -33,16 +33,17 @@ per-tile partials and passed to every tile as :class:`JumpGlobals`:
    for the after-jump electron thresholds), the whole-plane DO_NOT_USE flags and the path
    (``"skip"``, ``"sigclip"``, ``"single"``, ``"iterative"``). ``combine_jump_globals(partials,
    params=params)`` does both steps for a list.
-3. **Sigma-clip path only** (``globals.needs_sigclip_pass``): stcal resets pure-JUMP values of
+3. **Sigma-clip path only** (``jump_globals.needs_sigclip_pass``): stcal resets pure-JUMP values of
    every (integration, group) plane in which *every* pixel carries JUMP or DO_NOT_USE after
    detection. For every tile (no halo needed) call ``sigclip_reset_partial(data, groupdq, gain,
-   params=params, globals=globals)``, reduce with ``merge_sigclip_reset_partials(*parts)``
-   (logical AND) and attach it: ``globals = with_sigclip_reset(globals, merged)``.
+   params=params, jump_globals=jump_globals)``, reduce with ``merge_sigclip_reset_partials(*parts)``
+   (logical AND) and attach it: ``jump_globals = with_sigclip_reset(jump_globals, merged)``.
 4. **Pass 2**: for every tile *with a halo of* ``jump_halo(params)`` pixels (clipped at the array
    edges) call ``detect_jumps_tile(data, groupdq, pixeldq, gain, readnoise, params=params,
-   nframes=nframes, group_time=group_time, globals=globals)`` and crop the halo off every field of
-   the :class:`JumpResult`. The frame's primary count is ``total_primary_crs(sum of the cropped
-   primary_count maps, globals)`` (stcal reports -99 when the exposure is skipped).
+   nframes=nframes, group_time=group_time, jump_globals=jump_globals)`` and crop the halo off
+   every field of the :class:`JumpResult`. The frame's primary count is
+   ``total_primary_crs(sum of the cropped primary_count maps, jump_globals)`` (stcal reports -99
+   when the exposure is skipped).
 
 :func:`detect_jumps` does all of this for a whole frame in memory.
 
@@ -76,20 +77,7 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
-
-
-class LazyModule:
-    """The numba module, imported on first use: the parameter classes and helpers of this module
-    (used by the CLI and the dataflow layer to build graphs) do not load numba/llvmlite."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __getattr__(self, attr: str):
-        import importlib
-
-        return getattr(importlib.import_module(self._name), attr)
-
+from stcal_dask.kernels.common import LazyModule, readonly_c
 
 _nb = LazyModule("stcal_dask.kernels._jump_numba")
 
@@ -110,6 +98,7 @@ __all__ = [
     "detect_jumps",
     "total_primary_crs",
     "choose_path",
+    "uses_sigclip",
     "detect_jumps_globals",
     "needs_median_gain",
     "SKIPPED_PRIMARY_COUNT",
@@ -395,10 +384,45 @@ def jump_halo(params: JumpParams) -> int:
     return 1 if params.flag_4_neighbors else 0
 
 
-def choose_path(plane_dnu: np.ndarray, params: JumpParams) -> str:
-    """stcal 1.20.0's single-process skip test and path choice from the whole-plane DNU flags.
+def uses_sigclip(nints: int, usable_groups: int, params: JumpParams) -> bool:
+    """stcal 1.20.0's test for the sigma-clip path.
 
-    ``plane_dnu`` is (nints, ngroups). Returns one of :data:`PATHS`.
+    Parameters
+    ----------
+    nints : int
+        Integrations in the exposure.
+    usable_groups : int
+        Groups of the exposure (all integrations) outside the planes in which every pixel is
+        DO_NOT_USE. ``nints * ngroups`` (an upper bound) tells whether the path can be chosen
+        at all for a shape, whatever the DQ planes.
+    params : JumpParams
+        ``only_use_ints`` picks what is counted (integrations, or usable groups), compared with
+        ``minimum_sigclip_groups``.
+
+    Returns
+    -------
+    bool
+        True when the sigma-clip path is taken (or, with the upper bound, can be taken).
+    """
+    count = nints if params.only_use_ints else usable_groups
+    return count >= params.minimum_sigclip_groups
+
+
+def choose_path(plane_dnu: np.ndarray, params: JumpParams) -> str:
+    """stcal 1.20.0's single-process skip test and path choice.
+
+    Parameters
+    ----------
+    plane_dnu : numpy.ndarray
+        (nints, ngroups) bool: every pixel of the frame has DO_NOT_USE in that group.
+    params : JumpParams
+        The step parameters (``minimum_sigclip_groups``, ``only_use_ints``,
+        ``min_diffs_single_pass``).
+
+    Returns
+    -------
+    str
+        One of :data:`PATHS`.
     """
     plane_dnu = np.asarray(plane_dnu, dtype=bool)
     nints, ngroups = plane_dnu.shape
@@ -408,19 +432,11 @@ def choose_path(plane_dnu: np.ndarray, params: JumpParams) -> str:
     min_usable_groups = ngroups - max_flagged
     total_groups = nints * ngroups - total_flagged
     min_usable_diffs = min_usable_groups - 1
-    total_sigclip_groups = nints if params.only_use_ints else total_groups
     minimum_groups = 3  # single-process stcal overrides the parameter
-    if params.only_use_ints:
-        sigclip_fails = nints < params.minimum_sigclip_groups
-    else:
-        sigclip_fails = total_sigclip_groups < params.minimum_sigclip_groups
-    if min_usable_groups < minimum_groups and sigclip_fails:
+    sigclip = uses_sigclip(nints, total_groups, params)
+    if min_usable_groups < minimum_groups and not sigclip:
         return "skip"
-    if params.only_use_ints:
-        use_sigclip = nints >= params.minimum_sigclip_groups
-    else:
-        use_sigclip = total_groups >= params.minimum_sigclip_groups
-    if use_sigclip:
+    if sigclip:
         return "sigclip"
     if min_usable_diffs >= params.min_diffs_single_pass:
         return "single"
@@ -429,17 +445,6 @@ def choose_path(plane_dnu: np.ndarray, params: JumpParams) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # input checks
-
-
-def _ro(a: np.ndarray) -> np.ndarray:
-    """C-contiguous, read-only view (a copy only if not contiguous) of an input for numba.
-
-    Always handing numba read-only C arrays keeps it to one compiled specialisation whether the
-    caller's arrays are writable or not (dask blocks often are not), and makes writes impossible.
-    """
-    v = np.ascontiguousarray(a).view()
-    v.flags.writeable = False
-    return v
 
 
 def _check_cube(data, groupdq):
@@ -471,19 +476,21 @@ def _check_plane(name, arr, shape, kinds):
     return arr
 
 
-def _check_globals(globals_, nints, ngroups):
-    if not isinstance(globals_, JumpGlobals):
-        raise UserInputError("jump: globals must be a JumpGlobals (see combine_jump_globals)")
-    if globals_.path not in PATHS:
-        raise UserInputError(f"jump: globals.path must be one of {PATHS}, got {globals_.path!r}")
-    if globals_.plane_dnu.shape != (nints, ngroups):
+def _check_globals(jump_globals, nints, ngroups):
+    if not isinstance(jump_globals, JumpGlobals):
+        raise UserInputError("jump: jump_globals must be a JumpGlobals (see combine_jump_globals)")
+    if jump_globals.path not in PATHS:
         raise UserInputError(
-            f"jump: globals are for (nints, ngroups) = {globals_.plane_dnu.shape}, "
+            f"jump: jump_globals.path must be one of {PATHS}, got {jump_globals.path!r}"
+        )
+    if jump_globals.plane_dnu.shape != (nints, ngroups):
+        raise UserInputError(
+            f"jump: jump_globals are for (nints, ngroups) = {jump_globals.plane_dnu.shape}, "
             f"tile has {(nints, ngroups)}"
         )
-    if globals_.needs_sigclip_pass:
+    if jump_globals.needs_sigclip_pass:
         raise UserInputError(
-            "jump: sigma-clip path needs globals.sigclip_reset (run sigclip_reset_partial, "
+            "jump: sigma-clip path needs jump_globals.sigclip_reset (run sigclip_reset_partial, "
             "merge_sigclip_reset_partials and with_sigclip_reset first)"
         )
 
@@ -536,7 +543,7 @@ def jump_globals_partial(groupdq, gain) -> JumpGlobalsPartial:
             )
         flat = gain.reshape(-1)
         values = flat[~np.isnan(flat)].copy()
-    plane = _nb.whole_plane_flags(_ro(groupdq), dqflags.DO_NOT_USE)
+    plane = _nb.whole_plane_flags(readonly_c(groupdq), dqflags.DO_NOT_USE)
     return JumpGlobalsPartial(values, plane)
 
 
@@ -588,7 +595,7 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
     if out_dtype != np.uint8 and (groupdq.size == 0 or int(groupdq.max()) < 256):
         # wider group DQ holding only 8-bit flags (as in stcal's tests): run the uint8
         # specialisation (compiling another one costs tens of seconds) and widen the result
-        groupdq = _ro(groupdq.astype(np.uint8))
+        groupdq = readonly_c(groupdq.astype(np.uint8))
     gdq = np.empty_like(groupdq)
     primary = np.zeros((ny, nx), dtype=np.int32)
     with np.errstate(all="ignore"):
@@ -620,7 +627,7 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
     return gdq.astype(out_dtype, copy=False), primary
 
 
-def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: JumpGlobals):
+def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, jump_globals: JumpGlobals):
     """Pass-1b partial (sigma-clip path only; any tiling, halo not needed).
 
     Returns (nints, ngroups) bool: every pixel of the tile has JUMP or DO_NOT_USE in that plane
@@ -629,16 +636,18 @@ def sigclip_reset_partial(data, groupdq, gain, *, params: JumpParams, globals: J
     """
     data, groupdq = _check_cube(data, groupdq)
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
-    if globals.path != "sigclip":
-        raise UserInputError(f"jump: sigclip_reset_partial called on the {globals.path!r} path")
+    if jump_globals.path != "sigclip":
+        raise UserInputError(
+            f"jump: sigclip_reset_partial called on the {jump_globals.path!r} path"
+        )
     gdq = _sigclip_detected(data, groupdq, gain, params)
-    return _nb.whole_plane_flags(_ro(gdq), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+    return _nb.whole_plane_flags(readonly_c(gdq), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
 
 
 def _sigclip_detected(data, groupdq, gain, params: JumpParams) -> np.ndarray:
     """Group DQ right after sigma-clip detection (no reset, neighbours, after-jump flags or
     redundant-bit removal)."""
-    data, groupdq, gain = (_ro(a) for a in (data, groupdq, gain))
+    data, groupdq, gain = (readonly_c(a) for a in (data, groupdq, gain))
     nints, ngroups = data.shape[:2]
     gdq, _ = _run_frame(
         data,
@@ -664,19 +673,19 @@ def merge_sigclip_reset_partials(*parts) -> np.ndarray:
     return out
 
 
-def with_sigclip_reset(globals: JumpGlobals, reset) -> JumpGlobals:
-    """Attach the merged sigma-clip reset planes to ``globals``."""
+def with_sigclip_reset(jump_globals: JumpGlobals, reset) -> JumpGlobals:
+    """Attach the merged sigma-clip reset planes to ``jump_globals``."""
     reset = np.asarray(reset, dtype=bool)
-    if reset.shape != globals.plane_dnu.shape:
+    if reset.shape != jump_globals.plane_dnu.shape:
         raise UserInputError(
-            f"jump: sigclip reset shape {reset.shape} != {globals.plane_dnu.shape}"
+            f"jump: sigclip reset shape {reset.shape} != {jump_globals.plane_dnu.shape}"
         )
-    return globals._replace(sigclip_reset=reset)
+    return jump_globals._replace(sigclip_reset=reset)
 
 
-def total_primary_crs(primary_sum: int, globals: JumpGlobals) -> int:
+def total_primary_crs(primary_sum: int, jump_globals: JumpGlobals) -> int:
     """stcal's ``total_primary_crs``: summed primary count, or -99 if the exposure is skipped."""
-    return SKIPPED_PRIMARY_COUNT if globals.skip else int(primary_sum)
+    return SKIPPED_PRIMARY_COUNT if jump_globals.skip else int(primary_sum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,13 +702,13 @@ def detect_jumps_tile(
     params: JumpParams,
     nframes: int,
     group_time: float | None,
-    globals: JumpGlobals,
+    jump_globals: JumpGlobals,
 ) -> JumpResult:
     """Detect jumps in one tile (the arrays are treated as a frame whose edges are the tile's).
 
     Give the tile with a halo of :func:`jump_halo` pixels (clipped at the frame edges) and crop
-    the halo off the result; with ``globals`` from the whole frame the cropped result equals the
-    whole-frame result. Shapes and units: see the module docstring. Inputs are not modified.
+    the halo off the result; with ``jump_globals`` from the whole frame the cropped result equals
+    the whole-frame result. Shapes and units: see the module docstring. Inputs are not modified.
     """
     return _detect_jumps_tile(
         data,
@@ -710,12 +719,12 @@ def detect_jumps_tile(
         params=params,
         nframes=nframes,
         group_time=group_time,
-        globals=globals,
+        jump_globals=jump_globals,
     )
 
 
 def _detect_jumps_tile(
-    data, groupdq, pixeldq, gain, readnoise, *, params, nframes, group_time, globals,
+    data, groupdq, pixeldq, gain, readnoise, *, params, nframes, group_time, jump_globals,
     detected=None,
 ):  # fmt: skip
     """:func:`detect_jumps_tile`; ``detected`` (sigma-clip path, whole frame only) is the group
@@ -729,8 +738,8 @@ def _detect_jumps_tile(
     readnoise = _check_plane("readnoise", readnoise, (ny, nx), "fiu")
     if not _is_int(nframes) or int(nframes) < 1:
         raise UserInputError(f"jump: nframes must be an integer >= 1, got {nframes!r}")
-    _check_globals(globals, nints, ngroups)
-    data, groupdq, gain, readnoise = (_ro(a) for a in (data, groupdq, gain, readnoise))
+    _check_globals(jump_globals, nints, ngroups)
+    data, groupdq, gain, readnoise = (readonly_c(a) for a in (data, groupdq, gain, readnoise))
     n1 = _after_jump_groups(params.after_jump_flag_time1, group_time)
     n2 = _after_jump_groups(params.after_jump_flag_time2, group_time)
 
@@ -738,15 +747,15 @@ def _detect_jumps_tile(
     pdq = pixeldq.copy()
     _nb.flag_bad_gain(gain, pdq, dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE)
 
-    if globals.skip or ny == 0 or nx == 0 or ngroups < 2:
+    if jump_globals.skip or ny == 0 or nx == 0 or ngroups < 2:
         gdq = groupdq.copy()
         _nb.remove_redundant(gdq)
         return JumpResult(gdq, pdq, np.zeros((ny, nx), dtype=np.int32))
 
-    path = globals.path
-    reset = globals.sigclip_reset if path == "sigclip" else np.zeros((nints, ngroups), bool)
+    path = jump_globals.path
+    reset = jump_globals.sigclip_reset if path == "sigclip" else np.zeros((nints, ngroups), bool)
     if detected is not None and path == "sigclip":
-        groupdq, path = _ro(detected), "reset-only"
+        groupdq, path = readonly_c(detected), "reset-only"
     gdq, primary = _run_frame(
         data,
         groupdq,
@@ -758,7 +767,7 @@ def _detect_jumps_tile(
         nframes=int(nframes),
         n1=n1,
         n2=n2,
-        median_gain=globals.median_gain,
+        median_gain=jump_globals.median_gain,
     )
     return JumpResult(gdq, pdq, primary)
 
@@ -778,7 +787,7 @@ def detect_jumps(
 
     Equivalent to stcal 1.20.0 ``detect_jumps_data`` in a single process up to its large-event
     stage (:func:`stcal_dask.kernels.large_events.flag_large_events` adds it). The primary
-    count stcal reports is ``total_primary_crs(result.n_primary, globals)`` (-99 on skipped
+    count stcal reports is ``total_primary_crs(result.n_primary, jump_globals)`` (-99 on skipped
     exposures); :func:`detect_jumps_globals` gives the globals used.
     """
     params = JumpParams() if params is None else params
@@ -792,7 +801,7 @@ def detect_jumps(
         params=params,
         nframes=nframes,
         group_time=group_time,
-        globals=g,
+        jump_globals=g,
         detected=detected,
     )
 
@@ -811,5 +820,5 @@ def _frame_globals(data, groupdq, gain, *, params: JumpParams):
     if not g.needs_sigclip_pass:
         return g, None
     detected = _sigclip_detected(data, groupdq, gain, params)
-    reset = _nb.whole_plane_flags(_ro(detected), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
+    reset = _nb.whole_plane_flags(readonly_c(detected), dqflags.JUMP_DET | dqflags.DO_NOT_USE)
     return with_sigclip_reset(g, reset), detected

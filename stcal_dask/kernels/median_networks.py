@@ -8,22 +8,14 @@ depend on it needs fewer comparators than the full sort (24 instead of 28 for 9 
 The median of a set of numbers does not depend on how it is found, so every method here gives
 the same value bit for bit as a sort (even counts: ``(lo + hi) / 2``, as numpy's median).
 
-* :func:`batcher_pairs` / :func:`median_pairs`: comparator lists (any n).
-* :func:`generate_source`: the source of :mod:`stcal_dask.kernels._median_small`, one
-  straight-line block per n <= :data:`SMALL_MAX` with the values held in local variables
-  (registers) instead of a scratch buffer: ``median_small`` (one set of values) and
-  ``clipped_mid_lanes`` (many pixels at once, the jump kernel's clipped median: a loop over
-  pixels whose body is branch-free, so that the compiler vectorises it across pixels). The
-  module is generated once and committed (numba's on-disk cache needs a real source file);
-  ``python -m stcal_dask.kernels.median_networks`` rewrites it and a test checks it is up to date.
+:func:`batcher_pairs` and :func:`median_pairs` give the comparator lists (any n), from which
+:mod:`stcal_dask.kernels._median_numba` builds its tables. The straight-line module
+:mod:`stcal_dask.kernels._median_small` is generated from the same lists by
+``tools/gen_median_small.py`` (outside the package; a test checks the committed module is up
+to date).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-SMALL_MAX = 12
-"""Largest count with a straight-line median in :mod:`._median_small`."""
 
 
 def batcher_pairs(n: int) -> list[tuple[int, int]]:
@@ -56,134 +48,3 @@ def median_pairs(n: int) -> list[tuple[int, int]]:
             keep.append((a, b))
             need |= {a, b}
     return keep[::-1]
-
-
-def _function(n: int) -> list[str]:
-    """``_median_<n>(buf)`` in single-assignment form with min/max (numba compiles re-assigned
-    names and conditional expressions far more slowly; LLVM turns both into the same
-    branch-free code). Outputs of a compare-exchange that nothing reads later are left out."""
-    pairs = median_pairs(n)
-    h = n // 2
-    # backward liveness: which (comparator, side) results are read later
-    live = {h} if n % 2 else {h - 1, h}
-    keep = []
-    for a, b in reversed(pairs):
-        want = (a in live, b in live)
-        keep.append(want)
-        if any(want):
-            live |= {a, b}
-    keep.reverse()
-    cur = [f"v{i}" for i in range(n)]
-    lines = ["", "", "@njit(cache=True, nogil=True)", f"def _median_{n}(buf):"]
-    lines += [f"    v{i} = buf[{i}]" for i in range(n)]
-    for k, ((a, b), (need_lo, need_hi)) in enumerate(zip(pairs, keep, strict=True)):
-        va, vb = cur[a], cur[b]
-        if need_lo:
-            lines.append(f"    l{k} = min({va}, {vb})")
-            cur[a] = f"l{k}"
-        if need_hi:
-            lines.append(f"    h{k} = max({va}, {vb})")
-            cur[b] = f"h{k}"
-    if n % 2:
-        lines.append(f"    return {cur[h]}")
-    else:
-        lines.append(f"    return ({cur[h - 1]} + {cur[h]}) / 2.0")
-    return lines
-
-
-def _lanes_function(n: int) -> list[str]:
-    """``_clipped_mid_<n>``: for each lane (column) ``x < nl`` of ``apl`` (n rows, NaN =
-    unusable): ``nuse`` (usable count), ``mxv``/``mnv`` (their extremes), and the kept values
-    (all usable ones with ``keep_all``; else with >= 4 usable, those below the maximum): their
-    count ``cnt`` and the
-    ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest in ``lo``/``hi``, from a full sort with
-    +inf in the places of the values not kept. Counts are int32 and values stay in ``apl``'s
-    dtype: narrow lanes let the compiler put more pixels in one vector register."""
-    pairs = batcher_pairs(n)
-    L = ["", "", "@njit(cache=True, nogil=True)",
-         f"def _clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
-         "    inf = apl.dtype.type(np.inf)",
-         *(["    one = np.int32(1)"] if n > 1 else []),
-         "    four = np.int32(4)",
-         "    for x in range(nl):"]
-    L += [f"        a{i} = apl[{i}, x]" for i in range(n)]
-    L.append("        u = np.int32(a0 == a0)")
-    L += [f"        u += np.int32(a{i} == a{i})" for i in range(1, n)]
-    L.append("        mx = -inf")
-    L.append("        mn = inf")
-    for i in range(n):
-        L.append(f"        mx = a{i} if a{i} > mx else mx")
-        L.append(f"        mn = a{i} if a{i} < mn else mn")
-    L.append("        few = (u < four) | keep_all")
-    for i in range(n):
-        L.append(f"        k{i} = (a{i} == a{i}) & (few | (a{i} != mx))")
-        L.append(f"        v{i} = a{i} if k{i} else inf")
-    L.append("        m = np.int32(k0)")
-    L += [f"        m += np.int32(k{i})" for i in range(1, n)]
-    for a, b in pairs:
-        L.append(f"        v{a}, v{b} = min(v{a}, v{b}), max(v{a}, v{b})")
-    if n > 1:
-        L.append("        il = (m - one) >> one")
-        L.append("        ih = m >> one")
-    L.append("        l = v0")
-    L.append("        h = v0")
-    for i in range(1, n):
-        L.append(f"        l = v{i} if il == {i} else l")
-        L.append(f"        h = v{i} if ih == {i} else h")
-    L += ["        nuse[x] = u", "        mxv[x] = mx", "        mnv[x] = mn", "        cnt[x] = m",
-          "        lo[x] = l", "        hi[x] = h"]
-    return L
-
-
-def generate_source() -> str:
-    """Source text of :mod:`stcal_dask.kernels._median_small`."""
-    out = [
-        f'"""Straight-line medians of 1..{SMALL_MAX} values.',
-        "",
-        "GENERATED by ``python -m stcal_dask.kernels.median_networks``; do not edit.",
-        "",
-        "``median_small(buf, n)``: the median of ``buf[:n]`` (no NaN inside, 1 <= n <= "
-        f"{SMALL_MAX}),",
-        "``(lo + hi) / 2`` for even n; ``buf`` is only read. Each count has its own function of",
-        "compare-exchanges on local variables (Batcher's network pruned to the middle outputs).",
-        "",
-        "``clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)``: the same",
-        "networks (full sorts) across the first ``nl`` columns of ``apl`` (n rows, 1 <= n <= "
-        f"{SMALL_MAX}) at once:",
-        "per column the usable (non-NaN) count, maximum and minimum, and the middle pair of the",
-        "kept values (all usable ones with ``keep_all``; else with >= 4, those below the maximum);",
-        "False for another n.",
-        '"""',
-        "",
-        "import numpy as np",
-        "from numba import njit",
-        "",
-        f"SMALL_MAX = {SMALL_MAX}",
-    ]
-    for n in range(1, SMALL_MAX + 1):
-        out += _function(n)
-    out += _dispatcher("median_small(buf, n)", "return _median_{n}(buf)",
-                       ["    return float(\"nan\")  # n out of range: the callers never ask"])
-    for n in range(1, SMALL_MAX + 1):
-        out += _lanes_function(n)
-    out += _dispatcher("clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)",
-                       "_clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)",
-                       ["    else:", "        return False", "    return True"])
-    return "\n".join(out) + "\n"
-
-
-def _dispatcher(signature: str, call: str, tail: list[str]) -> list[str]:
-    """``def <signature>:`` with one ``if/elif n == k:`` branch per count running ``call``
-    (``{n}`` filled in), then ``tail``."""
-    lines = ["", "", "@njit(cache=True, nogil=True)", f"def {signature}:"]
-    for n in range(1, SMALL_MAX + 1):
-        lines.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
-        lines.append("        " + call.format(n=n))
-    return lines + tail
-
-
-TARGET = Path(__file__).with_name("_median_small.py")
-
-if __name__ == "__main__":  # pragma: no cover - regenerates the committed module
-    TARGET.write_text(generate_source())
-    print(f"wrote {TARGET}")

@@ -57,8 +57,8 @@ Other choices
 * The fitopt segment axis follows stcal, including its quirk of counting every length-1 segment
   when only length-1 segments exist (the extra slots stay 0).
 
-The numba core lives in :mod:`stcal_dask.kernels._ramp_numba` (``nogil``: tiles can be fitted in
-parallel threads).
+The compiled core lives in :mod:`stcal_dask.kernels._ramp_numba` (``nogil``: tiles can be fitted
+in parallel threads); this module validates, converts and names.
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
-from stcal_dask.kernels.jump import LazyModule
+from stcal_dask.kernels.common import LazyModule, readonly_c
 
-rn = LazyModule("stcal_dask.kernels._ramp_numba")
+_rn = LazyModule("stcal_dask.kernels._ramp_numba")
 
 __all__ = [
     "FitoptDims",
@@ -195,18 +195,19 @@ class RampTiming:
 
 
 class RateProduct(NamedTuple):
-    """Slope image(s): 2-D (ny, nx) for "rate", 3-D (nints, ny, nx) for "rateints"."""
+    """Slope image(s), named and ordered as the JWST rate product: 2-D (ny, nx) for "rate",
+    3-D (nints, ny, nx) for "rateints"."""
 
-    slope: np.ndarray
-    """float32 DN/s; NaN where the result is unusable (DO_NOT_USE or SATURATED)."""
+    sci: np.ndarray
+    """float32 slope, DN/s; NaN where the result is unusable (DO_NOT_USE or SATURATED)."""
+    err: np.ndarray
+    """float32 DN/s."""
     dq: np.ndarray
     """uint32 DQ bits."""
     var_poisson: np.ndarray
     """float32 (DN/s)^2."""
     var_rnoise: np.ndarray
     """float32 (DN/s)^2."""
-    err: np.ndarray
-    """float32 DN/s."""
 
 
 class FitoptProduct(NamedTuple):
@@ -265,9 +266,9 @@ def fitopt_dims(
     has_zf = zf is not None
     if not has_zf:
         zf = np.zeros((1, 1, 1), dtype=np.float32)
-    gdq = rn.readonly_c(gdq, np.uint8)
-    zf = rn.readonly_c(zf, np.float32)
-    nseg, ncr = rn.fitopt_dims_tile(gdq, zf, has_zf, suppress, *flag_args())
+    nseg, ncr = _rn.fitopt_dims_tile(
+        readonly_c(gdq, np.uint8), readonly_c(zf, np.float32), has_zf, suppress
+    )
     return FitoptDims(int(nseg), int(ncr))
 
 
@@ -299,45 +300,109 @@ def fit_ramps_tile(
 
     Parameters
     ----------
-    data: (nints, ngroups, ny, nx) science ramps, DN.
-    groupdq: (nints, ngroups, ny, nx) group DQ (uint8 bits).
-    pixeldq: (ny, nx) pixel DQ (uint32 bits), OR-ed into every output DQ.
-    gain: (ny, nx) electron/DN; 0, negative or NaN gain gives DO_NOT_USE | NO_GAIN_VALUE.
-    readnoise: (ny, nx) CDS read noise, DN.
-    params: :class:`RampFitParams`.
-    timing: :class:`RampTiming`.
-    zeroframe: optional (nints, ny, nx) ZEROFRAME, DN (0 = unusable).
-    average_dark_current: optional (ny, nx) DN/s.
-    n_segments, n_crmag: sizes of the fitopt segment / CR axes (the frame-wide maxima from
+    data : numpy.ndarray
+        (nints, ngroups, ny, nx) science ramps, DN.
+    groupdq : numpy.ndarray
+        (nints, ngroups, ny, nx) group DQ (uint8 bits).
+    pixeldq : numpy.ndarray
+        (ny, nx) pixel DQ (uint32 bits), OR-ed into every output DQ.
+    gain : numpy.ndarray
+        (ny, nx) electron/DN; 0, negative or NaN gain gives DO_NOT_USE | NO_GAIN_VALUE.
+    readnoise : numpy.ndarray
+        (ny, nx) CDS read noise, DN.
+    params : RampFitParams
+        The step parameters.
+    timing : RampTiming
+        The exposure timing.
+    zeroframe : numpy.ndarray, optional
+        (nints, ny, nx) ZEROFRAME, DN (0 = unusable).
+    average_dark_current : numpy.ndarray, optional
+        (ny, nx) DN/s.
+    n_segments, n_crmag : int, optional
+        Sizes of the fitopt segment / CR axes (the frame-wide maxima from
         :func:`fitopt_dims`); None means this tile's own maxima. Ignored unless ``save_opt``.
 
     Returns
     -------
-    RampFitResult(rate, rateints, fitopt): ``rate`` 2-D, ``rateints`` (nints, ny, nx), ``fitopt``
-    a :class:`FitoptProduct` when ``params.save_opt`` else None.
+    RampFitResult
+        ``rate`` (ny, nx), ``rateints`` (nints, ny, nx), and ``fitopt`` a
+        :class:`FitoptProduct` when ``params.save_opt``, else None.
 
     Raises
     ------
-    UserInputError: wrong array shapes or parameter types.
-    ValueError: ``n_segments``/``n_crmag`` smaller than this tile needs.
+    UserInputError
+        Wrong array shapes or parameter types.
+    ValueError
+        ``n_segments``/``n_crmag`` smaller than this tile needs.
     """
-    return rn.fit_tile(
-        data,
-        groupdq,
-        pixeldq,
-        gain,
-        readnoise,
-        params=params,
-        timing=timing,
-        zeroframe=zeroframe,
-        average_dark_current=average_dark_current,
-        n_segments=n_segments,
-        n_crmag=n_crmag,
+    if not isinstance(params, RampFitParams):
+        raise UserInputError(f"params must be a RampFitParams, got {type(params).__name__}")
+    if not isinstance(timing, RampTiming):
+        raise UserInputError(f"timing must be a RampTiming, got {type(timing).__name__}")
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise UserInputError(f"data must be 4-D (nints, ngroups, ny, nx), got shape {data.shape}")
+    nints, ngroups, ny, nx = data.shape
+    if min(nints, ngroups) < 1:
+        raise UserInputError(f"data needs at least 1 integration and 1 group, got {data.shape}")
+    img = (ny, nx)
+    has_zf = zeroframe is not None
+    if average_dark_current is None:
+        average_dark_current = np.zeros(img, dtype=np.float32)
+    inputs = _rn.RampInputs(
+        data=_checked(data, np.float32, "data", data.shape),
+        groupdq=_checked(groupdq, np.uint8, "groupdq", data.shape),
+        pixeldq=_checked(pixeldq, np.uint32, "pixeldq", img),
+        gain=_checked(gain, np.float32, "gain", img),
+        readnoise=_checked(readnoise, np.float32, "readnoise", img),
+        dark=_checked(average_dark_current, np.float32, "average_dark_current", img),
+        zeroframe=(_checked(zeroframe, np.float32, "zeroframe", (nints, ny, nx)) if has_zf
+                   else readonly_c(np.zeros((1, 1, 1), dtype=np.float32))),
+        has_zf=has_zf,
+    )
+    settings = _rn.RampSettings(
+        frame_time=float(np.float32(timing.frame_time)),
+        group_time=float(np.float32(timing.group_time)),
+        nframes=int(timing.nframes),
+        groupgap=int(timing.groupgap),
+        drop_frames1=int(timing.drop_frames1),
+        suppress=effective_suppress(params, ngroups),
+        save_opt=bool(params.save_opt),
+        chargeloss_rnoise=bool(params.chargeloss_rnoise),
+        combined=params.slope_weighting == "combined",
+    )
+    if settings.save_opt:
+        if n_segments is None or n_crmag is None:
+            own = fitopt_dims(inputs.groupdq, params=params,
+                              zeroframe=inputs.zeroframe if has_zf else None)
+            n_segments = own.n_segments if n_segments is None else n_segments
+            n_crmag = own.n_crmag if n_crmag is None else n_crmag
+        nseg, ncr = int(n_segments), int(n_crmag)
+        if nseg < 0 or ncr < 0:
+            raise UserInputError(f"n_segments/n_crmag must be >= 0, got {nseg}, {ncr}")
+        seg_shape = (nints, nseg, ny, nx)
+        ped_shape = (nints, ny, nx)
+        cr_shape = (nints, ncr, ny, nx)
+    else:
+        seg_shape, ped_shape, cr_shape = (1, 0, 1, 1), (1, 1, 1), (1, 0, 1, 1)
+    fitopt = _rn.FitoptArrays(
+        *(np.zeros(seg_shape, dtype=np.float32) for _ in range(7)),
+        pedestal=np.zeros(ped_shape, dtype=np.float32),
+        crmag=np.zeros(cr_shape, dtype=np.float32),
+    )
+    rate = _rate_arrays(img)
+    rateints = _rate_arrays((nints, ny, nx))
+    if ny > 0 and nx > 0:
+        _rn.fit_tile_core(inputs, settings, rate, rateints, fitopt)
+    return RampFitResult(
+        RateProduct(*rate),
+        RateProduct(*rateints),
+        FitoptProduct(*fitopt) if settings.save_opt else None,
     )
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers shared with _ramp_numba
+# helpers
 
 
 def effective_suppress(params: RampFitParams, ngroups: int) -> bool:
@@ -345,16 +410,23 @@ def effective_suppress(params: RampFitParams, ngroups: int) -> bool:
     return bool(params.suppress_one_group) and ngroups > 1
 
 
-def flag_args() -> tuple[int, int, int, int, int, int]:
-    """(DNU, SAT, JUMP, PERSISTENCE, CHARGELOSS, NO_GAIN_VALUE) as plain ints for numba."""
-    return (
-        dqflags.DO_NOT_USE,
-        dqflags.SATURATED,
-        dqflags.JUMP_DET,
-        dqflags.PERSISTENCE,
-        dqflags.CHARGELOSS,
-        dqflags.NO_GAIN_VALUE,
+def _rate_arrays(shape):
+    """Uninitialised output arrays of a rate product (the kernel writes every element)."""
+    return _rn.RateArrays(
+        sci=np.empty(shape, dtype=np.float32),
+        err=np.empty(shape, dtype=np.float32),
+        dq=np.empty(shape, dtype=np.uint32),
+        var_poisson=np.empty(shape, dtype=np.float32),
+        var_rnoise=np.empty(shape, dtype=np.float32),
     )
+
+
+def _checked(arr, dtype, name, shape):
+    """``arr`` checked for ``shape``, as a read-only C array of ``dtype``."""
+    a = np.asarray(arr)
+    if a.shape != shape:
+        raise UserInputError(f"{name} must have shape {shape}, got {a.shape}")
+    return readonly_c(a, dtype)
 
 
 def _prepare_dims_inputs(groupdq, zeroframe):
