@@ -31,6 +31,7 @@ reset is applied).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -432,194 +433,347 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         nl = w
 
 
+class FrameInputs(NamedTuple):
+    """The frame (or tile) :func:`run_frame` reads, as read-only C arrays."""
+
+    data: np.ndarray
+    """(nints, ngroups, ny, nx) DN."""
+    groupdq: np.ndarray
+    """(nints, ngroups, ny, nx) unsigned group DQ (never modified)."""
+    gain: np.ndarray
+    """(ny, nx) electron/DN."""
+    readnoise: np.ndarray
+    """(ny, nx) CDS read noise, DN."""
+    eproto: np.ndarray
+    """1-element array of the electrons' dtype (the product dtype of ``data`` and ``gain``)."""
+
+
+class DetectSettings(NamedTuple):
+    """How jumps are detected."""
+
+    path: int
+    """``PATH_*`` code."""
+    only_use_ints: bool
+    """Sigma-clip across integrations only (else across all differences of a pixel)."""
+    reset_planes: np.ndarray
+    """(nints, ngroups) bool: planes whose pure-JUMP values are reset (sigma-clip path)."""
+    nreads_half: float
+    """0.5 * n_reads_groupdiff (= nframes): RN^2 is divided by it."""
+    rej: float
+    """Sigma threshold with >= 4 usable differences, and of the single-pass/sigma-clip paths."""
+    thr_3diff: float
+    """Sigma threshold with exactly 3 usable differences (four_group_rejection_threshold)."""
+    thr_2diff: float
+    """Sigma threshold with exactly 2 usable differences (three_group_rejection_threshold)."""
+
+
+class FlagSettings(NamedTuple):
+    """What is flagged after detection."""
+
+    neighbors: bool
+    """Flag the 4 neighbours of jumps whose ratio is within (nbr_min, nbr_max)."""
+    nbr_min: float
+    nbr_max: float
+    after: bool
+    """Flag groups after large jumps (e1/jmax1, e2/jmax2)."""
+    e1: float
+    """Electron threshold of the first after-jump rule."""
+    jmax1: int
+    """Groups flagged after a jump >= e1."""
+    e2: float
+    """Electron threshold of the second after-jump rule."""
+    jmax2: int
+    """Groups flagged after a jump >= e2."""
+    remove_redundant: bool
+    """Clear JUMP where SATURATED or DO_NOT_USE is set too (False only for the sigma-clip
+    reset pass)."""
+
+
+class FrameOutputs(NamedTuple):
+    """What :func:`run_frame` writes (every element)."""
+
+    groupdq: np.ndarray
+    """(nints, ngroups, ny, nx) output group DQ."""
+    primary: np.ndarray
+    """(ny, nx) int32: each pixel's JUMP count right after detection."""
+
+
+class RowRings(NamedTuple):
+    """The row buffers of :func:`run_frame` (pixel-major unless said otherwise); the rings hold
+    the three rows y - 1, y, y + 1 at ``row % 3``."""
+
+    erow: np.ndarray
+    """(nints * ngroups, nx) electrons of the row being detected, group-major, NaN on SAT/DNU."""
+    gring: np.ndarray
+    """(3, nx, nints * ngroups) group DQ."""
+    centre: np.ndarray
+    """(3, nx, max(ntot, 1)) bool: the difference is a neighbour-flagging centre."""
+    dring: np.ndarray
+    """(3, nx, max(ntot, 1)) float64 first differences (electrons)."""
+    mring: np.ndarray
+    """(3, nx) float64 signed median of the differences, where ``mvalid``."""
+    mvalid: np.ndarray
+    """(3, nx) bool."""
+    anyc: np.ndarray
+    """(3, nx) bool: the pixel has a neighbour-flagging centre."""
+    addf: np.ndarray
+    """(ngroups,) bool after-jump scratch."""
+    rnt: np.ndarray
+    """(nx,) float64 read-noise terms of the row."""
+    dpl: np.ndarray
+    """(ntot, nx) float64 differences from :func:`_iterative_row` ((ntot, 0) off that path)."""
+    jmask: np.ndarray
+    """(nx,) int64 JUMP bits from :func:`_iterative_row` ((0,) off that path)."""
+    absd: np.ndarray
+    """(max(ntot, 1),) float64 per-pixel scratch."""
+    ratio: np.ndarray
+    """(max(ntot, 1),) float64 per-pixel scratch."""
+    buf: np.ndarray
+    """(max(ntot, nints, 1),) float64 median scratch."""
+
+
 @njit(cache=True, nogil=True)
-def run_frame(
-    data, groupdq, gdq_out, gain, readnoise, nreads_half, path, only_use_ints, reset_planes,
-    rej, thr_3diff, thr_2diff, do_neighbors, nbr_min, nbr_max,
-    do_after, e1, jmax1, e2, jmax2, remove_redundant_bits, eproto, primary,
-):  # fmt: skip
-    """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
+def _row_rings(inputs, gdq_out, quick):
+    """The :class:`RowRings` of a frame; ``quick``: the row-wise iterative path is taken."""
+    nints, ngroups, ny, nx = inputs.data.shape
+    ntot = nints * (ngroups - 1)
+    ng_all = nints * ngroups
+    nq = nx if quick else 0
+    return RowRings(
+        np.empty((ng_all, nx), dtype=inputs.eproto.dtype),
+        np.empty((3, nx, ng_all), dtype=gdq_out.dtype),
+        np.zeros((3, nx, max(ntot, 1)), dtype=np.bool_),
+        np.empty((3, nx, max(ntot, 1)), dtype=np.float64),
+        np.empty((3, nx), dtype=np.float64),
+        np.zeros((3, nx), dtype=np.bool_),
+        np.zeros((3, nx), dtype=np.bool_),
+        np.zeros(ngroups, dtype=np.bool_),
+        np.empty(nx, dtype=np.float64),
+        np.empty((ntot, nq), dtype=np.float64),
+        np.zeros(nq, dtype=np.int64),
+        np.empty(max(ntot, 1), dtype=np.float64),
+        np.empty(max(ntot, 1), dtype=np.float64),
+        np.empty(max(ntot, nints, 1), dtype=np.float64),
+    )
 
-    Reads ``data``/``groupdq`` (never modified) and writes every element of ``gdq_out``;
-    ``primary`` (ny, nx) receives each pixel's JUMP count right after detection.
 
-    Rows are streamed through small pixel-major buffers: row y is copied in (contiguous reads of
-    each group plane, which also avoids the cache-set conflicts of reading many planes a
-    power-of-two stride apart), detected, and post-processed once row y + 1 has been detected,
-    then written out. Only three rows of group DQ, differences and neighbour centres are held.
-
-    ``nreads_half`` = 0.5 * n_reads_groupdiff (= nframes); ``only_use_ints`` the sigma-clip
-    axis choice; ``reset_planes`` (nints, ngroups) bool, planes whose pure-JUMP values are reset
-    (sigma-clip path); ``e1``/``e2`` after-jump thresholds in electrons, ``jmax1``/``jmax2``
-    groups to flag after a jump; ``remove_redundant_bits`` False only for the sigma-clip reset
-    pass; ``eproto`` a 1-element array of the electrons dtype (product of data and gain dtypes).
-    """
+@njit(cache=True, nogil=True)
+def _load_row(inputs, yy, rings):
+    """Copy row ``yy`` in: its group DQ (pixel-major) and electrons (group-major, NaN on
+    SATURATED/DO_NOT_USE groups), reading each group plane's row contiguously (which also
+    avoids the cache-set conflicts of reading many planes a power-of-two stride apart)."""
+    data, groupdq, gain = inputs.data, inputs.groupdq, inputs.gain
+    erow = rings.erow
     nints, ngroups, ny, nx = data.shape
+    grow = rings.gring[yy % 3]
+    gain_row = gain[yy]
+    for i in range(nints):
+        for g in range(ngroups):
+            q = i * ngroups + g
+            src_g = groupdq[i, g, yy]
+            src_d = data[i, g, yy]
+            for x in range(nx):
+                gv = src_g[x]
+                grow[x, q] = gv
+                if gv & _SAT_DNU:
+                    erow[q, x] = np.nan
+                else:
+                    erow[q, x] = src_d[x] * gain_row[x]
+
+
+@njit(cache=True, nogil=True)
+def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary):
+    """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
+    ``primary[yy]`` the JUMP counts; with ``do_neighbors`` the neighbour-flagging centres
+    (differences whose ratio is within (``nbr_min``, ``nbr_max``)) and the medians they need
+    are kept in the rings."""
+    readnoise, gain = inputs.readnoise, inputs.gain
+    path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff = detect
+    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, absd, ratio, \
+        buf = rings
+    nints, ngroups, ny, nx = inputs.data.shape
     nd = ngroups - 1
     ntot = nints * nd
     ng_all = nints * ngroups
-    absd = np.empty(max(ntot, 1), dtype=np.float64)
-    ratio = np.empty(max(ntot, 1), dtype=np.float64)
-    buf = np.empty(max(ntot, nints, 1), dtype=np.float64)
-    erow = np.empty((ng_all, nx), dtype=eproto.dtype)
-    gring = np.empty((3, nx, ng_all), dtype=gdq_out.dtype)
-    centre = np.zeros((3, nx, max(ntot, 1)), dtype=np.bool_)
-    dring = np.empty((3, nx, max(ntot, 1)), dtype=np.float64)
-    mring = np.empty((3, nx), dtype=np.float64)
-    mvalid = np.zeros((3, nx), dtype=np.bool_)
-    anyc = np.zeros((3, nx), dtype=np.bool_)
-    addf = np.zeros(ngroups, dtype=np.bool_)
-    # the iterative path's first round runs across each row's pixels (_first_round_row)
-    # the iterative path runs across each row's pixels (_iterative_row)
-    quick = path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX
-    nq = nx if quick else 0
-    rnt = np.empty(nx, dtype=np.float64)
-    dpl = np.empty((ntot, nq), dtype=np.float64)
-    jmask = np.zeros(nq, dtype=np.int64)
-    for yy in range(ny + 1):
-        if yy < ny:
-            ry = yy % 3
-            # copy row yy in, pixel-major
-            grow = gring[ry]
-            gain_row = gain[yy]
+    ry = yy % 3
+    grow = gring[ry]
+    drow = dring[ry]
+    crow = centre[ry]
+    for x in range(nx):
+        rnt[x] = _rn_term(readnoise, gain, yy, x, nreads_half)
+    if quick:
+        _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl,
+                       jmask)  # fmt: skip
+    for x in range(nx):
+        if quick:
+            for j in range(ntot):
+                drow[x, j] = dpl[j, x]
+            bits = jmask[x]
+            if bits:
+                # branch-free: which differences are flagged is unpredictable
+                for i in range(nints):
+                    for k in range(nd):
+                        hit = (bits >> (i * nd + k)) & 1
+                        grow[x, i * ngroups + k + 1] |= _JUMP * hit
+            m, sig, have_m = np.nan, np.nan, False
+        else:
+            m, sig, have_m = _detect_pixel(
+                grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints,
+                reset_planes, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
+            )  # fmt: skip
+        rnterm = rnt[x]
+        cnt = 0
+        for q in range(ng_all):
+            cnt += (grow[x, q] & _JUMP) != 0
+        primary[yy, x] = cnt
+        if do_neighbors:
+            # crow[x] is only read where anyc[ry, x] is set, so it is not cleared
+            has_c = False
+            if cnt > 0:
+                if not have_m:
+                    m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
+                    have_m = True
+                for i in range(nints):
+                    for k in range(nd):
+                        j = i * nd + k
+                        # branch-free: a neighbour centre is a JUMP difference whose
+                        # ratio is within (nbr_min, nbr_max)
+                        r0 = abs(drow[x, j] - m) / sig
+                        is_c = (
+                            ((grow[x, i * ngroups + k + 1] & _JUMP) != 0)
+                            & (r0 < nbr_max)
+                            & (r0 > nbr_min)
+                        )
+                        crow[x, j] = is_c
+                        has_c = has_c | is_c
+            anyc[ry, x] = has_c
+        mring[ry, x] = m
+        mvalid[ry, x] = have_m
+
+
+@njit(cache=True, nogil=True)
+def _finish_row(flags, y, ny, rings):
+    """Post-process row ``y`` once rows y - 1, y and y + 1 are detected: neighbour flags,
+    after-jump flags and redundant-bit removal."""
+    (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
+     remove_redundant_bits) = flags  # fmt: skip
+    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, absd, ratio, \
+        buf = rings
+    nx, ng_all = gring.shape[1], gring.shape[2]
+    ngroups = addf.shape[0]
+    nints = ng_all // ngroups
+    nd = ngroups - 1
+    ntot = nints * nd
+    ry = y % 3
+    rup = (y + 2) % 3
+    rdn = (y + 1) % 3
+    grow = gring[ry]
+    drow = dring[ry]
+    crow = centre[ry]
+    cup = centre[rup]
+    cdn = centre[rdn]
+    for x in range(nx):
+        if do_neighbors:
+            # branch-free (which neighbours have centres is unpredictable); the clamped
+            # indices are read only where the side exists
+            xl = max(x - 1, 0)
+            xr = min(x + 1, nx - 1)
+            up = (y > 0) & anyc[rup, x]
+            dn = (y + 1 < ny) & anyc[rdn, x]
+            lf = (x > 0) & anyc[ry, xl]
+            rt = (x + 1 < nx) & anyc[ry, xr]
+            if up | dn | lf | rt:
+                for i in range(nints):
+                    for k in range(nd):
+                        j = i * nd + k
+                        hit = (
+                            (up & cup[x, j])
+                            | (dn & cdn[x, j])
+                            | (lf & crow[xl, j])
+                            | (rt & crow[xr, j])
+                        )
+                        q = i * ngroups + k + 1
+                        v = grow[x, q]
+                        grow[x, q] = v | (_JUMP * (hit & ((v & _SAT_DNU) == 0)))
+        any_jump = False
+        if do_after:
+            for i in range(nints):
+                for g in range(1, ngroups):
+                    if grow[x, i * ngroups + g] & _JUMP:
+                        any_jump = True
+        if any_jump:
+            m = mring[ry, x]
+            if not mvalid[ry, x]:
+                m = _nanmedian(drow[x], ntot, buf)
             for i in range(nints):
                 for g in range(ngroups):
+                    addf[g] = False
+                for g in range(1, ngroups):
+                    if grow[x, i * ngroups + g] & _JUMP:
+                        ej = drow[x, i * nd + g - 1] - m
+                        if ej >= e1:
+                            for h in range(g, min(g + jmax1, ngroups - 1) + 1):
+                                addf[h] = True
+                        if ej >= e2:
+                            for h in range(g, min(g + jmax2, ngroups - 1) + 1):
+                                addf[h] = True
+                for g in range(ngroups):
                     q = i * ngroups + g
-                    src_g = groupdq[i, g, yy]
-                    src_d = data[i, g, yy]
-                    for x in range(nx):
-                        gv = src_g[x]
-                        grow[x, q] = gv
-                        if gv & _SAT_DNU:
-                            erow[q, x] = np.nan
-                        else:
-                            erow[q, x] = src_d[x] * gain_row[x]
-            # detection of row yy
-            drow = dring[ry]
-            crow = centre[ry]
+                    if addf[g] and (grow[x, q] & _SAT_DNU) == 0:
+                        grow[x, q] |= _JUMP
+        if remove_redundant_bits:
+            for q in range(ng_all):
+                v = grow[x, q]
+                bad = ((v & _JUMP) != 0) & ((v & _SAT_DNU) != 0)
+                grow[x, q] = v ^ (_JUMP * bad)
+
+
+@njit(cache=True, nogil=True)
+def _write_row(rings, y, gdq_out):
+    """Write row ``y`` of the group DQ out."""
+    grow = rings.gring[y % 3]
+    nints, ngroups = gdq_out.shape[0], gdq_out.shape[1]
+    nx = gdq_out.shape[3]
+    for i in range(nints):
+        for g in range(ngroups):
+            q = i * ngroups + g
+            dst = gdq_out[i, g, y]
             for x in range(nx):
-                rnt[x] = _rn_term(readnoise, gain, yy, x, nreads_half)
-            if quick:
-                _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl,
-                               jmask)  # fmt: skip
-            for x in range(nx):
-                if quick:
-                    for j in range(ntot):
-                        drow[x, j] = dpl[j, x]
-                    bits = jmask[x]
-                    if bits:
-                        # branch-free: which differences are flagged is unpredictable
-                        for i in range(nints):
-                            for k in range(nd):
-                                hit = (bits >> (i * nd + k)) & 1
-                                grow[x, i * ngroups + k + 1] |= _JUMP * hit
-                    m, sig, have_m = np.nan, np.nan, False
-                else:
-                    m, sig, have_m = _detect_pixel(
-                        grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints,
-                        reset_planes, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
-                    )  # fmt: skip
-                rnterm = rnt[x]
-                cnt = 0
-                for q in range(ng_all):
-                    cnt += (grow[x, q] & _JUMP) != 0
-                primary[yy, x] = cnt
-                if do_neighbors:
-                    # crow[x] is only read where anyc[ry, x] is set, so it is not cleared
-                    has_c = False
-                    if cnt > 0:
-                        if not have_m:
-                            m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
-                            have_m = True
-                        for i in range(nints):
-                            for k in range(nd):
-                                j = i * nd + k
-                                # branch-free: a neighbour centre is a JUMP difference whose
-                                # ratio is within (nbr_min, nbr_max)
-                                r0 = abs(drow[x, j] - m) / sig
-                                is_c = (
-                                    ((grow[x, i * ngroups + k + 1] & _JUMP) != 0)
-                                    & (r0 < nbr_max)
-                                    & (r0 > nbr_min)
-                                )
-                                crow[x, j] = is_c
-                                has_c = has_c | is_c
-                    anyc[ry, x] = has_c
-                mring[ry, x] = m
-                mvalid[ry, x] = have_m
+                dst[x] = grow[x, q]
+
+
+@njit(cache=True, nogil=True)
+def run_frame(inputs, detect, flags, out):
+    """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
+
+    Reads ``inputs`` (:class:`FrameInputs`, never modified), detects with ``detect``
+    (:class:`DetectSettings`), flags with ``flags`` (:class:`FlagSettings`) and writes every
+    element of ``out`` (:class:`FrameOutputs`): the group DQ, and in ``primary`` each pixel's
+    JUMP count right after detection.
+
+    Rows are streamed through small pixel-major buffers (:class:`RowRings`): row y is copied in
+    (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
+    been detected (:func:`_finish_row`), then written out (:func:`_write_row`). Only three rows
+    of group DQ, differences and neighbour centres are held.
+
+    The per-row phases unpack the named tuples once per row; the per-pixel helpers take plain
+    arrays (a tuple of arrays bound per pixel would cost reference-count updates of every
+    member).
+    """
+    nints, ngroups, ny, nx = inputs.data.shape
+    ntot = nints * (ngroups - 1)
+    # the iterative path runs across each row's pixels (_iterative_row)
+    quick = detect.path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX
+    rings = _row_rings(inputs, out.groupdq, quick)
+    for yy in range(ny + 1):
+        if yy < ny:
+            _load_row(inputs, yy, rings)
+            _detect_row(inputs, detect, flags.neighbors, flags.nbr_min, flags.nbr_max, yy, quick,
+                        rings, out.primary)  # fmt: skip
         if yy == 0:
             continue
-        # post-processing of row y = yy - 1 (rows y - 1, y, y + 1 are detected by now)
-        y = yy - 1
-        ry = y % 3
-        rup = (y + 2) % 3
-        rdn = (y + 1) % 3
-        grow = gring[ry]
-        drow = dring[ry]
-        crow = centre[ry]
-        cup = centre[rup]
-        cdn = centre[rdn]
-        for x in range(nx):
-            if do_neighbors:
-                # branch-free (which neighbours have centres is unpredictable); the clamped
-                # indices are read only where the side exists
-                xl = max(x - 1, 0)
-                xr = min(x + 1, nx - 1)
-                up = (y > 0) & anyc[rup, x]
-                dn = (y + 1 < ny) & anyc[rdn, x]
-                lf = (x > 0) & anyc[ry, xl]
-                rt = (x + 1 < nx) & anyc[ry, xr]
-                if up | dn | lf | rt:
-                    for i in range(nints):
-                        for k in range(nd):
-                            j = i * nd + k
-                            hit = (
-                                (up & cup[x, j])
-                                | (dn & cdn[x, j])
-                                | (lf & crow[xl, j])
-                                | (rt & crow[xr, j])
-                            )
-                            q = i * ngroups + k + 1
-                            v = grow[x, q]
-                            grow[x, q] = v | (_JUMP * (hit & ((v & _SAT_DNU) == 0)))
-            any_jump = False
-            if do_after:
-                for i in range(nints):
-                    for g in range(1, ngroups):
-                        if grow[x, i * ngroups + g] & _JUMP:
-                            any_jump = True
-            if any_jump:
-                m = mring[ry, x]
-                if not mvalid[ry, x]:
-                    m = _nanmedian(drow[x], ntot, buf)
-                for i in range(nints):
-                    for g in range(ngroups):
-                        addf[g] = False
-                    for g in range(1, ngroups):
-                        if grow[x, i * ngroups + g] & _JUMP:
-                            ej = drow[x, i * nd + g - 1] - m
-                            if ej >= e1:
-                                for h in range(g, min(g + jmax1, ngroups - 1) + 1):
-                                    addf[h] = True
-                            if ej >= e2:
-                                for h in range(g, min(g + jmax2, ngroups - 1) + 1):
-                                    addf[h] = True
-                    for g in range(ngroups):
-                        q = i * ngroups + g
-                        if addf[g] and (grow[x, q] & _SAT_DNU) == 0:
-                            grow[x, q] |= _JUMP
-            if remove_redundant_bits:
-                for q in range(ng_all):
-                    v = grow[x, q]
-                    bad = ((v & _JUMP) != 0) & ((v & _SAT_DNU) != 0)
-                    grow[x, q] = v ^ (_JUMP * bad)
-        # write row y out
-        for i in range(nints):
-            for g in range(ngroups):
-                q = i * ngroups + g
-                dst = gdq_out[i, g, y]
-                for x in range(nx):
-                    dst[x] = grow[x, q]
+        _finish_row(flags, yy - 1, ny, rings)
+        _write_row(rings, yy - 1, out.groupdq)
 
 
 @njit(cache=True, nogil=True)

@@ -2,7 +2,7 @@
 
 The first compile or cache load of any numba function registers numba's implementations of
 numpy; one of them (``np.correlate``/``np.convolve``) imports ``scipy.linalg`` to decide whether
-BLAS may be used (~0.35 s, a third of a worker's kernel loading). The kernels use no BLAS, so
+BLAS may be used (a large part of a worker's kernel loading). The kernels use no BLAS, so
 the set-up runs once here with scipy hidden when it is not loaded yet (numba then uses its own
 loop for those two functions; ``np.dot`` and ``np.linalg`` still find scipy on first use).
 It also points numba's on-disk cache of compiled kernels at the directory that

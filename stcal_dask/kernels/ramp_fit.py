@@ -157,12 +157,17 @@ class RampTiming:
 
     Attributes
     ----------
-    frame_time: seconds per frame [TFRAME].
-    group_time: seconds per group [TGROUP].
-    nframes: frames averaged per group [NFRAMES], >= 1.
-    groupgap: frames dropped between groups [GROUPGAP], >= 0.
-    drop_frames1: frames dropped at the start of an integration [DRPFRMS1], >= 0 (used only by
-        the fitopt pedestal).
+    frame_time : float
+        Seconds per frame [TFRAME].
+    group_time : float
+        Seconds per group [TGROUP].
+    nframes : int
+        Frames averaged per group [NFRAMES], >= 1.
+    groupgap : int
+        Frames dropped between groups [GROUPGAP], >= 0.
+    drop_frames1 : int
+        Frames dropped at the start of an integration [DRPFRMS1], >= 0 (used only by the
+        fitopt pedestal).
     """
 
     frame_time: float
@@ -257,9 +262,17 @@ def fitopt_dims(
 
     Parameters
     ----------
-    groupdq: (nints, ngroups, ny, nx) group DQ.
-    params: the step parameters (``suppress_one_group`` changes the segments).
-    zeroframe: (nints, ny, nx) DN or None; a usable zero frame adds a one-group segment.
+    groupdq : numpy.ndarray
+        (nints, ngroups, ny, nx) group DQ.
+    params : RampFitParams
+        The step parameters (``suppress_one_group`` changes the segments).
+    zeroframe : numpy.ndarray, optional
+        (nints, ny, nx) DN; a usable zero frame adds a one-group segment.
+
+    Returns
+    -------
+    FitoptDims
+        The tile's largest segment count and largest JUMP_DET count.
     """
     gdq, zf = _prepare_dims_inputs(groupdq, zeroframe)
     suppress = effective_suppress(params, gdq.shape[1])
@@ -273,10 +286,19 @@ def fitopt_dims(
 
 
 def all_group0_saturated(groupdq: np.ndarray) -> bool:
-    """True if group 0 is SATURATED in every pixel of every integration of this tile.
+    """Whether group 0 is SATURATED in every pixel of every integration of this tile.
 
     stcal returns ``(None, None, None)`` when this holds for the whole frame (combine tiles with
     ``all``); the decision belongs to the dataflow layer.
+
+    Parameters
+    ----------
+    groupdq : numpy.ndarray
+        (nints, ngroups, ny, nx) group DQ.
+
+    Returns
+    -------
+    bool
     """
     g0 = np.asarray(groupdq)[:, 0]
     return bool(np.all((g0.astype(np.uint32) & dqflags.SATURATED) != 0))
