@@ -1,8 +1,8 @@
 """Behaviour tests of the OLS ramp-fitting kernel (stcal 1.20.0 rules), without stcal.
 
 The cases follow the scenarios of stcal 1.20.0's own OLS ramp-fitting tests (their setups and
-expected numbers, restated); the tests are written here from those behaviours. Plus: immutability, parameter validation, tiling
-invariance.
+expected numbers, restated); the tests are written here from those behaviours. Plus:
+immutability, parameter validation, tiling invariance.
 """
 
 from __future__ import annotations
