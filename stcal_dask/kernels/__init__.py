@@ -11,7 +11,7 @@ One algorithm per pair of modules, split by one rule:
   :class:`~stcal_dask.kernels.common.LazyModule`, so importing it does not load numba;
 * the **numba module** (``_jump_numba``, ``_ramp_numba``) holds compiled code only: it takes
   validated arrays and plain scalars, grouped in its own named tuples where a call takes many
-  (``RampInputs``, ``RampSettings``, ``RateArrays``, ``FitoptArrays``; ``FrameInputs``,
+  (``RampInputs``, ``RampSettings``; ``FrameInputs``,
   ``DetectSettings``, ``FlagSettings``), reads the DQ bit values from
   :mod:`stcal_dask.dqflags`, and never imports from its public module.
 

@@ -8,8 +8,9 @@ float32 at the end, so the outputs are bit-identical to stcal's on every oracle 
 numba ``float(x)`` of a float32 value stays float32, so widening uses ``np.float64``.)
 
 This module holds compiled code only: :func:`stcal_dask.kernels.ramp_fit.fit_ramps_tile`
-validates the inputs, allocates the outputs and hands them over grouped in the named tuples
-below (:class:`RampInputs`, :class:`RampSettings`, :class:`RateArrays`, :class:`FitoptArrays`).
+validates the inputs and hands them over grouped in the named tuples below
+(:class:`RampInputs`, :class:`RampSettings`), with the output arrays to fill in its result
+tuples (``RateProduct``, ``FitoptProduct``: only their fields are used here).
 
 Speed: flag-free integrations skip the segment search; the median of the first differences uses
 the branch-free median networks shared with the jump kernel
@@ -43,12 +44,9 @@ from stcal_dask.kernels._median_numba import SORT_MAX, clipped_mid, median_prefi
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
 
-_DNU = dqflags.DO_NOT_USE
-_SAT = dqflags.SATURATED
-_JUMP = dqflags.JUMP_DET
-_PERS = dqflags.PERSISTENCE
-_CHARGELOSS = dqflags.CHARGELOSS
-_NO_GAIN = dqflags.NO_GAIN_VALUE
+# the DQ bits, as compile-time constants
+_DNU, _SAT, _JUMP = dqflags.DO_NOT_USE, dqflags.SATURATED, dqflags.JUMP_DET
+_PERS, _CHARGELOSS, _NO_GAIN = dqflags.PERSISTENCE, dqflags.CHARGELOSS, dqflags.NO_GAIN_VALUE
 _INVALID = _DNU | _SAT
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
@@ -95,32 +93,6 @@ class RampSettings(NamedTuple):
     chargeloss_rnoise: bool
     combined: bool
     """Slope weighting 1/(var_poisson + var_rnoise) (stcal < 1.19) instead of 1/var_rnoise."""
-
-
-class RateArrays(NamedTuple):
-    """Output arrays of a rate product (2-D) or rateints product (3-D), written by the kernel;
-    names and order of :class:`stcal_dask.kernels.ramp_fit.RateProduct`."""
-
-    sci: np.ndarray
-    err: np.ndarray
-    dq: np.ndarray
-    var_poisson: np.ndarray
-    var_rnoise: np.ndarray
-
-
-class FitoptArrays(NamedTuple):
-    """Output arrays of the fitopt product (size-0 segment/CR axes without ``save_opt``); names
-    and order of :class:`stcal_dask.kernels.ramp_fit.FitoptProduct`."""
-
-    slope: np.ndarray
-    sigslope: np.ndarray
-    yint: np.ndarray
-    sigyint: np.ndarray
-    weights: np.ndarray
-    var_poisson: np.ndarray
-    var_rnoise: np.ndarray
-    pedestal: np.ndarray
-    crmag: np.ndarray
 
 
 class TileTimes(NamedTuple):
@@ -581,8 +553,10 @@ def _clean_row(inp, st, times, y, wtab, rate, rateints, done):
     pixeldq = inp.pixeldq
     # the output arrays, unpacked once: a named tuple of arrays passed or bound per pixel
     # costs reference-count updates of every member
-    r_sci, r_err, r_dq, r_vp, r_vr = rate
-    i_sci, i_err, i_dq, i_vp, i_vr = rateints
+    r_sci, r_err, r_dq, r_vp, r_vr = (rate.sci, rate.err, rate.dq, rate.var_poisson,
+                                      rate.var_rnoise)
+    i_sci, i_err, i_dq, i_vp, i_vr = (rateints.sci, rateints.err, rateints.dq,
+                                      rateints.var_poisson, rateints.var_rnoise)
     for x in range(nx):
         done[x] = False
     lane = np.empty(nx, dtype=np.int64)
@@ -756,9 +730,14 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
     data, groupdq, pixeldq, gain, rnoise, dark, zeroframe, has_zf = inp
     d, q, oq, mbuf, starts, ends, cstarts, cends, clean, cnt_sat, cnt_dnu_sat, has_cl, is_0th, \
         is_zf, idq, islope, ivp, ivr, ierr, seg = sc
-    r_slope, r_err, r_dq, r_vp, r_vr = rate
-    i_slope, i_err, i_dq, i_vp, i_vr = rateints
-    o_slope, o_sigslope, o_yint, o_sigyint, o_weights, o_vp, o_vr, o_ped, o_crmag = fitopt
+    r_slope, r_err, r_dq, r_vp, r_vr = (rate.sci, rate.err, rate.dq, rate.var_poisson,
+                                        rate.var_rnoise)
+    i_slope, i_err, i_dq, i_vp, i_vr = (rateints.sci, rateints.err, rateints.dq,
+                                        rateints.var_poisson, rateints.var_rnoise)
+    o_slope, o_sigslope, o_yint, o_sigyint = fitopt.slope, fitopt.sigslope, fitopt.yint, \
+        fitopt.sigyint
+    o_weights, o_vp, o_vr = fitopt.weights, fitopt.var_poisson, fitopt.var_rnoise
+    o_ped, o_crmag = fitopt.pedestal, fitopt.crmag
     suppress = settings.suppress
     save_opt = settings.save_opt
     combined = settings.combined
@@ -768,15 +747,8 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
     t1 = times.t1
     ped_tmp = times.ped_tmp
     sqrt2nf = times.sqrt2nf
-    dnu = _DNU
-    sat = _SAT
-    jump = _JUMP
-    pers = _PERS
-    chargeloss = _CHARGELOSS
-    ngval = _NO_GAIN
-    invalid = _INVALID
-    npers = np.uint8(~np.uint8(pers))
-    dnu_chg = np.uint8(dnu | chargeloss)
+    npers = np.uint8(~np.uint8(_PERS))
+    dnu_chg = np.uint8(_DNU | _CHARGELOSS)
     max_seg_slots = o_slope.shape[1]
     max_cr_slots = o_crmag.shape[1]
     for x in range(nx):
@@ -789,7 +761,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
         dk = np.float64(dark[y, x])
         pdq = np.uint32(pixeldq[y, x])
         if g <= 0.0 or math.isnan(g):
-            pdq |= np.uint32(dnu | ngval)
+            pdq |= np.uint32(_DNU | _NO_GAIN)
         rdq = pdq
         any_cl = False
         for i in range(nints):
@@ -817,9 +789,9 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
             is_clean = orq == 0 and not (suppress and ngroups == 1)
             clean[i] = is_clean
             if not is_clean:
-                fj = (orq & jump) != 0
-                fp = (orq & pers) != 0
-                fc = (orq & chargeloss) != 0
+                fj = (orq & _JUMP) != 0
+                fp = (orq & _PERS) != 0
+                fc = (orq & _CHARGELOSS) != 0
                 # one pass over the groups: counts (branch-free), SATURATED samples to NaN,
                 # CR magnitudes; suppress_one_group is applied after it (below)
                 ngood = 0
@@ -830,12 +802,12 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                     qq = q[k]
                     ngood += (qq & npers) == 0
                     ngd += qq == 0
-                    nd += (qq & dnu) != 0
-                    nds += (qq & invalid) != 0
-                    if qq & sat:
+                    nd += (qq & _DNU) != 0
+                    nds += (qq & _INVALID) != 0
+                    if qq & _SAT:
                         d[k] = np.nan
                         ns += 1
-                    if save_opt and gg > 0 and (qq & jump):
+                    if save_opt and gg > 0 and (qq & _JUMP):
                         if ncr >= max_cr_slots:
                             raise ValueError("n_crmag is smaller than this tile needs")
                         o_crmag[i, ncr, y, x] = np.float32(d[k] - d[k - 1])
@@ -843,7 +815,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                 if suppress and ngood == 1:
                     # suppress_one_group: exactly one usable group -> DO_NOT_USE everywhere
                     for k in range(base, base + ngroups):
-                        q[k] |= dnu
+                        q[k] |= _DNU
                     ngd = 0
                     nd = ngroups
                     nds = ngroups
@@ -865,11 +837,11 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                             nd -= 1
                         is_zf[i] = True
             if fj:
-                idq[i] |= np.uint32(jump)
-                rdq |= np.uint32(jump)
+                idq[i] |= np.uint32(_JUMP)
+                rdq |= np.uint32(_JUMP)
             if fp:
-                idq[i] |= np.uint32(pers)
-                rdq |= np.uint32(pers)
+                idq[i] |= np.uint32(_PERS)
+                rdq |= np.uint32(_PERS)
             cnt_sat[i] = ns
             cnt_dnu_sat[i] = nds
             has_cl[i] = fc
@@ -893,13 +865,13 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                 else:
                     # median of the usable first differences (NaN ones left out as
                     # they are found); none usable: the first group's rate
-                    r0 = np.nan if (q[base] & dnu) else d[base] / tg
+                    r0 = np.nan if (q[base] & _DNU) else d[base] / tg
                     prev = r0
                     nm = 0
                     for kk in range(ngroups - 1):
                         qn = q[base + kk + 1]
-                        cur = np.nan if (qn & dnu) else d[base + kk + 1] / tg
-                        if not (qn & jump):
+                        cur = np.nan if (qn & _DNU) else d[base + kk + 1] / tg
+                        if not (qn & _JUMP):
                             diff = cur - prev
                             if not math.isnan(diff):
                                 mbuf[nm] = diff
@@ -930,17 +902,17 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                 ends[i, 0] = ngroups
             else:
                 nk, nrep, sat0 = _segments(
-                    q, base, ngroups, npers, jump, sat, True, starts, ends, i
+                    q, base, ngroups, npers, _JUMP, _SAT, True, starts, ends, i
                 )
             if sat0:
-                idq[i] |= np.uint32(invalid)
+                idq[i] |= np.uint32(_INVALID)
                 islope[i] = np.nan
             if save_opt and nrep > max_seg_slots:
                 raise ValueError("n_segments is smaller than this tile needs")
             if cnt_dnu_sat[i] == ngroups:
-                idq[i] |= np.uint32(dnu)
+                idq[i] |= np.uint32(_DNU)
                 if cnt_sat[i] == ngroups:
-                    idq[i] |= np.uint32(sat)
+                    idq[i] |= np.uint32(_SAT)
             elif nk > 0:
                 timing1 = _timing1(suppress, is_0th[i], is_zf[i], times)
                 inv_r = 0.0
@@ -973,7 +945,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                         else:
                             o_weights[i, s, y, x] = np.float32(1.0 / seg[3])
                 islope[i], ivp[i], ivr[i], ierr[i] = _integration_result(
-                    inv_p, inv_r, inv_e, num, combined, (idq[i] & invalid) != 0
+                    inv_p, inv_r, inv_e, num, combined, (idq[i] & _INVALID) != 0
                 )
                 if inv_p > 0.0:
                     rate_p += inv_p
@@ -981,33 +953,33 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                 rate_num += num
                 rate_den += inv_e
             # per-integration DQ and pedestal
-            if idq[i] & dnu:
+            if idq[i] & _DNU:
                 dnu_cnt += 1
                 islope[i] = np.nan
             if save_opt:
-                if idq[i] & sat:
+                if idq[i] & _SAT:
                     o_ped[i, y, x] = 0.0
                 else:
                     ped = d[base] - islope[i] * ped_tmp
                     if math.isnan(ped):
                         ped = 0.0
                     o_ped[i, y, x] = np.float32(ped)
-            if idq[i] & sat:
+            if idq[i] & _SAT:
                 sat_cnt += 1
                 islope[i] = np.nan
             if cnt_sat[i] > 0:
-                idq[i] |= np.uint32(sat)
+                idq[i] |= np.uint32(_SAT)
                 rate_sat = True
 
         # ---------------- exposure
         if dnu_cnt == nints:
-            rdq |= np.uint32(dnu)
+            rdq |= np.uint32(_DNU)
         if sat_cnt == nints:
-            rdq |= np.uint32(sat)
+            rdq |= np.uint32(_SAT)
         rslope, vp, vr, err = _exposure(rate_p, rate_r, rate_num, rate_den,
-                                        (rdq & np.uint32(invalid)) != 0, combined)
+                                        (rdq & np.uint32(_INVALID)) != 0, combined)
         if rate_sat:
-            rdq |= np.uint32(sat)
+            rdq |= np.uint32(_SAT)
 
         # ---------------- stcal's CHARGELOSS read-noise recomputation
         if chargeloss_rnoise and any_cl:
@@ -1021,11 +993,11 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                 for k in range(base, base + ngroups):
                     # the group DQ before suppression (stcal's orig_gdq)
                     v = groupdq[i, k - base, y, x]
-                    if v & chargeloss:
+                    if v & _CHARGELOSS:
                         v ^= dnu_chg
                     oq[k] = v
                 nk, _, _ = _segments(
-                    oq, base, ngroups, npers, jump, sat, False, cstarts, cends, 0
+                    oq, base, ngroups, npers, _JUMP, _SAT, False, cstarts, cends, 0
                 )
                 timing1 = _timing1(suppress, is_0th[i], is_zf[i], times)
                 inv_r = 0.0
@@ -1083,9 +1055,11 @@ def tile_times(st):
 @numba.njit(**_JIT)
 def fit_tile_core(inp, st, rate, rateints, fitopt):
     """Fit every pixel of the tile ``inp`` (:class:`RampInputs`) with the settings ``st``
-    (:class:`RampSettings`), writing every pixel of ``rate`` and ``rateints``
-    (:class:`RateArrays`) and, with ``save_opt``, of ``fitopt`` (:class:`FitoptArrays`, whose
-    segment and CR axes must be large enough: ValueError otherwise).
+    (:class:`RampSettings`), writing every pixel of ``rate`` and ``rateints`` (named tuples of
+    arrays with the fields sci, err, dq, var_poisson, var_rnoise: 2-D, and 3-D with the
+    integration axis first) and, with ``save_opt``, of ``fitopt`` (fields slope, sigslope, yint,
+    sigyint, weights, var_poisson, var_rnoise, pedestal, crmag, whose segment and CR axes must
+    be large enough: ValueError otherwise).
 
     Row by row: first the flag-free pixels together (:func:`_clean_row`), then the others one
     at a time (:func:`_pixel_row`).

@@ -407,20 +407,17 @@ def fit_ramps_tile(
         cr_shape = (nints, ncr, ny, nx)
     else:
         seg_shape, ped_shape, cr_shape = (1, 0, 1, 1), (1, 1, 1), (1, 0, 1, 1)
-    fitopt = _rn.FitoptArrays(
+    # the outputs, filled in place by the compiled core
+    fitopt = FitoptProduct(
         *(np.zeros(seg_shape, dtype=np.float32) for _ in range(7)),
         pedestal=np.zeros(ped_shape, dtype=np.float32),
         crmag=np.zeros(cr_shape, dtype=np.float32),
     )
-    rate = _rate_arrays(img)
-    rateints = _rate_arrays((nints, ny, nx))
+    rate = _empty_rate(img)
+    rateints = _empty_rate((nints, ny, nx))
     if ny > 0 and nx > 0:
         _rn.fit_tile_core(inputs, settings, rate, rateints, fitopt)
-    return RampFitResult(
-        RateProduct(*rate),
-        RateProduct(*rateints),
-        FitoptProduct(*fitopt) if settings.save_opt else None,
-    )
+    return RampFitResult(rate, rateints, fitopt if settings.save_opt else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -432,9 +429,9 @@ def effective_suppress(params: RampFitParams, ngroups: int) -> bool:
     return bool(params.suppress_one_group) and ngroups > 1
 
 
-def _rate_arrays(shape):
-    """Uninitialised output arrays of a rate product (the kernel writes every element)."""
-    return _rn.RateArrays(
+def _empty_rate(shape):
+    """Uninitialised arrays of a rate product (the kernel writes every element)."""
+    return RateProduct(
         sci=np.empty(shape, dtype=np.float32),
         err=np.empty(shape, dtype=np.float32),
         dq=np.empty(shape, dtype=np.uint32),
