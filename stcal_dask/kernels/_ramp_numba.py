@@ -259,6 +259,18 @@ def _rnoise_default(rn, gain, tg, seglen):
 _POWERS = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
 
 
+@numba.njit(**_JIT, inline="always")
+def _snr(delta, rn, gain):
+    """A segment's signal-to-noise ratio as stcal's optimal weighting computes it, from the
+    difference of its last and first samples (DN), the read noise and the gain; 0 when not
+    positive or undefined."""
+    den = rn * rn + delta * gain
+    if den <= 0.0 or gain == 0.0:
+        return 0.0
+    s = delta * gain / math.sqrt(den)
+    return 0.0 if s < 0.0 else s
+
+
 @numba.njit(**_JIT)
 def _snr_power_index(snr):
     """Index into ``_POWERS`` of the optimal-weighting exponent for a segment's S/N (stcal's
@@ -322,14 +334,7 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
         # optimal-weighting exponent from the segment's signal-to-noise ratio
         first = d[base + start]
         last = d[base + start + length - 1]
-        delta = last - first
-        den = rn * rn + delta * gain
-        if den <= 0.0 or gain == 0.0:
-            snr = 0.0
-        else:
-            s = delta * gain / math.sqrt(den)
-            snr = 0.0 if s < 0.0 else s
-        pidx = _snr_power_index(snr)
+        pidx = _snr_power_index(_snr(last - first, rn, gain))
         invrn2 = 1.0 / (rn * rn)
         sumw = 0.0
         sumx = 0.0
@@ -503,14 +508,7 @@ def _clean_slopes(dd, base, ngroups, nl, g_l, rn_l, tg, wtab, slope, sums, pidx)
     for m in range(nl):
         g = g_l[m]
         rn = rn_l[m]
-        delta = dd[base + ngroups - 1, m] - dd[base, m]
-        den = rn * rn + delta * g
-        if den <= 0.0 or g == 0.0:
-            snr = 0.0
-        else:
-            q = delta * g / math.sqrt(den)
-            snr = 0.0 if q < 0.0 else q
-        pidx[m] = _snr_power_index(snr)
+        pidx[m] = _snr_power_index(_snr(dd[base + ngroups - 1, m] - dd[base, m], rn, g))
         invrn2[m] = 1.0 / (rn * rn)
         sw[m] = 0.0
         sx[m] = 0.0
@@ -738,15 +736,9 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
         fitopt.sigyint
     o_weights, o_vp, o_vr = fitopt.weights, fitopt.var_poisson, fitopt.var_rnoise
     o_ped, o_crmag = fitopt.pedestal, fitopt.crmag
-    suppress = settings.suppress
-    save_opt = settings.save_opt
-    combined = settings.combined
-    chargeloss_rnoise = settings.chargeloss_rnoise
-    tf = times.tf
-    tg = times.tg
-    t1 = times.t1
-    ped_tmp = times.ped_tmp
-    sqrt2nf = times.sqrt2nf
+    suppress, save_opt = settings.suppress, settings.save_opt
+    combined, chargeloss_rnoise = settings.combined, settings.chargeloss_rnoise
+    tf, tg, t1, ped_tmp, sqrt2nf = times
     npers = np.uint8(~np.uint8(_PERS))
     dnu_chg = np.uint8(_DNU | _CHARGELOSS)
     max_seg_slots = o_slope.shape[1]
