@@ -131,6 +131,19 @@ def _warm_kernels(quiet: bool = True) -> None:
     ensure_compiled(quiet=quiet)
 
 
+async def _compile_in_thread(quiet: bool = True) -> float:
+    """Compile the kernels into the machine's cache if it is cold (see
+    :func:`stcal_dask.engine.warmup.ensure_compiled`; returns the seconds spent) in a thread of
+    the worker: a compile takes minutes on a busy machine, and a worker whose event loop is
+    blocked that long stops answering the scheduler's heartbeats and is removed as dead (its
+    replacement would then compile again, in its first tasks)."""
+    import asyncio
+
+    from stcal_dask.engine.warmup import ensure_compiled
+
+    return await asyncio.get_running_loop().run_in_executor(None, ensure_compiled, quiet)
+
+
 def _exit_fast() -> None:  # pragma: no cover - runs at a worker process's exit
     sys.stdout.flush()
     sys.stderr.flush()
@@ -319,6 +332,12 @@ def _warm_and_check_room(client, limit: int | None,
     """
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.8
     threshold = 0.9 * pause * limit if limit is not None else float("inf")
+    try:
+        client.run(_compile_in_thread, quiet)
+    except UserInputError:
+        raise
+    except Exception:  # noqa: S110 - a worker died: reported by the warm-up below
+        pass
     try:
         rss = max(client.run(_warm_worker, threshold, tuple(modules),
                              limit is not None, quiet).values())
