@@ -480,8 +480,8 @@ def get_client(
         When the machine's compiled-kernel cache is cold, say on stderr that the kernels are
         being compiled (once per machine; see :mod:`stcal_dask.engine.warmup`). The kernels are
         compiled (or loaded) before yielding by the local cluster's workers, or by this process
-        for dask's local schedulers and in-process workers; an external cluster's workers
-        compile on first use unless warmed (``stcal-dask warmup``, see ``deploy/``).
+        for dask's local schedulers and in-process workers; an external cluster's workers do it
+        quietly before yielding (warm it ahead with ``stcal-dask warmup``, see ``deploy/``).
     """
     if not log_to_file or resolve_scheduler(scheduler) in LOCAL_SCHEDULERS:
         with _get_client(scheduler, n_workers, memory_limit, threads_per_worker,
@@ -544,6 +544,11 @@ def _get_client(
                 from stcal_dask.engine.worker_plugins import PinThreads
 
                 client.register_plugin(PinThreads())
+            if warm:
+                # the kernels compiled (once per machine: the others wait) or loaded in every
+                # worker before the first task, with the event loops left free
+                with contextlib.suppress(Exception):
+                    client.run(_compile_in_thread, True)
             yield client
         finally:
             client.close()
