@@ -124,10 +124,14 @@ def oracle(exps, out_wcs, params: rs.ResampleParams):
     return r.output_model
 
 
-def tiled(exps, out_wcs, params, tile):
-    """Our tile tasks run one after the other, assembled into full arrays (tests only)."""
+def tiled(exps, out_wcs, params, tile, output_pixel_scale=PSCALE):
+    """Our tile tasks run one after the other, assembled into full arrays (tests only).
+
+    ``output_pixel_scale`` (arcsec) is the oracle's by default; None measures the output WCS.
+    """
     ins = exposures(exps)
-    plan = rs.plan_mosaic(ins, out_wcs, params, tile=tile, output_pixel_scale=PSCALE)
+    plan = rs.plan_mosaic(ins, out_wcs, params, tile=tile,
+                          output_pixel_scale=output_pixel_scale)
     ny, nx = plan.out_shape
     res = {}
     for job in plan.jobs:

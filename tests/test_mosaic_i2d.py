@@ -179,3 +179,52 @@ def test_params_validation_and_good_bits():
     assert any("does not conserve flux" in str(w.message) for w in caught)
     help_texts = [f.metadata["help"] for f in rs.ResampleParams.__dataclass_fields__.values()]
     assert all(help_texts) and len(help_texts) == 14
+
+
+def test_cli_mosaic_products_and_summary(field, tmp_path, capsys):
+    from stcal_dask.cli import main
+
+    d, exps, paths = field
+    out_wcs = mosaic_wcs(exps)
+    wfile = mwcs.write_mosaic_wcs(out_wcs, tmp_path / "w.asdf")
+    out = tmp_path / "f_i2d.zarr"
+    rc = main(["mosaic", *paths, "--wcs", str(wfile), "-o", str(out), "--format", "both",
+               "--tile", "40x56", "--in-process", "--n-workers", "1",
+               "--resample.pixfrac", "0.5", "--resample.good_bits", "~DO_NOT_USE"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "mosaic: 4 inputs ->" in text and "tiles of 40 x 56" in text and "coverage" in text
+    for name in ("f_i2d.zarr", "f_i2d.fits", "f_i2d_sci.png", "f_i2d_wht.png"):
+        assert (tmp_path / name).exists(), name
+    params = rs.ResampleParams(pixfrac=0.5, good_bits="~DO_NOT_USE")
+    scale = float(json.loads(xr.open_zarr(out).attrs["parameters"])["pixfrac"])
+    assert scale == 0.5
+    ref = oracle(exps, out_wcs, params)
+    got = xr.open_zarr(out)
+    # the oracle was given the nominal input scale; the CLI measured the output's own scale
+    np.testing.assert_array_equal(got["wht"].values, ref["wht"])
+    np.testing.assert_array_equal(got["con"].values, ref["con"])
+    assert ulp_diff(got["sci"].values, ref["data"]).max() == 0
+
+
+def test_cli_mosaic_computed_wcs_fits_only_and_errors(field, tmp_path, capsys):
+    from stcal_dask.cli import main
+
+    d, exps, paths = field
+    out = tmp_path / "g_i2d.fits"
+    rc = main(["mosaic", *paths, "-o", str(out), "--format", "fits", "--no-quicklook",
+               "--scheduler", "threads", "--resample.kernel", "point",
+               "--resample.rotation", "0", "-q"])
+    assert rc == 0 and capsys.readouterr().out == ""
+    assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["g_i2d.fits"]
+    rc = main(["mosaic", *paths, "missing_rate.fits", "-o", str(tmp_path / "h_i2d.zarr"),
+               "--scheduler", "threads"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "missing_rate.fits does not exist" in err
+    rc = main(["mosaic", *paths, "-o", str(tmp_path / "h_i2d.zarr"), "--scheduler", "threads",
+               "--resample.kernel", "tophat"])
+    assert rc == 2 and "kernel must be one of" in capsys.readouterr().err
+    rc = main(["mosaic", *paths, "-o", str(tmp_path / "h_i2d.zarr"), "--scheduler", "threads",
+               "--resample.output_shape", "5"])
+    assert rc == 2 and "needs 2 values" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g_i2d.fits"]

@@ -55,6 +55,7 @@ PROG = "stcal-dask"
 STEPS = {
     "jump": ("stcal_dask.kernels.jump", "JumpParams"),
     "rampfit": ("stcal_dask.kernels.ramp_fit", "RampFitParams"),
+    "resample": ("stcal_dask.mosaic.params", "ResampleParams"),
 }
 """Step name (the ``--STEP.NAME`` option prefix) -> (module, parameter dataclass)."""
 
@@ -225,6 +226,12 @@ def field_help(f: dataclasses.Field) -> str:
 
 
 def _type_name(tp) -> str:
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]: X's name
+        inner = [a for a in args if a is not type(None)]
+        return _type_name(inner[0]) if len(inner) == 1 else "value"
+    if typing.get_origin(tp) is tuple:
+        return ",".join(_type_name(a) for a in args if a is not Ellipsis)
     return getattr(tp, "__name__", str(tp))
 
 
@@ -251,7 +258,25 @@ def add_step_options(parser: argparse.ArgumentParser, step: str) -> None:
         )
 
 
-def _convert(value: str, tp, option: str):
+def _convert(value, tp, option: str):
+    """One option value of type ``tp``: bool, int, float, str, ``X | None`` (``none`` gives
+    None) or ``tuple[X, ...]`` (comma- or space-separated, or a list from ``nargs``)."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]
+        if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0] if len(inner) == 1 else str, option)
+    if typing.get_origin(tp) is tuple:
+        items = (list(value) if isinstance(value, (list, tuple))
+                 else [v for v in re.split(r"[,\s]+", str(value).strip()) if v])
+        kinds = [a for a in args if a is not Ellipsis]
+        if Ellipsis not in args and len(items) != len(kinds):
+            raise UserInputError(
+                f"{option} needs {len(kinds)} values, got {len(items)} ({value!r})"
+            )
+        return tuple(_convert(v, kinds[min(i, len(kinds) - 1)], option)
+                     for i, v in enumerate(items))
     text = str(value).strip()
     if tp is bool:
         low = text.lower()

@@ -145,18 +145,31 @@ def _create_store(partial: Path, plan: rs.MosaicPlan, extra_attrs: dict) -> list
     return names
 
 
-def _memory_budget(client) -> int:
-    """Bytes one tile task may use: a quarter of a worker thread's share of its memory limit."""
+def _cluster_shape(client) -> tuple[int, int]:
+    """(bytes one tile task may use: a quarter of a worker thread's share of its memory limit,
+    total threads)."""
     default = 256 * 2**20
     if client is None:
-        return default
+        return default, os.cpu_count() or 1
     try:
-        workers = client.scheduler_info()["workers"].values()
+        workers = list(client.scheduler_info()["workers"].values())
         per_thread = [w["memory_limit"] / max(w["nthreads"], 1) for w in workers
                       if w.get("memory_limit")]
-    except Exception:  # an unusual scheduler: fall back to the default
-        return default
-    return int(min(per_thread) / 4) if per_thread else default
+        threads = sum(int(w["nthreads"]) for w in workers) or 1
+    except Exception:  # an unusual scheduler: fall back to the defaults
+        return default, 1
+    return (int(min(per_thread) / 4) if per_thread else default), threads
+
+
+def _auto_tile(shape, budget: int, threads: int, n_inputs: int) -> tuple[int, int]:
+    """The budget's tile, smaller when that leaves fewer than 4 tiles per thread (keeping every
+    thread busy), never below 256 pixels a side."""
+    ty, tx = rs.choose_mosaic_tile(shape, budget, n_inputs)
+    ny, nx = shape
+    want = 4 * max(threads, 1)
+    while math.ceil(ny / ty) * math.ceil(nx / tx) < want and max(ty, tx) > 256:
+        ty, tx = max(256, ty // 2), max(256, tx // 2)
+    return min(ty, ny), min(tx, nx)
 
 
 def build_mosaic(
@@ -222,11 +235,14 @@ def build_mosaic(
         ])
     exposures = [e for e, _ in indexed]
     cells = [c for _, c in indexed]
+    budget, threads = _cluster_shape(client)
+    if tile is None and out_wcs.array_shape is not None:
+        tile = _auto_tile(out_wcs.array_shape, budget, threads, len(exposures))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         plan = rs.plan_mosaic(
             exposures, out_wcs, params, cells=cells, tile=tile,
-            memory_budget_bytes=_memory_budget(client), output_pixel_scale=output_pixel_scale,
+            memory_budget_bytes=budget, output_pixel_scale=output_pixel_scale,
             max_output_pixels=max_output_pixels,
         )
     for w in caught:

@@ -15,6 +15,7 @@ from stcal_dask.cli.commands import (
     demo,
     ingest,
     jump,
+    mosaic,
     mosaic_wcs,
     rampfit,
     run,
@@ -24,5 +25,5 @@ from stcal_dask.cli.commands import (
 
 __all__ = ["COMMANDS"]
 
-COMMANDS = (simulate, ingest, jump, rampfit, run, demo, mosaic_wcs, warmup)
+COMMANDS = (simulate, ingest, jump, rampfit, run, demo, mosaic_wcs, mosaic, warmup)
 """The command modules, in the order of the top-level ``--help``."""

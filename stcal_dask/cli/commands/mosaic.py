@@ -1,0 +1,164 @@
+"""``stcal-dask mosaic``: drizzle many rate/cal products into one mosaic over output tiles on a
+cluster (the library is :mod:`stcal_dask.mosaic.i2d` and :mod:`stcal_dask.mosaic.resample`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+from stcal_dask.cli.common import (
+    add_command,
+    add_step_options,
+    check_execution_options,
+    client_kwargs,
+    execution_options,
+    parse_tile,
+    say,
+    step_params,
+)
+from stcal_dask.errors import UserInputError
+
+__all__ = ["WORKER_IMPORTS", "add_parser", "run"]
+
+WORKER_IMPORTS = ("dask.array", "xarray", "zarr")
+"""What the workers of a mosaic run load at start (gwcs, astropy and drizzle load with the first
+task: the start-up import guard hides scipy, which astropy's coordinates probe for)."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mosaic``."""
+    p = add_command(
+        subparsers,
+        "mosaic",
+        summary="drizzle rate products into one mosaic (X_i2d.zarr / .fits, quicklook PNGs)",
+        description=(
+            "Drizzle many rate or cal products onto one output WCS, as stcal 1.20.0's Resample\n"
+            "(jwst's ResampleStep) does, but as one dask task per OUTPUT tile: each tile adds,\n"
+            "in the order the inputs are given, only the input pixels that land on it, so a\n"
+            "mosaic larger than any worker's memory is written tile by tile into a zarr store.\n"
+            "The output WCS comes from --wcs (written by 'mosaic-wcs') or is computed from the\n"
+            "inputs with the --resample.pixel_scale/pixel_scale_ratio/rotation/crpix/crval/\n"
+            "output_shape parameters. Outputs: X_i2d.zarr (sci, err, wht, con, var_rnoise,\n"
+            "var_poisson), X_i2d.fits with --format fits|both, and quicklook PNGs of the mosaic\n"
+            "and of its weight map."
+        ),
+        examples=(
+            "stcal-dask mosaic a_rate.fits b_rate.fits -o field_i2d.zarr",
+            "stcal-dask mosaic exp*_rate.zarr --wcs mosaic_wcs.asdf -o field_i2d.zarr "
+            "--format both",
+            "stcal-dask mosaic exp*_rate.fits -o f_i2d.zarr --resample.pixfrac 0.5 "
+            "--resample.pixel_scale 0.03 --n-workers 2 --memory-limit 2GB",
+        ),
+        func=run,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="rate/cal products with a gwcs (JWST FITS or zarr), in drizzle order")
+    g = p.add_argument_group("input and output")
+    g.add_argument("--output", "-o", required=True, metavar="X_i2d.zarr",
+                   help="the mosaic store (the FITS product and PNGs take its name)")
+    g.add_argument("--wcs", metavar="FILE", default=None,
+                   help="output WCS (ASDF from 'mosaic-wcs'; default: computed from the inputs)")
+    g.add_argument("--format", choices=("zarr", "fits", "both"), default="zarr",
+                   help="products: X_i2d.zarr, X_i2d.fits or both (default: zarr)")
+    g.add_argument("--stretch", choices=("asinh", "zscale"), default="asinh",
+                   help="quicklook stretch of the mosaic (default: asinh)")
+    g.add_argument("--no-quicklook", action="store_true",
+                   help="do not write X_i2d_sci.png and X_i2d_wht.png")
+    add_step_options(p, "resample")
+    execution_options(p)
+    return p
+
+
+def _stem(output: Path) -> Path:
+    name = output.name
+    for suffix in (".zarr", ".fits"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return output.with_name(name)
+
+
+def _output_wcs(args, params, client):
+    """The output gwcs and its pixel scale (arcsec, or None to measure it)."""
+    from stcal_dask.mosaic.wcs import build_mosaic_wcs, read_mosaic_wcs
+
+    if args.wcs is not None:
+        import asdf
+
+        p = Path(args.wcs).expanduser()
+        if not p.exists():
+            raise UserInputError(f"--wcs {p} does not exist")
+        import warnings
+
+        with warnings.catch_warnings():
+            # the tree's list of input paths warns about relative URLs; the WCS is unaffected
+            warnings.simplefilter("ignore", asdf.exceptions.AsdfConversionWarning)
+            wcs = read_mosaic_wcs(p)
+            with asdf.open(p, lazy_load=False, memmap=False) as af:
+                scale = af.tree.get("pixel_scale")
+        scale = None if scale is None else float(scale) * 3600.0
+        if params.output_shape is not None:
+            wcs.array_shape = tuple(params.output_shape)
+        return wcs, scale
+    pscale = None if params.pixel_scale is None else params.pixel_scale / 3600.0
+    mosaic = build_mosaic_wcs(
+        args.inputs, client=client, pscale=pscale,
+        pscale_ratio=None if pscale is not None else params.pixel_scale_ratio,
+        rotation=params.rotation, crval=params.crval, crpix=params.crpix,
+        shape=params.output_shape,
+    )
+    return mosaic.wcs, params.pixel_scale
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the mosaic and its products; returns 0."""
+    from stcal_dask.io.atomic import check_target, remove_path
+    from stcal_dask.mosaic import i2d
+
+    t0 = time.perf_counter()
+    check_execution_options(args)
+    params = step_params("resample", args)
+    tile = parse_tile(getattr(args, "tile", None))
+    output = Path(args.output).expanduser().absolute()
+    stem = _stem(output)
+    zarr_path = stem.with_name(stem.name + ".zarr")
+    fits_path = stem.with_name(stem.name + ".fits")
+    pngs = [stem.with_name(stem.name + "_sci.png"), stem.with_name(stem.name + "_wht.png")]
+    want_zarr = args.format in ("zarr", "both")
+    want_fits = args.format in ("fits", "both")
+    # every target checked before a cluster starts
+    if want_zarr:
+        check_target(zarr_path, overwrite=args.overwrite, what="output")
+    if want_fits:
+        check_target(fits_path, overwrite=args.overwrite, what="output")
+    for p in args.inputs:
+        if not Path(p).expanduser().exists():
+            raise UserInputError(f"input {p} does not exist")
+    store = zarr_path if want_zarr else zarr_path.with_name(f".{zarr_path.name}.for-fits")
+    from stcal_dask.engine.cluster import get_client
+
+    with get_client(**client_kwargs(args, fork=True), warm_imports=WORKER_IMPORTS) as client:
+        out_wcs, scale = _output_wcs(args, params, client)
+        result = i2d.build_mosaic(
+            args.inputs, out_wcs, store, params, client=client, tile=tile,
+            overwrite=args.overwrite or not want_zarr, output_pixel_scale=scale,
+            quiet=args.quiet,
+        )
+    written = [str(store)] if want_zarr else []
+    try:
+        if want_fits:
+            written.append(str(i2d.write_i2d_fits(store, fits_path, overwrite=args.overwrite)))
+        if not args.no_quicklook:
+            written.append(str(i2d.quicklook_png(store, pngs[0], stretch=args.stretch)))
+            written.append(str(i2d.quicklook_png(store, pngs[1], array="wht")))
+    finally:
+        if not want_zarr:
+            remove_path(store)
+    ny, nx = result.shape
+    skipped = f", {len(result.skipped)} skipped (no overlap)" if result.skipped else ""
+    say(args, f"mosaic: {result.inputs_used} inputs{skipped} -> {ny} x {nx} pixels in "
+              f"{result.tiles} tiles of {result.tile[0]} x {result.tile[1]}; coverage "
+              f"{100.0 * result.coverage:.1f}%; {math.ceil(time.perf_counter() - t0)} s",
+        *[f"  wrote {w}" for w in written])
+    return 0
