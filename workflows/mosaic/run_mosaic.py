@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Recipe: N dithered synthetic exposures -> rate products with a gwcs -> mosaic output WCS.
+"""Recipe: N dithered synthetic ramps -> rates (jump + ramp fit) -> mosaic WCS -> mosaic -> PNG.
 
 1. ``stcal_dask.sim.wcs.dither_pattern`` lays N pointings out on a mosaic grid (with roll);
    each exposure gets a JWST-like imaging gwcs (``SimulationConfig.pointing`` +
@@ -12,6 +12,10 @@
 3. ``stcal_dask.mosaic.wcs.build_mosaic_wcs`` computes the footprints on the cluster (one task per
    exposure) and the output WCS; ``write_mosaic_wcs`` writes it atomically as ASDF. This is what
    ``stcal-dask mosaic-wcs RATES... --output mosaic_wcs.asdf`` does.
+4. ``stcal_dask.mosaic.i2d.build_mosaic`` drizzles the rates onto that WCS, one task per output
+   tile (stcal's ``Resample``, tile by tile), into ``mosaic_i2d.zarr``; ``quicklook_png`` writes
+   ``mosaic_i2d_sci.png`` (asinh stretch) and ``mosaic_i2d_wht.png``. This is what
+   ``stcal-dask mosaic RATES... --wcs mosaic_wcs.asdf -o mosaic_i2d.zarr`` does.
 
 Example (a local cluster of 2 worker processes)::
 
@@ -49,6 +53,8 @@ def _parse(argv):
     p.add_argument("--n-workers", type=int, default=2)
     p.add_argument("--pscale-ratio", type=float, default=None)
     p.add_argument("--rotation", type=float, default=None)
+    p.add_argument("--pixfrac", type=float, default=1.0, help="drizzle pixfrac of the mosaic")
+    p.add_argument("--kernel", default="square", help="drizzle kernel of the mosaic")
     return p.parse_args(argv)
 
 
@@ -90,6 +96,8 @@ def main(argv=None) -> int:
     from stcal_dask.engine.cluster import compute, get_client
     from stcal_dask.io.atomic import atomic_outputs
     from stcal_dask.io.zarr_store import write_dataset_atomic
+    from stcal_dask.mosaic import i2d
+    from stcal_dask.mosaic.params import ResampleParams
     from stcal_dask.mosaic.wcs import (
         build_mosaic_wcs,
         wcs_attrs,
@@ -156,13 +164,19 @@ def main(argv=None) -> int:
         mosaic = build_mosaic_wcs(
             paths, client=client, pscale_ratio=args.pscale_ratio, rotation=args.rotation
         )
-    out = write_mosaic_wcs(
-        mosaic,
-        outdir / "mosaic_wcs.asdf",
-        overwrite=args.overwrite,
-        parameters={"pscale_ratio": args.pscale_ratio, "rotation": args.rotation},
-    )
-    t2 = time.perf_counter()
+        out = write_mosaic_wcs(
+            mosaic,
+            outdir / "mosaic_wcs.asdf",
+            overwrite=args.overwrite,
+            parameters={"pscale_ratio": args.pscale_ratio, "rotation": args.rotation},
+        )
+        t2 = time.perf_counter()
+        params = ResampleParams(pixfrac=args.pixfrac, kernel=args.kernel)
+        result = i2d.build_mosaic(paths, mosaic.wcs, outdir / "mosaic_i2d.zarr", params,
+                                  client=client, overwrite=args.overwrite)
+    pngs = [i2d.quicklook_png(result.path, outdir / "mosaic_i2d_sci.png"),
+            i2d.quicklook_png(result.path, outdir / "mosaic_i2d_wht.png", array="wht")]
+    t3 = time.perf_counter()
     ny, nx = mosaic.wcs.array_shape
     ra, dec = (float(v) for v in mosaic.wcs.forward_transform.crval.value)
     print(
@@ -172,6 +186,11 @@ def main(argv=None) -> int:
     print(
         f"mosaic WCS: {ny} x {nx} pixels, crval ({ra:.6f}, {dec:.6f}) deg, "
         f"in {t2 - t1:.1f} s -> {out}"
+    )
+    print(
+        f"mosaic: {result.inputs_used} exposures -> {result.shape[0]} x {result.shape[1]} "
+        f"pixels in {result.tiles} tiles, coverage {100 * result.coverage:.1f}%, "
+        f"in {t3 - t2:.1f} s -> {result.path}, {pngs[0].name}, {pngs[1].name}"
     )
     return 0
 
