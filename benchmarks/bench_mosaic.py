@@ -22,6 +22,8 @@ Usage::
 
     python benchmarks/bench_mosaic.py                            # 16 x 2048x2048
     python benchmarks/bench_mosaic.py --size 1024 --n 16 --workdir /tmp/bm
+    python benchmarks/bench_mosaic.py --size 1024 --skip-stcal --big-shape 12000 12000 \
+        --big-memory 800MB
 """
 
 from __future__ import annotations
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="pixel_scale_ratio of the big mosaic (default 0.5)")
     ap.add_argument("--big-memory", default="600MB",
                     help="--memory-limit per worker of the big run (2 workers)")
+    ap.add_argument("--big-shape", type=int, nargs=2, default=None, metavar=("NY", "NX"),
+                    help="force the big mosaic's output shape (--resample.output_shape) instead "
+                    "of a finer pixel scale: a large output the inputs only partly cover")
     ap.add_argument("--skip-stcal", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
     args = ap.parse_args(argv)
@@ -204,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_big:
         big = work / "big_i2d.zarr"
         shutil.rmtree(big, ignore_errors=True)
+        shape_opts = (["--resample.output_shape", *map(str, args.big_shape)] if args.big_shape
+                      else ["--resample.pixel_scale_ratio", str(args.big_ratio)])
         wall, peak, per, out = run_tree(
-            [exe, "mosaic", *map(str, inputs), "-o", str(big), "--no-quicklook",
-             "--resample.pixel_scale_ratio", str(args.big_ratio), "--n-workers", "2",
-             "--threads-per-worker", "1", "--memory-limit", args.big_memory], cwd=work)
+            [exe, "mosaic", *map(str, inputs), "-o", str(big), "--no-quicklook", *shape_opts,
+             "--n-workers", "2", "--threads-per-worker", "1", "--memory-limit",
+             args.big_memory], cwd=work)
         import xarray as xr
 
         ds = xr.open_zarr(big)

@@ -20,11 +20,7 @@ from stcal_dask.cli.common import (
 )
 from stcal_dask.errors import UserInputError
 
-__all__ = ["WORKER_IMPORTS", "add_parser", "run"]
-
-WORKER_IMPORTS = ("dask.array", "xarray", "zarr")
-"""What the workers of a mosaic run load at start (gwcs, astropy and drizzle load with the first
-task: the start-up import guard hides scipy, which astropy's coordinates probe for)."""
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -138,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     store = zarr_path if want_zarr else zarr_path.with_name(f".{zarr_path.name}.for-fits")
     from stcal_dask.engine.cluster import get_client
 
-    with get_client(**client_kwargs(args, fork=True), warm_imports=WORKER_IMPORTS) as client:
+    # warm=False: the workers need none of the numba kernels (they import what a tile task
+    # needs with the first one), so a mosaic never waits for kernels to compile
+    with get_client(**client_kwargs(args, fork=True), warm=False) as client:
         out_wcs, scale = _output_wcs(args, params, client)
         result = i2d.build_mosaic(
             args.inputs, out_wcs, store, params, client=client, tile=tile,
