@@ -176,15 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     exe = str(Path(sys.executable).with_name("stcal-dask"))
     t = time.perf_counter()
-    inputs = make_inputs(work, args.n, args.size)
+    existing = sorted(work.glob("in*_rate.fits"))
+    inputs = existing if len(existing) == args.n else make_inputs(work, args.n, args.size)
     print(f"inputs: {args.n} x {args.size}x{args.size} rate FITS in "
           f"{time.perf_counter() - t:.1f} s ({work})", flush=True)
 
     wcs_file = work / "mosaic_wcs.asdf"
     if wcs_file.exists():
         wcs_file.unlink()
-    subprocess.run([exe, "mosaic-wcs", *map(str, inputs), "-o", str(wcs_file), "-q",
-                    "--scheduler", "threads"], check=True)
+    # what 'stcal-dask mosaic-wcs' writes (in this process: no cluster, no kernels needed)
+    from stcal_dask.mosaic.wcs import build_mosaic_wcs, write_mosaic_wcs
+
+    write_mosaic_wcs(build_mosaic_wcs(list(map(str, inputs))), wcs_file)
     results = {}
     if not args.skip_stcal:
         script = work / "stcal_resample.py"
@@ -209,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_big:
         big = work / "big_i2d.zarr"
         shutil.rmtree(big, ignore_errors=True)
-        shape_opts = (["--resample.output_shape", *map(str, args.big_shape)] if args.big_shape
+        shape_opts = (["--resample.output_shape", ",".join(map(str, args.big_shape))]
+                      if args.big_shape
                       else ["--resample.pixel_scale_ratio", str(args.big_ratio)])
         wall, peak, per, out = run_tree(
             [exe, "mosaic", *map(str, inputs), "-o", str(big), "--no-quicklook", *shape_opts,

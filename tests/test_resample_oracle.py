@@ -1,6 +1,7 @@
 """The tiled mosaic drizzle against stcal 1.20.0's ``Resample`` run serially in memory.
 
-Bound enforced: ``sci``, ``wht``, ``con``, ``err`` and the variances are IDENTICAL (0 ulp) for
+Bound enforced on small outputs (coordinates < ~200 pixels): ``sci``, ``wht``, ``con``, ``err``
+and the variances are IDENTICAL (0 ulp) for
 every tiling (tiles smaller than an input, seams crossing inputs, a single tile), every kernel,
 pixfrac 1.0 and 0.5, both weight types, NaN and flagged pixels, rotated and distorted input WCSs,
 inputs partly outside the output and an input bounding box smaller than its frame.
@@ -11,6 +12,9 @@ vertices along the output edge come from the drizzled rectangle's corners (the w
 stcal, the tile's rectangle here); an input pixel centred within a hair of that edge may then be
 visited by one and not the other. Such differences are allowed only within ``EDGE`` pixels of the
 outer edge, in at most 1 % of those pixels; everywhere else the bound above holds.
+
+At larger output coordinates the floats may differ by a few ulp in a few pixels in 10^5 (see
+``LARGE_MAX_ULP``); ``con`` stays identical.
 """
 
 from __future__ import annotations
@@ -146,3 +150,37 @@ def test_context_ids_are_global_with_many_inputs():
     res, plan = tiled(exps, out, params, (25, 25))
     assert any(len(j.regions) < 40 for j in plan.jobs)  # tiles skip inputs
     _compare(res, ref, params)
+
+
+LARGE_MAX_ULP = {"sci": 8, "wht": 4, "err": 8, "var_rnoise": 8, "var_poisson": 8}
+"""Stated bound at large output coordinates (float32 ulp); at most ``LARGE_MAX_FRACTION`` of
+the pixels may differ at all. A tile drizzles in window coordinates (the output's minus the
+window origin, an exact shift), but drizzle's corner interpolation and overlap areas then round
+at the smaller values' finer float64 spacing: a weight can land one float32 ulp apart, and the
+running means and variances inherit a few ulp. Measured on 16 x 1024^2 inputs onto 3534 x 3517:
+24 of 12.4 M wht pixels (max 2 ulp), 31 sci (3 ulp), 53 variance pixels (5 ulp); con identical."""
+
+LARGE_MAX_FRACTION = 1e-4
+
+
+def test_large_output_coordinates_stated_ulp_bound():
+    from stcal_dask.sim.wcs import imaging_wcs, offset_pointing
+
+    exps = make_field(9, shape=(420, 400), seed=21, roll_step=2.0)
+    # spread the 9 exposures over a ~1100 x 1100 output (coordinates up to ~1100 pixels)
+    spread = []
+    for k, (_, _, a) in enumerate(exps):
+        ra, dec = offset_pointing(34.46, -5.24, (k % 3) * 22.0, (k // 3) * 23.0, 70.0)
+        e = imaging_wcs(ra, dec, 70.0 + 2.0 * k, shape=(420, 400))
+        spread.append((e.wcs, e.wcsinfo, a))
+    out = mosaic_wcs(spread)
+    assert min(out.array_shape) > 900
+    params = rs.ResampleParams()
+    ref = oracle(spread, out, params)
+    res, plan = tiled(spread, out, params, (256, 256))
+    assert len(plan.jobs) >= 16
+    np.testing.assert_array_equal(res["con"], ref["con"])
+    for ours, theirs in PAIRS:
+        d = ulp_diff(res[ours], ref[theirs])
+        assert d.max() <= LARGE_MAX_ULP[ours], (ours, int(d.max()))
+        assert (d > 0).mean() <= LARGE_MAX_FRACTION, (ours, int((d > 0).sum()))

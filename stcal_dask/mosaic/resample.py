@@ -22,11 +22,14 @@ The tile index (which exposures reach which tile, and which input rectangle each
 once, one small task per exposure that maps a coarse grid of its pixels to the output. No task
 allocates a full-mosaic array and no tile task reads more of an exposure than its rectangle.
 
-Equality with stcal: the pixel map is bit-identical; ``con`` is identical; the drizzle on a
-window sees the same input pixels but output coordinates shifted by the window origin, so the C
-kernels' corner interpolation and overlap areas can round differently in the last bits of a
-float64 (about 1e-12 pixel), which changes a float32 weight by one unit in the last place in a
-few pixels in 10^4. The tests state and enforce the bounds (``tests/test_resample_oracle.py``).
+Equality with stcal: the pixel map is bit-identical and ``con`` is identical; the drizzle on a
+window sees the same input pixels but output coordinates shifted by the window origin (an exact
+shift), so the C kernels' corner interpolation and overlap areas can round at the shifted
+values' finer float64 spacing: at large output coordinates a float32 weight lands one or two
+ulp apart in a few pixels in 10^6, and the means and variances inherit a few ulp; small outputs
+come out identical. Where an input crosses the output's outer edge, drizzle's clip polygon
+(built from the drizzled rectangle's corners) can visit an edge pixel differently. The tests
+state and enforce these bounds (``tests/test_resample_oracle.py``, ``docs/mosaic.md``).
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "inputs with the --resample.pixel_scale/pixel_scale_ratio/rotation/crpix/crval/\n"
             "output_shape parameters. Outputs: X_i2d.zarr (sci, err, wht, con, var_rnoise,\n"
             "var_poisson), X_i2d.fits with --format fits|both, and quicklook PNGs of the mosaic\n"
-            "and of its weight map."
+            "and of its weight map. A LocalCluster's workers default to one thread each (much of\n"
+            "a tile task, the WCS evaluation, holds Python's GIL: threads would take turns)."
         ),
         examples=(
             "stcal-dask mosaic a_rate.fits b_rate.fits -o field_i2d.zarr",
@@ -133,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserInputError(f"input {p} does not exist")
     store = zarr_path if want_zarr else zarr_path.with_name(f".{zarr_path.name}.for-fits")
     from stcal_dask.engine.cluster import get_client
+
+    if args.threads_per_worker is None:
+        args.threads_per_worker = 1
 
     # warm=False: the workers need none of the numba kernels (they import what a tile task
     # needs with the first one), so a mosaic never waits for kernels to compile
