@@ -33,7 +33,7 @@ PARAMS = _params_classes()
 
 def test_the_step_parameter_classes_are_found():
     names = {name for _, name in PARAMS}
-    assert {"JumpParams", "RampFitParams"} <= names
+    assert {"JumpParams", "RampFitParams", "ResampleParams"} <= names
 
 
 @pytest.mark.parametrize(("module", "name"), PARAMS, ids=[n for _, n in PARAMS])
