@@ -193,7 +193,8 @@ def build_mosaic(
         order they are added (it matters: drizzle keeps a running weighted mean).
     out_wcs : gwcs.WCS with an array shape or bounding box (from ``mosaic-wcs``).
     output : the store to write (``X_i2d.zarr``); written under a temporary name and renamed
-        into place when complete, never partially visible.
+        into place when complete, never partially visible
+        (:func:`stcal_dask.io.atomic.atomic_outputs`).
     params : ResampleParams (default: ResampleStep's defaults).
     client : a ``distributed.Client``; None runs on the current dask scheduler.
     tile : (ny, nx) output tile (= zarr chunk); default from the workers' memory limit.
@@ -203,15 +204,28 @@ def build_mosaic(
     -------
     MosaicResult
     """
+    from stcal_dask.io.atomic import atomic_outputs
+
+    params = params or rs.ResampleParams()
+    paths = [str(Path(os.fspath(p)).expanduser()) for p in inputs]
+    with atomic_outputs(inputs=paths) as out:
+        partial = out.reserve(output, overwrite=overwrite)
+        plan, counts = _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale,
+                              max_output_pixels, quiet)
+    covered = int(sum(c for c, _ in counts))
+    used = len(plan.exposures) - len(plan.skipped)
+    return MosaicResult(Path(os.fspath(output)).expanduser().absolute(), plan.out_shape,
+                        len(plan.jobs), plan.tile, used, list(plan.skipped), covered)
+
+
+def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, max_output_pixels,
+           quiet):
+    """The index, the plan, the store's metadata and the tile tasks (into ``partial``)."""
     import dask
 
     from stcal_dask.engine.cluster import compute
-    from stcal_dask.io.atomic import check_target, cleanup_failed, commit, partial_path
     from stcal_dask.io.zarr_store import consolidate_store
 
-    params = params or rs.ResampleParams()
-    path = check_target(output, overwrite=overwrite)
-    paths = [str(Path(os.fspath(p)).expanduser()) for p in inputs]
     if not paths:
         raise UserInputError("no inputs given: need at least one rate or cal product")
     for p in paths:
@@ -246,30 +260,21 @@ def build_mosaic(
             max_output_pixels=max_output_pixels,
         )
     for w in caught:
-        warnings.warn(str(w.message), w.category, stacklevel=2)
-    partial = partial_path(path)
-    try:
-        _create_store(partial, plan, {})
-        shared_exps = dask.delayed(plan.exposures, traverse=False)
-        shared_wcs = dask.delayed(out_wcs, traverse=False)
-        tasks = [
-            dask.delayed(write_tile, pure=False)(
-                job, shared_exps, shared_wcs, plan.params, plan.pixel_scale_ratio,
-                plan.variances, str(partial),
-                dask_key_name=f"mosaic-tile-{i}-{token}",
-            )
-            for i, job in enumerate(plan.jobs)
-        ]
-        counts = compute(*tasks, quiet=quiet, client=client)
-        consolidate_store(str(partial))
-        commit(partial, path, overwrite)
-    except BaseException:
-        cleanup_failed(partial)
-        raise
-    covered = int(sum(c for c, _ in counts))
-    used = len(plan.exposures) - len(plan.skipped)
-    return MosaicResult(path, plan.out_shape, len(plan.jobs), plan.tile, used,
-                        list(plan.skipped), covered)
+        warnings.warn(str(w.message), w.category, stacklevel=3)
+    _create_store(partial, plan, {})
+    shared_exps = dask.delayed(plan.exposures, traverse=False)
+    shared_wcs = dask.delayed(out_wcs, traverse=False)
+    tasks = [
+        dask.delayed(write_tile, pure=False)(
+            job, shared_exps, shared_wcs, plan.params, plan.pixel_scale_ratio,
+            plan.variances, str(partial),
+            dask_key_name=f"mosaic-tile-{i}-{token}",
+        )
+        for i, job in enumerate(plan.jobs)
+    ]
+    counts = compute(*tasks, quiet=quiet, client=client)
+    consolidate_store(str(partial))
+    return plan, counts
 
 
 def open_i2d(path):
@@ -296,13 +301,12 @@ def write_i2d_fits(store, path, *, overwrite: bool = False) -> Path:
     (``meta.wcs``). The arrays are read into this process (stdatamodels writes from memory): a
     mosaic of N pixels needs about 24 N bytes here. Written under a temporary name and renamed.
     """
-    from stcal_dask.io.atomic import check_target, commit, partial_path, remove_path
+    from stcal_dask.io.atomic import atomic_outputs
 
     try:
         from stdatamodels.jwst.datamodels import ImageModel
     except ImportError:  # pragma: no cover - stdatamodels is in the test extra
         raise UserInputError("writing the i2d FITS product needs stdatamodels installed") from None
-    path = check_target(path, overwrite=overwrite)
     ds = open_i2d(store)
     arrays = {"data": np.asarray(ds["sci"].values, dtype=np.float32),
               "wht": np.asarray(ds["wht"].values, dtype=np.float32)}
@@ -312,7 +316,6 @@ def write_i2d_fits(store, path, *, overwrite: bool = False) -> Path:
     if "con" in ds:
         arrays["con"] = np.asarray(ds["con"].values, dtype=np.int32)
     model = ImageModel(**arrays)
-    partial = partial_path(path).with_suffix(".fits")
     try:
         model.meta.wcs = ds.attrs["wcs"]
         units = json.loads(ds.attrs.get("units", "{}"))
@@ -328,16 +331,14 @@ def write_i2d_fits(store, path, *, overwrite: bool = False) -> Path:
         area = math.radians(float(ds.attrs["pixel_scale"]) / 3600.0) ** 2
         model.meta.photometry.pixelarea_steradians = area
         model.meta.photometry.pixelarea_arcsecsq = float(ds.attrs["pixel_scale"]) ** 2
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save(str(partial))
-        commit(partial, path, overwrite)
-    except BaseException:
-        remove_path(partial)
-        raise
+        with atomic_outputs(inputs=[store]) as out:
+            partial = out.reserve(path, overwrite=overwrite, suffix=".fits")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.save(str(partial))
     finally:
         model.close()
-    return path
+    return Path(os.fspath(path)).expanduser().absolute()
 
 
 def _decimated(arr, max_side: int) -> np.ndarray:
@@ -379,7 +380,7 @@ def quicklook_png(store, path, *, array: str = "sci", stretch: str = "asinh",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stcal_dask.io.atomic import commit, partial_path, remove_path
+    from stcal_dask.io.atomic import atomic_outputs
 
     if stretch not in ("asinh", "zscale"):
         raise UserInputError(f"stretch must be asinh or zscale, got {stretch!r}")
@@ -397,11 +398,7 @@ def quicklook_png(store, path, *, array: str = "sci", stretch: str = "asinh",
         hi = np.percentile(finite, 99.5) if finite.size else 1.0
         disp = np.clip(np.nan_to_num(img) / (hi or 1.0), 0.0, 1.0)
     path = Path(os.fspath(path)).expanduser().absolute()
-    partial = partial_path(path).with_suffix(".png")
-    try:
+    with atomic_outputs(inputs=[store]) as out:
+        partial = out.reserve(path, overwrite=True, suffix=".png")
         plt.imsave(str(partial), disp, cmap="gray", origin="lower", vmin=0.0, vmax=1.0)
-        commit(partial, path, True)
-    except BaseException:
-        remove_path(partial)
-        raise
     return path
