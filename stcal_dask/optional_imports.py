@@ -9,8 +9,9 @@ import sys
 UNUSED_OPTIONAL = ("scipy", "pyarrow")
 """Optional packages that jump detection and ramp fitting never use but that libraries import
 eagerly when installed: dask.array (scipy.sparse, scipy.fftpack) and pandas (pyarrow) when
-they load (~0.5 s of a run's start), numba when it sets up its CPU target (scipy.linalg,
-only to decide whether ``np.correlate`` may call BLAS: ~0.35 s of a worker's start)."""
+they load, numba when it sets up its CPU target (scipy.linalg, only to decide whether
+``np.correlate`` may call BLAS); importing them is a noticeable part of a run's and of a
+worker's start."""
 
 
 class SkipImports:

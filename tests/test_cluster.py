@@ -65,7 +65,8 @@ def test_local_cluster_shape(client):
 def test_cluster_results_equal_threaded(client, store):
     ramp = open_ramp(store)
     jumped = dataflow.detect_jumps(ramp)
-    rate, rateints = dataflow.fit_ramps(jumped)
+    fit = dataflow.fit_ramps(jumped)
+    rate, rateints = fit.rate, fit.rateints
     on_cluster = compute(jumped["groupdq"].data, rate["sci"].data, rateints["dq"].data,
                          jumped[dataflow.JUMP_COUNT_VARIABLE].data, quiet=True, client=client)
     local = dask.compute(jumped["groupdq"].data, rate["sci"].data, rateints["dq"].data,
@@ -92,7 +93,7 @@ def test_cli_on_an_existing_scheduler(client, store, tmp_path):
                  "--quiet", "--format", "both"]) == 0
     rate = xr.open_zarr(tmp_path / "expo_rate.zarr", consolidated=False, mask_and_scale=False)
     ramp = open_ramp(store)
-    ref = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"].data.compute(
+    ref = dataflow.fit_ramps(dataflow.detect_jumps(ramp)).rate["sci"].data.compute(
         scheduler="threads"
     )
     assert np.array_equal(rate["sci"].values, ref, equal_nan=True)
@@ -166,7 +167,7 @@ def test_memory_limited_cluster_streams_tiles(tmp_path):
         thread.start()
         try:
             jumped = dataflow.detect_jumps(open_ramp(store))
-            rate, rateints = dataflow.fit_ramps(jumped)
+            rate = dataflow.fit_ramps(jumped).rate
             pend = write_dataset_atomic(rate, tmp_path / "big_rate.zarr", compute=False)
             compute(pend.delayed, quiet=True, client=c)
         finally:
@@ -283,7 +284,7 @@ def test_forked_workers_start_in_the_callers_thread_and_load_kernels_in_the_back
         loaded = c.run(_loaded, "xarray", "stcal_dask.kernels._jump_numba")
         assert all(all(v.values()) for v in loaded.values())
         ramp = _tiled_ramp(2, 2, (32, 32))
-        rate = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"]
+        rate = dataflow.fit_ramps(dataflow.detect_jumps(ramp)).rate["sci"]
         (ours,) = compute(rate.data, quiet=True, client=c)
     expected = rate.data.compute(scheduler="threads")
     np.testing.assert_array_equal(ours, expected)
@@ -327,7 +328,7 @@ def test_external_scheduler_runs_each_tile_kernel_once(external_cluster, tmp_pat
     with get_client(external_cluster, quiet=True) as c:
         c.wait_for_workers(1, timeout=60)
         jumped = dataflow.detect_jumps(ramp)
-        rate, rateints = dataflow.fit_ramps(jumped)
+        rate = dataflow.fit_ramps(jumped).rate
         pend = write_dataset_atomic(rate, tmp_path / "x_rate.zarr", compute=False)
         with get_task_stream(c) as ts:
             _, count, all_sat = compute(pend.delayed, jumped["primary_jumps"].data,
@@ -337,7 +338,7 @@ def test_external_scheduler_runs_each_tile_kernel_once(external_cluster, tmp_pat
     assert sum(n.startswith("stcal-dask-jump-tile") for n in names) == 8, sorted(set(names))
     assert sum(n.startswith("stcal-dask-fit-tile") for n in names) == 8
     assert int(count) > 0 and not bool(all_sat)
-    local = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]["sci"].compute(scheduler="sync")
+    local = dataflow.fit_ramps(dataflow.detect_jumps(ramp)).rate["sci"].compute(scheduler="sync")
     np.testing.assert_array_equal(open_product(tmp_path / "x_rate.zarr")["sci"].values,
                                   local.values)
 

@@ -168,9 +168,9 @@ def test_building_the_graphs_computes_nothing(exposure, tmp_path):
     with dask.config.set(scheduler=_boom):
         for ramp in (ramp_from_exposure(exposure, chunks=(16, 16)), open_ramp(store)):
             jumped = dataflow.detect_jumps(ramp, jparams)
-            rate, rateints = dataflow.fit_ramps(jumped, rk.RampFitParams())
-            _, _, fitopt = dataflow.fit_ramps(jumped, rk.RampFitParams(save_opt=True),
-                                              fitopt_dims=(3, 4))
+            rate = dataflow.fit_ramps(jumped, rk.RampFitParams()).rate
+            fitopt = dataflow.fit_ramps(jumped, rk.RampFitParams(save_opt=True),
+                                        fitopt_dims=(3, 4)).fitopt
             dataflow.all_group0_saturated(ramp)
             dataflow.frame_fitopt_dims(jumped, rk.RampFitParams(save_opt=True))
     assert fitopt.sizes["segment"] == 3 and fitopt.sizes["cr"] == 4
@@ -182,7 +182,8 @@ def test_building_the_graphs_computes_nothing(exposure, tmp_path):
 def test_kernels_run_once_per_tile_for_all_outputs(exposure):
     ramp = ramp_from_exposure(exposure, chunks=(16, 25))  # 3 x 2 tiles
     jumped = dataflow.detect_jumps(ramp)
-    rate, rateints = dataflow.fit_ramps(jumped)
+    fit = dataflow.fit_ramps(jumped)
+    rate, rateints = fit.rate, fit.rateints
     with _CountTasks("stcal-dask-jump-tile") as cj, _CountTasks("stcal-dask-fit-tile") as cf:
         dask.compute(jumped, rate, rateints, scheduler="synchronous")
     assert cj.count == 6
@@ -192,7 +193,8 @@ def test_kernels_run_once_per_tile_for_all_outputs(exposure):
 def test_threaded_and_synchronous_agree(exposure):
     ramp = ramp_from_exposure(exposure, chunks=(8, 10))
     jumped = dataflow.detect_jumps(ramp)
-    rate, rateints = dataflow.fit_ramps(jumped)
+    fit = dataflow.fit_ramps(jumped)
+    rate, rateints = fit.rate, fit.rateints
     a = dask.compute(jumped["groupdq"], rate["sci"], rateints["dq"], scheduler="threads")
     b = dask.compute(jumped["groupdq"], rate["sci"], rateints["dq"], scheduler="synchronous")
     for x, y in zip(a, b, strict=True):
@@ -215,7 +217,8 @@ def test_fitopt_dims_reduction_and_saturation(exposure):
 def test_products_carry_schema_and_parameters(exposure):
     jparams = jk.JumpParams(rejection_threshold=5.0)
     jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(20, 25)), jparams)
-    rate, rateints = dataflow.fit_ramps(jumped, rk.RampFitParams(suppress_one_group=False))
+    fit = dataflow.fit_ramps(jumped, rk.RampFitParams(suppress_one_group=False))
+    rate, rateints = fit.rate, fit.rateints
     assert rate["sci"].dims == ("y", "x") and rate["sci"].dtype == np.float32
     assert rateints["dq"].dims == ("integration", "y", "x") and rateints["dq"].dtype == np.uint32
     assert rate["sci"].attrs["units"] == "DN/s"
@@ -260,7 +263,7 @@ def test_writes_and_count_share_the_tile_kernels(exposure, tmp_path):
     from stcal_dask.io import write_dataset_atomic
 
     jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 25)))
-    rate, _ = dataflow.fit_ramps(jumped)
+    rate = dataflow.fit_ramps(jumped).rate
     pending = write_dataset_atomic(rate, tmp_path / "rate.zarr", compute=False)
     with dask.config.set(scheduler="synchronous"):
         with _CountTasks("stcal-dask-jump-tile") as cj, _CountTasks("stcal-dask-fit") as cf:
@@ -278,7 +281,8 @@ def test_fits_rate_and_rateints_writes_share_the_fit_tiles(exposure, tmp_path):
     from stcal_dask.io import write_rate_fits, write_rateints_fits
 
     jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 25)))  # 6 tiles
-    rate, rateints = dataflow.fit_ramps(jumped)
+    fit = dataflow.fit_ramps(jumped)
+    rate, rateints = fit.rate, fit.rateints
     pendings = [write_rate_fits(rate, tmp_path / "x_rate.fits", compute=False),
                 write_rateints_fits(rateints, tmp_path / "x_rateints.fits", compute=False)]
     graph = {}
@@ -368,13 +372,15 @@ def test_fit_takes_the_jump_tiles_packed_blocks(exposure):
     aggregation task each."""
     ramp = ramp_from_exposure(exposure, chunks=(16, 25))
     jumped = dataflow.detect_jumps(ramp)
-    rate, rateints = dataflow.fit_ramps(jumped)
+    fit = dataflow.fit_ramps(jumped)
+    rate, rateints = fit.rate, fit.rateints
     names = {str(k[0] if isinstance(k, tuple) else k).rsplit("-", 1)[0]
              for k in dict(dask.optimize(rate["sci"].data)[0].__dask_graph__())}
     assert not any("unpack-groupdq" in n or "unpack-pixeldq" in n for n in names), names
     assert any(n.startswith("stcal-dask-jump-tile") for n in names)
     other = dataflow.detect_jumps(ramp).chunk({"y": 8})  # new names: no packed source
-    rate2, rateints2 = dataflow.fit_ramps(other, tile=(16, 25))
+    fit = dataflow.fit_ramps(other, tile=(16, 25))
+    rate2, rateints2 = fit.rate, fit.rateints
     names2 = {str(k[0] if isinstance(k, tuple) else k)
               for k in dict(dask.optimize(rate2["sci"].data)[0].__dask_graph__())}
     assert any("unpack-groupdq" in n for n in names2)
@@ -399,3 +405,13 @@ def test_fit_takes_the_jump_tiles_packed_blocks(exposure):
     deps = get_dependencies(graph, agg)
     assert deps and not [d for d in deps if "jump-tile" in str(d)], deps
     assert any(str(d).startswith("primary_sum") for d in deps), deps
+
+
+def test_fit_ramps_returns_named_products(exposure):
+    """rate, rateints and fitopt by name; fitopt is None unless save_opt."""
+    jumped = dataflow.detect_jumps(ramp_from_exposure(exposure, chunks=(16, 16)))
+    fit = dataflow.fit_ramps(jumped)
+    assert isinstance(fit, dataflow.RampFitProducts) and fit.fitopt is None
+    assert fit.rate["sci"].dims == ("y", "x") and fit.rateints["sci"].dims[0] == "integration"
+    fit = dataflow.fit_ramps(jumped, rk.RampFitParams(save_opt=True), fitopt_dims=(3, 4))
+    assert fit.fitopt.sizes["segment"] == 3

@@ -314,7 +314,8 @@ def run_demo(
             t0 = time.perf_counter()
             ramp = open_ramp(ramp_path)
             jumped = dataflow.detect_jumps(ramp)
-            rate, rateints = dataflow.fit_ramps(jumped)
+            fit = dataflow.fit_ramps(jumped)
+            rate, rateints = fit.rate, fit.rateints
             for target in written:
                 kind, fmt = target.stem.split("_", 1)[1], target.suffix[1:]
                 ds = rate if kind == "rate" else rateints

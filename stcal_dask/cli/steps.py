@@ -331,9 +331,10 @@ def _compute(args, plan_: Plan, background, out) -> tuple[list, int | None]:
     if ("jump", plan_.formats[0]) in plan_.targets:
         _write(out, "jump", jumped, plan_, args)
     if plan_.rampfit is not None:
-        products = dataflow.fit_ramps(fit_input, plan_.rampfit)
-        for kind, ds in zip(_FIT_KINDS, products, strict=False):
-            _write(out, kind, ds, plan_, args)
+        products = dataflow.fit_ramps(fit_input, plan_.rampfit)._asdict()
+        for kind in _FIT_KINDS:
+            if products[kind] is not None:
+                _write(out, kind, products[kind], plan_, args)
         extra.append(dataflow.all_group0_saturated(ramp))
     if jumped is not None and count is None:
         extra.append(jumped["primary_jumps"].data)

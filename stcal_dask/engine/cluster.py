@@ -158,7 +158,7 @@ WORKER_IMPORTS_FITS = ("dask.array", "stcal_dask.engine.tasks", "stcal_dask.io.f
                        "stcal_dask.io.atomic")
 """What the tasks of a FITS-in, FITS-out run need in a worker: no xarray, pandas, astropy or
 zarr (the FITS blocks are read and written with numpy memory maps). dask.array is then loaded
-with xarray hidden (it imports xarray, hence pandas, when it can: ~0.6 s), see
+with xarray hidden (it imports xarray, hence pandas, when it can, which is slow), see
 :func:`_warm_worker`."""
 
 
@@ -169,9 +169,8 @@ def _trim_malloc() -> None:
     call its RSS (what the memory limit is checked against) keeps the freed tiles' memory and a
     worker under a tight limit pauses.
 
-    Used only for workers with an explicit memory limit: it costs ~20 % more CPU in the tile
-    tasks (every large temporary array is then a fresh ``mmap`` whose pages fault in again:
-    1x10x2048x2048 run, worker CPU 6.3 s instead of 5.3 s)."""
+    Used only for workers with an explicit memory limit: it costs CPU in the tile tasks (every
+    large temporary array is then a fresh ``mmap`` whose pages fault in again)."""
     import ctypes
     import ctypes.util
 
@@ -215,7 +214,7 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
         _trim_malloc()
     _warm_kernels(quiet)
     # Once the worker has closed, skip the interpreter's finalisation of all these libraries
-    # (~0.9 s of a LocalCluster's close): every output was committed by its own task, and the
+    # (a large part of a LocalCluster's close): every output was committed by its own task, and the
     # worker's directory was removed by its close. Registered last, so it runs first.
     import atexit
 
@@ -460,7 +459,7 @@ def get_client(
     start_method:
         How the local cluster's worker processes start: ``"spawn"`` (a fresh interpreter that
         imports everything itself; distributed's default), ``"fork"`` (a copy of this process:
-        no imports, ~0.1 s instead of ~3 s; POSIX only, and only safe when no other thread of
+        no imports, so it starts far sooner; POSIX only, and only safe when no other thread of
         this process is importing or holding a lock at that moment, as in the CLI) or
         ``"forkserver"``. None: distributed's ``distributed.worker.multiprocessing-method``.
         Only the first start uses it; a worker restarted later by its nanny is spawned.
@@ -574,9 +573,9 @@ def _get_client(
     kwargs: dict[str, Any] = {}
     config: dict[str, Any] = {
         "distributed.nanny.pre-spawn-environ": environ,
-        # the workers' statistical profiler samples every thread's stack every 10 ms for the
-        # dashboard's profile plots: ~10 % of the CPU on 2 cores (1x10x2048x2048: worker CPU
-        # 4.4 s instead of 4.8 s); on only when the dashboard is served
+        # the workers' statistical profiler samples every thread's stack (every 10 ms by
+        # default) for the dashboard's profile plots, a measurable share of the workers' CPU:
+        # on only when the dashboard is served
         "distributed.worker.profile.enabled": bool(dashboard),
     }
     if start_method is not None:

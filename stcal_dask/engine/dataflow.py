@@ -51,7 +51,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -74,6 +74,7 @@ from stcal_dask.kernels import ramp_fit as rk
 __all__ = [
     "JUMP_COUNT_VARIABLE",
     "LARGE_EVENTS_VARIABLE",
+    "RampFitProducts",
     "all_group0_saturated",
     "auto_tile",
     "detect_jumps",
@@ -82,6 +83,18 @@ __all__ = [
     "jump_globals",
     "prepare_ramp",
 ]
+
+class RampFitProducts(NamedTuple):
+    """The lazy products of :func:`fit_ramps` (Datasets, see
+    :mod:`stcal_dask.engine.datamodel`)."""
+
+    rate: xr.Dataset
+    """(y, x): ``sci``, ``err`` (DN/s), ``dq``, ``var_poisson``, ``var_rnoise`` ((DN/s)^2)."""
+    rateints: xr.Dataset
+    """(integration, y, x): the same variables per integration."""
+    fitopt: xr.Dataset | None = None
+    """Per segment (``save_opt``), else None."""
+
 
 JUMP_COUNT_VARIABLE = "primary_jumps"
 """0-d int64 variable of :func:`detect_jumps`' result: stcal's primary-jump count (-99 if the
@@ -95,7 +108,7 @@ _FAN_IN = 8
 
 _PLANES_PER_TASK = 4
 """(integration, group) planes per large-event plane task: fewer, larger tasks on exposures
-with many groups (each distributed task costs ~1-3 ms of CPU)."""
+with many groups (every distributed task has a fixed CPU cost in the scheduler and worker)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,11 +150,10 @@ def auto_tile(
     least ``tiles_per_worker * n_workers`` tiles (never below ``align`` rows), rounding heights to
     multiples of ``align``. ``n_workers`` counts the threads that run tiles.
 
-    Four tiles per thread: a distributed task costs ~2.5 ms of CPU (scheduler and worker
-    together, on a 2-core machine), and a jump + ramp-fit run makes ~13 tasks per tile. On
-    1x10x2048x2048 with 2 threads (8 tiles of 256 rows instead of 16 of 128) that was ~10 %
-    less wall time (medians of 8 interleaved runs: 4.31 s against 4.88 s) for ~110 MiB more peak
-    memory (640 MiB against 527 MiB for the whole process tree).
+    Four tiles per thread: every distributed task has a fixed CPU cost (scheduler and worker
+    together) and a jump + ramp-fit run makes about a dozen tasks per tile, so fewer, larger
+    tiles save wall time, at the price of more peak memory per tile; four per thread keeps the
+    threads busy to the end.
     """
     from stcal_dask.engine.datamodel import DEFAULT_MEMORY_BUDGET, choose_tile_size
 
@@ -279,7 +291,7 @@ def _packed_source(arrays: dict[str, da.Array]) -> da.Array | None:
     """The packed (y, x) array whose fields ``arrays`` (field name -> dask array) are, made by
     :func:`_unpack` and unchanged since (the names say so), or None. A consumer of several
     fields can then take the packed blocks themselves: one task per tile and field fewer (each
-    distributed task costs ~1-3 ms of CPU)."""
+    distributed task has a fixed CPU cost)."""
     sources = set()
     for field, a in arrays.items():
         deps = a.dask.dependencies.get(a.name, set())
@@ -403,7 +415,7 @@ def detect_jumps(ramp: xr.Dataset, params: jk.JumpParams | None = None, *, tile=
     new_pdq = _unpack(final, "pixeldq")
     # the count: one small task per tile (so each tile's packed block can be freed once the
     # fit has read it) and one aggregation, with no partial-reduction tree (each distributed
-    # task costs ~1-3 ms of CPU). The blocks enter the Delayed unoptimized (an optimized dask
+    # task has a fixed CPU cost). The blocks enter the Delayed unoptimized (an optimized dask
     # array would fuse and rename the tile tasks and run every kernel twice), and the result
     # is a dask array again.
     blocks = packed.to_delayed(optimize_graph=False).ravel().tolist()
@@ -560,7 +572,7 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
         gdq = da.from_array(gdq)
     if gdq.numblocks[0] != 1 or gdq.numblocks[1] != 1:
         gdq = gdq.rechunk({0: -1, 1: -1})
-    # one small task per tile and one aggregation (each distributed task costs ~1-3 ms of CPU)
+    # one small task per tile and one aggregation (each distributed task has a fixed CPU cost)
     per_tile = gdq.map_blocks(
         tasks.group0_saturated,
         drop_axis=[0, 1],
@@ -581,7 +593,7 @@ def fit_ramps(
     tile=None,
     fitopt_dims: tuple[int, int] | None = None,
     parameters: dict | None = None,
-):
+) -> RampFitProducts:
     """Fit the ramps (OLS_C, optimal weighting), lazily: stcal 1.20.0 ``ramp_fit_data`` on tiles.
 
     Parameters
@@ -604,9 +616,8 @@ def fit_ramps(
 
     Returns
     -------
-    ``(rate, rateints)`` or, with ``params.save_opt``, ``(rate, rateints, fitopt)`` Datasets
-    (see :mod:`stcal_dask.engine.datamodel`): rate (y, x), rateints (integration, y, x) with
-    ``sci``, ``err`` (DN/s), ``dq``, ``var_poisson``, ``var_rnoise`` ((DN/s)^2); fitopt per segment.
+    RampFitProducts
+        ``rate``, ``rateints`` and, with ``params.save_opt``, ``fitopt`` (else None).
     """
     from stcal_dask.engine.datamodel import fitopt_dataset
 
@@ -691,14 +702,14 @@ def fit_ramps(
     rate = rate_dataset(*rate_args("rate_"), parameters=record, attrs=attrs)
     rateints = rateints_dataset(*rate_args("ints_"), parameters=record, attrs=attrs)
     if dims is None:
-        return rate, rateints
+        return RampFitProducts(rate, rateints)
     opt = {f: _unpack(packed, "opt_" + f) for f in (*tasks.SEG_FIELDS, "pedestal", "crmag")}
     fitopt = fitopt_dataset(
         opt["slope"], opt["sigslope"], opt["yint"], opt["sigyint"], opt["weights"],
         opt["var_poisson"], opt["var_rnoise"], opt["pedestal"], opt["crmag"],
         parameters=record, attrs=attrs,
     )
-    return rate, rateints, fitopt
+    return RampFitProducts(rate, rateints, fitopt)
 
 
 def _plain_param(v):

@@ -45,8 +45,8 @@ __all__ = [
     "WCSINFO_ATTR",
     "WCS_ATTR",
     "ExposureFootprint",
-    "ExposureWCS",
     "MosaicWCS",
+    "ProductWCS",
     "attach_wcs",
     "build_mosaic_wcs",
     "compute_footprints",
@@ -66,8 +66,10 @@ WCSINFO_ATTR = "wcsinfo"
 """zarr store attribute holding the exposure's wcsinfo dict (ra_ref, dec_ref, roll_ref, ...)."""
 
 
-class ExposureWCS(NamedTuple):
-    """The WCS of one input product."""
+class ProductWCS(NamedTuple):
+    """The WCS read from one rate product (FITS, zarr store or ASDF file), with where it came
+    from (:func:`read_exposure_wcs`); for a synthetic exposure's WCS see
+    :class:`stcal_dask.sim.wcs.SimulatedWCS`."""
 
     path: str
     wcs: gwcs.WCS
@@ -284,7 +286,7 @@ def _read_asdf(p: Path):
     return wcs, info, shape
 
 
-def read_exposure_wcs(path) -> ExposureWCS:
+def read_exposure_wcs(path) -> ProductWCS:
     """Read the gwcs, wcsinfo and array shape of one input (FITS, zarr store or ASDF sidecar).
 
     A WCS without a bounding box gets the full-frame box of the array shape.
@@ -313,7 +315,7 @@ def read_exposure_wcs(path) -> ExposureWCS:
         wcs.bounding_box = al.wcs_bbox_from_shape(shape)
     if info is not None:
         info = _plain_wcsinfo(info)
-    return ExposureWCS(str(p), wcs, info, shape)
+    return ProductWCS(str(p), wcs, info, shape)
 
 
 def exposure_footprint(path, with_wcs: bool = False) -> ExposureFootprint:

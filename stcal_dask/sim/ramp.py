@@ -276,7 +276,7 @@ def exposure_wcs(cfg: SimulationConfig, pixel_scale: float | None = None):
     Requires ``cfg.pointing = (ra_ref, dec_ref, roll_ref)`` (degrees); the detector is
     ``(cfg.ny, cfg.nx)`` with the reference pixel at its centre. ``pixel_scale`` is in
     arcsec/pixel (default: NIRCam long wavelength, 0.063"). Returns
-    :class:`stcal_dask.sim.wcs.ExposureWCS` ``(wcs, wcsinfo)``.
+    :class:`stcal_dask.sim.wcs.SimulatedWCS` ``(wcs, wcsinfo)``.
     """
     from stcal_dask.errors import UserInputError
     from stcal_dask.sim.wcs import NIRCAM_LW_SCALE, imaging_wcs

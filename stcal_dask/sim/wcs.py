@@ -34,7 +34,7 @@ from stcal_dask.errors import UserInputError
 from stcal_dask.mosaic.alignment import calc_rotation_matrix
 
 __all__ = [
-    "ExposureWCS",
+    "SimulatedWCS",
     "Pointing",
     "dither_pattern",
     "imaging_wcs",
@@ -46,8 +46,9 @@ NIRCAM_LW_SCALE = 0.0629970438
 """NIRCam long-wavelength pixel scale (arcsec/pixel)."""
 
 
-class ExposureWCS(NamedTuple):
-    """The WCS of one exposure and its JWST ``meta.wcsinfo`` values."""
+class SimulatedWCS(NamedTuple):
+    """The WCS built for a synthetic exposure and its JWST ``meta.wcsinfo`` values (for the WCS
+    read back from a product see :class:`stcal_dask.mosaic.wcs.ProductWCS`)."""
 
     wcs: gwcs.WCS
     """detector -> v2v3 -> world gwcs, bounding box = full frame, pixel_shape (nx, ny)."""
@@ -75,7 +76,7 @@ def imaging_wcs(
     v2_ref: float = -89.387412,
     v3_ref: float = -491.352394,
     crpix: Sequence[float] | None = None,
-) -> ExposureWCS:
+) -> SimulatedWCS:
     """Build a JWST-like imaging gwcs (see the module docstring for the chain).
 
     Parameters
@@ -134,7 +135,7 @@ def imaging_wcs(
         "v2_ref": float(v2_ref),
         "v3_ref": float(v3_ref),
     }
-    return ExposureWCS(w, wcsinfo)
+    return SimulatedWCS(w, wcsinfo)
 
 
 def offset_pointing(ra: float, dec: float, dx: float, dy: float, pa: float = 0.0) -> tuple:

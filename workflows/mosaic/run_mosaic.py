@@ -85,7 +85,7 @@ def _engine_rate(cfg):
     from stcal_dask.sim.lazy import simulate_ramp_lazy
 
     ramp = simulate_ramp_lazy(cfg)
-    rate = dataflow.fit_ramps(dataflow.detect_jumps(ramp))[0]
+    rate = dataflow.fit_ramps(dataflow.detect_jumps(ramp)).rate
     return rate
 
 
