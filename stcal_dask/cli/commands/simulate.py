@@ -61,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate the exposure and write it; returns 0."""
-    from stcal_dask.io import write_dataset_atomic, write_ramp_fits
+    from stcal_dask.io import reference_paths, write_dataset_atomic, write_ramp_fits
     from stcal_dask.io.atomic import atomic_outputs
     from stcal_dask.sim.lazy import simulate_ramp_lazy
     from stcal_dask.sim.ramp import SimulationConfig
@@ -78,9 +78,11 @@ def run(args: argparse.Namespace) -> int:
     tile = parse_tile(args.tile)
     if not (is_fits(out_name) or str(out_name).rstrip("/").lower().endswith(".zarr")):
         raise UserInputError(f"simulate output must end in .zarr or .fits, got {out_name!r}")
-    ds = simulate_ramp_lazy(cfg, tile=tile)
     t0 = time.perf_counter()
     with atomic_outputs() as out:
+        for name in (out_name, *(reference_paths(out_name) if is_fits(out_name) else ())):
+            out.claim(name, overwrite=args.overwrite)  # before any work
+        ds = simulate_ramp_lazy(cfg, tile=tile)
         if is_fits(out_name):
             writer = write_ramp_fits(ds, out_name, overwrite=args.overwrite, references=True,
                                      compute=False)
