@@ -32,7 +32,6 @@ import glob
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -40,7 +39,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from stcal_dask.cli.common import PROG, client_kwargs, is_fits, is_zarr
+from stcal_dask.cli.common import PROG, Terminated, client_kwargs, is_fits, is_zarr
 from stcal_dask.errors import UserInputError
 
 __all__ = ["Outcome", "expand_inputs", "is_batch", "record_path", "run_batch"]
@@ -249,10 +248,6 @@ def _remove(path: Path) -> None:
 # the batch
 
 
-class _Stop(Exception):
-    """Raised in the main thread by SIGTERM (as KeyboardInterrupt is by SIGINT)."""
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if isinstance(exc, UserInputError) else f"{type(exc).__name__}: {text}"
@@ -385,10 +380,8 @@ def run_batch(args: argparse.Namespace) -> int:
         if fork:
             import_for_workers(lean=lean)
 
-        def on_term(signum, frame):  # noqa: ARG001 - signal handler
-            raise _Stop()
-
-        old_term = signal.signal(signal.SIGTERM, on_term)
+        # SIGTERM raises Terminated in this thread (cli.common.sigterm_unwinds, installed by
+        # main for every command), as SIGINT raises KeyboardInterrupt
         pool = ThreadPoolExecutor(max_workers=args.max_in_flight,
                                   thread_name_prefix="stcal-dask-exposure")
         done_n = 0
@@ -416,10 +409,9 @@ def run_batch(args: argparse.Namespace) -> int:
                             detail = (f"{o.primary_jumps} primary jumps, {o.seconds:.1f} s"
                                       if o.status == "done" else o.reason)
                             _say(args, f"[{done_n}/{len(work)}] {path}: {o.status}: {detail}")
-                except (KeyboardInterrupt, _Stop) as exc:
+                except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
                     stop.set()
-                    interrupted = 143 if isinstance(exc, _Stop) else 130
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    interrupted = 143 if isinstance(exc, Terminated) else 130
                     _say(args, "interrupted: stopping the exposures in flight ...")
                     for fut in futures:
                         fut.cancel()
@@ -427,7 +419,6 @@ def run_batch(args: argparse.Namespace) -> int:
                 # flight fail and remove their temporaries
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
         if interrupted:
             for fut, path in futures.items():
                 o = fut.result() if fut.done() and not fut.cancelled() else Outcome(path)
