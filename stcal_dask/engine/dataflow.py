@@ -81,6 +81,7 @@ __all__ = [
     "fit_ramps",
     "frame_fitopt_dims",
     "jump_globals",
+    "miri_group_trim",
     "prepare_ramp",
 ]
 
@@ -543,8 +544,32 @@ def _timing(attrs) -> rk.RampTiming:
     )
 
 
-def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
-    """Lazy (Delayed) frame-wide fitopt sizes ``(n_segments, n_crmag)``: the max over tiles."""
+def miri_group_trim(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
+    """Lazy (Delayed) :class:`~stcal_dask.kernels.miri_groups.GroupTrim` of a MIRI ramp (the
+    groups stcal's ramp fitting keeps), or None when the ramp is not MIRI (``INSTRUME`` attr) or
+    has one group. A tree reduction of per-tile flags over ``groupdq``; nothing is computed."""
+    from stcal_dask.kernels.miri_groups import is_miri
+
+    params = rk.RampFitParams() if params is None else params
+    if not is_miri(ramp.attrs.get("INSTRUME")):
+        return None
+    gdq = _arr(ramp, "groupdq")
+    if gdq.shape[1] < 2:
+        return None
+    gdq_b = gdq.to_delayed(optimize_graph=False)
+    parts = [dask.delayed(tasks.miri_trim_partial, pure=True)(gdq_b[0, 0, i, j], params)
+             for i in range(gdq_b.shape[2]) for j in range(gdq_b.shape[3])]
+    merged = _tree_reduce(parts, _and_flags)
+    return dask.delayed(tasks.miri_trim_decide, pure=True)(merged)
+
+
+def _and_flags(*parts):
+    return np.logical_and.reduce([np.asarray(p, dtype=bool) for p in parts])
+
+
+def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None, trim=None):
+    """Lazy (Delayed) frame-wide fitopt sizes ``(n_segments, n_crmag)``: the max over tiles
+    (of the groups ``trim``, a Delayed GroupTrim from :func:`miri_group_trim`, keeps)."""
     params = rk.RampFitParams(save_opt=True) if params is None else params
     ramp = prepare_ramp(ramp)
     gdq = _arr(ramp, "groupdq")
@@ -553,7 +578,7 @@ def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None):
     zf_b = zf[:, None].to_delayed(optimize_graph=False) if zf is not None else None
     parts = [
         dask.delayed(tasks.dims_partial, pure=True)(
-            gdq_b[0, 0, i, j], None if zf_b is None else zf_b[0, 0, i, j], params
+            gdq_b[0, 0, i, j], None if zf_b is None else zf_b[0, 0, i, j], params, trim
         )
         for i in range(gdq_b.shape[2])
         for j in range(gdq_b.shape[3])
@@ -633,10 +658,11 @@ def fit_ramps(
     zf, dark = _arr(ramp, "zeroframe"), _arr(ramp, "average_dark_current")
     nints = sci.shape[0]
 
+    trim = miri_group_trim(ramp, params)
     dims = None
     if params.save_opt:
         if fitopt_dims is None:
-            (dims,) = dask.compute(frame_fitopt_dims(ramp, params))
+            (dims,) = dask.compute(frame_fitopt_dims(ramp, params, trim))
         else:
             dims = fitopt_dims
         try:
@@ -670,6 +696,8 @@ def fit_ramps(
         inputs.append(zf[:, None])
     if dark is not None:
         inputs.append(dark)
+    if trim is not None:
+        inputs.append(trim)
     packed = da.map_blocks(
         tasks.fit_block_jumped if jumped is not None else tasks.fit_block,
         *inputs,
@@ -677,6 +705,7 @@ def fit_ramps(
         timing=timing,
         has_zf=zf is not None,
         has_dark=dark is not None,
+        has_trim=trim is not None,
         dims=dims,
         out_dtype=dtype,
         dtype=dtype,
@@ -692,7 +721,7 @@ def fit_ramps(
     record["rampfit"] = {k: _plain_param(v) for k, v in vars(params).items()}
     record.update(parameters or {})
     keep = ("NINTS", "NGROUPS", "NFRAMES", "GROUPGAP", "TFRAME", "TGROUP", "DRPFRMS1",
-            "SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2", "source")
+            "SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2", "INSTRUME", "source")
     attrs = {k: ramp.attrs[k] for k in keep if k in ramp.attrs}
 
     def rate_args(prefix):

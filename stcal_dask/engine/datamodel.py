@@ -27,6 +27,10 @@ Products (built with :func:`rate_dataset`, :func:`rateints_dataset`, :func:`fito
   (1/(DN/s)^2), ``var_poisson``, ``var_rnoise`` ((DN/s)^2), all (integration, segment, y, x);
   ``pedestal`` (integration, y, x) DN; ``crmag`` (integration, cr, y, x) DN; all float32.
 
+An optional ``INSTRUME`` attr (the JWST primary keyword, e.g. "MIRI") records the instrument:
+ramp fitting treats MIRI's first and last groups as stcal does
+(:mod:`stcal_dask.kernels.miri_groups`).
+
 Every variable carries ``attrs["units"]``; product Datasets carry ``product`` (rate, rateints,
 fitopt), ``parameters`` (a JSON string of the step parameters), ``stcal_dask_version`` and
 whatever extra ``attrs`` the caller passes (typically the ramp's JWST keywords).

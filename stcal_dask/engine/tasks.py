@@ -185,11 +185,46 @@ def group0_saturated(gdq) -> np.ndarray:
     return np.array([[rk.all_group0_saturated(gdq)]])
 
 
-def dims_partial(gdq, zf, params):
+def dims_partial(gdq, zf, params, trim=None):
     limit_threads()
     zf = None if zf is None else zf[:, 0]
-    d = rk.fitopt_dims(gdq, params=params, zeroframe=zf)
+    suppressed = False
+    if trim is not None and (trim.first > 0 or trim.stop < gdq.shape[1]):
+        suppressed = rk.effective_suppress(params, gdq.shape[1])
+        _, gdq = _miri_trim(None, gdq, trim, params)
+    d = rk.fitopt_dims(gdq, params=params, zeroframe=zf, suppressed=suppressed)
     return (int(d.n_segments), int(d.n_crmag))
+
+
+def miri_trim_partial(gdq, params):
+    """Per tile: MIRI's "every pixel DO_NOT_USE" flags per group (see kernels.miri_groups)."""
+    from stcal_dask.kernels import miri_groups as mg
+
+    limit_threads()
+    return mg.trim_partial(gdq, suppress=rk.effective_suppress(params, gdq.shape[1]))
+
+
+def miri_trim_decide(*parts):
+    from stcal_dask.kernels import miri_groups as mg
+
+    trim = mg.decide_trim(mg.merge_trim_partials(*parts))
+    if not trim.ok:
+        from stcal_dask.errors import UserInputError
+
+        raise UserInputError(
+            "MIRI exposure: fewer than 2 groups remain once the groups that are DO_NOT_USE in "
+            "every pixel are dropped (stcal's ramp fitting produces no rate for it)"
+        )
+    return trim
+
+
+def _miri_trim(sci, gdq, trim, params):
+    from stcal_dask.kernels import miri_groups as mg
+
+    sup = rk.effective_suppress(params, gdq.shape[1])
+    if sci is None:
+        sci = np.empty((*gdq.shape[:2], 0, 0), dtype=np.float32)
+    return mg.apply_trim(sci, gdq, trim, suppress=sup)
 
 
 def dims_merge(*parts):
@@ -201,15 +236,22 @@ def fit_block_jumped(sci, jumped, gain, rn, *rest, **kwargs):
     return fit_block(sci, jumped["groupdq"], jumped["pixeldq"], gain, rn, *rest, **kwargs)
 
 
-def fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, dims, out_dtype):
+def fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, dims, out_dtype,
+              has_trim=False):  # fmt: skip
     limit_threads()
     rest = list(rest)
     zf = rest.pop(0)[:, 0] if has_zf else None
     dark = rest.pop(0) if has_dark else None
+    trim = rest.pop(0) if has_trim else None
     nseg, ncr = dims if dims is not None else (None, None)
+    suppressed = False
+    if trim is not None and (trim.first > 0 or trim.stop < gdq.shape[1]):
+        # MIRI: stcal suppresses one-group ramps on the whole ramp, then drops the groups
+        suppressed = rk.effective_suppress(params, gdq.shape[1])
+        sci, gdq = _miri_trim(sci, gdq, trim, params)
     res = rk.fit_ramps_tile(
         sci, gdq, pdq, gain, rn, params=params, timing=timing, zeroframe=zf,
-        average_dark_current=dark, n_segments=nseg, n_crmag=ncr,
+        average_dark_current=dark, n_segments=nseg, n_crmag=ncr, suppressed=suppressed,
     )
     ny, nx = pdq.shape
     fields = {}

@@ -200,7 +200,7 @@ def _keywords(hdul: fits.HDUList) -> dict[str, Any]:
     headers = [hdul[0].header]
     if "SCI" in hdul:
         headers.append(hdul["SCI"].header)
-    for key in (*TIMING_KEYWORDS, *SUBARRAY_KEYWORDS):
+    for key in (*TIMING_KEYWORDS, *SUBARRAY_KEYWORDS, "INSTRUME"):
         for h in headers:
             if key in h and h[key] is not None and not isinstance(h[key], fits.card.Undefined):
                 out[key] = h[key]
@@ -329,6 +329,9 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
         subarray=sub, source=source,
     )
     ds.attrs["source"] = str(p)
+    if isinstance(keywords.get("INSTRUME"), str):
+        # the instrument changes ramp fitting (MIRI's first/last groups)
+        ds.attrs["INSTRUME"] = keywords["INSTRUME"].strip()
     return ds
 
 

@@ -87,8 +87,10 @@ class RampSettings(NamedTuple):
     nframes: int
     groupgap: int
     drop_frames1: int
-    suppress: bool
-    """``suppress_one_group`` as stcal applies it (off for NGROUPS == 1)."""
+    suppress: int
+    """``suppress_one_group`` as stcal applies it: 0 off (also for NGROUPS == 1), 1 suppress
+    one-group ramps and fit with its rules, 2 only the rules (the group DQ was suppressed on the
+    whole ramp before MIRI's groups were dropped)."""
     save_opt: bool
     chargeloss_rnoise: bool
     combined: bool
@@ -198,7 +200,7 @@ def fitopt_dims_tile(groupdq, zeroframe, has_zf, suppress):
                     if max_seg < 1:
                         max_seg = 1
                     continue
-                if suppress:
+                if suppress == 1:
                     ngood = 0
                     for k in range(base, base + ngroups):
                         if (q[k] & npers) == 0:
@@ -804,7 +806,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                             raise ValueError("n_crmag is smaller than this tile needs")
                         o_crmag[i, ncr, y, x] = np.float32(d[k] - d[k - 1])
                         ncr += 1
-                if suppress and ngood == 1:
+                if suppress == 1 and ngood == 1:
                     # suppress_one_group: exactly one usable group -> DO_NOT_USE everywhere
                     for k in range(base, base + ngroups):
                         q[k] |= _DNU

@@ -253,6 +253,7 @@ def fitopt_dims(
     *,
     params: RampFitParams,
     zeroframe: np.ndarray | None = None,
+    suppressed: bool = False,
 ) -> FitoptDims:
     """Sizes of the fitopt segment and CR axes that this tile needs.
 
@@ -268,6 +269,8 @@ def fitopt_dims(
         The step parameters (``suppress_one_group`` changes the segments).
     zeroframe : numpy.ndarray, optional
         (nints, ny, nx) DN; a usable zero frame adds a one-group segment.
+    suppressed : bool
+        As in :func:`fit_ramps_tile`.
 
     Returns
     -------
@@ -275,7 +278,7 @@ def fitopt_dims(
         The tile's largest segment count and largest JUMP_DET count.
     """
     gdq, zf = _prepare_dims_inputs(groupdq, zeroframe)
-    suppress = effective_suppress(params, gdq.shape[1])
+    suppress = suppress_mode(params, gdq.shape[1], suppressed)
     has_zf = zf is not None
     if not has_zf:
         zf = np.zeros((1, 1, 1), dtype=np.float32)
@@ -317,6 +320,7 @@ def fit_ramps_tile(
     average_dark_current: np.ndarray | None = None,
     n_segments: int | None = None,
     n_crmag: int | None = None,
+    suppressed: bool = False,
 ) -> RampFitResult:
     """Fit the ramps of one spatial tile with stcal 1.20.0's OLS_C rules.
 
@@ -343,6 +347,11 @@ def fit_ramps_tile(
     n_segments, n_crmag : int, optional
         Sizes of the fitopt segment / CR axes (the frame-wide maxima from
         :func:`fitopt_dims`); None means this tile's own maxima. Ignored unless ``save_opt``.
+    suppressed : bool
+        The group DQ has already had ``suppress_one_group`` applied on the whole ramp, before
+        MIRI's leading/trailing groups were dropped, as stcal orders them
+        (:mod:`stcal_dask.kernels.miri_groups`): the fit follows stcal's suppress_one_group rules
+        without suppressing again.
 
     Returns
     -------
@@ -388,7 +397,7 @@ def fit_ramps_tile(
         nframes=int(timing.nframes),
         groupgap=int(timing.groupgap),
         drop_frames1=int(timing.drop_frames1),
-        suppress=effective_suppress(params, ngroups),
+        suppress=suppress_mode(params, ngroups, suppressed),
         save_opt=bool(params.save_opt),
         chargeloss_rnoise=bool(params.chargeloss_rnoise),
         combined=params.slope_weighting == "combined",
@@ -396,7 +405,8 @@ def fit_ramps_tile(
     if settings.save_opt:
         if n_segments is None or n_crmag is None:
             own = fitopt_dims(inputs.groupdq, params=params,
-                              zeroframe=inputs.zeroframe if has_zf else None)
+                              zeroframe=inputs.zeroframe if has_zf else None,
+                              suppressed=suppressed)
             n_segments = own.n_segments if n_segments is None else n_segments
             n_crmag = own.n_crmag if n_crmag is None else n_crmag
         nseg, ncr = int(n_segments), int(n_crmag)
@@ -427,6 +437,15 @@ def fit_ramps_tile(
 def effective_suppress(params: RampFitParams, ngroups: int) -> bool:
     """``suppress_one_group`` as stcal's ``ramp_fit`` applies it (forced off for NGROUPS == 1)."""
     return bool(params.suppress_one_group) and ngroups > 1
+
+
+def suppress_mode(params: RampFitParams, ngroups: int, suppressed: bool = False) -> int:
+    """The compiled kernels' ``suppress`` setting: 0 off, 1 suppress one-group ramps and fit
+    with the suppress_one_group rules, 2 only the rules (``suppressed``: the group DQ was
+    already suppressed on the whole ramp, before MIRI's groups were dropped)."""
+    if not effective_suppress(params, ngroups):
+        return 0
+    return 2 if suppressed else 1
 
 
 def _empty_rate(shape):
