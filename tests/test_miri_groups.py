@@ -141,3 +141,94 @@ def test_too_few_groups_is_a_user_error():
     rate, _ = dataflow.fit_ramps(_ramp(DATA10, gdq, TIMING10), RampFitParams())
     with pytest.raises(UserInputError, match="MIRI"):
         rate["sci"].values  # noqa: B018
+
+
+def _miri_fits(tmp_path, shape="3x8x40x48"):
+    from astropy.io import fits
+
+    from stcal_dask.cli import main
+
+    ramp = tmp_path / "miri_ramp.fits"
+    assert main(["simulate", str(ramp), "--shape", shape, "--seed", "11", "--cr-rate", "0.03",
+                 "--scheduler", "threads", "--quiet"]) == 0
+    with fits.open(ramp, mode="update") as h:
+        h[0].header["INSTRUME"] = "MIRI"
+        gdq = h["GROUPDQ"].data
+        gdq[:, 0] |= dqflags.DO_NOT_USE
+        gdq[:, -1] |= dqflags.DO_NOT_USE
+    return ramp, tmp_path / "miri_gain.fits", tmp_path / "miri_readnoise.fits"
+
+
+@pytest.mark.parametrize("extra", [[], ["--rampfit.suppress_one_group", "false"]])
+def test_cli_miri_with_instrument_defaults_equals_stcal(tmp_path, extra):
+    """``stcal-dask run --instrument-defaults --save-opt`` on a MIRI FITS ramp (firstframe and
+    lastframe flags): showers on, first/last groups dropped in the fit; FITS and zarr products
+    equal stcal's detect_jumps_data (find_showers) + ramp_fit_data (MIRI)."""
+    import xarray as xr
+    from astropy.io import fits
+    from oracle_jump import run_stcal_jump
+
+    from stcal_dask.cli import main
+    from stcal_dask.kernels.jump import JumpParams
+
+    ramp, gain, rnoise = _miri_fits(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["run", str(ramp), "--gain", str(gain), "--readnoise", str(rnoise),
+                 "--output-dir", str(out), "--format", "both", "--save-opt", "--save-jump",
+                 "--instrument-defaults", "--tile", "16x20", *extra,
+                 "--scheduler", "threads", "--quiet"]) == 0
+    with fits.open(ramp) as h:
+        data = h["SCI"].data.astype(np.float32)
+        gdq = h["GROUPDQ"].data.astype(np.uint8)
+        pdq = h["PIXELDQ"].data.astype(np.uint32)
+        hdr = h[0].header
+    g = fits.getdata(gain, "SCI").astype(np.float32)
+    rn = fits.getdata(rnoise, "SCI").astype(np.float32)
+    jgdq, jpdq, _ = run_stcal_jump(data, gdq, pdq, g, rn, params=JumpParams(find_showers=True),
+                                   nframes=hdr["NFRAMES"], group_time=hdr["TGROUP"])
+    np.testing.assert_array_equal(fits.getdata(out / "miri_jump.fits", "GROUPDQ"), jgdq)
+    timing = RampTiming(hdr["TFRAME"], hdr["TGROUP"], hdr["NFRAMES"], hdr["GROUPGAP"],
+                        hdr["DRPFRMS1"])
+    p = RampFitParams(save_opt=True, suppress_one_group=not extra)
+    image, integ, opt = run_stcal(data, jgdq, jpdq, g, rn, params=p, timing=timing,
+                                  instrument="MIRI")
+    names = {"SCI": "slope", "ERR": "err", "DQ": "dq", "VAR_POISSON": "var_poisson",
+             "VAR_RNOISE": "var_rnoise"}
+    for fname, ref in (("miri_rate", image), ("miri_rateints", integ)):
+        z = xr.open_zarr(out / f"{fname}.zarr")
+        for ext, key in names.items():
+            for ours in (fits.getdata(out / f"{fname}.fits", ext), z[ext.lower()].values):
+                b = np.asarray(ref[key])
+                if key == "dq":
+                    np.testing.assert_array_equal(ours, b)
+                else:
+                    ok = ~np.isnan(b)
+                    np.testing.assert_array_equal(np.isnan(ours), ~ok)
+                    np.testing.assert_allclose(ours[ok], b[ok], rtol=1e-5)
+    for key in OPT:
+        ours = fits.getdata(out / "miri_fitopt.fits", key.upper())
+        b = np.asarray(opt[key])
+        assert ours.shape == b.shape, key
+        ok = ~np.isnan(b)
+        np.testing.assert_allclose(ours[ok], b[ok], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_instrument_defaults_and_explicit_options_win(tmp_path):
+    from stcal_dask.cli import build_parser
+    from stcal_dask.cli.steps import plan
+    from stcal_dask.kernels.jump import instrument_jump_defaults
+
+    assert instrument_jump_defaults("nircam ") == {"expand_large_events": True}
+    assert instrument_jump_defaults("MIRI") == {"find_showers": True}
+    assert instrument_jump_defaults(None) == {} == instrument_jump_defaults("FGS")
+    ramp, gain, rnoise = _miri_fits(tmp_path, shape="1x4x8x8")
+    base = ["run", str(ramp), "--gain", str(gain), "--readnoise", str(rnoise), "-o",
+            str(tmp_path)]
+    p = plan(build_parser().parse_args([*base, "--instrument-defaults"]), "run")
+    assert p.jump.find_showers and not p.jump.expand_large_events
+    p = plan(build_parser().parse_args([*base, "--instrument-defaults", "--jump.find_showers",
+                                        "false"]), "run")
+    assert not p.jump.find_showers
+    p = plan(build_parser().parse_args(base), "run")
+    assert not p.jump.find_showers

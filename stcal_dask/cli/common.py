@@ -298,11 +298,12 @@ def _convert(value, tp, option: str):
     return text
 
 
-def step_params(step: str, args: argparse.Namespace, **overrides):
-    """The step's parameter dataclass from ``--STEP.NAME`` options (JWST defaults otherwise)."""
+def step_params(step: str, args: argparse.Namespace, defaults=None, **overrides):
+    """The step's parameter dataclass from ``--STEP.NAME`` options (``defaults``, then the
+    dataclass's JWST defaults, otherwise)."""
     cls = param_class(step)
     hints = typing.get_type_hints(cls)
-    values = {}
+    values = dict(defaults or {})
     for f in dataclasses.fields(cls):
         raw = getattr(args, f"{step}__{f.name}", None)
         if raw is not None:

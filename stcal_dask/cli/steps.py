@@ -83,9 +83,29 @@ def add_step_command(subparsers, name: str, *, steps: tuple[str, ...], summary: 
     for flag, help_ in extra_outputs.items():
         p.add_argument(flag, action="store_true", help=help_)
     execution_options(p)
+    if "jump" in steps:
+        p.add_argument(
+            "--instrument-defaults", action="store_true",
+            help="take the JWST jump parameter-reference defaults for the input's INSTRUME "
+                 "keyword (snowballs for NIRCAM, NIRISS and NIRSPEC, showers for MIRI); "
+                 "--jump.* options still win")
     for step in steps:
         add_step_options(p, step)
     return p
+
+
+def input_instrument(path: str):
+    """The INSTRUME keyword of a FITS ramp's primary header or a zarr store's attrs (None)."""
+    try:
+        if is_fits(path):
+            from astropy.io import fits
+
+            return fits.getheader(Path(path).expanduser(), 0).get("INSTRUME")
+        import zarr
+
+        return zarr.open_group(str(Path(path).expanduser()), mode="r").attrs.get("INSTRUME")
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserInputError(f"input {path}: cannot read its INSTRUME keyword ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +209,17 @@ def plan(args: argparse.Namespace, step: str, out=None) -> Plan:
         with atomic_outputs() as probe:
             return plan(args, step, probe)
     tile = parse_tile(args.tile)
-    jparams = step_params("jump", args) if step in ("jump", "run") else None
+    jparams = None
+    if step in ("jump", "run"):
+        defaults = None
+        if getattr(args, "instrument_defaults", False):
+            from stcal_dask.kernels.jump import instrument_jump_defaults
+
+            if not Path(args.input).expanduser().exists():
+                raise UserInputError(f"input {args.input} does not exist")
+
+            defaults = instrument_jump_defaults(input_instrument(args.input))
+        jparams = step_params("jump", args, defaults)
     save_opt = bool(getattr(args, "save_opt", False)) or None
     rparams = (
         step_params("rampfit", args, save_opt=save_opt) if step in ("rampfit", "run") else None

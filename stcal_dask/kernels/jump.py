@@ -83,6 +83,8 @@ _nb = LazyModule("stcal_dask.kernels._jump_numba")
 
 __all__ = [
     "JumpParams",
+    "JWST_INSTRUMENT_DEFAULTS",
+    "instrument_jump_defaults",
     "JumpGlobalsPartial",
     "JumpGlobals",
     "JumpResult",
@@ -493,6 +495,25 @@ def _check_globals(jump_globals, nints, ngroups):
             "jump: sigma-clip path needs jump_globals.sigclip_reset (run sigclip_reset_partial, "
             "merge_sigclip_reset_partials and with_sigclip_reset first)"
         )
+
+
+JWST_INSTRUMENT_DEFAULTS = {
+    "NIRCAM": {"expand_large_events": True},
+    "NIRISS": {"expand_large_events": True},
+    "NIRSPEC": {"expand_large_events": True},
+    "MIRI": {"find_showers": True},
+}
+"""JumpParams values that differ from the step defaults in the JWST jump parameter reference
+files, per INSTRUME: snowball flagging for the near-infrared detectors, shower flagging for
+MIRI."""
+
+
+def instrument_jump_defaults(instrument) -> dict:
+    """The :data:`JWST_INSTRUMENT_DEFAULTS` entry of an INSTRUME value (case and surrounding
+    blanks ignored; {} for an unknown or missing instrument)."""
+    if not isinstance(instrument, str):
+        return {}
+    return dict(JWST_INSTRUMENT_DEFAULTS.get(instrument.strip().upper(), {}))
 
 
 def _time_groups(time_s: float, group_time) -> int:
