@@ -92,6 +92,12 @@ def child_ours(d: Path, nframes: int, group_time: float, case: str = "plain") ->
     )
 
     params = _params(case)
+    if params.large_events:
+        # the libraries the large-event kernel imports on first use (stcal imports them with
+        # its module, before its timer starts)
+        import scipy.signal  # noqa: F401
+        import skimage.draw  # noqa: F401
+        import skimage.measure  # noqa: F401
     # warm up numba (loads the on-disk cache or compiles) on a tiny array
     tiny = np.zeros((1, 4, 3, 3), np.float32)
     ones = np.ones((3, 3), np.float32)

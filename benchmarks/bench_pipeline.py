@@ -30,6 +30,7 @@ Usage::
 
     python benchmarks/bench_pipeline.py                       # 1x10x2048x2048, 3 runs each
     python benchmarks/bench_pipeline.py --shape 1x10x1024x1024 --workdir /tmp/bench
+    python benchmarks/bench_pipeline.py --snowballs           # expand_large_events on in both
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ STCAL_SCRIPT = textwrap.dedent(
     jd.set_sigma_clipping_info(3, 100, True)
     jd.min_diffs_single_pass = 10
     jd.max_cores = "none"
+    if len(sys.argv) > 5 and sys.argv[5] == "snowballs":
+        # expand_large_events with the JWST JumpStep defaults, as the step passes them
+        jd.set_snowball_info(True, 5.0, 1.0, 2.0, True, 2.5, 4, 25)
+        jd.max_extended_width = 400
+        jd.mask_persist_grps_next_int = True
+        jd.persist_grps_flagged = int(4000.0 // tgroup)
     gdq, pdq, ncr, _ = detect_jumps_data(jd)
 
     rd = RampData()
@@ -239,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="1x10x2048x2048", help="NINTSxNGROUPSxNYxNX")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--snowballs", action="store_true",
+                    help="snowball flagging on in both (--jump.expand_large_events true)")
     ap.add_argument("--n-workers", type=int, default=None,
                     help="worker processes for the main 'stcal_dask' row (default: the CLI's "
                     "default layout, one worker process with a thread per core on <= 4 cores)")
@@ -271,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         for d in ("ours", "stcal", "floor", "threads"):
             (work / d).mkdir(exist_ok=True)
         layout = ["--n-workers", str(args.n_workers)] if args.n_workers else []
+        if args.snowballs:
+            layout += ["--jump.expand_large_events", "true"]
         # warm the OS page cache and numba's on-disk cache once, untimed
         subprocess.run(
             [*stcal_dask, "run", str(ramp), "--format", "fits", "-o", str(work / "ours"),
@@ -281,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             "I/O floor": [sys.executable, "-c", IO_FLOOR_SCRIPT, str(ramp), str(gain),
                           str(rnoise), str(work / "floor")],
             "stcal 1.20.0": [sys.executable, "-c", STCAL_SCRIPT, str(ramp), str(gain),
-                             str(rnoise), str(work / "stcal")],
+                             str(rnoise), str(work / "stcal"),
+                             "snowballs" if args.snowballs else "plain"],
             "stcal_dask": [*stcal_dask, "run", str(ramp), "--format", "fits", "-o",
                            str(work / "ours"), *layout, "--quiet", "--overwrite"],
         }

@@ -225,10 +225,13 @@ def test_instrument_defaults_and_explicit_options_win(tmp_path):
     ramp, gain, rnoise = _miri_fits(tmp_path, shape="1x4x8x8")
     base = ["run", str(ramp), "--gain", str(gain), "--readnoise", str(rnoise), "-o",
             str(tmp_path)]
-    p = plan(build_parser().parse_args([*base, "--instrument-defaults"]), "run")
+
+    def planned(*extra):
+        args = build_parser().parse_args([*base, *extra])
+        args.input = str(ramp)  # what a batch sets for each of its inputs
+        return plan(args, "run")
+
+    p = planned("--instrument-defaults")
     assert p.jump.find_showers and not p.jump.expand_large_events
-    p = plan(build_parser().parse_args([*base, "--instrument-defaults", "--jump.find_showers",
-                                        "false"]), "run")
-    assert not p.jump.find_showers
-    p = plan(build_parser().parse_args(base), "run")
-    assert not p.jump.find_showers
+    assert not planned("--instrument-defaults", "--jump.find_showers", "false").jump.find_showers
+    assert not planned().jump.find_showers
