@@ -138,7 +138,7 @@ def test_too_few_groups_is_a_user_error():
     from stcal_dask.errors import UserInputError
 
     gdq = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 1], np.uint8).reshape(1, 10, 1, 1)
-    rate, _ = dataflow.fit_ramps(_ramp(DATA10, gdq, TIMING10), RampFitParams())
+    rate = dataflow.fit_ramps(_ramp(DATA10, gdq, TIMING10), RampFitParams()).rate
     with pytest.raises(UserInputError, match="MIRI"):
         rate["sci"].values  # noqa: B018
 
