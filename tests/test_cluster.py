@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -201,10 +202,17 @@ def test_memory_limit_smaller_than_worker_startup_is_a_user_error():
     # 120 MB: the nanny kills them while they load
     keys = ("MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
     before = {k: os.environ.get(k) for k in keys}
+    advice = {}
     for limit, needle in (("330MB", "after start-up"), ("120MB", "died while loading")):
-        with pytest.raises(UserInputError, match=f"too small.*{needle}"):
+        with pytest.raises(UserInputError, match=f"too small.*{needle}") as err:
             with get_client(n_workers=1, memory_limit=limit, quiet=True):
                 pass  # pragma: no cover - never reached
+        advice[limit] = str(err.value)
+    assert "use at least" not in advice["120MB"]  # no minimum guessed without a measurement
+    # the minimum the message states is one the start-up check accepts
+    minimum = int(re.search(r"use at least (\d+) MiB", advice["330MB"]).group(1))
+    with get_client(n_workers=1, memory_limit=f"{minimum}MiB", quiet=True) as client:
+        assert len(client.scheduler_info()["workers"]) == 1
     # the nanny restarted the killed worker after the start and wrote its pre-spawn environment
     # into this process: undone when the cluster closed
     assert {k: os.environ.get(k) for k in keys} == before

@@ -340,15 +340,17 @@ def run_batch(args: argparse.Namespace) -> int:
     (0 all done or skipped, 1 any failed, 130/143 interrupted)."""
     import dask
 
+    from stcal_dask.cli.steps import make_output_dir
     from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS, BackgroundClient
     from stcal_dask.engine.startup import import_for_graph, import_for_workers
 
     out_dir = Path(args.output_dir).expanduser()
-    if not out_dir.is_dir():
-        raise UserInputError(f"--output-dir {args.output_dir} does not exist")
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise UserInputError(f"--output-dir {args.output_dir} is a file, not a directory")
     if args.max_in_flight < 1:
         raise UserInputError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
     paths, outcomes = expand_inputs(args.inputs, args.inputs_from)
+    make_output_dir(out_dir)  # as a single run does
     for o in outcomes:
         _say(args, f"{o.input}: failed: {o.reason}")
     t0 = time.perf_counter()

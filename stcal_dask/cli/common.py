@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import os
 import re
 import signal
 import sys
@@ -48,6 +49,7 @@ __all__ = [
     "sigterm_unwinds",
     "step_params",
     "Terminated",
+    "warn",
 ]
 
 PROG = "stcal-dask"
@@ -157,6 +159,12 @@ def execution_options(parser: argparse.ArgumentParser, *, outputs: bool = True,
         "refused",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages")
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show distributed's log records (the workers' tracebacks of a failure) on the "
+        "terminal; by default they go to a log file that the error message names",
+    )
     if tile:
         g.add_argument(
             "--tile",
@@ -201,13 +209,43 @@ def io_options(parser: argparse.ArgumentParser, *, outputs: bool = True) -> None
 
 
 def check_execution_options(args: argparse.Namespace) -> None:
-    """Refuse bad cluster options before anything starts."""
+    """Refuse bad cluster options before anything starts; warn about options that will be
+    ignored and about a local cluster with more threads than CPU cores."""
     if getattr(args, "memory_limit", None) is not None:
         from stcal_dask.engine.cluster import parse_memory_limit
 
         parse_memory_limit(args.memory_limit)
-    if getattr(args, "n_workers", None) is not None and args.n_workers < 1:
-        raise UserInputError(f"--n-workers must be >= 1, got {args.n_workers}")
+    for option in ("n_workers", "threads_per_worker"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            raise UserInputError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    given = [f"--{o.replace('_', '-')}" for o in ("n_workers", "threads_per_worker",
+                                                   "memory_limit", "in_process")
+             if getattr(args, o, None) not in (None, False)]
+    if not given and getattr(args, "n_workers", None) is None:
+        return
+    from stcal_dask.engine.cluster import local_layout, resolve_scheduler
+
+    address = resolve_scheduler(getattr(args, "scheduler", None))
+    if address and given:
+        where = (f"--scheduler {address}" if getattr(args, "scheduler", None)
+                 else f"DASK_SCHEDULER_ADDRESS={address}")
+        warn(f"{', '.join(given)} only shape the LocalCluster this command starts; ignored "
+             f"with {where}")
+        return
+    if address:
+        return
+    workers, threads = local_layout(getattr(args, "n_workers", None),
+                                    getattr(args, "threads_per_worker", None))
+    cores = os.cpu_count() or 1
+    if workers * threads > cores:
+        warn(f"{workers} workers x {threads} threads = {workers * threads} threads on {cores} "
+             f"CPU cores: slower than at most {cores} (the default layout fills the cores)")
+
+
+def warn(message: str) -> None:
+    """Print ``stcal-dask: warning: <message>`` on stderr."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,6 +426,7 @@ def client_kwargs(args: argparse.Namespace, *, fork: bool = False) -> dict:
         "threads_per_worker": getattr(args, "threads_per_worker", None),
         "processes": not getattr(args, "in_process", False),
         "quiet": True,
+        "log_to_file": not getattr(args, "verbose", False),
     }
     if fork and worker_start_method() == "fork":
         kwargs["start_method"] = "fork"
@@ -454,16 +493,39 @@ def sigterm_unwinds() -> typing.Iterator[None]:
 def exit_status(command: Callable[[], int]) -> int:
     """Run ``command()`` and return its exit status; a user mistake or a condition of the
     machine prints ``stcal-dask: error: <one line>`` on stderr (status 2), Ctrl-C
-    ``stcal-dask: interrupted`` (status 130), SIGTERM ``stcal-dask: terminated`` (143)."""
+    ``stcal-dask: interrupted`` (status 130), SIGTERM ``stcal-dask: terminated`` (143); when
+    a cluster of the command logged records (workers' tracebacks), the line names the log."""
+    before = _log_state()
     try:
         with sigterm_unwinds():
             return int(command() or 0)
     except UserInputError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}{_log_note(before)}", file=sys.stderr)
         return 2
     except Terminated:
-        print(f"{PROG}: terminated", file=sys.stderr)
+        print(f"{PROG}: terminated{_log_note(before)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted{_log_note(before)}", file=sys.stderr)
         return 130
+
+
+def _log_state():
+    """(size, mtime) of this process's cluster log file, None when there is none."""
+    cluster = sys.modules.get("stcal_dask.engine.cluster")
+    if cluster is None:
+        return None
+    try:
+        st = cluster.log_path().stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _log_note(before) -> str:
+    """`` (details: LOG)`` when a cluster of this command logged records (workers' tracebacks)
+    to the log file (see :func:`stcal_dask.engine.cluster.logs_to_file`), else ``""``."""
+    cluster = sys.modules.get("stcal_dask.engine.cluster")
+    if cluster is None or _log_state() in (None, before):
+        return ""
+    return cluster.log_note()

@@ -279,8 +279,13 @@ def run_demo(
     for name, value, low in (("--size", size, 8), ("--nints", nints, 1), ("--ngroups", ngroups, 2)):
         if int(value) < low:
             raise UserInputError(f"{name} must be >= {low}, got {value}")
+    from stcal_dask.cli.steps import make_output_dir
+
     out = Path(output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise UserInputError(f"--output-dir {output_dir} is a file, not a directory")
+    make_output_dir(out)
 
     def say(*lines):
         if not quiet:

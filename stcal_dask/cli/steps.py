@@ -8,6 +8,7 @@ builds the graph (:func:`build`), computes every output in one graph and reports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -27,11 +28,12 @@ from stcal_dask.cli.common import (
     parse_tile,
     say,
     step_params,
+    warn,
 )
 from stcal_dask.errors import UserInputError
 
-__all__ = ["RAMP_VARS", "Plan", "add_step_command", "execute", "input_paths", "open_input", "plan",
-           "process", "references", "tile_of"]
+__all__ = ["RAMP_VARS", "Plan", "add_step_command", "execute", "input_paths", "make_output_dir",
+           "open_input", "plan", "process", "references", "remove_output_dir", "tile_of"]
 
 RAMP_VARS = ("sci", "groupdq", "pixeldq", "gain", "readnoise", "zeroframe",
              "average_dark_current")
@@ -187,8 +189,9 @@ def _outputs(args, out, suffixes, formats) -> dict[tuple[str, str], Path]:
     from stcal_dask.io.naming import output_name
 
     out_dir = Path(args.output_dir).expanduser()
-    if not out_dir.is_dir():
-        raise UserInputError(f"--output-dir {args.output_dir} does not exist")
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise UserInputError(f"--output-dir {args.output_dir} is a file, not a directory")
+    make_output_dir(out_dir)
     name = Path(args.input.rstrip("/")).name
     targets = {}
     for suffix in suffixes:
@@ -196,6 +199,30 @@ def _outputs(args, out, suffixes, formats) -> dict[tuple[str, str], Path]:
             target = output_name(name, suffix, ext="." + fmt, output_dir=out_dir)
             targets[(suffix, fmt)] = out.claim(target, overwrite=args.overwrite)
     return targets
+
+
+def make_output_dir(out_dir: Path) -> bool:
+    """Create ``out_dir`` (and its parents) when missing, as ``demo`` does; True if created.
+
+    Raises
+    ------
+    UserInputError: it cannot be created (one line with the OS's reason).
+    """
+    if out_dir.is_dir():
+        return False
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(
+            f"--output-dir {out_dir} cannot be created ({exc.strerror or exc})"
+        ) from None
+    return True
+
+
+def remove_output_dir(out_dir: Path) -> None:
+    """Remove ``out_dir`` if it is empty (a failed run leaves no folder it created)."""
+    with contextlib.suppress(OSError):
+        out_dir.rmdir()
 
 
 def plan(args: argparse.Namespace, step: str, out=None) -> Plan:
@@ -366,6 +393,7 @@ def _compute(args, plan_: Plan, background, out) -> tuple[list, int | None]:
             if products[kind] is not None:
                 _write(out, kind, products[kind], plan_, args)
         extra.append(dataflow.all_group0_saturated(ramp))
+        extra.append(dataflow.all_nan(products[0]["sci"].data))
     if jumped is not None and count is None:
         extra.append(jumped["primary_jumps"].data)
     # the graph was built while the workers loaded their kernels
@@ -390,7 +418,19 @@ def _drop_rate_products(out, targets: dict) -> dict:
 
 def process(args: argparse.Namespace, step: str) -> int:
     """Run ``step`` (``jump``, ``rampfit`` or ``run``) on ``args.input``; returns 0. The outputs
-    appear together when everything is computed, or not at all."""
+    appear together when everything is computed, or not at all; a folder ``--output-dir``
+    created for the run is removed again if the run fails."""
+    out_dir = Path(args.output_dir).expanduser()
+    existed = out_dir.is_dir()
+    try:
+        return _process(args, step)
+    except BaseException:
+        if not existed:
+            remove_output_dir(out_dir)
+        raise
+
+
+def _process(args: argparse.Namespace, step: str) -> int:
     from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS, BackgroundClient
     from stcal_dask.engine.startup import import_for_graph, import_for_workers
     from stcal_dask.io.atomic import atomic_outputs
@@ -442,8 +482,13 @@ def execute(args: argparse.Namespace, plan_: Plan, background, out=None
             return execute(args, plan_, background, own)
     results, count = _compute(args, plan_, background, out)
     targets = plan_.targets
-    if plan_.rampfit is not None and bool(results.pop(0)):
-        targets = _drop_rate_products(out, targets)
+    if plan_.rampfit is not None:
+        all_saturated, all_nan = bool(results.pop(0)), bool(results.pop(0))
+        if all_saturated:
+            targets = _drop_rate_products(out, targets)
+        elif all_nan:
+            warn(f"the rate of {args.input} is NaN in every pixel (no usable gain, readnoise or "
+                 "group anywhere?); the products were written")
     if plan_.jump is not None and count is None:
         count = int(results.pop(0))
     return targets, count

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
@@ -352,12 +353,15 @@ def _warm_and_check_room(client, limit: int | None,
         if rss is None:
             raise UserInputError(
                 f"--memory-limit {limit / 2**20:.0f} MiB per worker is too small: workers died "
-                "while loading the libraries; use at least 450 MiB"
+                "while loading the libraries, which alone take ~270 MiB; give each worker more"
             )
+        # the smallest limit whose start-up check this RSS passes (rounded up to 10 MiB); the
+        # tiles need more on top, as the help of --memory-limit says
+        minimum = math.ceil(rss / (0.9 * pause) / (10 * 2**20)) * 10 * 2**20
         raise UserInputError(
             f"--memory-limit {limit / 2**20:.0f} MiB per worker is too small: a worker already "
             f"uses {rss / 2**20:.0f} MiB after start-up (libraries) and pauses at "
-            f"{pause:.0%} of its limit; use at least {2 * rss / 2**20:.0f} MiB"
+            f"{pause:.0%} of its limit; use at least {minimum / 2**20:.0f} MiB"
         )
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "LARGE_EVENTS_VARIABLE",
     "RampFitProducts",
     "all_group0_saturated",
+    "all_nan",
     "auto_tile",
     "detect_jumps",
     "fit_ramps",
@@ -605,6 +606,21 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
         dtype=bool,
         meta=np.empty((0, 0), dtype=bool),
         name="stcal-dask-group0-saturated-" + dask.base.tokenize(gdq.name),
+    )
+    blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
+    return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),
+                           dtype=bool, meta=np.empty((), dtype=bool))
+
+
+def all_nan(plane) -> da.Array:
+    """Lazy 0-d bool: every value of the 2-D (y, x) dask array ``plane`` is NaN (e.g. a rate
+    whose every pixel has a bad gain). One small task per tile and one aggregation."""
+    per_tile = plane.map_blocks(
+        tasks.nan_everywhere,
+        chunks=tuple((1,) * n for n in plane.numblocks),
+        dtype=bool,
+        meta=np.empty((0, 0), dtype=bool),
+        name="stcal-dask-all-nan-" + dask.base.tokenize(plane.name),
     )
     blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
     return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),

@@ -179,6 +179,11 @@ def all_of(*flags) -> np.bool_:
     return np.bool_(all(bool(np.all(f)) for f in flags))
 
 
+def nan_everywhere(plane) -> np.ndarray:
+    """(1, 1) bool: every value of this tile is NaN."""
+    return np.array([[bool(np.isnan(plane).all())]])
+
+
 def group0_saturated(gdq) -> np.ndarray:
     """(1, 1) bool: :func:`stcal_dask.kernels.ramp_fit.all_group0_saturated` of this
     (nints, ngroups, ty, tx) tile."""

@@ -456,6 +456,35 @@ def fits_filename(name: str) -> tuple[str, str | None]:
     return ascii_name, quote(os.fsencode(name), safe="")
 
 
+_CAL_STEPS = {"jump": ("S_JUMP", "Jump Detection"), "rampfit": ("S_RAMP", "Ramp Fitting")}
+
+
+def cal_step_keywords(parameters: str | None) -> dict[str, tuple[str, str]]:
+    """The JWST calibration-step status keywords of a product: ``S_JUMP`` / ``S_RAMP`` =
+    ``COMPLETE`` for each step whose parameters the product records (as the JWST pipeline's
+    JumpStep and RampFitStep set ``meta.cal_step``); they replace a copied ``SKIPPED``.
+
+    Parameters
+    ----------
+    parameters: the product's parameter record (JSON object with ``jump`` / ``rampfit`` keys),
+        or None.
+
+    Returns
+    -------
+    dict: keyword -> (value, comment).
+    """
+    import json
+
+    try:
+        record = json.loads(parameters) if parameters else {}
+    except (TypeError, ValueError):
+        record = {}
+    if not isinstance(record, dict):
+        return {}
+    return {key: ("COMPLETE", comment) for step, (key, comment) in _CAL_STEPS.items()
+            if step in record}
+
+
 def _primary_header(copy: fits.Header, datamodl: str, filename: str,
                     parameters: str | None) -> fits.Header:
     h = fits.Header()
@@ -471,6 +500,8 @@ def _primary_header(copy: fits.Header, datamodl: str, filename: str,
     for card in copy.cards:
         h.append(card, end=True)
     h["STCDASKV"] = (package_version(), "stcal_dask version that wrote this file")
+    for key, value in cal_step_keywords(parameters).items():
+        h[key] = value
     if escaped is not None:
         text = f"FILENAME in full (UTF-8, %-escaped): {escaped}"
         for i in range(0, len(text), 70):
@@ -631,7 +662,9 @@ def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_fro
     for r in refs:
         check_target(r, overwrite=overwrite)
     copy = _header_source(header_from, ds)
-    primary = _primary_header(copy, "RampModel", Path(path).name, None)
+    jump = ds.attrs.get("jump_parameters")
+    primary = _primary_header(copy, "RampModel", Path(path).name,
+                              f'{{"jump": {jump}}}' if jump else None)
     with atomic_outputs() as out:
         out.add(_write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite,
                             compute=False))

@@ -10,7 +10,11 @@ from pathlib import Path
 from stcal_dask.cli.common import add_command, execution_options, open_client, say
 from stcal_dask.errors import UserInputError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["MAX_PIXELS", "add_parser", "run"]
+
+MAX_PIXELS = 10**9
+"""The largest output grid (pixels) planned without ``--shape``: 4 GB per float32 plane, beyond
+any JWST mosaic at native scale; a larger one is most likely a --pscale in the wrong unit."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,7 +84,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         nargs=2,
         metavar=("NY", "NX"),
         default=None,
-        help="output array shape (default: from the footprints)",
+        help="output array shape (default: from the footprints; a grid of more than 1e9 pixels "
+        "is refused unless given)",
     )
     p.add_argument(
         "--align-edges",
@@ -119,9 +124,15 @@ def run(args: argparse.Namespace) -> int:
         out.claim(args.output, overwrite=args.overwrite, what="output WCS")
         with open_client(args) as client:
             mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
+        ny, nx = mosaic.wcs.array_shape
+        if args.shape is None and ny * nx > MAX_PIXELS:
+            raise UserInputError(
+                f"the mosaic grid would be {ny} x {nx} pixels ({ny * nx:.2g}, more than "
+                f"{MAX_PIXELS:.0e}); check --pscale/--pscale-ratio, or give --shape NY NX to "
+                "accept a grid this large"
+            )
         written = write_mosaic_wcs(mosaic, args.output, overwrite=args.overwrite,
                                    parameters=options)
-    ny, nx = mosaic.wcs.array_shape
     centre = [(lo + hi) / 2 for lo, hi in mosaic.wcs.bounding_box.bounding_box(order="F")]
     scale = float(al.compute_scale(mosaic.wcs, mosaic.wcs.forward_transform(*centre))) * 3600.0
     say(args, f"mosaic-wcs: {len(mosaic.exposures)} exposures -> {ny} x {nx} pixels "
