@@ -587,6 +587,24 @@ def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None, 
     return _tree_reduce(parts, tasks.dims_merge)
 
 
+def _all_tiles(array: da.Array, per_tile_task, *args, drop_axis=(), name: str) -> da.Array:
+    """Lazy 0-d bool: ``per_tile_task(block, *args)`` (a (1, 1) bool per spatial tile) is True
+    for every tile. One small task per tile and one aggregation (each distributed task costs
+    ~1-3 ms of CPU, so no elementwise layer or reduction tree)."""
+    per_tile = array.map_blocks(
+        per_tile_task,
+        *args,
+        drop_axis=list(drop_axis),
+        chunks=tuple((1,) * n for n in array.numblocks[len(drop_axis):]),
+        dtype=bool,
+        meta=np.empty((0, 0), dtype=bool),
+        name=f"stcal-dask-{name}-" + dask.base.tokenize(array.name),
+    )
+    blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
+    return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),
+                           dtype=bool, meta=np.empty((), dtype=bool))
+
+
 def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
     """Lazy 0-d bool: group 0 is SATURATED in every pixel of every integration.
 
@@ -598,33 +616,13 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
         gdq = da.from_array(gdq)
     if gdq.numblocks[0] != 1 or gdq.numblocks[1] != 1:
         gdq = gdq.rechunk({0: -1, 1: -1})
-    # one small task per tile and one aggregation (each distributed task has a fixed CPU cost)
-    per_tile = gdq.map_blocks(
-        tasks.group0_saturated,
-        drop_axis=[0, 1],
-        chunks=tuple((1,) * n for n in gdq.numblocks[2:]),
-        dtype=bool,
-        meta=np.empty((0, 0), dtype=bool),
-        name="stcal-dask-group0-saturated-" + dask.base.tokenize(gdq.name),
-    )
-    blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
-    return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),
-                           dtype=bool, meta=np.empty((), dtype=bool))
+    return _all_tiles(gdq, tasks.group0_saturated, drop_axis=(0, 1), name="group0-saturated")
 
 
-def all_nan(plane) -> da.Array:
+def all_nan(plane: da.Array) -> da.Array:
     """Lazy 0-d bool: every value of the 2-D (y, x) dask array ``plane`` is NaN (e.g. a rate
-    whose every pixel has a bad gain). One small task per tile and one aggregation."""
-    per_tile = plane.map_blocks(
-        tasks.nan_everywhere,
-        chunks=tuple((1,) * n for n in plane.numblocks),
-        dtype=bool,
-        meta=np.empty((0, 0), dtype=bool),
-        name="stcal-dask-all-nan-" + dask.base.tokenize(plane.name),
-    )
-    blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
-    return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),
-                           dtype=bool, meta=np.empty((), dtype=bool))
+    whose every pixel has a bad gain)."""
+    return _all_tiles(plane, tasks.nan_everywhere, name="all-nan")
 
 
 def fit_ramps(
