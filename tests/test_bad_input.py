@@ -130,7 +130,7 @@ def _existing_output(e, w):
 
 def _input_is_output(e, w):
     store = _copy(e["zarr"], w / "expo_rate.zarr")  # its rate product would be itself
-    return Case(["rampfit", store, "-o", w, *THREADS], "would overwrite the input")
+    return Case(["rampfit", store, "-o", w, *THREADS], "expo_rate.zarr")
 
 
 def _truncated(e, w):
