@@ -393,7 +393,7 @@ def _compute(args, plan_: Plan, background, out) -> tuple[list, int | None]:
             if products[kind] is not None:
                 _write(out, kind, products[kind], plan_, args)
         extra.append(dataflow.all_group0_saturated(ramp))
-        extra.append(dataflow.all_nan(products[0]["sci"].data))
+        extra.append(dataflow.all_nan(products["rate"]["sci"].data))
     if jumped is not None and count is None:
         extra.append(jumped["primary_jumps"].data)
     # the graph was built while the workers loaded their kernels
