@@ -47,6 +47,10 @@ def test_readme_has_examples():
     commands = readme_commands(text)
     assert any(c.startswith("stcal-dask run ") for c in commands)
     assert any(c.startswith("stcal-dask simulate ") for c in commands)
+    # the chain from ramps with a gwcs to a mosaic
+    assert any(c.startswith("stcal-dask simulate ") and "--pointing" in c for c in commands)
+    assert any(c.startswith("stcal-dask mosaic-wcs ") for c in commands)
+    assert any(c.startswith("stcal-dask mosaic ") for c in commands)
     assert _blocks(text, "python")
 
 

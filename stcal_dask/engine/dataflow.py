@@ -62,6 +62,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from stcal_dask.engine import tasks
 from stcal_dask.engine.datamodel import (
+    WCS_ATTR,
+    WCSINFO_ATTR,
     rate_dataset,
     rateints_dataset,
     timing_from_attrs,
@@ -735,7 +737,8 @@ def fit_ramps(
     record["rampfit"] = {k: _plain_param(v) for k, v in vars(params).items()}
     record.update(parameters or {})
     keep = ("NINTS", "NGROUPS", "NFRAMES", "GROUPGAP", "TFRAME", "TGROUP", "DRPFRMS1",
-            "SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2", "INSTRUME", "source")
+            "SUBSTRT1", "SUBSTRT2", "SUBSIZE1", "SUBSIZE2", "INSTRUME", "source",
+            WCS_ATTR, WCSINFO_ATTR)  # the exposure's gwcs travels to the rate products
     attrs = {k: ramp.attrs[k] for k in keep if k in ramp.attrs}
 
     def rate_args(prefix):

@@ -27,6 +27,10 @@ Products (built with :func:`rate_dataset`, :func:`rateints_dataset`, :func:`fito
   (1/(DN/s)^2), ``var_poisson``, ``var_rnoise`` ((DN/s)^2), all (integration, segment, y, x);
   ``pedestal`` (integration, y, x) DN; ``crmag`` (integration, cr, y, x) DN; all float32.
 
+Optional ``wcs_asdf`` / ``wcsinfo`` attrs (:data:`WCS_ATTR`, :data:`WCSINFO_ATTR`) carry the
+exposure's gwcs (ASDF text) and JWST ``meta.wcsinfo``; ramp fitting keeps them on its products
+(:mod:`stcal_dask.io.wcs_asdf` reads and writes them).
+
 An optional ``INSTRUME`` attr (the JWST primary keyword, e.g. "MIRI") records the instrument:
 ramp fitting treats MIRI's first and last groups as stcal does
 (:mod:`stcal_dask.kernels.miri_groups`).
@@ -51,6 +55,12 @@ import xarray as xr
 
 from stcal_dask.errors import UserInputError
 
+WCS_ATTR = "wcs_asdf"
+"""Dataset / zarr store attribute holding the exposure's gwcs as ASDF text."""
+WCSINFO_ATTR = "wcsinfo"
+"""Dataset / zarr store attribute holding the exposure's JWST wcsinfo (dict: ra_ref, dec_ref,
+roll_ref, v3yangle, vparity, v2_ref, v3_ref)."""
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "FITOPT_VARIABLES",
@@ -59,6 +69,8 @@ __all__ = [
     "SUBARRAY_KEYWORDS",
     "TIMING_KEYWORDS",
     "WORKING_MEMORY_FACTOR",
+    "WCSINFO_ATTR",
+    "WCS_ATTR",
     "VarSpec",
     "choose_tile_size",
     "fitopt_dataset",

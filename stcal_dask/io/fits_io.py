@@ -26,6 +26,11 @@ the stdatamodels schemas:
 * ramp / jump -> RampModel: SCI, PIXELDQ, GROUPDQ (+ ZEROFRAME, AVDRKCUR);
 * gain / readnoise reference files: SCI.
 
+A ramp whose ASDF extension carries a gwcs (``meta.wcs``) gets it in its attrs (``wcs_asdf``,
+``wcsinfo``), and a ramp, jump, rate or rateints Dataset carrying those attrs is written with an
+ASDF extension holding ``meta.wcs`` / ``meta.wcsinfo`` (:mod:`stcal_dask.io.wcs_asdf`), so
+stdatamodels opens it with the same WCS.
+
 The primary header of each product copies the input's primary header (``header_from``: a FITS
 path, an astropy Header or a dict; by default the ramp's ``source`` file if it is a FITS file, and
 the Dataset's JWST keyword attrs), and sets DATAMODL, TELESCOP (default JWST), FILENAME and the
@@ -71,6 +76,7 @@ from stcal_dask.io.fits_blocks import (
     write_blocks,
 )
 from stcal_dask.io.naming import JWST_SUFFIXES, output_name, reference_paths
+from stcal_dask.io.wcs_asdf import asdf_extension, wcs_fits_meta
 
 __all__ = [
     "JWST_SUFFIXES",
@@ -287,6 +293,7 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
         if dark is not None:
             _check_ndim(dark, 2, p, what, "AVDRKCUR", "ny, nx")
         keywords = _keywords(hdul)
+        wcs_meta = wcs_fits_meta(hdul, f"{what} {p}")
     nints, ngroups, ny, nx = sci.shape
     source = f"{what} {p}"
     # Validate the keywords before building anything (clear one-line errors).
@@ -329,6 +336,7 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
         subarray=sub, source=source,
     )
     ds.attrs["source"] = str(p)
+    ds.attrs.update(wcs_meta)  # the exposure's gwcs (meta.wcs), carried to the products
     if isinstance(keywords.get("INSTRUME"), str):
         # the instrument changes ramp fitting (MIRI's first/last groups)
         ds.attrs["INSTRUME"] = keywords["INSTRUME"].strip()
@@ -514,8 +522,10 @@ def _primary_header(copy: fits.Header, datamodl: str, filename: str,
 
 
 def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.dtype, dict]],
-                *, overwrite: bool, compute: bool):
-    """Write primary + image extensions (name, array, dtype, extra keywords) atomically."""
+                *, overwrite: bool, compute: bool, tail: bytes | None = None):
+    """Write primary + image extensions (name, array, dtype, extra keywords) atomically;
+    ``tail``: one more complete HDU (header and padded data, e.g. the ASDF extension) after
+    them."""
     layout = []
     pos = 0
     headers = [primary.tostring(padding=True).encode("ascii")]
@@ -536,7 +546,10 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
             for (hdr_pos, _, _, _, _), hdr in zip(layout, headers[1:], strict=True):
                 f.seek(hdr_pos)
                 f.write(hdr)
-            f.truncate(pos)
+            if tail:
+                f.seek(pos)
+                f.write(tail)
+            f.truncate(pos + len(tail or b""))
         for _, data_pos, shape, arr, dtype in layout:
             target = FitsRegion(str(partial), data_pos, shape, dtype)
             if isinstance(arr, da.Array):
@@ -579,7 +592,8 @@ def _write_rate_like(ds, path, header_from, overwrite, compute, ndim, product, d
         exts.append((ext, _data(ds[n]), dtype, {"BUNIT": units} if units else {}))
     copy = _header_source(header_from, ds)
     primary = _primary_header(copy, datamodl, Path(path).name, ds.attrs.get("parameters"))
-    return _write_fits(path, primary, exts, overwrite=overwrite, compute=compute)
+    return _write_fits(path, primary, exts, overwrite=overwrite, compute=compute,
+                       tail=asdf_extension(ds.attrs))
 
 
 def write_rate_fits(rate_ds: xr.Dataset, path, *, header_from=None, overwrite: bool = False,
@@ -667,7 +681,7 @@ def write_ramp_fits(ds: xr.Dataset, path, *, overwrite: bool = False, header_fro
                               f'{{"jump": {jump}}}' if jump else None)
     with atomic_outputs() as out:
         out.add(_write_fits(path, primary, _ramp_extensions(ds), overwrite=overwrite,
-                            compute=False))
+                            compute=False, tail=asdf_extension(ds.attrs)))
         if references:
             sub = {k: ds.attrs[k] for k in SUBARRAY_KEYWORDS if k in ds.attrs}
             for r, name, reftype in zip(refs, ("gain", "readnoise"), ("GAIN", "READNOISE"),

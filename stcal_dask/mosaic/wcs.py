@@ -26,10 +26,8 @@ Command line: ``stcal-dask mosaic-wcs`` (:mod:`stcal_dask.cli.commands.mosaic_wc
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +37,15 @@ import gwcs
 import numpy as np
 
 from stcal_dask.errors import UserInputError
+from stcal_dask.io.wcs_asdf import (
+    WCS_ATTR,
+    WCSINFO_ATTR,
+    plain_wcsinfo,
+    read_asdf_extension,
+    wcs_attrs,
+    wcs_from_asdf_text,
+    wcs_to_asdf_text,
+)
 from stcal_dask.mosaic import alignment as al
 
 __all__ = [
@@ -59,11 +66,6 @@ __all__ = [
     "write_mosaic_wcs",
     "write_rate_fits_with_wcs",
 ]
-
-WCS_ATTR = "wcs_asdf"
-"""zarr store attribute holding the exposure's gwcs as ASDF text."""
-WCSINFO_ATTR = "wcsinfo"
-"""zarr store attribute holding the exposure's wcsinfo dict (ra_ref, dec_ref, roll_ref, ...)."""
 
 
 class ProductWCS(NamedTuple):
@@ -104,43 +106,6 @@ class MosaicWCS(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Serialising and attaching WCSs
 # ---------------------------------------------------------------------------------------------
-
-
-def wcs_to_asdf_text(wcs: gwcs.WCS) -> str:
-    """A gwcs as a self-contained ASDF document (text; every array inline)."""
-    buf = io.BytesIO()
-    asdf.AsdfFile({"wcs": wcs}).write_to(buf, all_array_storage="inline")
-    return buf.getvalue().decode("utf-8")
-
-
-def wcs_from_asdf_text(text: str, what: str = "wcs_asdf") -> gwcs.WCS:
-    """Inverse of :func:`wcs_to_asdf_text`."""
-    try:
-        with asdf.open(io.BytesIO(text.encode("utf-8")), lazy_load=False, memmap=False) as af:
-            wcs = af.tree["wcs"]
-    except Exception as exc:  # asdf/yaml raise many kinds
-        raise UserInputError(f"{what} is not a valid ASDF gwcs ({type(exc).__name__})") from None
-    if not isinstance(wcs, gwcs.WCS):
-        raise UserInputError(f"{what} holds a {type(wcs).__name__}, not a gwcs.WCS")
-    return wcs
-
-
-def _plain_wcsinfo(wcsinfo) -> dict:
-    info = wcsinfo.instance if hasattr(wcsinfo, "instance") else wcsinfo
-    out = {}
-    for k, v in dict(info).items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, (int, float, str, bool)) or v is None:
-            out[str(k)] = v
-    return out
-
-
-def wcs_attrs(wcs: gwcs.WCS, wcsinfo) -> dict:
-    """Attributes to merge into a rate Dataset's ``attrs`` before writing its zarr store."""
-    if not isinstance(wcs, gwcs.WCS):
-        raise UserInputError(f"wcs must be a gwcs.WCS, got {type(wcs).__name__}")
-    return {WCS_ATTR: wcs_to_asdf_text(wcs), WCSINFO_ATTR: _plain_wcsinfo(wcsinfo)}
 
 
 def attach_wcs(store, wcs: gwcs.WCS, wcsinfo) -> None:
@@ -210,7 +175,7 @@ def write_rate_fits_with_wcs(
     if units is not None:
         model.meta.bunit_data = str(units)
         model.meta.bunit_err = str(units)
-    for key, value in _plain_wcsinfo(wcsinfo).items():
+    for key, value in plain_wcsinfo(wcsinfo).items():
         setattr(model.meta.wcsinfo, key, value)
     try:
         with atomic_outputs() as out:
@@ -237,18 +202,9 @@ def _read_fits(p: Path) -> tuple[gwcs.WCS | None, dict | None, tuple[int, int] |
                     shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
             if "ASDF" not in hdul:
                 raise UserInputError(f"{p} has no ASDF extension, so no gwcs (meta.wcs)")
-            raw = bytes(hdul["ASDF"].data["ASDF_METADATA"][0])
+            wcs, wcsinfo = read_asdf_extension(hdul, str(p))
     except OSError as exc:
         raise UserInputError(f"{p} is not a readable FITS file ({exc})") from None
-    with warnings.catch_warnings():
-        # the data arrays are references into the FITS HDUs; we only need the metadata
-        warnings.simplefilter("ignore", asdf.exceptions.AsdfConversionWarning)
-        warnings.simplefilter("ignore", asdf.exceptions.AsdfWarning)
-        with asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False) as af:
-            meta = af.tree.get("meta", {})
-            wcs = meta.get("wcs")
-            wcsinfo = meta.get("wcsinfo")
-            wcsinfo = dict(wcsinfo) if wcsinfo is not None else None
     return wcs, wcsinfo, shape
 
 
@@ -314,7 +270,7 @@ def read_exposure_wcs(path) -> ProductWCS:
             raise UserInputError(f"input {p}: its WCS has no bounding box and no array shape")
         wcs.bounding_box = al.wcs_bbox_from_shape(shape)
     if info is not None:
-        info = _plain_wcsinfo(info)
+        info = plain_wcsinfo(info)
     return ProductWCS(str(p), wcs, info, shape)
 
 

@@ -21,6 +21,7 @@ from stcal_dask.engine.datamodel import (
     normalize_tile,
 )
 from stcal_dask.errors import UserInputError
+from stcal_dask.io.wcs_asdf import wcs_attrs
 from stcal_dask.io.zarr_store import write_dataset_atomic
 from stcal_dask.sim import ramp
 
@@ -75,7 +76,9 @@ def simulate_ramp_lazy(cfg, *, tile=None, memory_budget_bytes: int | None = None
     Each tile is produced by :func:`stcal_dask.sim.ramp.simulate_region` (once per tile, shared
     by all variables), so the values equal :func:`stcal_dask.sim.ramp.simulate_exposure` bit for
     bit whatever the tile. Default tiles come from the memory budget, rounded to multiples of the
-    generator's 128-pixel cells where possible.
+    generator's 128-pixel cells where possible. With ``cfg.pointing`` set, the exposure's
+    JWST-like gwcs (:func:`stcal_dask.sim.ramp.exposure_wcs`) is in the attrs ``wcs_asdf`` /
+    ``wcsinfo`` (:mod:`stcal_dask.io.wcs_asdf`), so its products carry it.
     """
     try:
         cfg.validate()
@@ -100,11 +103,14 @@ def simulate_ramp_lazy(cfg, *, tile=None, memory_budget_bytes: int | None = None
         names["zeroframe"] = ((nints,), np.float32)
     arrays = simulated_arrays(cfg, (ty, tx), names)
     timing = simulation_timing(cfg)
-    return make_ramp_dataset(
+    ds = make_ramp_dataset(
         arrays["data"], arrays["groupdq"], arrays["pixeldq"], arrays["gain"],
         arrays["readnoise"], timing=timing, zeroframe=arrays.get("zeroframe"),
         source=f"simulate(seed={cfg.seed}, shape={nints}x{ngroups}x{ny}x{nx})",
     )
+    if cfg.pointing is not None:
+        ds.attrs.update(wcs_attrs(*ramp.exposure_wcs(cfg)))
+    return ds
 
 
 def simulate_to_zarr(cfg, path, *, tile=None, overwrite: bool = False,

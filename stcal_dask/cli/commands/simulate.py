@@ -30,12 +30,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Generate a seeded synthetic up-the-ramp exposure (sources, cosmic rays, saturation,\n"
             "bad gains; see stcal_dask.sim.ramp) tile by tile. OUT ending in .zarr: a zarr ramp\n"
             "store (gain/readnoise inside). OUT ending in .fits: a JWST RampModel file plus\n"
-            "X_gain.fits and X_readnoise.fits reference files beside it."
+            "X_gain.fits and X_readnoise.fits reference files beside it.\n\n"
+            "--pointing RA DEC ROLL gives the exposure a JWST-like imaging gwcs (NIRCam\n"
+            "long-wavelength pixels, 0.063\"; reference pixel at the detector centre), stored\n"
+            "in the ASDF extension of the FITS file (stdatamodels' meta.wcs) or in the zarr\n"
+            "store's wcs_asdf/wcsinfo attributes; 'run' keeps it on its rate products, which\n"
+            "then feed 'mosaic-wcs' and 'mosaic'. --dither DX DY moves that pointing by DX, DY\n"
+            "arcsec in the sky plane (+DY along position angle ROLL, +DX 90 deg clockwise from\n"
+            "it, as stcal_dask.sim.wcs.offset_pointing), for dithered exposures of one field.\n"
+            "The simulated pixels do not depend on the pointing."
         ),
         examples=(
             "stcal-dask simulate expo.zarr --shape 2x6x1024x1024 --seed 3",
             "stcal-dask simulate expo_ramp.fits --shape 1x10x2048x2048 --seed 0",
             "  (writes expo_ramp.fits, expo_gain.fits, expo_readnoise.fits)",
+            "stcal-dask simulate a_ramp.fits --shape 1x10x1024x1024 --pointing 53.16 -27.79 45",
+            "stcal-dask simulate b_ramp.fits --shape 1x10x1024x1024 --seed 1 "
+            "--pointing 53.16 -27.79 45 --dither 20 5",
         ),
         func=run,
     )
@@ -55,8 +66,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="probability of a cosmic ray per pixel and group (default 0.02)",
     )
     p.add_argument("--zeroframe", action="store_true", help="also write a ZEROFRAME")
+    p.add_argument("--pointing", nargs=3, type=float, default=None,
+                   metavar=("RA", "DEC", "ROLL"),
+                   help="write a JWST-like gwcs: reference pixel (detector centre) at RA, DEC "
+                   "(deg), telescope roll ROLL (deg)")
+    p.add_argument("--dither", nargs=2, type=float, default=None, metavar=("DX", "DY"),
+                   help="offset of the pointing in arcsec (needs --pointing): +DY along "
+                   "position angle ROLL, +DX 90 deg clockwise from it")
     execution_options(p)
     return p
+
+
+def _pointing(pointing, dither) -> tuple[float, float, float]:
+    """(ra, dec, roll) degrees of --pointing moved by --dither (arcsec), checked."""
+    import math
+
+    from stcal_dask.sim.wcs import offset_pointing
+
+    ra, dec, roll = pointing
+    if not all(math.isfinite(v) for v in (ra, dec, roll, *(dither or ()))):
+        raise UserInputError("--pointing and --dither take finite numbers")
+    if not -90.0 <= dec <= 90.0:
+        raise UserInputError(f"--pointing DEC must be within [-90, 90] degrees, got {dec}")
+    if dither is not None:
+        ra, dec = offset_pointing(ra, dec, dither[0], dither[1], pa=roll)
+    return (ra % 360.0, dec, roll)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.cr_rate <= 1:
             raise UserInputError(f"--cr-rate must be in [0, 1], got {args.cr_rate}")
         overrides["cr_rate"] = float(args.cr_rate)
+    if args.dither is not None and args.pointing is None:
+        raise UserInputError("--dither moves the --pointing: give --pointing RA DEC ROLL too")
+    if args.pointing is not None:
+        overrides["pointing"] = _pointing(args.pointing, args.dither)
     cfg = SimulationConfig(nints=nints, ngroups=ngroups, ny=ny, nx=nx, seed=args.seed,
                            **overrides)
     out_name = args.output
