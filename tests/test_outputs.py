@@ -332,3 +332,38 @@ def test_output_names_are_claimed_before_any_work(expo, tmp_path, capsys):
     # the claiming process is gone: its claim is stale and the next run takes over
     assert main(["run", str(expo), "-o", str(out), "--format", "fits", *LOCAL]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["expo_rate.fits", "expo_rateints.fits"]
+
+
+@pytest.fixture(scope="module")
+def big_expo(tmp_path_factory):
+    """A ramp whose run lasts long enough to be interrupted at any of the delays below."""
+    ramp = tmp_path_factory.mktemp("big") / "big_ramp.fits"
+    assert main(["simulate", str(ramp), "--shape", "2x10x512x512", "--seed", "1", *LOCAL]) == 0
+    return ramp
+
+
+@pytest.mark.parametrize("delay_s", [0.5, 1.0, 3.0])
+def test_early_ctrl_c_is_one_line_with_no_worker_tracebacks(big_expo, tmp_path, delay_s):
+    """Ctrl-C while the default (forked) cluster starts or its first tasks run: exit 130, the
+    single line ``stcal-dask: interrupted`` (the workers' ``Compute Failed``/heartbeat
+    records go to the log file, not to the terminal), no worker left, nothing in the output
+    folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "STCAL_DASK_WORKER_START"}
+    proc = subprocess.Popen([EXE, "run", str(big_expo), "-o", str(out), "--format", "fits",
+                             "--quiet", "--save-jump", "--tile", "64", "--n-workers", "2",
+                             "--threads-per-worker", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(delay_s)
+    assert proc.poll() is None, proc.communicate()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("stcal-dask: interrupted"), err
+    assert "Traceback" not in err and "Compute Failed" not in err
+    assert list(out.iterdir()) == []
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], alive

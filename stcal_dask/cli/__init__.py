@@ -31,19 +31,19 @@ import contextlib
 import os
 import sys
 
-from stcal_dask.cli.commands import COMMANDS
-from stcal_dask.cli.common import (
-    EPILOG_ERRORS,
-    PROG,
-    Formatter,
-    Parser,
-    check_execution_options,
-    exit_status,
-    field_help,
-    step_params,
-)
-
 __all__ = ["build_parser", "field_help", "main", "run", "step_params"]
+
+PROG = "stcal-dask"
+
+
+def __getattr__(name: str):
+    # the commands' modules are imported by the functions that need them, so that an interrupt
+    # while they load is already the command's (see run)
+    if name in ("field_help", "step_params"):
+        from stcal_dask.cli import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
@@ -54,6 +54,8 @@ def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
     ``metadata["help"]``); the options parse alike.
     """
     from stcal_dask import __version__
+    from stcal_dask.cli.commands import COMMANDS
+    from stcal_dask.cli.common import EPILOG_ERRORS, Formatter, Parser
 
     parser = Parser(
         prog=PROG,
@@ -86,6 +88,8 @@ def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``stcal-dask``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    from stcal_dask.cli.common import check_execution_options, exit_status
+
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def command() -> int:
@@ -102,9 +106,14 @@ def run() -> None:  # pragma: no cover - the console script; exits the process
     Every output is committed (or removed) and every file closed when :func:`main` returns, so
     the interpreter's finalisation of the scientific stack (slower than some whole runs of a
     small exposure) is skipped: streams and logging handlers are flushed and the process exits
-    with main's status.
+    with main's status. Ctrl-C before :func:`main` has set up its handling (while the commands'
+    modules load) is the same one line and status 130.
     """
-    rc = main()
+    try:
+        rc = main()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        rc = 130
     import logging
 
     logging.shutdown()

@@ -216,20 +216,19 @@ def _is_complete(record: Path, expected: dict) -> bool:
 
 
 def _write_record(record: Path, expected: dict, outcome: Outcome) -> None:
-    """Write the completion record atomically (temporary file, fsync, rename, fsync of the
-    folder): it exists whole or not at all."""
+    """Write the completion record through the one output protocol
+    (:func:`~stcal_dask.io.atomic.atomic_outputs`: it appears whole or not at all), its data
+    and the folder's entry synced to disk, so a record never outlives its products' bytes."""
+    from stcal_dask.io.atomic import atomic_outputs
+
     body = {**expected, "products": outcome.products, "primary_jumps": outcome.primary_jumps,
             "seconds": outcome.seconds, "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
+    with atomic_outputs() as out:
+        partial = out.reserve(record, overwrite=True, what="completion record")
+        with open(partial, "w") as fh:
             json.dump(body, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, record)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     fd = os.open(record.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -471,23 +471,66 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def sigterm_unwinds() -> typing.Iterator[None]:
     """Within the block, SIGTERM (what SLURM, Kubernetes, ``timeout`` and systemd send) raises
-    :class:`Terminated` in the main thread; a second SIGTERM during the cleanup is ignored.
-    Outside the main thread (where Python cannot set handlers) nothing changes."""
+    :class:`Terminated` in the main thread and Ctrl-C raises :class:`KeyboardInterrupt`, so the
+    run unwinds either way; a second SIGTERM during the cleanup is ignored.
+
+    Python drops an exception raised where it cannot propagate (a garbage-collector callback,
+    such as the one ``distributed``'s scheduler installs, or a ``__del__``): it only reports
+    it through :data:`sys.unraisablehook`. An interruption swallowed that way would let the
+    run go on and finish. Within the block, such a swallowed interruption is delivered again
+    (:func:`_thread.interrupt_main`, from a timer thread) until it lands where it propagates,
+    and once a signal has arrived the reports of what it broke in passing go to the cluster's
+    log file, not to the terminal. Outside the main thread (where Python cannot set handlers)
+    nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    import _thread
+
     fired: list[int] = []
+    unwinding: list[bool] = []
 
     def handler(signum, frame):
-        if not fired:
-            fired.append(signum)
-            raise Terminated()
+        if signum == signal.SIGTERM and unwinding:
+            return  # a second SIGTERM while cleaning up
+        fired.append(signum)
+        unwinding.append(True)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def hook(unraisable) -> None:
+        if not fired:
+            previous_hook(unraisable)
+            return
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            unwinding.clear()  # swallowed: deliver it again, from outside this callback
+            again = threading.Timer(0.01, _thread.interrupt_main, (fired[-1],))
+            again.daemon = True
+            again.start()
+        _log_unraisable(unraisable)
+
+    previous_hook = sys.unraisablehook
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sys.unraisablehook = hook
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        sys.unraisablehook = previous_hook
+
+
+def _log_unraisable(unraisable) -> None:
+    """Append an exception Python could not raise (see :func:`sigterm_unwinds`) to this
+    process's cluster log file; nothing when there is no such file's folder to write to."""
+    import traceback
+
+    cluster = sys.modules.get("stcal_dask.engine.cluster")
+    if cluster is None:
+        return
+    text = "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                              unraisable.exc_traceback))
+    with contextlib.suppress(OSError), open(cluster.log_path(), "a", encoding="utf-8") as fh:
+        fh.write(f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n{text}")
 
 
 def exit_status(command: Callable[[], int]) -> int:

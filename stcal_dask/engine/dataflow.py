@@ -591,8 +591,8 @@ def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None, 
 
 def _all_tiles(array: da.Array, per_tile_task, *args, drop_axis=(), name: str) -> da.Array:
     """Lazy 0-d bool: ``per_tile_task(block, *args)`` (a (1, 1) bool per spatial tile) is True
-    for every tile. One small task per tile and one aggregation (each distributed task costs
-    ~1-3 ms of CPU, so no elementwise layer or reduction tree)."""
+    for every tile. One small task per tile and one aggregation (every distributed task has a
+    fixed scheduling cost, so no elementwise layer or reduction tree)."""
     per_tile = array.map_blocks(
         per_tile_task,
         *args,

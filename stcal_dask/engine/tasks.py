@@ -2,9 +2,9 @@
 
 The tile tasks (halo exchange, the jump and ramp-fit tile calls, the packing of their outputs)
 and the frame-wide reductions' per-tile partials. This module imports only numpy, the kernels
-and :mod:`stcal_dask.engine.cluster`'s thread pinning, never xarray: a worker whose tasks come from
-here and from :mod:`stcal_dask.io.fits_blocks` does not load xarray and pandas at all (~0.6 s
-of a worker's start, and ~60 MiB of its memory).
+and :mod:`stcal_dask.engine.threads`' thread pinning, never xarray: a worker whose tasks come
+from here and from :mod:`stcal_dask.io.fits_blocks` does not load xarray and pandas at all,
+which shortens a worker's start and lowers its memory.
 
 Every function is a pure function of its arguments (tiles as numpy arrays); none mutates its
 inputs.

@@ -165,8 +165,8 @@ class FitsRegion:
 
 
 _MIN_RUN_BYTES = 64 * 1024
-"""Shortest contiguous run written with ``os.pwrite`` (longer runs: ~3x faster than through a
-shared memory map, whose every first-touched page is a page fault)."""
+"""Shortest contiguous run written with ``os.pwrite`` (longer runs are faster this way than
+through a shared memory map, whose every first-touched page is a page fault)."""
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

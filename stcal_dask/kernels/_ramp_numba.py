@@ -722,7 +722,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
 
     The phases stay in this one loop body on purpose: in helper functions, every array a
     helper takes (bound to an inlined helper's parameter, or passed to a compiled one) costs
-    reference-count updates per pixel, which measured 1.5-4x slower on this path. The named
+    reference-count updates per pixel, which made this path markedly slower when tried. The named
     tuples are unpacked here once per row; the scalar parts shared with :func:`_clean_row`
     are helpers (:func:`_timing1`, :func:`_integration_result`, :func:`_exposure`).
     """
