@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,76 @@ def test_cli_mosaic_computed_wcs_fits_only_and_errors(field, tmp_path, capsys):
                "--resample.output_shape", "5"])
     assert rc == 2 and "needs 2 values" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g_i2d.fits"]
+
+
+def test_cli_mosaic_products_commit_together(field, tmp_path, capsys, monkeypatch):
+    """zarr, FITS and PNGs are one block of outputs: a failure while writing the last (a
+    quicklook) leaves none of them, nor any temporary."""
+    from stcal_dask.cli import main
+    from stcal_dask.mosaic import i2d
+
+    d, exps, paths = field
+    calls = []
+
+    def failing_png(store, path, **kwargs):
+        calls.append(Path(store))
+        assert Path(store).is_dir() and not (tmp_path / "f_i2d.zarr").exists()
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(i2d, "quicklook_png", failing_png)
+    rc = main(["mosaic", *paths, "-o", str(tmp_path / "f_i2d.zarr"), "--format", "both",
+               "--scheduler", "threads", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no space left on device" in err and err.count("\n") == 1
+    assert calls and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_mosaic_fits_only_scratch_store_is_a_swept_temporary(field, tmp_path, capsys,
+                                                                 monkeypatch):
+    """--format fits drizzles into a scratch store named like every temporary (a killed run's
+    is removed by the next run in that folder) and removed at the end."""
+    from stcal_dask.cli import main
+    from stcal_dask.io.atomic import owner_tag
+    from stcal_dask.mosaic import i2d
+
+    d, exps, paths = field
+    host = owner_tag().rsplit("-", 1)[0]
+    stale = tmp_path / f".g_i2d.zarr.partial-{host}-999999999-0123abcd"  # a killed run's
+    stale.mkdir()
+    (stale / "zarr.json").write_text("{}")
+    seen = []
+    real = i2d.write_i2d_fits
+
+    def spy(store, path, **kwargs):
+        seen.append(Path(store).name)
+        return real(store, path, **kwargs)
+
+    monkeypatch.setattr(i2d, "write_i2d_fits", spy)
+    rc = main(["mosaic", *paths, "-o", str(tmp_path / "g_i2d.fits"), "--format", "fits",
+               "--scheduler", "threads", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert seen and seen[0].startswith(".g_i2d.zarr.partial-" + owner_tag() + "-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "g_i2d.fits", "g_i2d_sci.png", "g_i2d_wht.png"]
+
+
+def test_mosaic_commands_compile_no_kernels(field, tmp_path):
+    """mosaic-wcs and mosaic run no numba kernel, so with a cold kernel cache they compile
+    none (the cache folder stays empty) and say nothing about compiling."""
+    import os
+    import subprocess
+    import sys
+
+    d, exps, paths = field
+    cache = tmp_path / "cache"
+    env = {**os.environ, "STCAL_DASK_CACHE_DIR": str(cache),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    exe = [sys.executable, "-m", "stcal_dask.cli"]
+    for argv in (["mosaic-wcs", *paths[:2], "-o", str(tmp_path / "w.asdf"), "--n-workers", "1"],
+                 ["mosaic", *paths[:2], "--wcs", str(tmp_path / "w.asdf"), "-o",
+                  str(tmp_path / "m_i2d.zarr"), "--n-workers", "1", "-q"]):
+        proc = subprocess.run([*exe, *argv], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "compil" not in proc.stderr
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]

@@ -433,11 +433,15 @@ def client_kwargs(args: argparse.Namespace, *, fork: bool = False) -> dict:
     return kwargs
 
 
-def open_client(args: argparse.Namespace):
-    """The cluster of the execution options (a context manager yielding the client or None)."""
+def open_client(args: argparse.Namespace, *, warm: bool = True, fork: bool = False):
+    """The cluster of the execution options (a context manager yielding the client or None).
+
+    ``warm``: load (compile once per machine) the numba kernels in the workers first; False for
+    commands whose tasks use none of them (mosaic-wcs, mosaic). ``fork``: as in
+    :func:`client_kwargs`."""
     from stcal_dask.engine.cluster import get_client
 
-    return get_client(**client_kwargs(args))
+    return get_client(**client_kwargs(args, fork=fork), warm=warm)
 
 
 def compute(args: argparse.Namespace, *collections) -> list:

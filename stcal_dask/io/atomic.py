@@ -518,7 +518,7 @@ class Outputs:
 
 
 @contextlib.contextmanager
-def atomic_outputs(inputs: Iterable = ()) -> Iterator[Outputs]:
+def atomic_outputs(inputs: Iterable = (), *, within: Outputs | None = None) -> Iterator[Outputs]:
     """These outputs appear together or not at all (see the module docstring).
 
     Parameters
@@ -526,6 +526,10 @@ def atomic_outputs(inputs: Iterable = ()) -> Iterator[Outputs]:
     inputs : iterable of path-like
         The run's inputs: reserving an output equal to one of them, inside one (a zarr store) or
         containing one is a :class:`UserInputError`, with or without ``overwrite``.
+    within : Outputs, optional
+        A caller's block: this block is that one (``inputs`` are added to its inputs), and what
+        is reserved here is committed, or removed, when the caller's block ends. A writer takes
+        it so that its outputs appear together with the caller's others.
 
     Yields
     ------
@@ -533,6 +537,10 @@ def atomic_outputs(inputs: Iterable = ()) -> Iterator[Outputs]:
         Reserve names (:meth:`Outputs.reserve`, :meth:`Outputs.claim`), adopt writers' lazy
         writes (:meth:`Outputs.add`) and compute :attr:`Outputs.writes` inside the block.
     """
+    if within is not None:
+        within.protect(inputs)
+        yield within
+        return
     out = Outputs(inputs)
     try:
         yield out

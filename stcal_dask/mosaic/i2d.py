@@ -60,6 +60,9 @@ class MosaicResult(NamedTuple):
     skipped: list[str]
     covered_pixels: int
     """Output pixels with a positive weight."""
+    written: Path | None = None
+    """Where the store's data are: ``path`` once committed; within a caller's outputs block
+    (``outputs=``), its temporary until that block ends."""
 
     @property
     def coverage(self) -> float:
@@ -184,6 +187,8 @@ def build_mosaic(
     output_pixel_scale: float | None = None,
     max_output_pixels: int = rs.DEFAULT_MAX_OUTPUT_PIXELS,
     quiet: bool = True,
+    outputs=None,
+    temporary: bool = False,
 ) -> MosaicResult:
     """Drizzle ``inputs`` onto ``out_wcs`` tile by tile and write the ``_i2d.zarr`` store.
 
@@ -199,6 +204,11 @@ def build_mosaic(
     client : a ``distributed.Client``; None runs on the current dask scheduler.
     tile : (ny, nx) output tile (= zarr chunk); default from the workers' memory limit.
     output_pixel_scale : arcsec; default the output WCS's scale at its centre.
+    outputs : a caller's :class:`~stcal_dask.io.atomic.Outputs` block: the store is committed
+        with that block's other outputs (the FITS product, the PNGs), not here.
+    temporary : with ``outputs``, the store is a scratch store in ``output``'s folder, removed
+        when that block ends (a FITS-only run); named like the outputs' temporaries, so a later
+        run there removes it if this process is killed.
 
     Returns
     -------
@@ -208,14 +218,21 @@ def build_mosaic(
 
     params = params or rs.ResampleParams()
     paths = [str(Path(os.fspath(p)).expanduser()) for p in inputs]
-    with atomic_outputs(inputs=paths) as out:
-        partial = out.reserve(output, overwrite=overwrite)
+    output = Path(os.fspath(output)).expanduser().absolute()
+    if temporary and outputs is None:
+        raise ValueError("temporary=True needs the caller's outputs block (outputs=)")
+    with atomic_outputs(inputs=paths, within=outputs) as out:
+        if temporary:
+            partial = out.scratch(output.parent, output.name)
+        else:
+            partial = out.reserve(output, overwrite=overwrite)
         plan, counts = _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale,
                               max_output_pixels, quiet)
     covered = int(sum(c for c, _ in counts))
     used = len(plan.exposures) - len(plan.skipped)
-    return MosaicResult(Path(os.fspath(output)).expanduser().absolute(), plan.out_shape,
-                        len(plan.jobs), plan.tile, used, list(plan.skipped), covered)
+    return MosaicResult(output, plan.out_shape, len(plan.jobs), plan.tile, used,
+                        list(plan.skipped), covered,
+                        output if outputs is None else Path(partial))
 
 
 def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, max_output_pixels,
@@ -294,12 +311,13 @@ def open_i2d(path):
     return ds
 
 
-def write_i2d_fits(store, path, *, overwrite: bool = False) -> Path:
+def write_i2d_fits(store, path, *, overwrite: bool = False, outputs=None) -> Path:
     """Write an ``_i2d.zarr`` store as a JWST ``_i2d.fits`` (stdatamodels ImageModel layout).
 
     Extensions SCI, ERR, WHT, CON, VAR_RNOISE, VAR_POISSON and the gwcs in the ASDF extension
     (``meta.wcs``). The arrays are read into this process (stdatamodels writes from memory): a
-    mosaic of N pixels needs about 24 N bytes here. Written under a temporary name and renamed.
+    mosaic of N pixels needs about 24 N bytes here. Written under a temporary name and renamed
+    (when a caller's ``outputs`` block is given: when that block ends, with its other outputs).
     """
     from stcal_dask.io.atomic import atomic_outputs
 
@@ -331,7 +349,7 @@ def write_i2d_fits(store, path, *, overwrite: bool = False) -> Path:
         area = math.radians(float(ds.attrs["pixel_scale"]) / 3600.0) ** 2
         model.meta.photometry.pixelarea_steradians = area
         model.meta.photometry.pixelarea_arcsecsq = float(ds.attrs["pixel_scale"]) ** 2
-        with atomic_outputs(inputs=[store]) as out:
+        with atomic_outputs(inputs=[store], within=outputs) as out:
             partial = out.reserve(path, overwrite=overwrite, suffix=".fits")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -369,11 +387,11 @@ def _stretch(img: np.ndarray, kind: str) -> np.ndarray:
 
 
 def quicklook_png(store, path, *, array: str = "sci", stretch: str = "asinh",
-                  max_side: int = 2048) -> Path:
+                  max_side: int = 2048, outputs=None) -> Path:
     """A PNG preview of one mosaic array (decimated to ``max_side`` pixels, north as stored).
 
     ``stretch``: ``asinh`` (default for ``sci``) or ``zscale``; the weight map is shown linearly
-    between 0 and its 99.5th percentile.
+    between 0 and its 99.5th percentile. ``outputs``: as in :func:`write_i2d_fits`.
     """
     import matplotlib
 
@@ -398,7 +416,7 @@ def quicklook_png(store, path, *, array: str = "sci", stretch: str = "asinh",
         hi = np.percentile(finite, 99.5) if finite.size else 1.0
         disp = np.clip(np.nan_to_num(img) / (hi or 1.0), 0.0, 1.0)
     path = Path(os.fspath(path)).expanduser().absolute()
-    with atomic_outputs(inputs=[store]) as out:
+    with atomic_outputs(inputs=[store], within=outputs) as out:
         partial = out.reserve(path, overwrite=True, suffix=".png")
         plt.imsave(str(partial), disp, cmap="gray", origin="lower", vmin=0.0, vmax=1.0)
     return path

@@ -12,8 +12,8 @@ from stcal_dask.cli.common import (
     add_command,
     add_step_options,
     check_execution_options,
-    client_kwargs,
     execution_options,
+    open_client,
     parse_tile,
     say,
     step_params,
@@ -110,7 +110,7 @@ def _output_wcs(args, params, client):
 
 def run(args: argparse.Namespace) -> int:
     """Build the mosaic and its products; returns 0."""
-    from stcal_dask.io.atomic import check_target, remove_path
+    from stcal_dask.io.atomic import atomic_outputs
     from stcal_dask.mosaic import i2d
 
     t0 = time.perf_counter()
@@ -121,42 +121,43 @@ def run(args: argparse.Namespace) -> int:
     stem = _stem(output)
     zarr_path = stem.with_name(stem.name + ".zarr")
     fits_path = stem.with_name(stem.name + ".fits")
-    pngs = [stem.with_name(stem.name + "_sci.png"), stem.with_name(stem.name + "_wht.png")]
+    pngs = [] if args.no_quicklook else [stem.with_name(stem.name + "_sci.png"),
+                                         stem.with_name(stem.name + "_wht.png")]
     want_zarr = args.format in ("zarr", "both")
     want_fits = args.format in ("fits", "both")
-    # every target checked before a cluster starts
-    if want_zarr:
-        check_target(zarr_path, overwrite=args.overwrite, what="output")
-    if want_fits:
-        check_target(fits_path, overwrite=args.overwrite, what="output")
     for p in args.inputs:
         if not Path(p).expanduser().exists():
             raise UserInputError(f"input {p} does not exist")
-    store = zarr_path if want_zarr else zarr_path.with_name(f".{zarr_path.name}.for-fits")
-    from stcal_dask.engine.cluster import get_client
-
     if args.threads_per_worker is None:
         args.threads_per_worker = 1
 
-    # warm=False: the workers need none of the numba kernels (they import what a tile task
-    # needs with the first one), so a mosaic never waits for kernels to compile
-    with get_client(**client_kwargs(args, fork=True), warm=False) as client:
-        out_wcs, scale = _output_wcs(args, params, client)
-        result = i2d.build_mosaic(
-            args.inputs, out_wcs, store, params, client=client, tile=tile,
-            overwrite=args.overwrite or not want_zarr, output_pixel_scale=scale,
-            quiet=args.quiet,
-        )
-    written = [str(store)] if want_zarr else []
-    try:
+    # every product is claimed before a cluster starts and all are committed together at the
+    # end of this block (a FITS-only run drizzles into a scratch store removed at the end,
+    # named like every temporary, so a later run removes it if this one is killed)
+    with atomic_outputs(inputs=args.inputs) as out:
+        if want_zarr:
+            out.claim(zarr_path, overwrite=args.overwrite)
         if want_fits:
-            written.append(str(i2d.write_i2d_fits(store, fits_path, overwrite=args.overwrite)))
-        if not args.no_quicklook:
-            written.append(str(i2d.quicklook_png(store, pngs[0], stretch=args.stretch)))
-            written.append(str(i2d.quicklook_png(store, pngs[1], array="wht")))
-    finally:
-        if not want_zarr:
-            remove_path(store)
+            out.claim(fits_path, overwrite=args.overwrite)
+        for png in pngs:
+            out.claim(png, overwrite=True)  # quicklooks are always replaced
+        # warm=False: the workers need none of the numba kernels (they import what a tile task
+        # needs with the first one), so a mosaic never waits for kernels to compile
+        with open_client(args, warm=False, fork=True) as client:
+            out_wcs, scale = _output_wcs(args, params, client)
+            result = i2d.build_mosaic(
+                args.inputs, out_wcs, zarr_path, params, client=client, tile=tile,
+                overwrite=args.overwrite, output_pixel_scale=scale, quiet=args.quiet,
+                outputs=out, temporary=not want_zarr,
+            )
+        store = result.written
+        written = [zarr_path] if want_zarr else []
+        if want_fits:
+            written.append(i2d.write_i2d_fits(store, fits_path, overwrite=args.overwrite,
+                                              outputs=out))
+        if pngs:
+            written.append(i2d.quicklook_png(store, pngs[0], stretch=args.stretch, outputs=out))
+            written.append(i2d.quicklook_png(store, pngs[1], array="wht", outputs=out))
     ny, nx = result.shape
     skipped = f", {len(result.skipped)} skipped (no overlap)" if result.skipped else ""
     say(args, f"mosaic: {result.inputs_used} inputs{skipped} -> {ny} x {nx} pixels in "

@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     # the output is claimed (and checked) before a cluster starts
     with atomic_outputs(inputs=args.inputs) as out:
         out.claim(args.output, overwrite=args.overwrite, what="output WCS")
-        with open_client(args) as client:
+        # warm=False: footprints need none of the numba kernels (never compiled for this)
+        with open_client(args, warm=False, fork=True) as client:
             mosaic = build_mosaic_wcs(args.inputs, client=client, **options)
         ny, nx = mosaic.wcs.array_shape
         if args.shape is None and ny * nx > MAX_PIXELS:
