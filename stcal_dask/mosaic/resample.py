@@ -446,32 +446,59 @@ def _driz_weight(exp: InputExposure, dq, rnoise, weight_type: str, good_bits) ->
     return result.astype(np.float32)
 
 
+def _lazy_zeros(shape, dtype) -> np.ndarray:
+    """A zero-filled array whose memory pages exist only once written (an anonymous mapping:
+    the operating system hands out zero pages on first touch)."""
+    import mmap
+
+    n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    buf = mmap.mmap(-1, max(n, 1))
+    return np.frombuffer(buf, dtype=dtype, count=n // np.dtype(dtype).itemsize).reshape(shape)
+
+
+def _fill_value(fillval) -> np.float32:
+    """Drizzle's initial output value for ``fillval`` (NaN for None, INDEF or NAN)."""
+    if fillval is None or str(fillval).strip().upper() in ("INDEF", "NAN"):
+        return np.float32(np.nan)
+    return np.float32(float(fillval))
+
+
 class _TileState:
-    """Per-tile accumulators (window-sized drizzles, tile-sized variance sums)."""
+    """Per-tile accumulators (drizzles over the window, tile-sized variance sums).
+
+    The drizzles' output arrays start at the mosaic's pixel (0, 0) and end at the window's far
+    corner, so the pixel map is the mosaic's own, unshifted: drizzle's geometry (pixel corners,
+    overlap areas) then rounds exactly as stcal's does on the whole mosaic, which it does not
+    with coordinates relative to the window (a few ulp in a few pixels far from the origin).
+    Only the pages those arrays' written pixels lie in are ever allocated (:func:`_lazy_zeros`:
+    the window, plus whatever input pixels of the tile's regions fall outside it), so the
+    memory stays that of the window. Where the system refuses such a mapping (strict
+    overcommit accounting), the arrays cover the window alone and the pixel map is shifted by
+    :attr:`origin` (exact, but drizzle may then round a few pixels a few ulp differently)."""
 
     def __init__(self, job: TileJob, params: ResampleParams, n_inputs: int, variances):
-        from drizzle.resample import Drizzle
-
         wy0, wy1, wx0, wx1 = job.window
-        self.wshape = (wy1 - wy0, wx1 - wx0)
         ty0, ty1, tx0, tx1 = job.tile
-        self.crop = (slice(ty0 - wy0, ty1 - wy0), slice(tx0 - wx0, tx1 - wx0))
         tshape = (ty1 - ty0, tx1 - tx0)
-        self.driz = Drizzle(
-            kernel=params.kernel,
-            fillval=params.fillval,
-            out_shape=self.wshape,
-            begin_ctx_id=0,
-            max_ctx_id=max(n_inputs - 1, 0),
-            disable_ctx=not params.enable_ctx,
-        )
+        self.kernel = params.kernel
+        self.fill = _fill_value(params.fillval)
+        planes = (max(n_inputs - 1, 0) // 32 + 1) if params.enable_ctx else 0
+        for lazy, (oy, ox) in ((True, (0, 0)), (False, (wy0, wx0))):
+            self.lazy = lazy
+            self.origin = (oy, ox)
+            self.wshape = (wy1 - oy, wx1 - ox)
+            self.window = (slice(wy0 - oy, wy1 - oy), slice(wx0 - ox, wx1 - ox))
+            self.crop = (slice(ty0 - oy, ty1 - oy), slice(tx0 - ox, tx1 - ox))
+            try:
+                self.driz = self.drizzle(self.fill, ctx_planes=planes)
+                break
+            except (OSError, MemoryError):
+                if not lazy:
+                    raise
         self.ctx = bool(params.enable_ctx)
         self.driz_err = None
         if params.compute_err == "driz_err":
-            self.driz_err = Drizzle(
-                kernel=params.kernel, fillval=params.fillval, out_shape=self.wshape,
-                disable_ctx=True,
-            )
+            self.driz_err = self.drizzle(self.fill)
         self.var = {
             name: {
                 "wsum": np.full(tshape, np.nan, dtype=np.float32),
@@ -479,6 +506,25 @@ class _TileState:
             }
             for name in variances
         }
+
+    def drizzle(self, fill: np.float32, ctx_planes: int = 0):
+        """A ``drizzle.resample.Drizzle`` onto lazily allocated arrays of :attr:`wshape`, the
+        window initialised to ``fill`` (pixels outside it are cropped away, never read)."""
+        from drizzle.resample import Drizzle
+
+        img = (_lazy_zeros if self.lazy else np.zeros)(self.wshape, np.float32)
+        img[self.window] = fill
+        # weights and context: drizzle's own np.zeros (calloc: large ones are fresh, lazily
+        # zero-filled mappings too); given arrays of them, it would check their consistency
+        # with whole-array temporaries
+        return Drizzle(
+            kernel=self.kernel,
+            fillval="INDEF",  # the image given is used as it is
+            out_img=img,
+            begin_ctx_id=0,
+            max_ctx_id=max(ctx_planes * 32 - 1, 0),
+            disable_ctx=not ctx_planes,
+        )
 
 
 _SKIP_PIXMAP = np.dstack(np.indices((2, 2), dtype=np.float64)[::-1])
@@ -527,7 +573,6 @@ def drizzle_tile(
     out_wcs = al.without_bounding_box(out_wcs)
     state = _TileState(job, params, len(exposures), variances)
     good_bits = params.good_bits_int
-    wy0, _, wx0, _ = job.window
     regions = dict(job.regions)
     iscale = 1.0
     for exp in exposures:
@@ -558,8 +603,9 @@ def drizzle_tile(
             rnoise = np.asarray(exp.arrays["var_rnoise"][win])
         weight = _driz_weight(exp, dq, rnoise, params.weight_type, good_bits)
         pixmap = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(py0, py1, px0, px1))
-        pixmap[..., 0] -= wx0
-        pixmap[..., 1] -= wy0
+        if state.origin != (0, 0):
+            pixmap[..., 0] -= state.origin[1]
+            pixmap[..., 1] -= state.origin[0]
         kwargs = {
             "exptime": exptime,
             "pixmap": pixmap,
@@ -584,12 +630,9 @@ def drizzle_tile(
 
 def _add_variances(state: _TileState, exp, var: dict, params, kwargs) -> None:
     """stcal's ``resample_variance_arrays`` on one window (cropped to the tile)."""
-    from drizzle.resample import Drizzle
-
     driz_var = {}
     for name, v in var.items():
-        d = Drizzle(out_shape=state.wshape, kernel=params.kernel, fillval=np.nan,
-                    disable_ctx=True)
+        d = state.drizzle(np.float32(np.nan))
         d.add_image(data=np.sqrt(v), **kwargs)
         driz_var[name] = d.out_img[state.crop] ** 2
     tshape = next(iter(state.var.values()))["wt"].shape
