@@ -367,3 +367,73 @@ def test_early_ctrl_c_is_one_line_with_no_worker_tracebacks(big_expo, tmp_path, 
     assert list(out.iterdir()) == []
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], alive
+
+
+# ------------------------------------------------------------------------------------------------
+# tasks that run again (a worker holding their results died while the results were still wanted)
+
+
+def _rate_dataset(seed: int = 0):
+    import dask.array as da
+    import numpy as np
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    ny, nx = 40, 36
+
+    def var(dtype):
+        a = (rng.normal(size=(ny, nx)) * 100).astype(dtype)
+        return (("y", "x"), da.from_array(a, chunks=(20, 18)))
+
+    return xr.Dataset({"sci": var("f4"), "err": var("f4"), "dq": var("u4"),
+                       "var_poisson": var("f4"), "var_rnoise": var("f4")})
+
+
+def _write_again(delayed) -> None:
+    """Run every task of ``delayed``'s graph again, as a scheduler does after losing results."""
+    import dask
+
+    dask.compute(delayed, scheduler="sync")
+
+
+@pytest.mark.parametrize("fmt", ["fits", "zarr"])
+def test_write_and_commit_tasks_run_again_after_the_commit_change_nothing(fmt, tmp_path):
+    """The write tasks and the commit task of a product, run again after the product was
+    committed: no error, the product unchanged, no temporary left; a temporary removed before
+    the commit is still an error (the re-run is not a silent success)."""
+    from stcal_dask.io import write_dataset_atomic
+    from stcal_dask.io.fits_io import write_rate_fits
+
+    def pending_for(path):
+        if fmt == "fits":
+            return write_rate_fits(_rate_dataset(), path, header_from={}, compute=False)
+        return write_dataset_atomic(_rate_dataset(), path, compute=False)
+
+    target = tmp_path / f"x_rate.{fmt}"
+    pending = pending_for(target)
+    _write_again(pending.delayed)  # written and committed by its own commit task
+    first = _sha(target)
+    _write_again(pending.written)  # the write tasks alone, after the commit
+    _write_again(pending.delayed)  # writes and commit again
+    assert _sha(target) == first
+    assert _hidden(tmp_path) == []
+
+    # committed at the end of an atomic_outputs block, then the write tasks again
+    target2 = tmp_path / f"y_rate.{fmt}"
+    with atomic_outputs() as out:
+        pending2 = out.add(pending_for(target2))
+        _write_again(out.writes)
+    second = _sha(target2)
+    _write_again(pending2.written)
+    assert _sha(target2) == second
+    assert _hidden(tmp_path) == []
+
+    # a temporary that disappeared before any commit: the write fails, nothing is committed
+    target3 = tmp_path / f"z_rate.{fmt}"
+    pending3 = pending_for(target3)
+    remove_path(pending3.partial)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - FileNotFoundError or a missing chunk
+        _write_again(pending3.delayed)
+    assert not target3.exists()
+    pending3.abort()
+    assert _hidden(tmp_path) == []

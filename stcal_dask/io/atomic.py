@@ -27,6 +27,11 @@ The protocol:
 * **Commit together.** Only when the block ends without an error are the temporaries renamed
   into place (with ``overwrite`` an existing output is replaced only then); if a rename fails,
   the outputs already renamed are removed again.
+* **Tasks that may run twice.** A dask task can run again after it finished (a worker holding
+  its result dies while the result is still wanted). A writer records the identity (device and
+  inode) of each temporary once it exists (:meth:`Outputs.detach`), and a write or commit task
+  run again after the commit finds the final path with that identity
+  (:func:`was_committed`) and does nothing instead of failing on the missing temporary.
 * **Cleanup that cannot fail twice.** On an error every temporary is removed with errors
   ignored (claims are released when the block ends either way) and the error is re-raised;
   an operating-system error while writing (disk full, file too large, read-only file system,
@@ -68,10 +73,12 @@ __all__ = [
     "check_target",
     "claim_path",
     "commit",
+    "file_identity",
     "owner_tag",
     "partial_path",
     "remove_path",
     "sweep_stale",
+    "was_committed",
 ]
 
 _OS_CONDITIONS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
@@ -257,13 +264,31 @@ def _take_claim(path: Path) -> Path | None:
     raise _busy(path, "another process")
 
 
+def file_identity(path) -> tuple[int, int] | None:
+    """``(device, inode)`` of ``path`` (a file or directory; a rename keeps both), None when it
+    does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def was_committed(path, identity: tuple[int, int] | None) -> bool:
+    """Whether the temporary whose :func:`file_identity` was ``identity`` has been renamed to
+    ``path`` (a write or commit task running again after the commit has nothing left to do)."""
+    return identity is not None and file_identity(path) == tuple(identity)
+
+
 @dataclass(frozen=True)
 class ReservedOutput:
-    """One output of an :class:`Outputs` set: its final path and its temporary."""
+    """One output of an :class:`Outputs` set: its final path and its temporary, and the
+    temporary's :func:`file_identity` once it exists (None before)."""
 
     path: Path
     partial: Path
     overwrite: bool
+    identity: tuple[int, int] | None = None
 
 
 def commit(partial, path, overwrite: bool, *_deps: Any) -> str:
@@ -289,11 +314,16 @@ def commit(partial, path, overwrite: bool, *_deps: Any) -> str:
 
 
 def _commit_all(members: tuple[ReservedOutput, ...], *_deps: Any) -> str:
-    """Rename every member into place (all or none); the first member's final path."""
+    """Rename every member into place (all or none); the first member's final path. Members
+    already renamed by an earlier run of the same task are left as they are (a temporary that
+    tasks run again recreated meanwhile is removed)."""
     done: list[ReservedOutput] = []
     try:
         for m in members:
-            commit(m.partial, m.path, m.overwrite)
+            if was_committed(m.path, m.identity):
+                remove_path(m.partial)
+            else:
+                commit(m.partial, m.path, m.overwrite)
             done.append(m)
     except BaseException:
         for m in done:
@@ -436,6 +466,14 @@ class Outputs:
         self._members.append(member)
         return member.partial
 
+    def final_path(self, partial) -> Path:
+        """The output that the temporary ``partial`` (from :meth:`reserve`) becomes."""
+        partial = Path(partial)
+        for m in self._members:
+            if m.partial == partial:
+                return m.path
+        raise KeyError(f"{partial} is not a temporary of this set")
+
     def scratch(self, directory, name: str) -> Path:
         """A temporary path in ``directory`` (named like the outputs' temporaries, so a later
         run removes it if this process dies), removed when the block ends."""
@@ -466,7 +504,9 @@ class Outputs:
         so far, together) writes their data."""
         if written is None:
             written = after_all(*self._writes)
-        members = tuple(self._members)
+        members = tuple(m if m.identity is not None else
+                        ReservedOutput(m.path, m.partial, m.overwrite, file_identity(m.partial))
+                        for m in self._members)
         pending = PendingWrite(members[0].path, members[0].partial, written, members)
         self._members, self._writes = [], []
         return pending

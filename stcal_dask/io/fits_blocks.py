@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from stcal_dask.io.atomic import was_committed
+
 BITPIX_RAW = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
@@ -94,11 +96,18 @@ class FitsImage:
 class FitsRegion:
     """A picklable ``dask.array.store`` target: one HDU data region of a FITS file on disk."""
 
-    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, *,
+                 final: str | None = None, identity: tuple[int, int] | None = None):
         self.path, self.offset, self.shape = path, int(offset), tuple(shape)
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
         self._raw, self._xor = raw_dtype(self.dtype)
+        # ``path`` is a temporary renamed to ``final`` once every block is written; a write task
+        # running again after that (see stcal_dask.io.atomic) has nothing left to do
+        self.final, self.identity = final, identity
+
+    def _committed(self) -> bool:
+        return self.final is not None and was_committed(self.final, self.identity)
 
     def __setitem__(self, key, value) -> None:
         if math.prod(self.shape) == 0:
@@ -109,7 +118,12 @@ class FitsRegion:
             encoded = encode(np.broadcast_to(np.asarray(value), block_shape), self.dtype,
                               self._xor)
             flat = np.ascontiguousarray(encoded, dtype=self._raw).reshape(-1)
-            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                fd = os.open(self.path, os.O_WRONLY)
+            except FileNotFoundError:
+                if self._committed():
+                    return
+                raise
             try:
                 for n, start in enumerate(starts):
                     chunk = memoryview(flat[n * run_len:(n + 1) * run_len]).cast("B")
@@ -117,8 +131,13 @@ class FitsRegion:
             finally:
                 os.close(fd)
             return
-        mm = np.memmap(self.path, dtype=self._raw, mode="r+", offset=self.offset,
-                       shape=self.shape)
+        try:
+            mm = np.memmap(self.path, dtype=self._raw, mode="r+", offset=self.offset,
+                           shape=self.shape)
+        except FileNotFoundError:
+            if self._committed():
+                return
+            raise
         try:
             # No msync: the page cache is coherent for every process on this machine, and the
             # file is renamed into place only after all blocks are written.

@@ -68,7 +68,7 @@ from stcal_dask.engine.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io.atomic import after_all, atomic_outputs, check_target
+from stcal_dask.io.atomic import after_all, atomic_outputs, check_target, file_identity
 from stcal_dask.io.fits_blocks import (
     BITPIX_RAW,
     FitsImage,
@@ -550,8 +550,10 @@ def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.
                 f.seek(pos)
                 f.write(tail)
             f.truncate(pos + len(tail or b""))
+        final, identity = str(out.final_path(partial)), file_identity(partial)
         for _, data_pos, shape, arr, dtype in layout:
-            target = FitsRegion(str(partial), data_pos, shape, dtype)
+            target = FitsRegion(str(partial), data_pos, shape, dtype, final=final,
+                                identity=identity)
             if isinstance(arr, da.Array):
                 stores_src.append(arr)
                 stores_dst.append(target)

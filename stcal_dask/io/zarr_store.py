@@ -37,7 +37,13 @@ from stcal_dask.engine.datamodel import (
     validate_ramp,
 )
 from stcal_dask.errors import UserInputError
-from stcal_dask.io.atomic import PendingWrite, atomic_outputs
+from stcal_dask.io.atomic import (
+    PendingWrite,
+    atomic_outputs,
+    file_identity,
+    remove_path,
+    was_committed,
+)
 from stcal_dask.io.zarr_chunks import ChunkReader, check_complete
 
 __all__ = ["PendingWrite", "finish_store", "open_product", "open_ramp", "write_dataset_atomic",
@@ -107,7 +113,9 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
             partial, mode="w-", zarr_format=3, consolidated=False, encoding=enc, compute=False,
             write_empty_chunks=True,
         )
-        written = dask.delayed(finish_store, pure=False)(str(partial), str(path), chunks)
+        written = dask.delayed(finish_store, pure=False)(
+            str(partial), str(out.final_path(partial)), chunks,
+            identity=file_identity(partial))
         pending = out.detach(written)
     return pending.compute() if compute else pending
 
@@ -128,17 +136,24 @@ def consolidate_store(store: str, *_deps) -> str:
     return store
 
 
-def finish_store(partial: str, final: str, *_deps) -> str:
+def finish_store(partial: str, final: str, *_deps, identity=None) -> str:
     """Verify that the written store ``partial`` holds every chunk of every array, then
     consolidate its metadata (:func:`consolidate_store`); returns ``partial``.
 
     Extra positional arguments are ignored (they make the step depend on the write tasks).
+    ``identity``: the partial store's :func:`~stcal_dask.io.atomic.file_identity`; when the
+    store was already renamed to ``final`` (this task running again after the commit) there is
+    nothing left to do but remove the chunks that the write tasks running again put in a new
+    ``partial``.
 
     Raises
     ------
     UserInputError: a chunk is missing (e.g. removed by another process while writing); the
         caller removes the partial store, so nothing appears at ``final``.
     """
+    if was_committed(final, identity):
+        remove_path(partial)  # what the chunk writes running again recreated
+        return partial
     check_complete(partial, what=f"written store for {final}")
     return consolidate_store(partial)
 
