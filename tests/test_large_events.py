@@ -293,3 +293,144 @@ def test_cli_run_with_snowballs_matches_stcal(tmp_path):
     np.testing.assert_allclose(ours[ok], image["slope"][ok], rtol=1e-5)
     z = xr.open_zarr(out / "expo_rate.zarr")
     np.testing.assert_array_equal(z["dq"].values, image["dq"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the shower search's fast paths against the step-by-step computations they replace
+
+
+def _ratio_inputs(seed, nints=2, ngroups=9, ny=23, nx=19):
+    rng = np.random.default_rng(seed)
+    data = rng.normal(100, 30, (nints, ngroups, ny, nx)).astype(np.float32).cumsum(axis=1)
+    values = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 16], dtype=np.uint8)
+    gdq = values[rng.integers(0, values.size, data.shape)]
+    gdq[rng.random(data.shape) < 0.6] = 0
+    gdq[:, :, 0, :] = dqflags.DO_NOT_USE  # a row with every group masked: median NaN
+    pdq = np.zeros((ny, nx), np.uint32)
+    pdq[:, :2] = dqflags.REFERENCE_PIXEL
+    pdq[3, 3] = dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE
+    gain = rng.uniform(1.5, 6, (ny, nx)).astype(np.float32)
+    rn = rng.uniform(5, 15, (ny, nx)).astype(np.float32)
+    rn[5, 5] = 0.0  # with a zero median: 0 / 0
+    data[:, :, 5, 5] = 7.0
+    return data, gdq, pdq, gain, rn
+
+
+@pytest.mark.parametrize("seed,nframes", [(0, 1), (1, 4), (2, 1)])
+def test_shower_ratio_compiled_equals_numpy(seed, nframes):
+    data, gdq, pdq, gain, rn = _ratio_inputs(seed, ngroups=9 if seed else 40)
+    st = le.ShowerSettings(nframes=nframes)
+    fast = le.shower_ratio_tile(data, gdq, pdq, gain, rn, settings=st)
+    ref = le._ratio_numpy(data, gdq, pdq, gain, rn, st)
+    assert fast.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(fast, ref)  # NaN where NaN
+    assert np.isnan(fast).any() and np.isfinite(fast).any()
+
+
+def _fft_regions(plane, settings):
+    """stcal's get_bigellipses step by step: FFT convolution, threshold, regions."""
+    k = le.ring_kernel(settings.extend_inner_radius, settings.extend_outer_radius)
+    with np.errstate(all="ignore"):
+        emission = le._convolve_fast(plane, k) > settings.extend_snr_threshold
+    return le.region_ellipses(emission, settings.extend_min_area)
+
+
+def test_fft_error_bound_holds():
+    """The FFT convolution's error stays far inside FFT_ERROR (the margin of the direct sums)."""
+    from scipy import signal
+
+    rng = np.random.default_rng(5)
+    k = le.ring_kernel(1.0, 2.6)
+    dy, dx, w = le._kernel_taps(k)
+    worst = 0.0
+    for shape in [(64, 80), (300, 257), (1030, 1032)]:
+        x = np.abs(rng.standard_cauchy(shape)).astype(np.float32)
+        x[rng.random(shape) < 0.2] = np.nan
+        z = np.where(np.isfinite(x), x, 0).astype(np.float64)
+        fft = signal.oaconvolve(z, k, mode="same")  # the unnormalised sum stcal divides
+        pad = np.pad(z, k.shape[0] // 2)
+        direct = sum(wt * pad[k.shape[0] // 2 + a : k.shape[0] // 2 + a + shape[0],
+                              k.shape[0] // 2 + b : k.shape[0] // 2 + b + shape[1]]
+                     for a, b, wt in zip(dy, dx, w, strict=True))  # fmt: skip
+        worst = max(worst, float(np.abs(fft - direct).max() / np.sqrt((z * z).sum())))
+    assert 0 < worst < le.FFT_ERROR / 100
+
+
+@pytest.mark.parametrize("case", ["noise", "flat", "patch"])
+def test_shower_plane_equals_fft_convolution(case):
+    """The direct ring sums decide as stcal's FFT convolution does, including pixels exactly
+    on the threshold (a flat plane at the threshold: settled by the FFT; an isolated patch:
+    too small to matter)."""
+    rng = np.random.default_rng(11)
+    if case == "noise":
+        st = le.ShowerSettings(extend_min_area=20)
+        plane = np.abs(rng.normal(0, 1.1, (200, 230))).astype(np.float32)
+        plane[60:110, 80:150] += 0.9  # a shower
+        plane[rng.random(plane.shape) < 0.05] = np.nan
+        plane[:, :4] = np.nan
+    elif case == "flat":
+        st = le.ShowerSettings(extend_snr_threshold=1.5, extend_min_area=20)
+        plane = np.full((90, 70), 1.5, np.float32)
+        plane[20:30, 20:30] = np.nan
+    else:
+        # the centre of a 3 x 3 patch of 4.5 sees 8 of its 36 ring pixels at 4.5: exactly 1.0
+        st = le.ShowerSettings(extend_snr_threshold=1.0, extend_min_area=5)
+        plane = np.zeros((60, 50), np.float32)
+        plane[30:33, 20:23] = 4.5
+    from stcal_dask.kernels import _shower_numba as snb
+
+    k = le.ring_kernel(st.extend_inner_radius, st.extend_outer_radius)
+    states = snb.ring_states(plane, *le._kernel_taps(k), st.extend_snr_threshold,
+                             1e-3 * np.mean(k), le.FFT_ERROR)
+    if case != "noise":
+        assert (states == 2).any()
+    got = le.shower_plane(plane, settings=st)
+    assert got == _fft_regions(plane, st)
+    if case == "noise":
+        assert got
+
+
+def _revert_whole_cube(data, gain, gdq_in, gdq, amplitude):
+    e = data * gain
+    bad = dqflags.DO_NOT_USE | dqflags.SATURATED | dqflags.JUMP_DET
+    out = gdq.copy()
+    import warnings
+
+    for i in range(gdq.shape[0]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t = e[i].copy()
+            t[(gdq_in[i] & bad) != 0] = np.nan
+            before = np.nanmean(np.diff(t, axis=0), axis=0)
+            t = e[i].copy()
+            t[(gdq[i] & bad) != 0] = np.nan
+            after = np.nanmean(np.diff(t, axis=0), axis=0)
+            d = np.abs(before - after)
+        rev = ~np.isfinite(d) | (d > amplitude)
+        out[i][:, rev] = gdq_in[i][:, rev]
+    return out
+
+
+@pytest.mark.parametrize("n_changed", [0, 1, 2, 300])
+def test_shower_revert_equals_whole_cube(n_changed):
+    """max_flux_showers evaluated on the changed pixels only, with 40 groups (numpy would sum
+    a single column pairwise: a copy keeps it plane by plane)."""
+    rng = np.random.default_rng(n_changed)
+    nints, ngroups, ny, nx = 2, 40, 30, 25
+    data = rng.normal(10, 3, (nints, ngroups, ny, nx)).astype(np.float32).cumsum(axis=1)
+    gain = rng.uniform(1, 6, (ny, nx)).astype(np.float32)
+    gdq_in = np.where(rng.random(data.shape) < 0.05, np.uint8(4), np.uint8(0))
+    gdq = gdq_in.copy()
+    flat = rng.choice(ny * nx, n_changed, replace=False)
+    for f in flat:
+        y, x = divmod(int(f), nx)
+        g = int(rng.integers(1, ngroups - 6))
+        gdq[1, g : g + int(rng.integers(1, 6)), y, x] |= dqflags.JUMP_DET
+    if n_changed > 2:
+        gdq[0, :, 0, 0] = dqflags.DO_NOT_USE  # the rate becomes NaN
+    st = le.ShowerSettings(max_shower_amplitude=0.05)
+    want = _revert_whole_cube(data, gain, gdq_in, gdq, st.max_shower_amplitude)
+    got = le._revert_showers(data, gain, gdq_in, gdq.copy(), st)
+    np.testing.assert_array_equal(got, want)
+    if n_changed > 2:
+        assert (got != gdq_in).any() and (got != gdq).any()

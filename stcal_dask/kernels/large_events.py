@@ -206,11 +206,16 @@ def region_ellipses(mask, min_area, *, keep=None) -> list[Ellipse]:
     if n == 0:
         return []
     counts = np.bincount(lab.ravel(), minlength=n + 1)
+    # an 8-connected region of n pixels fits in an n x n box, and its filled area is at most
+    # its box's: smaller regions are left out before anything is measured
+    big = np.flatnonzero(counts[1:].astype(np.float64) ** 2 >= min_area) + 1
+    if big.size == 0:
+        return []
+    slices = ndimage.find_objects(lab)
     out = []
     cache: dict = {}
-    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
-            continue
+    for k in big:
+        sl = slices[k - 1]
         n_px = counts[k]
         bbox_area = (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start)
         if bbox_area < min_area:  # even filled, the region is smaller than its bounding box
@@ -525,9 +530,26 @@ def shower_ratio_tile(data, gdq, pdq, gain, readnoise, *, settings: ShowerSettin
     ``data`` DN, ``gdq`` the group DQ after jump detection (and snowballs), ``pdq`` the PIXELDQ
     after jump detection, ``gain`` electron/DN, ``readnoise`` CDS DN. Entry ``[i, g - 1]`` is
     the ratio of difference g - 1 -> g masked by group g's DQ, as stcal's ``get_bigellipses``.
+    With fewer than ``minimum_sigclip_groups`` integrations and float32 inputs (JWST's) one
+    compiled pass computes it (:func:`~stcal_dask.kernels._shower_numba.ratio_cube`, the same
+    float32 arithmetic); otherwise numpy does, step by step as stcal.
     """
     gdq = np.asarray(gdq)
     pdq = np.asarray(pdq)
+    nints = gdq.shape[0]
+    f32 = np.dtype(np.float32)
+    if (nints < settings.minimum_sigclip_groups
+            and all(np.asarray(a).dtype == f32 for a in (data, gain, readnoise))):
+        from stcal_dask.kernels import _shower_numba as snb
+        from stcal_dask.kernels.common import readonly_c
+
+        return snb.ratio_cube(readonly_c(data), readonly_c(gdq), readonly_c(pdq),
+                              readonly_c(gain), readonly_c(readnoise), int(settings.nframes))
+    return _ratio_numpy(data, gdq, pdq, gain, readnoise, settings)
+
+
+def _ratio_numpy(data, gdq, pdq, gain, readnoise, settings: ShowerSettings):
+    """:func:`shower_ratio_tile` with numpy, any dtypes and both of stcal's branches."""
     gain = np.asarray(gain)
     nints = gdq.shape[0]
     e = _nan_flagged(_electrons(data, gain), gdq)
@@ -600,13 +622,75 @@ def _convolve_fast(arr, kernel):
     return conv
 
 
+FFT_ERROR = 1e-10
+"""Bound on the error of an FFT convolution (scipy ``oaconvolve``, float64) at any output pixel,
+relative to the 2-norm of the whole input plane times the kernel's 1-norm. With L = log2 of the
+transform size and eta about 7 unit roundoffs per butterfly stage (accurate twiddle factors),
+the forward transform errs by at most L * eta in 2-norm, the kernel's transform by L * eta times
+its 1-norm in every element, and the inverse transform by L * eta again: about 3 L eta in all,
+below 1e-13 for L <= 40, and at most 4 overlapping blocks add up at a pixel. This is 250 times
+that."""
+
+
+def _kernel_taps(kernel: np.ndarray):
+    """The non-zero taps of an odd square kernel for a 'same' convolution: output (y, x) takes
+    ``w * input[y + dy, x + dx]``; (dy, dx, w) int64, int64, float64 arrays."""
+    n = kernel.shape[0] // 2
+    a, b = np.nonzero(kernel)
+    return ((n - a).astype(np.int64), (n - b).astype(np.int64),
+            np.ascontiguousarray(kernel[a, b], dtype=np.float64))  # fmt: skip
+
+
+def _emission(ratio_plane, kernel, threshold: float, min_area: float) -> np.ndarray:
+    """(ny, nx) bool: where stcal's ``convolve_fast(ratio_plane, kernel) > threshold``, as far as
+    the regions of filled area >= ``min_area`` can tell.
+
+    The ring sums are taken directly (:func:`~stcal_dask.kernels._shower_numba.ring_states`);
+    pixels whose exact value lies within the FFT's rounding reach (:data:`FFT_ERROR`) of the
+    threshold are undecided. They cannot change the regions when every region of the plane
+    with them counted as emission that contains one has a filled area below ``min_area`` (a
+    region's filled area only shrinks when pixels are removed): then they are left out.
+    Otherwise the plane is convolved with FFTs exactly as stcal does.
+    """
+    from stcal_dask.kernels import _shower_numba as snb
+
+    plane = np.ascontiguousarray(ratio_plane)
+    dy, dx, w = _kernel_taps(kernel)
+    states = snb.ring_states(plane, dy, dx, w, float(threshold), float(1e-3 * np.mean(kernel)),
+                             FFT_ERROR)
+    emission = states == 1
+    undecided = states == 2
+    if undecided.any() and _undecided_matter(emission, undecided, min_area):
+        with np.errstate(all="ignore"):
+            emission = _convolve_fast(plane, kernel) > threshold
+    return emission
+
+
+def _undecided_matter(emission, undecided, min_area) -> bool:
+    """True when a region of ``emission | undecided`` holding an undecided pixel has a filled
+    area >= ``min_area``."""
+    from scipy import ndimage
+
+    lab, _ = _label(emission | undecided)
+    ids = np.unique(lab[undecided])
+    slices = ndimage.find_objects(lab)
+    cache: dict = {}
+    for k in ids:
+        sl = slices[k - 1]
+        if (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) < min_area:
+            continue
+        if _shape_props((lab[sl] == k).astype(np.uint8), cache)[3].area_filled >= min_area:
+            return True
+    return False
+
+
 def shower_plane(ratio_plane, *, settings: ShowerSettings) -> list[Ellipse]:
-    """Per (integration, group) plane: the shower ellipses (whole-plane convolution, threshold,
-    regions of filled area >= ``extend_min_area``)."""
+    """Per (integration, group) plane: the shower ellipses (whole-plane ring convolution,
+    threshold, regions of filled area >= ``extend_min_area``), those of stcal's
+    ``get_bigellipses``."""
     kernel = ring_kernel(settings.extend_inner_radius, settings.extend_outer_radius)
-    with np.errstate(all="ignore"):
-        sm = _convolve_fast(ratio_plane, kernel)
-        emission = sm > settings.extend_snr_threshold
+    emission = _emission(ratio_plane, kernel, settings.extend_snr_threshold,
+                         settings.extend_min_area)
     return region_ellipses(emission, settings.extend_min_area)
 
 
@@ -642,22 +726,38 @@ def apply_showers(data, gdq, pdq, gain, window, showers, *, settings: ShowerSett
 def _revert_showers(data, gain, gdq_in, gdq, settings: ShowerSettings) -> np.ndarray:
     """stcal's ``max_flux_showers``: per integration, pixels whose mean difference (flagged
     groups excluded) changed by more than ``max_shower_amplitude`` or became NaN get the input
-    flags back."""
-    e = _electrons(data, gain)
+    flags back.
+
+    Only pixels whose group DQ the showers changed are evaluated: elsewhere both means are the
+    same computation, so they differ by 0 or are NaN, and restoring the input flags there
+    changes nothing. The means are numpy's ``nanmean`` over the differences (axis 0) of the
+    gathered (ngroups, npixels) columns, npixels >= 2 (so numpy sums plane by plane, in the
+    order it does on the whole cube).
+    """
+    data = np.asarray(data)
+    gain = np.asarray(gain)
     bad = DNU | SAT | JUMP
     nints = gdq.shape[0]
     for i in range(nints):
+        changed = (gdq[i] != gdq_in[i]).any(axis=0)
+        yy, xx = np.nonzero(changed)
+        if yy.size == 0:
+            continue
+        if yy.size == 1:  # a second column (a copy) keeps the sum's order that of the cube
+            yy, xx = np.repeat(yy, 2), np.repeat(xx, 2)
+        e = data[i][:, yy, xx] * gain[yy, xx]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            t = e[i].copy()
-            t[(gdq_in[i] & bad) != 0] = np.nan
+            t = e.copy()
+            t[(gdq_in[i][:, yy, xx] & bad) != 0] = np.nan
             before = np.nanmean(np.diff(t, axis=0), axis=0)
-            t = e[i].copy()
-            t[(gdq[i] & bad) != 0] = np.nan
+            t = e
+            t[(gdq[i][:, yy, xx] & bad) != 0] = np.nan
             after = np.nanmean(np.diff(t, axis=0), axis=0)
             d = np.abs(before - after)
             rev = ~np.isfinite(d) | (d > settings.max_shower_amplitude)
-        gdq[i][:, rev] = gdq_in[i][:, rev]
+        ry, rx = yy[rev], xx[rev]
+        gdq[i][:, ry, rx] = gdq_in[i][:, ry, rx]
     return gdq
 
 
