@@ -10,8 +10,11 @@ test (stcal's ``convolve_fast`` followed by ``> extend_snr_threshold``). stcal c
 FFTs; the values it compares differ from the exact sums by the FFT's rounding, which depends on
 the whole plane. Here the sums are taken directly (float64, over the kernel's non-zero taps) and
 a pixel is decided only when the exact comparison is further from the threshold than any
-rounding of either computation can reach: 0 (below), 1 (above) or 2 (too close to call). The
-caller settles the pixels in state 2 (see ``large_events.shower_plane``).
+rounding of either computation can reach; it returns the pixels above the threshold and those
+too close to call, which the caller settles (see ``large_events.shower_plane``).
+
+:func:`sparse_components` labels the 8-connected regions of a sparse set of pixels (the few
+hundred above the threshold in a plane of a million) without a whole-plane label image.
 """
 
 from __future__ import annotations
@@ -91,17 +94,35 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
     return out
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _finite_norms(plane):
+    """(sum of squares, largest magnitude) of the finite values of a plane (float64; in any
+    order: they only size a rounding margin)."""
+    ny, nx = plane.shape
+    sq = 0.0
+    amax = 0.0
+    for y in range(ny):
+        pr = plane[y]
+        for x in range(nx):
+            v = np.float64(pr[x])
+            v = v if (v - v) == 0.0 else 0.0
+            sq += v * v
+            amax = max(amax, abs(v))
+    return sq, amax
+
+
 @njit(cache=True, nogil=True)
-def ring_states(plane, dy, dx, w, thr, norm_min, fft_error):
-    """(ny, nx) uint8 states of the threshold test on the ring-convolved plane.
+def ring_states(plane, run_dy, run_dx, run_len, run_w, thr, norm_min, fft_error):
+    """Classify the pixels of a ratio plane for the threshold test on its ring convolution.
 
     Parameters
     ----------
     plane : (ny, nx) float
         Ratios (NaN or infinite = not usable; they count as 0 and carry no weight).
-    dy, dx, w : (ntaps,) int64, int64, float64
-        The kernel's non-zero taps: output (y, x) takes ``w * plane[y + dy, x + dx]``. Taps
-        outside the frame carry weight (value 0), as stcal's normalisation pads with ones.
+    run_dy, run_dx, run_len, run_w : (nruns,) int64, int64, int64, float64
+        The kernel's non-zero taps as runs of equal weight along rows: output (y, x) takes
+        ``run_w * plane[y + run_dy, x + run_dx + j]`` for ``j < run_len``. Taps outside the
+        frame carry weight (value 0), as stcal's normalisation pads with ones.
     thr : float
         ``extend_snr_threshold``.
     norm_min : float
@@ -113,77 +134,155 @@ def ring_states(plane, dy, dx, w, thr, norm_min, fft_error):
 
     Returns
     -------
-    (ny, nx) uint8
-        0 below the threshold (or unusable), 1 above, 2 too close to call: the weighted sum
-        ``s`` and weight ``n`` of a pixel's usable taps (float64, rounding below 1e-12 of the
-        sum of the terms' magnitudes) are compared as ``s - thr * n`` with a margin covering
-        the FFT's error on both (``fft_error`` times the 2-norms of the plane's usable values
-        and of the padded 0/1 usable map) and the rounding of both computations.
+    above, undecided : int64 arrays
+        Sorted linear indices (``y * nx + x``) of the pixels above the threshold and of those
+        too close to call (all others are below it or unusable): the weighted sum ``s`` and
+        weight ``n`` of a pixel's usable taps (float64; sums of run sums, rounding below 1e-12
+        of the sum of the terms' magnitudes) are compared as ``s - thr * n`` with a margin
+        covering the FFT's error on both (``fft_error`` times the 2-norms of the plane's usable
+        values and of the padded 0/1 usable map) and the rounding of both computations.
     """
     ny, nx = plane.shape
-    ntaps = dy.size
-    acc = np.empty(nx, dtype=np.float64)
-    nrm = np.empty(nx, dtype=np.float64)
-    val = np.empty((ny, nx), dtype=np.float64)
-    good = np.empty((ny, nx), dtype=np.float64)
-    sq = 0.0
-    amax = 0.0
-    for y in range(ny):
-        for x in range(nx):
-            v = np.float64(plane[y, x])
-            ok = (v - v) == 0.0  # finite
-            v = v if ok else 0.0
-            val[y, x] = v
-            good[y, x] = 1.0 if ok else 0.0
-            sq += v * v
-            amax = max(amax, abs(v))
+    nruns = run_dy.size
+    r = 0  # reach of the kernel
+    wmax = 1
     k1 = 0.0
-    nmax = 0
-    for t in range(ntaps):
-        k1 += abs(w[t])
-        nmax = max(nmax, abs(dy[t]), abs(dx[t]))
-    pad = np.sqrt(np.float64((ny + 2 * nmax) * (nx + 2 * nmax)))
+    for t in range(nruns):
+        r = max(r, abs(run_dy[t]), abs(run_dx[t]), abs(run_dx[t] + run_len[t] - 1))
+        wmax = max(wmax, run_len[t])
+        k1 += abs(run_w[t]) * run_len[t]
+    py, px = ny + 2 * r, nx + 2 * r
+    sq, amax = _finite_norms(plane)
+    pad = np.sqrt(np.float64(py * px))
     norm_margin = (fft_error * pad + 1e-12) * k1
     margin = fft_error * np.sqrt(sq) * k1 + thr * norm_margin + 1e-12 * (amax + thr) * k1
-    out = np.zeros((ny, nx), dtype=np.uint8)
-    for y in range(ny):
+    # the plane padded by r (outside: value 0, weight 1), one row at a time in vr/gr, and the
+    # run sums of the last 2r + 1 padded rows: hv[row % k, w - 1, x] = sum of the row's
+    # values x .. x + w - 1 (hg the same of the weights)
+    k = 2 * r + 1
+    vr = np.zeros(px, dtype=np.float64)
+    gr = np.ones(px, dtype=np.float64)
+    hv = np.zeros((k, wmax, px), dtype=np.float64)
+    hg = np.zeros((k, wmax, px), dtype=np.float64)
+    acc = np.empty(nx, dtype=np.float64)
+    nrm = np.empty(nx, dtype=np.float64)
+    above = np.empty(ny * nx, dtype=np.int64)
+    undecided = np.empty(ny * nx, dtype=np.int64)
+    n_above = 0
+    n_undecided = 0
+    for row in range(py):
+        b = row % k
+        yin = row - r
+        if 0 <= yin < ny:
+            pr = plane[yin]
+            for x in range(nx):
+                v = np.float64(pr[x])
+                ok = (v - v) == 0.0  # finite
+                vr[r + x] = v if ok else 0.0
+                gr[r + x] = 1.0 if ok else 0.0
+        else:
+            vr[:] = 0.0
+            gr[:] = 1.0
+        hv[b, 0, :] = vr
+        hg[b, 0, :] = gr
+        for w in range(1, wmax):
+            pv = hv[b, w - 1]
+            pg = hg[b, w - 1]
+            cv = hv[b, w]
+            cg = hg[b, w]
+            for x in range(px - w):
+                cv[x] = pv[x] + vr[x + w]
+                cg[x] = pg[x] + gr[x + w]
+        y = row - 2 * r  # the output row whose last input row this is
+        if y < 0:
+            continue
         acc[:] = 0.0
         nrm[:] = 0.0
-        for t in range(ntaps):
-            yy = y + dy[t]
-            wt = w[t]
-            if yy < 0 or yy >= ny:
-                for x in range(nx):
-                    nrm[x] += wt
-                continue
-            sx = dx[t]
-            lo = max(0, -sx)
-            hi = min(nx, nx - sx)
-            for x in range(0, min(lo, nx)):
-                nrm[x] += wt
-            for x in range(max(hi, 0), nx):
-                nrm[x] += wt
-            if hi <= lo:
-                continue
-            # slices: non-negative indices, so the loop vectorises
-            a = acc[lo:hi]
-            m = nrm[lo:hi]
-            vr = val[yy, lo + sx : hi + sx]
-            gr = good[yy, lo + sx : hi + sx]
-            for j in range(hi - lo):
-                a[j] += wt * vr[j]
-                m[j] += wt * gr[j]
+        for t in range(nruns):
+            src = (y + r + run_dy[t]) % k
+            x0 = r + run_dx[t]
+            wt = run_w[t]
+            sv = hv[src, run_len[t] - 1, x0 : x0 + nx]
+            sg = hg[src, run_len[t] - 1, x0 : x0 + nx]
+            for x in range(nx):
+                acc[x] += wt * sv[x]
+                nrm[x] += wt * sg[x]
+        py_row = plane[y]
         for x in range(nx):
-            if good[y, x] == 0.0:
+            v0 = np.float64(py_row[x])
+            if not (v0 - v0) == 0.0:
                 continue
             n = nrm[x]
             if n <= norm_min - norm_margin:
                 continue
             d = acc[x] - thr * n
-            if n <= norm_min + norm_margin:
-                out[y, x] = 2 if d >= -margin else 0
-            elif d > margin:
-                out[y, x] = 1
+            if d > margin and n > norm_min + norm_margin:
+                above[n_above] = y * nx + x
+                n_above += 1
             elif d >= -margin:
-                out[y, x] = 2
-    return out
+                undecided[n_undecided] = y * nx + x
+                n_undecided += 1
+    return above[:n_above].copy(), undecided[:n_undecided].copy()
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _root(parent, p):
+    while parent[p] != p:
+        parent[p] = parent[parent[p]]
+        p = parent[p]
+    return p
+
+
+@njit(cache=True, nogil=True)
+def sparse_components(lin, ny, nx):
+    """8-connected components of the pixels at the sorted linear indices ``lin`` of a (ny, nx)
+    plane.
+
+    Returns ``(comp, bbox)``: ``comp[p]`` the component of pixel ``p`` (0, 1, ... numbered in the
+    raster order of their first pixels, as ``scipy.ndimage.label`` and ``skimage.measure.label``
+    number them) and ``bbox[k] = (y0, y1, x0, x1)`` (end-exclusive) of component k.
+    """
+    n = lin.size
+    parent = np.arange(n)
+    for p in range(n):
+        y = lin[p] // nx
+        x = lin[p] - y * nx
+        # the neighbours before a pixel in raster order: W, NW, N, NE
+        for oy, ox in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
+            yy = y + oy
+            xx = x + ox
+            if yy < 0 or xx < 0 or xx >= nx:
+                continue
+            c = yy * nx + xx
+            q = np.searchsorted(lin[:p], c)
+            if q < p and lin[q] == c:
+                a = _root(parent, p)
+                b = _root(parent, q)
+                if a != b:
+                    if a < b:
+                        parent[b] = a
+                    else:
+                        parent[a] = b
+    comp = np.empty(n, dtype=np.int64)
+    ids = np.full(n, -1, dtype=np.int64)
+    m = 0
+    for p in range(n):
+        r = _root(parent, p)
+        if ids[r] < 0:
+            ids[r] = m
+            m += 1
+        comp[p] = ids[r]
+    bbox = np.empty((m, 4), dtype=np.int64)
+    bbox[:, 0] = ny
+    bbox[:, 1] = 0
+    bbox[:, 2] = nx
+    bbox[:, 3] = 0
+    for p in range(n):
+        k = comp[p]
+        y = lin[p] // nx
+        x = lin[p] - y * nx
+        bbox[k, 0] = min(bbox[k, 0], y)
+        bbox[k, 1] = max(bbox[k, 1], y + 1)
+        bbox[k, 2] = min(bbox[k, 2], x)
+        bbox[k, 3] = max(bbox[k, 3], x + 1)
+    return comp, bbox

@@ -158,12 +158,15 @@ class ShowerSettings(NamedTuple):
 # regions, ellipses, rasters
 
 
-def _label(mask: np.ndarray):
-    """8-connected labels of a boolean plane (the connectivity ``skimage.measure.label`` uses
-    for 2-D images) and the number of regions."""
-    from scipy import ndimage
+def _components(lin: np.ndarray, shape):
+    """8-connected regions (the connectivity ``skimage.measure.label`` uses for 2-D images) of
+    the pixels at sorted linear indices ``lin`` of a ``shape`` plane: ``(comp, bbox)`` of
+    :func:`~stcal_dask.kernels._shower_numba.sparse_components` (regions numbered in label
+    order)."""
+    from stcal_dask.kernels import _shower_numba as snb
 
-    return ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return snb.sparse_components(np.ascontiguousarray(lin, dtype=np.int64), int(shape[0]),
+                                 int(shape[1]))  # fmt: skip
 
 
 def _shape_props(sub: np.ndarray, cache: dict):
@@ -190,43 +193,58 @@ def _centroid(sub: np.ndarray, y0: int, x0: int) -> np.ndarray:
     return coords.mean(axis=0)
 
 
-def region_ellipses(mask, min_area, *, keep=None) -> list[Ellipse]:
+def _region_images(lin, shape, min_area, keep=None):
+    """The regions of the pixels ``lin`` (sorted linear indices in a ``shape`` plane) that can
+    reach a filled area of ``min_area``, in label order: (y0, x0, region image uint8, pixel
+    count) each. An 8-connected region of n pixels fits in an n x n box and its filled area is
+    at most its box's, so smaller ones are left out before anything is built; so are those
+    for which ``keep(y0, y1, x0, x1)`` (their bounding box) returns False."""
+    if lin.size == 0:
+        return []
+    comp, bbox = _components(lin, shape)
+    counts = np.bincount(comp, minlength=bbox.shape[0])
+    areas = (bbox[:, 1] - bbox[:, 0]) * (bbox[:, 3] - bbox[:, 2])
+    big = np.flatnonzero((counts.astype(np.float64) ** 2 >= min_area) & (areas >= min_area))
+    if big.size == 0:
+        return []
+    order = np.argsort(comp, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    nx = int(shape[1])
+    out = []
+    for k in big:
+        y0, y1, x0, x1 = (int(v) for v in bbox[k])
+        if keep is not None and not keep(y0, y1, x0, x1):
+            continue
+        pix = lin[order[starts[k] : starts[k + 1]]]
+        sub = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+        sub[pix // nx - y0, pix % nx - x0] = 1
+        out.append((y0, x0, sub, int(counts[k])))
+    return out
+
+
+def region_ellipses(mask, min_area, *, keep=None, points=None) -> list[Ellipse]:
     """Ellipses of the 8-connected regions of ``mask`` whose filled area is >= ``min_area``.
 
     stcal's ``find_ellipses``/``_sk_filter_areas`` (``regionprops``: filled area, centroid, axis
-    lengths, orientation). ``keep(y0, y1, x0, x1)``, given a region's bounding box (rows
-    ``y0:y1``, columns ``x0:x1``), may return False for regions whose ellipse cannot matter to
-    the caller: their properties are then not computed (the costly part on planes with many
-    regions). Regions with at least ``min_area`` pixels pass without filling their holes.
+    lengths, orientation), regions in label order. ``keep(y0, y1, x0, x1)``, given a region's
+    bounding box (rows ``y0:y1``, columns ``x0:x1``), may return False for regions whose
+    ellipse cannot matter to the caller: their properties are then not computed (the costly
+    part on planes with many regions). Regions with at least ``min_area`` pixels pass without
+    filling their holes. ``points`` (sorted linear indices of the set pixels) may be given
+    instead of ``mask`` as ``(lin, shape)``.
     """
-    from scipy import ndimage
-
-    mask = np.asarray(mask, dtype=bool)
-    lab, n = _label(mask)
-    if n == 0:
-        return []
-    counts = np.bincount(lab.ravel(), minlength=n + 1)
-    # an 8-connected region of n pixels fits in an n x n box, and its filled area is at most
-    # its box's: smaller regions are left out before anything is measured
-    big = np.flatnonzero(counts[1:].astype(np.float64) ** 2 >= min_area) + 1
-    if big.size == 0:
-        return []
-    slices = ndimage.find_objects(lab)
+    if points is None:
+        mask = np.asarray(mask, dtype=bool)
+        lin, shape = np.flatnonzero(mask), mask.shape
+    else:
+        lin, shape = points
     out = []
     cache: dict = {}
-    for k in big:
-        sl = slices[k - 1]
-        n_px = counts[k]
-        bbox_area = (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start)
-        if bbox_area < min_area:  # even filled, the region is smaller than its bounding box
-            continue
-        if keep is not None and not keep(sl[0].start, sl[0].stop, sl[1].start, sl[1].stop):
-            continue
-        sub = (lab[sl] == k).astype(np.uint8)
+    for y0, x0, sub, n_px in _region_images(lin, shape, min_area, keep):
         hit = _shape_props(sub, cache)
         if n_px < min_area and hit[3].area_filled < min_area:
             continue
-        cy, cx = _centroid(sub, sl[0].start, sl[1].start)
+        cy, cx = _centroid(sub, y0, x0)
         out.append(Ellipse(float(cx), float(cy), hit[0] - 1, hit[1] - 1, np.degrees(hit[2])))
     return out
 
@@ -632,18 +650,32 @@ below 1e-13 for L <= 40, and at most 4 overlapping blocks add up at a pixel. Thi
 that."""
 
 
-def _kernel_taps(kernel: np.ndarray):
-    """The non-zero taps of an odd square kernel for a 'same' convolution: output (y, x) takes
-    ``w * input[y + dy, x + dx]``; (dy, dx, w) int64, int64, float64 arrays."""
-    n = kernel.shape[0] // 2
-    a, b = np.nonzero(kernel)
-    return ((n - a).astype(np.int64), (n - b).astype(np.int64),
-            np.ascontiguousarray(kernel[a, b], dtype=np.float64))  # fmt: skip
+def _kernel_runs(kernel: np.ndarray):
+    """The non-zero taps of an odd square kernel for a 'same' convolution, as runs of equal
+    weight along rows: output (y, x) takes ``w * input[y + dy, x + dx + j]`` for ``j < n``;
+    (dy, dx, n, w) int64, int64, int64, float64 arrays."""
+    h = kernel.shape[0] // 2
+    runs = []
+    for a in range(kernel.shape[0]):
+        row = kernel[a, ::-1]  # column b of the row is offset dx = h - b
+        b = 0
+        while b < row.size:
+            if row[b] == 0:
+                b += 1
+                continue
+            e = b
+            while e + 1 < row.size and row[e + 1] == row[b]:
+                e += 1
+            runs.append((h - a, b - h, e - b + 1, float(row[b])))
+            b = e + 1
+    dy, dx, n, w = zip(*runs, strict=True) if runs else ((), (), (), ())
+    return (np.array(dy, np.int64), np.array(dx, np.int64), np.array(n, np.int64),
+            np.array(w, np.float64))  # fmt: skip
 
 
 def _emission(ratio_plane, kernel, threshold: float, min_area: float) -> np.ndarray:
-    """(ny, nx) bool: where stcal's ``convolve_fast(ratio_plane, kernel) > threshold``, as far as
-    the regions of filled area >= ``min_area`` can tell.
+    """Sorted linear indices of the pixels where stcal's ``convolve_fast(ratio_plane, kernel) >
+    threshold``, as far as the regions of filled area >= ``min_area`` can tell.
 
     The ring sums are taken directly (:func:`~stcal_dask.kernels._shower_numba.ring_states`);
     pixels whose exact value lies within the FFT's rounding reach (:data:`FFT_ERROR`) of the
@@ -655,31 +687,25 @@ def _emission(ratio_plane, kernel, threshold: float, min_area: float) -> np.ndar
     from stcal_dask.kernels import _shower_numba as snb
 
     plane = np.ascontiguousarray(ratio_plane)
-    dy, dx, w = _kernel_taps(kernel)
-    states = snb.ring_states(plane, dy, dx, w, float(threshold), float(1e-3 * np.mean(kernel)),
-                             FFT_ERROR)
-    emission = states == 1
-    undecided = states == 2
-    if undecided.any() and _undecided_matter(emission, undecided, min_area):
+    above, undecided = snb.ring_states(plane, *_kernel_runs(kernel), float(threshold),
+                                       float(1e-3 * np.mean(kernel)), FFT_ERROR)
+    if undecided.size and _undecided_matter(above, undecided, plane.shape, min_area):
         with np.errstate(all="ignore"):
-            emission = _convolve_fast(plane, kernel) > threshold
-    return emission
+            above = np.flatnonzero(_convolve_fast(plane, kernel) > threshold)
+    return above
 
 
-def _undecided_matter(emission, undecided, min_area) -> bool:
-    """True when a region of ``emission | undecided`` holding an undecided pixel has a filled
-    area >= ``min_area``."""
-    from scipy import ndimage
-
-    lab, _ = _label(emission | undecided)
-    ids = np.unique(lab[undecided])
-    slices = ndimage.find_objects(lab)
+def _undecided_matter(above, undecided, shape, min_area) -> bool:
+    """True when a region of the pixels ``above`` and ``undecided`` (sorted linear indices)
+    holding an undecided pixel has a filled area >= ``min_area``."""
+    both = np.union1d(above, undecided)
     cache: dict = {}
-    for k in ids:
-        sl = slices[k - 1]
-        if (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) < min_area:
+    nx = shape[1]
+    for y0, x0, sub, _ in _region_images(both, shape, min_area):
+        ys, xs = np.nonzero(sub)
+        if not np.isin((ys + y0) * nx + xs + x0, undecided).any():
             continue
-        if _shape_props((lab[sl] == k).astype(np.uint8), cache)[3].area_filled >= min_area:
+        if _shape_props(sub, cache)[3].area_filled >= min_area:
             return True
     return False
 
@@ -689,9 +715,10 @@ def shower_plane(ratio_plane, *, settings: ShowerSettings) -> list[Ellipse]:
     threshold, regions of filled area >= ``extend_min_area``), those of stcal's
     ``get_bigellipses``."""
     kernel = ring_kernel(settings.extend_inner_radius, settings.extend_outer_radius)
-    emission = _emission(ratio_plane, kernel, settings.extend_snr_threshold,
-                         settings.extend_min_area)
-    return region_ellipses(emission, settings.extend_min_area)
+    above = _emission(ratio_plane, kernel, settings.extend_snr_threshold,
+                      settings.extend_min_area)
+    return region_ellipses(None, settings.extend_min_area,
+                           points=(above, np.shape(ratio_plane)))
 
 
 def apply_showers(data, gdq, pdq, gain, window, showers, *, settings: ShowerSettings,
