@@ -316,9 +316,10 @@ def _ratio_inputs(seed, nints=2, ngroups=9, ny=23, nx=19):
     return data, gdq, pdq, gain, rn
 
 
-@pytest.mark.parametrize("seed,nframes", [(0, 1), (1, 4), (2, 1)])
-def test_shower_ratio_compiled_equals_numpy(seed, nframes):
-    data, gdq, pdq, gain, rn = _ratio_inputs(seed, ngroups=9 if seed else 40)
+@pytest.mark.parametrize("seed,nframes,ngroups", [(0, 1, 40), (1, 4, 9), (2, 1, 20), (3, 1, 33)])
+def test_shower_ratio_compiled_equals_numpy(seed, nframes, ngroups):
+    """Medians by a network across pixels (up to 64 differences) and by selection (78)."""
+    data, gdq, pdq, gain, rn = _ratio_inputs(seed, ngroups=ngroups)
     st = le.ShowerSettings(nframes=nframes)
     fast = le.shower_ratio_tile(data, gdq, pdq, gain, rn, settings=st)
     ref = le._ratio_numpy(data, gdq, pdq, gain, rn, st)

@@ -17,7 +17,7 @@ from stcal_dask.kernels._median_small import SMALL_MAX, clipped_mid_lanes, media
 from stcal_dask.kernels.median_networks import batcher_pairs, median_pairs
 
 
-def _pair_tables(pairs_of, nmax: int):
+def pair_tables(pairs_of, nmax: int):
     """Comparator tables for numba: ``(off, a, b)`` with the pairs of count n at
     ``a[off[n]:off[n + 1]]``, ``b[...]``, for n = 0..nmax."""
     nets = [pairs_of(n) for n in range(nmax + 1)]
@@ -28,7 +28,7 @@ def _pair_tables(pairs_of, nmax: int):
 
 
 _NET_MAX = 32
-_NET_OFF, _NET_A, _NET_B = _pair_tables(median_pairs, _NET_MAX)
+_NET_OFF, _NET_A, _NET_B = pair_tables(median_pairs, _NET_MAX)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -99,7 +99,7 @@ def median_prefix(buf, n):
 
 SORT_MAX = 32
 """Largest count that :func:`clipped_mid` sorts across lanes."""
-_SORT_OFF, _SORT_A, _SORT_B = _pair_tables(batcher_pairs, SORT_MAX)
+_SORT_OFF, _SORT_A, _SORT_B = pair_tables(batcher_pairs, SORT_MAX)
 
 
 @njit(cache=True, nogil=True)

@@ -24,7 +24,8 @@ from numba import njit
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import median_prefix
+from stcal_dask.kernels._median_numba import median_prefix, pair_tables
+from stcal_dask.kernels.median_networks import batcher_pairs
 
 _DNU = dqflags.DO_NOT_USE
 _SAT = dqflags.SATURATED
@@ -33,6 +34,48 @@ _REF = dqflags.REFERENCE_PIXEL
 _BAD = _DNU | _SAT | _JUMP
 # the group DQ values stcal's nan_invalid_data turns into NaN (exact equality)
 _NAN_VALUES = (_JUMP | _DNU, _SAT | _DNU, _SAT, _JUMP, _DNU)
+
+LANE_SORT_MAX = 64
+"""Largest number of differences per pixel whose median :func:`ratio_cube` takes with one
+sorting network run across the pixels of a row (branch-free, vectorised); beyond it, by
+selection pixel by pixel."""
+_LS_OFF, _LS_A, _LS_B = pair_tables(batcher_pairs, LANE_SORT_MAX)
+
+
+@njit(cache=True, nogil=True)
+def _lane_medians(apl, spl, cnt, med):
+    """Per column x of ``apl`` (n, nx) float32: ``med[x]`` the median of its non-NaN values
+    (NaN when none; even counts: the float32 mean of the middle two, as numpy's nanmedian),
+    n <= LANE_SORT_MAX. NaN becomes +inf in the scratch ``spl`` (n, nx), which the network
+    sorts column-wise; the middle entries are then read at the column's own count."""
+    n, nx = apl.shape
+    inf = np.float32(np.inf)
+    for x in range(nx):
+        cnt[x] = 0
+    for j in range(n):
+        a = apl[j]
+        s = spl[j]
+        for x in range(nx):
+            v = a[x]
+            ok = v == v
+            s[x] = v if ok else inf
+            cnt[x] += ok
+    for t in range(_LS_OFF[n], _LS_OFF[n + 1]):
+        ra = spl[_LS_A[t]]
+        rb = spl[_LS_B[t]]
+        for x in range(nx):
+            va = ra[x]
+            vb = rb[x]
+            ra[x] = vb if vb < va else va
+            rb[x] = va if vb < va else vb
+    for x in range(nx):
+        c = cnt[x]
+        if c == 0:
+            med[x] = np.float32(np.nan)
+        elif c % 2 == 1:
+            med[x] = spl[c // 2, x]
+        else:
+            med[x] = (spl[c // 2 - 1, x] + spl[c // 2, x]) / np.float32(2.0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -58,9 +101,14 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
     nints, ngroups, ny, nx = data.shape
     nd = ngroups - 1
     out = np.empty((nints, nd, ny, nx), dtype=np.float32)
+    ntot = nints * nd
     diffs = np.empty((nints, nd, nx), dtype=np.float32)
+    lanes = diffs.reshape((ntot, nx))
+    spl = np.empty((ntot, nx), dtype=np.float32)
+    cnt = np.empty(nx, dtype=np.int64)
+    meds = np.empty(nx, dtype=np.float32)
     e_prev = np.empty(nx, dtype=np.float32)
-    buf = np.empty(max(nints * nd, 1), dtype=np.float32)
+    buf = np.empty(max(ntot, 1), dtype=np.float32)
     nan32 = np.float32(np.nan)
     fr = np.float32(nframes)
     for y in range(ny):
@@ -74,14 +122,18 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
                     e = nan32 if _masked_value(gdq[i, g, y, x]) else e
                     diffs[i, g - 1, x] = e - e_prev[x]
                     e_prev[x] = e
-        for x in range(nx):
-            m = 0
-            for i in range(nints):
-                for k in range(nd):
-                    v = diffs[i, k, x]
+        if ntot <= LANE_SORT_MAX:
+            _lane_medians(lanes, spl, cnt, meds)
+        else:
+            for x in range(nx):
+                m = 0
+                for j in range(ntot):
+                    v = lanes[j, x]
                     buf[m] = v
                     m += v == v  # NaN is left out (infinities stay, as in nanmedian)
-            med = np.float32(median_prefix(buf, m)) if m > 0 else nan32
+                meds[x] = np.float32(median_prefix(buf, m)) if m > 0 else nan32
+        for x in range(nx):
+            med = meds[x]
             rn_e = readnoise[y, x] * gain[y, x]
             sig = np.sqrt(abs(med) + rn_e * rn_e / fr)
             p = pdq[y, x]
