@@ -50,7 +50,7 @@ def stcal_jump_data(data, groupdq, pixeldq, gain, readnoise, *, params, nframes,
     )
     jd.min_diffs_single_pass = params.min_diffs_single_pass
     # large events, as the JWST step passes them (sat_expand and max_extended_radius doubled,
-    # times converted to groups, max_shower_amplitude per group)
+    # times converted to groups, the shower amplitude per group)
     jd.set_snowball_info(
         params.expand_large_events,
         params.min_jump_area,
@@ -74,7 +74,8 @@ def stcal_jump_data(data, groupdq, pixeldq, gain, readnoise, *, params, nframes,
     jd.mask_persist_grps_next_int = params.mask_snowball_core_next_int
     jd.persist_grps_flagged = int(params.snowball_time_masked_next_int // group_time)
     jd.grps_masked_after_shower = int(params.time_masked_after_shower // group_time)
-    jd.max_shower_amplitude = params.max_shower_amplitude * group_time
+    # the JWST step multiplies JumpData's own default, not its max_shower_amplitude parameter
+    jd.max_shower_amplitude = jd.max_shower_amplitude * group_time
     jd.max_cores = "none"
     return jd
 

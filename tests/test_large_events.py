@@ -248,7 +248,8 @@ def test_dataflow_options_off_has_no_large_event_tasks():
 
 def test_cli_run_with_snowballs_matches_stcal(tmp_path):
     """``stcal-dask run --jump.expand_large_events true`` (FITS in, FITS and zarr out): the
-    jump product's GROUPDQ equals stcal's detect_jumps_data with snowballs, and the rate its
+    jump products' GROUPDQ and PIXELDQ (FITS and zarr) equal stcal's detect_jumps_data with
+    snowballs, and the rate its
     OLS fit of that GROUPDQ. The 40 x 48 frame lies within edge_size of an edge everywhere, so
     every JUMP region of >= 5 pixels is a snowball."""
     import xarray as xr
@@ -283,6 +284,10 @@ def test_cli_run_with_snowballs_matches_stcal(tmp_path):
                           nframes=hdr["NFRAMES"], group_time=hdr["TGROUP"])
     assert (jgdq != two.groupdq).any()
     np.testing.assert_array_equal(fits.getdata(out / "expo_jump.fits", "GROUPDQ"), jgdq)
+    np.testing.assert_array_equal(fits.getdata(out / "expo_jump.fits", "PIXELDQ"), jpdq)
+    zj = xr.open_zarr(out / "expo_jump.zarr", consolidated=False)
+    np.testing.assert_array_equal(zj["groupdq"].values, jgdq)
+    np.testing.assert_array_equal(zj["pixeldq"].values, jpdq)
     timing = RampTiming(hdr["TFRAME"], hdr["TGROUP"], hdr["NFRAMES"], hdr["GROUPGAP"],
                         hdr["DRPFRMS1"])
     image, _, _ = run_stcal(data, jgdq, jpdq, g, rn, params=RampFitParams(), timing=timing)
@@ -454,3 +459,26 @@ def test_sparse_components_equal_label(density):
     assert bbox.shape[0] == n
     for k, sl in enumerate(ndimage.find_objects(lab)):
         assert tuple(bbox[k]) == (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
+
+
+def test_shower_amplitude_is_the_jwst_steps():
+    """The JWST jump step sets stcal's revert amplitude to JumpData's default (6) times the group
+    time and never passes its max_shower_amplitude parameter: neither do we (the oracle is set
+    up as the step does it, so the shower tests above compare that). The value matters: 4 DN/s
+    times the group time would keep thousands more flags on this exposure."""
+    from stcal.jump.jump_class import JumpData
+
+    assert JumpData().max_shower_amplitude == jk.STCAL_SHOWER_AMPLITUDE
+    exp, _ = miri_like(0)
+    tg = exp.config.group_time
+    for amp in (4.0, 0.5, 100.0):
+        st = jk.JumpParams(find_showers=True, max_shower_amplitude=amp).shower_settings(tg, 1)
+        assert st.max_shower_amplitude == jk.STCAL_SHOWER_AMPLITUDE * tg
+    p = jk.JumpParams(find_showers=True, max_shower_amplitude=0.5)
+    res, twopt = ours(exp, p)
+    gdq, _, _, n = theirs(exp, p)
+    np.testing.assert_array_equal(res.groupdq, gdq)
+    other = le.flag_large_events(
+        exp.data, twopt.groupdq, twopt.pixeldq, exp.gain, exp.readnoise, snowballs=None,
+        showers=p.shower_settings(tg, 1)._replace(max_shower_amplitude=4.0 * tg))
+    assert (other.groupdq != res.groupdq).sum() > 100

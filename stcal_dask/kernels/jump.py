@@ -84,6 +84,7 @@ _nb = LazyModule("stcal_dask.kernels._jump_numba")
 __all__ = [
     "JumpParams",
     "JWST_INSTRUMENT_DEFAULTS",
+    "STCAL_SHOWER_AMPLITUDE",
     "instrument_jump_defaults",
     "JumpGlobalsPartial",
     "JumpGlobals",
@@ -218,8 +219,9 @@ class JumpParams:
     time_masked_after_shower: float = field(default=15.0, metadata={
         "help": "seconds after a shower also flagged (int(time // group_time) groups)"})
     max_shower_amplitude: float = field(default=4.0, metadata={
-        "help": "DN/s: pixels whose mean rate a shower changes by more (times the group time, "
-                "compared as stcal does on data multiplied by the gain) keep their flags"})
+        "help": "DN/s; no effect, as in the JWST jump step, which does not pass it to stcal: "
+                "pixels whose mean rate a shower changes by more than stcal's own 6 times the "
+                "group time (on data multiplied by the gain) keep their flags"})
 
     def __post_init__(self):
         for name in (
@@ -301,8 +303,9 @@ class JumpParams:
         )
 
     def shower_settings(self, group_time: float, nframes: int):
-        """The shower settings in stcal's units, as the JWST step passes them (times in groups,
-        ``max_shower_amplitude`` times the group time); None when showers are off."""
+        """The shower settings in stcal's units, as the JWST step passes them (times in groups;
+        the revert amplitude :data:`STCAL_SHOWER_AMPLITUDE` times the group time, whatever
+        ``max_shower_amplitude`` says); None when showers are off."""
         from stcal_dask.kernels.large_events import ShowerSettings
 
         if not self.find_showers:
@@ -314,7 +317,8 @@ class JumpParams:
             extend_outer_radius=float(self.extend_outer_radius),
             extend_ellipse_expand_ratio=float(self.extend_ellipse_expand_ratio),
             grps_masked_after_shower=_time_groups(self.time_masked_after_shower, group_time),
-            max_shower_amplitude=float(self.max_shower_amplitude) * float(group_time),
+            # the JWST step multiplies stcal's JumpData default, not its own parameter
+            max_shower_amplitude=STCAL_SHOWER_AMPLITUDE * float(group_time),
             max_extended_width=int(self.max_extended_radius) * 2,
             minimum_sigclip_groups=int(self.minimum_sigclip_groups),
             nframes=int(nframes),
@@ -495,6 +499,14 @@ def _check_globals(jump_globals, nints, ngroups):
             "jump: sigma-clip path needs jump_globals.sigclip_reset (run sigclip_reset_partial, "
             "merge_sigclip_reset_partials and with_sigclip_reset first)"
         )
+
+
+STCAL_SHOWER_AMPLITUDE = 6.0
+"""stcal 1.20.0 ``JumpData.max_shower_amplitude``'s default. The JWST jump step (since its
+refactor to ``JumpData``) sets the amplitude stcal's ``max_flux_showers`` uses to this default
+times the group time, and does not pass its own ``max_shower_amplitude`` parameter (4 DN/s by
+default) on; the shower settings do the same, so that the DQ equals the JWST pipeline's. stcal
+compares it with mean differences of data already multiplied by the gain."""
 
 
 JWST_INSTRUMENT_DEFAULTS = {
