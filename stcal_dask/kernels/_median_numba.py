@@ -102,6 +102,21 @@ SORT_MAX = 32
 _SORT_OFF, _SORT_A, _SORT_B = pair_tables(batcher_pairs, SORT_MAX)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def sort_rows(spl, nl, n, off, a, b):
+    """Sort the first ``nl`` columns of rows ``0..n-1`` of ``spl`` (no NaN), in place, with the
+    comparator network of count ``n`` in the tables ``(off, a, b)`` of :func:`pair_tables`, one
+    compare-exchange at a time across the columns (branch-free, vectorised)."""
+    for t in range(off[n], off[n + 1]):
+        ra = spl[a[t]]
+        rb = spl[b[t]]
+        for x in range(nl):
+            va = ra[x]
+            vb = rb[x]
+            ra[x] = vb if vb < va else va
+            rb[x] = va if vb < va else vb
+
+
 @njit(cache=True, nogil=True)
 def _clipped_mid_rows(apl, spl, nl, ntot, keep_all, nuse, mxv, mnv, cnt, lo, hi):
     """:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes` for any ``ntot`` up to
@@ -130,14 +145,7 @@ def _clipped_mid_rows(apl, spl, nl, ntot, keep_all, nuse, mxv, mnv, cnt, lo, hi)
             keep = (a == a) & ((nuse[n] < 4) | keep_all | (a != mxv[n]))
             sj[n] = a if keep else inf
             cnt[n] += keep
-    for t in range(_SORT_OFF[ntot], _SORT_OFF[ntot + 1]):
-        ra = spl[_SORT_A[t]]
-        rb = spl[_SORT_B[t]]
-        for n in range(nl):
-            va = ra[n]
-            vb = rb[n]
-            ra[n] = vb if vb < va else va
-            rb[n] = va if vb < va else vb
+    sort_rows(spl, nl, ntot, _SORT_OFF, _SORT_A, _SORT_B)
     for n in range(nl):
         lo[n] = spl[0, n]
         hi[n] = spl[0, n]

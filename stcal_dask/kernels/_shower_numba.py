@@ -24,7 +24,7 @@ from numba import njit
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import median_prefix, pair_tables
+from stcal_dask.kernels._median_numba import median_prefix, pair_tables, sort_rows
 from stcal_dask.kernels.median_networks import batcher_pairs
 
 _DNU = dqflags.DO_NOT_USE
@@ -60,14 +60,7 @@ def _lane_medians(apl, spl, cnt, med):
             ok = v == v
             s[x] = v if ok else inf
             cnt[x] += ok
-    for t in range(_LS_OFF[n], _LS_OFF[n + 1]):
-        ra = spl[_LS_A[t]]
-        rb = spl[_LS_B[t]]
-        for x in range(nx):
-            va = ra[x]
-            vb = rb[x]
-            ra[x] = vb if vb < va else va
-            rb[x] = va if vb < va else vb
+    sort_rows(spl, nx, n, _LS_OFF, _LS_A, _LS_B)
     for x in range(nx):
         c = cnt[x]
         if c == 0:
