@@ -124,6 +124,29 @@ def test_seeded_miri_exposure_equals_stcal(save_opt, suppress):
         _check(dataflow.fit_ramps(ds, p, tile=tile), image, integ, opt, save_opt)
 
 
+@pytest.mark.parametrize("save_opt, suppress", [(False, False), (True, True)])
+def test_miri_with_chargeloss_equals_stcal(save_opt, suppress):
+    """CHARGELOSS groups in a MIRI exposure: stcal trims the original group DQ kept for the
+    CHARGELOSS read-noise recomputation with the same groups (keeping the JUMP flags it removes
+    from the new first group of the fitted DQ, and without suppress_one_group)."""
+    from stcal_dask.engine import dataflow
+
+    exp = _miri_exposure(seed=4)
+    rng = np.random.default_rng(4)
+    gdq = exp.groupdq.copy()
+    gdq[:, 1:-1][rng.random(gdq[:, 1:-1].shape) < 0.08] |= dqflags.CHARGELOSS
+    gdq[:, 1, :3, :3] |= dqflags.CHARGELOSS | dqflags.JUMP_DET  # both on the new group 0
+    c = exp.config
+    timing = RampTiming(c.frame_time, c.group_time, c.nframes, c.groupgap, c.drop_frames1)
+    p = RampFitParams(save_opt=save_opt, suppress_one_group=suppress)
+    assert p.chargeloss_rnoise
+    image, integ, opt = run_stcal(exp.data, gdq, exp.pixeldq, exp.gain, exp.readnoise,
+                                  params=p, timing=timing, instrument="MIRI")
+    ds = _ramp(exp.data, gdq, timing, gain=exp.gain, rn=exp.readnoise)
+    for tile in ((40, 36), (16, 20)):
+        _check(dataflow.fit_ramps(ds, p, tile=tile), image, integ, opt, save_opt)
+
+
 def test_trim_decisions():
     t = mg.decide_trim([True, True, False, False, True])
     assert (t.first, t.stop, t.ok) == (2, 4, True)

@@ -196,7 +196,7 @@ def dims_partial(gdq, zf, params, trim=None):
     suppressed = False
     if trim is not None and (trim.first > 0 or trim.stop < gdq.shape[1]):
         suppressed = rk.effective_suppress(params, gdq.shape[1])
-        _, gdq = _miri_trim(None, gdq, trim, params)
+        _, gdq, _ = _miri_trim(None, gdq, trim, params)
     d = rk.fitopt_dims(gdq, params=params, zeroframe=zf, suppressed=suppressed)
     return (int(d.n_segments), int(d.n_crmag))
 
@@ -250,13 +250,15 @@ def fit_block(sci, gdq, pdq, gain, rn, *rest, params, timing, has_zf, has_dark, 
     trim = rest.pop(0) if has_trim else None
     nseg, ncr = dims if dims is not None else (None, None)
     suppressed = False
+    cl_gdq = None
     if trim is not None and (trim.first > 0 or trim.stop < gdq.shape[1]):
         # MIRI: stcal suppresses one-group ramps on the whole ramp, then drops the groups
         suppressed = rk.effective_suppress(params, gdq.shape[1])
-        sci, gdq = _miri_trim(sci, gdq, trim, params)
+        sci, gdq, cl_gdq = _miri_trim(sci, gdq, trim, params)
     res = rk.fit_ramps_tile(
         sci, gdq, pdq, gain, rn, params=params, timing=timing, zeroframe=zf,
         average_dark_current=dark, n_segments=nseg, n_crmag=ncr, suppressed=suppressed,
+        chargeloss_groupdq=cl_gdq,
     )
     ny, nx = pdq.shape
     fields = {}

@@ -75,6 +75,10 @@ class RampInputs(NamedTuple):
     """(nints, ny, nx) float32 ZEROFRAME, DN; (1, 1, 1) when there is none."""
     has_zf: bool
     """Whether ``zeroframe`` is real."""
+    cl_groupdq: np.ndarray
+    """(nints, ngroups, ny, nx) uint8 group DQ of the CHARGELOSS read-noise recomputation
+    (stcal's ``orig_gdq``: before ``suppress_one_group``; for MIRI, the same groups dropped but
+    JUMP_DET kept on the new first group)."""
 
 
 class RampSettings(NamedTuple):
@@ -727,7 +731,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
     are helpers (:func:`_timing1`, :func:`_integration_result`, :func:`_exposure`).
     """
     nints, ngroups, ny, nx = inp.data.shape
-    data, groupdq, pixeldq, gain, rnoise, dark, zeroframe, has_zf = inp
+    data, groupdq, pixeldq, gain, rnoise, dark, zeroframe, has_zf, cl_groupdq = inp
     d, q, oq, mbuf, starts, ends, cstarts, cends, clean, cnt_sat, cnt_dnu_sat, has_cl, is_0th, \
         is_zf, idq, islope, ivp, ivr, ierr, seg = sc
     r_slope, r_err, r_dq, r_vp, r_vr = (rate.sci, rate.err, rate.dq, rate.var_poisson,
@@ -985,8 +989,8 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                         evar_r += 1.0 / ivr[i]
                     continue
                 for k in range(base, base + ngroups):
-                    # the group DQ before suppression (stcal's orig_gdq)
-                    v = groupdq[i, k - base, y, x]
+                    # stcal's orig_gdq
+                    v = cl_groupdq[i, k - base, y, x]
                     if v & _CHARGELOSS:
                         v ^= dnu_chg
                     oq[k] = v

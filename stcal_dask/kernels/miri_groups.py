@@ -82,10 +82,13 @@ def decide_trim(all_dnu) -> GroupTrim:
 
 
 def apply_trim(data, groupdq, trim: GroupTrim, *, suppress: bool):
-    """(data, groupdq) to fit: groups ``first:stop``, the group DQ suppressed first when
-    ``suppress``, JUMP_DET cleared on the new first group when leading groups were dropped."""
+    """(data, groupdq, chargeloss_groupdq) to fit: groups ``first:stop``; the group DQ
+    suppressed first when ``suppress`` and JUMP_DET cleared on the new first group when leading
+    groups were dropped; the group DQ of stcal's CHARGELOSS read-noise recomputation
+    (``orig_gdq``) with the same groups dropped and nothing else changed."""
     gdq = suppress_one_group(groupdq) if suppress else np.array(groupdq, copy=True)
     gdq = gdq[:, trim.first : trim.stop].copy()
     if trim.first > 0:
         gdq[:, 0] &= np.invert(np.array(dqflags.JUMP_DET, dtype=gdq.dtype))
-    return np.asarray(data)[:, trim.first : trim.stop], gdq
+    orig = np.asarray(groupdq)[:, trim.first : trim.stop]
+    return np.asarray(data)[:, trim.first : trim.stop], gdq, orig

@@ -321,6 +321,7 @@ def fit_ramps_tile(
     n_segments: int | None = None,
     n_crmag: int | None = None,
     suppressed: bool = False,
+    chargeloss_groupdq: np.ndarray | None = None,
 ) -> RampFitResult:
     """Fit the ramps of one spatial tile with stcal 1.20.0's OLS_C rules.
 
@@ -352,6 +353,11 @@ def fit_ramps_tile(
         MIRI's leading/trailing groups were dropped, as stcal orders them
         (:mod:`stcal_dask.kernels.miri_groups`): the fit follows stcal's suppress_one_group rules
         without suppressing again.
+    chargeloss_groupdq : numpy.ndarray, optional
+        (nints, ngroups, ny, nx) group DQ for the CHARGELOSS read-noise recomputation (stcal's
+        ``orig_gdq``); default ``groupdq``. For MIRI exposures whose groups were dropped it is
+        the input group DQ with the same groups dropped, neither suppressed nor with JUMP_DET
+        cleared on the new first group (:func:`~stcal_dask.kernels.miri_groups.apply_trim`).
 
     Returns
     -------
@@ -390,7 +396,11 @@ def fit_ramps_tile(
         zeroframe=(_checked(zeroframe, np.float32, "zeroframe", (nints, ny, nx)) if has_zf
                    else readonly_c(np.zeros((1, 1, 1), dtype=np.float32))),
         has_zf=has_zf,
+        cl_groupdq=None,
     )
+    inputs = inputs._replace(cl_groupdq=inputs.groupdq if chargeloss_groupdq is None else
+                             _checked(chargeloss_groupdq, np.uint8, "chargeloss_groupdq",
+                                      data.shape))
     settings = _rn.RampSettings(
         frame_time=float(np.float32(timing.frame_time)),
         group_time=float(np.float32(timing.group_time)),
