@@ -245,7 +245,7 @@ def test_install_script_in_a_fresh_venv_warms_a_read_only_install(tmp_path):
         assert len(stamps) == 1
         stamps[0].unlink()
         with open(cache / ".stcal-dask-compile.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.lockf(lock, fcntl.LOCK_EX)
             waiter = subprocess.Popen([*as_user, exe, "warmup"], env=user2, cwd=home,
                                       stderr=subprocess.PIPE, text=True)
             time.sleep(8)

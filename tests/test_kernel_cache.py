@@ -164,3 +164,62 @@ def test_warmup_compiles_every_variant_a_run_uses(tmp_path):
         assert got.returncode == 0, got.stderr
         assert "compiling" not in got.stderr
     assert files() == before
+
+
+# a process holding the compile lock forks a child (as a LocalCluster starting its workers may),
+# leaves the block, says so and stays alive with its child
+FORK_WHILE_LOCKED = """
+import os, sys, time
+from pathlib import Path
+from stcal_dask.engine.warmup import compile_lock
+with compile_lock(Path(sys.argv[1])):
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_forked_while_the_compile_lock_is_held_does_not_keep_it(tmp_path):
+    """The compile lock is released when its holder's block ends, although a child forked
+    meanwhile still has the file open (with flock the child kept it: every other process
+    waited for that child to end)."""
+    import fcntl
+
+    lock = tmp_path / "compile.lock"
+    env = {**os.environ, "PYTHONPATH": str(Path(stcal_dask.__file__).parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", FORK_WHILE_LOCKED, str(lock)], env=env,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = int(holder.stdout.readline())
+        assert os.path.exists(f"/proc/{child}")
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises if still held
+        finally:
+            os.close(fd)
+    finally:
+        os.killpg(holder.pid, 9)
+        holder.wait()
+
+
+def test_two_warmups_at_once_compile_once(tmp_path):
+    """Two 'stcal-dask warmup' started together on an empty cache directory: one compiles, the
+    other waits for it and then only loads; both succeed."""
+    exe = str(Path(sys.executable).parent / "stcal-dask")
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR",)}
+    env.update({"PYTHONPATH": str(Path(stcal_dask.__file__).parents[1]),
+                "STCAL_DASK_CACHE_DIR": str(cache)})
+    procs = [subprocess.Popen([exe, "warmup"], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = []
+    for p in procs:
+        errs.append(p.communicate(timeout=1500)[1])
+        assert p.returncode == 0, errs[-1]
+    compiled = [e for e in errs if "compiling the numba kernels" in e]
+    assert len(compiled) == 1, errs
+    waited = [e for e in errs if "waiting for another process" in e]
+    assert len(waited) == 1 and "kernels compiled in" not in waited[0], errs

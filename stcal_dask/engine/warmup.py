@@ -24,18 +24,21 @@ its lock is released by the operating system.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
-__all__ = ["cache_dir", "cache_key", "compile_kernels", "ensure_compiled", "is_warm",
-           "stamp_path"]
+__all__ = ["cache_dir", "cache_key", "compile_kernels", "compile_lock", "ensure_compiled",
+           "is_warm", "lock_path", "stamp_path"]
 
 _STAMP_PREFIX = "stcal-dask-kernels-"
 _LOCK_NAME = ".stcal-dask-compile.lock"
 _warm_in_process = False
+_THREAD_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -69,6 +72,12 @@ def cache_key() -> str:
 def stamp_path(key: str | None = None) -> Path:
     """The file whose presence says the cache holds every kernel variant for :func:`cache_key`."""
     return cache_dir() / f"{_STAMP_PREFIX}{(key or cache_key())[:20]}"
+
+
+def lock_path() -> Path:
+    """The file locked while a process compiles the kernels into the cache
+    (:func:`compile_lock`)."""
+    return cache_dir() / _LOCK_NAME
 
 
 def is_warm() -> bool:
@@ -133,9 +142,9 @@ def ensure_compiled(quiet: bool = False) -> float:
         compile_kernels()  # loads from the cache
         _warm_in_process = True
         return 0.0
-    lock = stamp.parent / _LOCK_NAME
+    lock = lock_path()
     spent = 0.0
-    with _exclusive_announced(lock, quiet):
+    with compile_lock(lock, quiet):
         if not stamp.exists():
             _say(f"compiling the numba kernels for this machine (once; cached in {stamp.parent}, "
                  f"set STCAL_DASK_CACHE_DIR to move it; 'stcal-dask warmup' does this ahead "
@@ -154,17 +163,29 @@ def ensure_compiled(quiet: bool = False) -> float:
 
 
 @contextlib.contextmanager
-def _exclusive_announced(lock: Path, quiet: bool):
-    """:func:`_exclusive`, saying so when another process holds the lock (it is compiling)."""
+def compile_lock(lock: Path, quiet: bool = True):
+    """Hold the machine-wide compile lock ``lock`` (a file, created if needed) for the block,
+    saying so when another process holds it (it is compiling) unless ``quiet``.
+
+    A POSIX record lock (``fcntl.lockf``) belongs to this process alone: a process forked while
+    it is held (a LocalCluster's workers, a multiprocessing pool) does not hold it, so it is
+    released when the block ends whatever the children do (an ``flock`` lock would belong to the
+    open file, shared with every forked child until the last one closes it). Threads of one
+    process take :data:`_THREAD_LOCK` first, as record locks do not exclude them. The file is
+    opened close-on-exec, and a killed holder's lock is released by the operating system.
+    """
     import fcntl
 
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    with _THREAD_LOCK:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say("waiting for another process compiling the numba kernels ...", quiet)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                _say("waiting for another process compiling the numba kernels ...", quiet)
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
