@@ -371,3 +371,44 @@ def test_worker_failures_are_logged_to_a_file_not_the_terminal(start_method, cap
     assert log_note() == f" (details: {log_path()})"
     log_path().unlink()
     assert log_note() == ""
+
+
+def test_external_workers_with_a_cold_cache_say_so_on_the_client(tmp_path):
+    """Workers of an external cluster whose kernel cache is cold: the command (not only the
+    workers' logs) says that the kernels are compiling, where and for how many workers, and how
+    long it took; the next run says nothing. The workers' cache is a copy of this machine's
+    warm one without its stamp, so they go through the compile path but load quickly."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import dask_processes
+    from numba.core.caching import _CacheLocator
+
+    import stcal_dask.kernels
+    from stcal_dask.engine.warmup import cache_dir, ensure_compiled
+
+    ensure_compiled(quiet=True)
+    sub = _CacheLocator.get_suitable_cache_subpath(stcal_dask.kernels.__file__)
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir() / sub, cache / sub)
+    exe = str(Path(sys.executable).parent / "stcal-dask")
+    env = {**os.environ, "PYTHONPATH": str(Path(stcal_dask.kernels.__file__).parents[2])}
+    expo = tmp_path / "e_ramp.fits"
+    subprocess.run([exe, "simulate", str(expo), "--shape", "1x5x32x32", "--seed", "1", "-q",
+                    "--scheduler", "threads"], check=True, env=env)
+    (tmp_path / "cluster").mkdir()
+    with dask_processes(tmp_path / "cluster", workers=2, threads=1,
+                        env={**env, "STCAL_DASK_CACHE_DIR": str(cache)}) as address:
+        errs = []
+        for _ in range(2):
+            got = subprocess.run([exe, "run", str(expo), "-o", str(tmp_path), "--overwrite",
+                                  "--scheduler", address, "-q"], env=env, capture_output=True,
+                                 text=True)
+            assert got.returncode == 0, got.stderr
+            errs.append(got.stderr)
+    assert f"compiling the numba kernels on {os.uname().nodename}" in errs[0], errs[0]
+    assert f"(cache {cache})" in errs[0] and "for 2 of 2 workers" in errs[0], errs[0]
+    assert "kernels compiled in" in errs[0], errs[0]
+    assert "compil" not in errs[1], errs[1]

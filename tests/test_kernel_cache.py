@@ -219,7 +219,7 @@ def test_two_warmups_at_once_compile_once(tmp_path):
     for p in procs:
         errs.append(p.communicate(timeout=1500)[1])
         assert p.returncode == 0, errs[-1]
-    compiled = [e for e in errs if "compiling the numba kernels" in e]
+    compiled = [e for e in errs if "compiling the numba kernels for this machine" in e]
     assert len(compiled) == 1, errs
     waited = [e for e in errs if "waiting for another process" in e]
     assert len(waited) == 1 and "kernels compiled in" not in waited[0], errs

@@ -40,6 +40,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ __all__ = [
     "THREAD_ENV",
     "compute",
     "get_client",
+    "compile_on_workers",
     "limit_threads",
     "local_layout",
     "log_note",
@@ -143,6 +145,50 @@ async def _compile_in_thread(quiet: bool = True) -> float:
     from stcal_dask.engine.warmup import ensure_compiled
 
     return await asyncio.get_running_loop().run_in_executor(None, ensure_compiled, quiet)
+
+
+def _kernel_cache_state() -> tuple[str, str, bool]:
+    """(host name, cache directory, whether the compiled kernels are there) of this worker."""
+    import socket
+
+    from stcal_dask.engine.warmup import cache_dir, is_warm
+
+    return socket.gethostname(), str(cache_dir()), is_warm()
+
+
+def compile_on_workers(client, announce: bool = True) -> None:
+    """Make every worker of ``client`` load the compiled kernels, compiling them first where a
+    machine's cache is cold (one worker per cache compiles, the others wait for it; in a thread
+    of each worker, see :func:`_compile_in_thread`).
+
+    The workers say nothing (on an external cluster their stderr is a log nobody watches): this
+    process asks them first whether their caches are warm and, if ``announce``, says on its own
+    stderr what is compiling and then how long it took, so a first run on new machines does
+    not look hung. A worker that dies meanwhile is left to the computation to report.
+    """
+    try:
+        states = list(client.run(_kernel_cache_state).values())
+    except Exception:  # noqa: BLE001 - a worker died: reported by the computation
+        states = []
+    cold = [(host, cache) for host, cache, warm in states if not warm]
+    caches = sorted(set(cold))
+    if cold and announce:
+        where = (f"on {caches[0][0]} (cache {caches[0][1]})" if len(caches) == 1 else
+                 f"on {len({h for h, _ in caches})} machines ({len(caches)} caches)")
+        print(f"stcal-dask: compiling the numba kernels {where} for {len(cold)} of "
+              f"{len(states)} workers: the first run there; once per machine, cached for "
+              "later runs ('stcal-dask warmup' does it ahead of time) ...", file=sys.stderr,
+              flush=True)
+    t0 = time.perf_counter()
+    try:
+        client.run(_compile_in_thread, True)
+    except UserInputError:
+        raise
+    except Exception:  # noqa: S110 - a worker died: reported by the computation
+        pass
+    if cold and announce:
+        print(f"stcal-dask: kernels compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+              flush=True)
 
 
 def _exit_fast() -> None:  # pragma: no cover - runs at a worker process's exit
@@ -332,12 +378,7 @@ def _warm_and_check_room(client, limit: int | None,
     """
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.8
     threshold = 0.9 * pause * limit if limit is not None else float("inf")
-    try:
-        client.run(_compile_in_thread, quiet)
-    except UserInputError:
-        raise
-    except Exception:  # noqa: S110 - a worker died: reported by the warm-up below
-        pass
+    compile_on_workers(client, announce=not quiet)
     try:
         rss = max(client.run(_warm_worker, threshold, tuple(modules),
                              limit is not None, quiet).values())
@@ -550,8 +591,7 @@ def _get_client(
             if warm:
                 # the kernels compiled (once per machine: the others wait) or loaded in every
                 # worker before the first task, with the event loops left free
-                with contextlib.suppress(Exception):
-                    client.run(_compile_in_thread, True)
+                compile_on_workers(client, announce=announce_compile)
             yield client
         finally:
             client.close()
