@@ -82,3 +82,17 @@ def test_rate_nan_everywhere_is_a_warning(tmp_path, capfd):
     assert "is NaN in every pixel" in err
     assert err.count("\n") == 1
     assert (tmp_path / "o" / "nan_rate.zarr").is_dir()
+
+
+def test_max_shower_amplitude_is_said_to_have_no_effect(capsys):
+    """The JWST step ignores its max_shower_amplitude parameter (stcal's own default is used);
+    so do we, and a user who sets it is told, not silently ignored."""
+    from stcal_dask.cli import build_parser
+    from stcal_dask.cli.common import check_execution_options
+
+    args = build_parser().parse_args(["run", "x_ramp.fits", "--jump.max_shower_amplitude", "9"])
+    check_execution_options(args)
+    err = capsys.readouterr().err
+    assert err.startswith("stcal-dask: warning: --jump.max_shower_amplitude has no effect")
+    check_execution_options(build_parser().parse_args(["run", "x_ramp.fits"]))
+    assert "max_shower_amplitude" not in capsys.readouterr().err

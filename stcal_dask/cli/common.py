@@ -215,6 +215,10 @@ def check_execution_options(args: argparse.Namespace) -> None:
         from stcal_dask.engine.cluster import parse_memory_limit
 
         parse_memory_limit(args.memory_limit)
+    if getattr(args, "jump__max_shower_amplitude", None) is not None:
+        warn("--jump.max_shower_amplitude has no effect: as in the JWST jump step, which does "
+             "not pass it to stcal, showers are reverted where the mean rate changes by more "
+             "than stcal's 6 x the group time")
     for option in ("n_workers", "threads_per_worker"):
         value = getattr(args, option, None)
         if value is not None and value < 1:
