@@ -282,7 +282,8 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert err.strip().splitlines() == ["stcal-dask: terminated"], err
+    lines = err.strip().splitlines()  # "(details: LOG)" when the unwinding logged something
+    assert len(lines) == 1 and lines[0].startswith("stcal-dask: terminated"), err
     assert list(out.iterdir()) == []
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], alive
