@@ -31,19 +31,18 @@ import contextlib
 import os
 import sys
 
+from stcal_dask.cli.common import (  # the standard library only: cheap to load
+    EPILOG_ERRORS,
+    PROG,
+    Formatter,
+    Parser,
+    check_execution_options,
+    exit_status,
+    field_help,
+    step_params,
+)
+
 __all__ = ["build_parser", "field_help", "main", "run", "step_params"]
-
-PROG = "stcal-dask"
-
-
-def __getattr__(name: str):
-    # the commands' modules are imported by the functions that need them, so that an interrupt
-    # while they load is already the command's (see run)
-    if name in ("field_help", "step_params"):
-        from stcal_dask.cli import common
-
-        return getattr(common, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
@@ -53,9 +52,9 @@ def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
     ``help_texts=False`` leaves out the step options' descriptions (the parameter fields'
     ``metadata["help"]``); the options parse alike.
     """
+    # the commands' modules load with the first parser, inside main's interrupt handling
     from stcal_dask import __version__
     from stcal_dask.cli.commands import COMMANDS
-    from stcal_dask.cli.common import EPILOG_ERRORS, Formatter, Parser
 
     parser = Parser(
         prog=PROG,
@@ -88,8 +87,6 @@ def build_parser(help_texts: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``stcal-dask``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
-    from stcal_dask.cli.common import check_execution_options, exit_status
-
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def command() -> int:

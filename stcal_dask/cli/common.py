@@ -529,7 +529,9 @@ def sigterm_unwinds() -> typing.Iterator[None]:
 
 def _log_unraisable(unraisable) -> None:
     """Append an exception Python could not raise (see :func:`sigterm_unwinds`) to this
-    process's cluster log file; nothing when there is no such file's folder to write to."""
+    process's cluster log file; dropped when no cluster module is loaded (no cluster, hence no
+    log file, and none of distributed's callbacks that break this way) or the file cannot be
+    written."""
     import traceback
 
     cluster = sys.modules.get("stcal_dask.engine.cluster")
