@@ -666,6 +666,53 @@ def test_network_median_matches_numpy():
             np.testing.assert_equal(nb._median_prefix(buf, n), np.median(v))
 
 
+@pytest.mark.parametrize(
+    "nints, ngroups, dtype",
+    [(1, 3, np.float32), (2, 3, np.float32), (1, 11, np.float32), (1, 12, np.float32),
+     (2, 20, np.float32), (3, 11, np.float64), (1, 33, np.float32), (2, 32, np.float32),
+     (1, 65, np.float32), (5, 14, np.float32), (1, 66, np.float32)],
+)  # fmt: skip
+def test_single_pass_rows_equal_the_pixel_by_pixel_path(nints, ngroups, dtype):
+    """The single-pass path run across each row's pixels (lane medians up to 64 differences per
+    pixel) flags exactly what the pixel-by-pixel path flags, and counts the same primary
+    jumps, on seeded ramps with NaN/inf data, SATURATED and DO_NOT_USE groups, pixels with no
+    or one usable difference, zero read noise and neighbour flagging between limits; beyond 64
+    differences both run pixel by pixel."""
+    from stcal_dask.kernels.jump import _run_frame
+
+    rng = np.random.default_rng(7 * ngroups + nints)
+    ny, nx = 9, 41
+    shape = (nints, ngroups, ny, nx)
+    steps = rng.integers(0, 4, shape).astype(dtype) * dtype(7.0)
+    data = np.cumsum(steps, axis=1).astype(dtype)
+    data[:, :, : ny // 2] += rng.normal(0, 2.0, (nints, ngroups, ny // 2, nx)).astype(dtype)
+    for frac, jump in ((0.05, 400.0), (0.03, -300.0), (0.03, 60.0)):
+        hit = rng.random(shape) < frac
+        data += np.cumsum(hit * dtype(jump), axis=1).astype(dtype)
+    data[rng.random(shape) < 0.01] = np.inf
+    data[rng.random(shape) < 0.01] = np.nan
+    u = rng.random(shape)
+    gdq = np.zeros(shape, np.uint8)
+    gdq[u < 0.06] |= DNU
+    gdq[u > 0.95] |= SAT
+    gdq[:, :, 0, :5] = DNU  # no usable difference
+    gdq[:, 1:, 1, :5] = SAT  # at most one group usable
+    gain = rng.choice(np.array([1.0, 2.2, 0.5], dtype), (ny, nx))
+    rn = rng.choice(np.array([0.0, 1.0, 4.5, 30.0], dtype), (ny, nx))
+    rn[2, :3] = 0.0
+    data[:, :, 2, :3] = 0.0  # median 0 and read noise 0: sigma NaN
+    params = JumpParams(min_diffs_single_pass=1, min_jump_to_flag_neighbors=5.0,
+                        max_jump_to_flag_neighbors=200.0)  # fmt: skip
+    assert detect_jumps_globals(data, gdq, gain, params=params).path == "single"
+    reset = np.zeros((nints, ngroups), bool)
+    row = _run_frame(data, gdq, gain, rn, params=params, path="single", reset=reset)
+    pix = _run_frame(data, gdq, gain, rn, params=params, path="single", reset=reset,
+                     rowwise=False)  # fmt: skip
+    np.testing.assert_array_equal(row[0], pix[0])
+    np.testing.assert_array_equal(row[1], pix[1])
+    assert (row[0] & JUMP).any()
+
+
 @pytest.mark.parametrize("step, flagged", [(15.0, False), (15.000001, True), (16.0, True)])
 def test_single_pass_threshold_is_strict(step, flagged):
     # 12 groups -> 11 diffs -> single pass; median 0, sigma = rn = 5 e-, threshold 3

@@ -292,6 +292,36 @@ def test_iterative_path_every_difference_count(nints, ngroups, seed):
     _compare(data, gdq, np.zeros((ny, nx), np.uint32), gain, rn, params=params)
 
 
+@pytest.mark.parametrize(
+    "nints, ngroups, seed",
+    [(1, 12, 0), (3, 12, 1), (2, 20, 2), (1, 33, 3), (2, 33, 4), (1, 65, 5), (1, 66, 6)],
+)  # fmt: skip
+def test_single_pass_every_kind_of_difference_count(nints, ngroups, seed):
+    """The single-pass path with up to 64 differences per pixel (lane medians across each row)
+    and beyond (pixel by pixel): ties, NaN/inf data, SATURATED/DO_NOT_USE groups, several
+    jumps per ramp, neighbour flagging."""
+    rng = np.random.default_rng(200 + seed)
+    ny, nx = 11, 37
+    shape = (nints, ngroups, ny, nx)
+    steps = rng.integers(0, 4, shape).astype(np.float32) * np.float32(7.0)
+    data = np.cumsum(steps, axis=1).astype(np.float32)
+    data[:, :, : ny // 2] += rng.normal(0, 2.0, (nints, ngroups, ny // 2, nx)).astype(np.float32)
+    for frac, jump in ((0.04, 400.0), (0.03, -300.0), (0.03, 90.0)):
+        hit = rng.random(shape) < frac
+        data += np.cumsum(hit * np.float32(jump), axis=1).astype(np.float32)
+    data[rng.random(shape) < 0.01] = np.inf
+    data[rng.random(shape) < 0.01] = np.nan
+    u = rng.random(shape)
+    gdq = np.zeros(shape, np.uint8)
+    gdq[u < 0.04] |= DNU
+    gdq[u > 0.97] |= SAT
+    gain = rng.choice(np.array([1.0, 2.2, 0.5], np.float32), (ny, nx))
+    rn = rng.choice(np.array([0.0, 1.0, 4.5, 30.0], np.float32), (ny, nx))
+    params = JumpParams(min_jump_to_flag_neighbors=5.0)
+    ours, g = _compare(data, gdq, np.zeros((ny, nx), np.uint32), gain, rn, params=params)
+    assert g.path == "single" and ours.n_primary > 0
+
+
 def test_uint32_groupdq_and_preexisting_pixeldq():
     data, gdq, pdq, gain, rn = _sim(1, 6, 12, 12, seed=18, cr_rate=0.05, bad_gain_fraction=0.1)
     pdq[:] = int(dqflags.DQ.HOT)

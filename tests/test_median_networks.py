@@ -109,6 +109,40 @@ def test_clipped_mid_lanes_equals_a_sort_per_column(n, dtype):
             assert lo[x] == kept[(kept.size - 1) // 2] and hi[x] == kept[kept.size // 2]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 12, 13, 31, 32, 33, 38, 57, 63, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nanmedian_lanes_equals_numpy_nanmedian(n, dtype):
+    """The lane medians (NaN left out; -inf/+inf padding of the left-out places) give per
+    column the middle pair of a sort of its non-NaN values, for every count from 0 to n,
+    with ties, infinities of both signs and columns of NaN only; only the first nl columns."""
+    from stcal_dask.kernels import _median_numba as mn
+
+    rng = np.random.default_rng(1000 + n)
+    nl = 400
+    apl = rng.choice(np.array([0.0, -1.0, 1.0, 2.0, 3.5, 7.0, np.inf, -np.inf]), (n, nl + 3))
+    apl[:, :100] = rng.normal(size=(n, 100))
+    keep = rng.integers(0, n + 1, nl + 3)  # non-NaN count of each column, 0..n
+    for x in range(nl + 3):
+        apl[rng.permutation(n)[keep[x]:], x] = np.nan
+    apl = apl.astype(dtype)
+    scratch = mn.lane_median_scratch(n, nl + 3, apl)
+    spl, cnt, left, lo, hi = scratch
+    lo[:] = hi[:] = -7.0
+    mn.nanmedian_lanes(apl, nl, scratch)
+    assert (lo[nl:] == -7.0).all()
+    for x in range(nl):
+        vals = np.sort(apl[:, x][~np.isnan(apl[:, x])])
+        assert cnt[x] == vals.size == keep[x]
+        if vals.size == 0:
+            assert lo[x] == -np.inf and hi[x] == np.inf
+            continue
+        assert lo[x] == vals[(vals.size - 1) // 2] and hi[x] == vals[vals.size // 2]
+        with np.errstate(invalid="ignore"):
+            want = np.median(vals.astype(np.float64))
+        got = lo[x] if vals.size % 2 else (np.float64(lo[x]) + np.float64(hi[x])) / 2.0
+        np.testing.assert_equal(got, want)
+
+
 def test_kernels_set_up_numba_without_scipy_linalg():
     """numba's CPU target set-up imports scipy.linalg only to choose np.correlate's BLAS path
     (~0.35 s of every worker's start); the kernels hide it, and scipy still imports later."""

@@ -11,8 +11,10 @@ the usual JWST case) runs across the pixels of a row at once (:func:`_iterative_
 over the whole row, the ratios and later rounds only over the pixels still going on, with
 branch-free loops that the compiler vectorises, and the clipped medians from sorting networks
 run across pixels (straight-line ones in registers up to 12 differences,
-:func:`~stcal_dask.kernels._median_numba.clipped_mid`). The other paths detect pixel by
-pixel (:func:`_detect_pixel`); medians use branch-free sorting networks.
+:func:`~stcal_dask.kernels._median_numba.clipped_mid`). The single-pass path (many groups) runs
+across the pixels of a row too (:func:`_single_row`, one median network across the row up to
+64 differences per pixel). The other cases detect pixel by pixel (:func:`_detect_pixel`, the
+reference the row-wise paths are tested against); medians use branch-free sorting networks.
 
 Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical):
 
@@ -38,8 +40,14 @@ from numba import njit
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
+from stcal_dask.kernels._median_numba import LANE_MEDIAN_MAX as _LANE_MEDIAN_MAX
 from stcal_dask.kernels._median_numba import SORT_MAX as _SORT_MAX
-from stcal_dask.kernels._median_numba import clipped_mid, mid_scratch
+from stcal_dask.kernels._median_numba import (
+    clipped_mid,
+    lane_median_scratch,
+    mid_scratch,
+    nanmedian_lanes,
+)
 from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
 
@@ -433,6 +441,54 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         nl = w
 
 
+@njit(cache=True, nogil=True)
+def _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
+    """The single-pass path's detection for a whole row, pixels along the inner (vectorised)
+    loops: the same flags, median and sigma as :func:`_detect_pixel` on ``PATH_SINGLE``, bit
+    for bit.
+
+    ``erow`` (nints * ngroups, nx) electrons (NaN on SAT/DNU groups), ``rnt`` (nx,) the
+    read-noise terms; fills ``dpl[j, x]`` with the float64 differences, ``jmask[x]`` with bit
+    ``j`` for each difference flagged JUMP (in its later group), ``mrow``/``srow`` (nx,) with
+    the signed median of the pixel's differences and its sigma. The median is taken over the
+    differences in the electrons' dtype (the float64 values the scalar path sorts are exactly
+    these, widened) by :func:`~stcal_dask.kernels._median_numba.nanmedian_lanes`, the mean of
+    an even count's middle pair in float64. Needs 1 <= nints * (ngroups - 1) <= 64.
+    """
+    nd = ngroups - 1
+    ntot = nints * nd
+    nx = erow.shape[1]
+    apl = np.empty((ntot, nx), dtype=erow.dtype)
+    scratch = lane_median_scratch(ntot, nx, apl)
+    cnt, lo, hi = scratch[1], scratch[3], scratch[4]
+    for i in range(nints):
+        for k in range(nd):
+            e1 = erow[i * ngroups + k + 1]
+            e0 = erow[i * ngroups + k]
+            dj = dpl[i * nd + k]
+            aj = apl[i * nd + k]
+            for x in range(nx):
+                d = e1[x] - e0[x]
+                aj[x] = d
+                dj[x] = np.float64(d)
+    nanmedian_lanes(apl, nx, scratch)
+    for x in range(nx):
+        lo64 = np.float64(lo[x])
+        m = lo64 if (cnt[x] & 1) == 1 else (lo64 + np.float64(hi[x])) / 2.0
+        sig = math.sqrt(abs(m) + rnt[x])
+        mrow[x] = m
+        srow[x] = np.nan if sig == 0.0 else sig
+        jmask[x] = 0
+    for j in range(ntot):
+        dj = dpl[j]
+        bit = np.int64(1) << j
+        for x in range(nx):
+            d = dj[x]
+            # (d - d) == 0 is False for NaN and infinities: only finite differences count
+            hit = ((d - d) == 0.0) & (abs(d - mrow[x]) / srow[x] > rej)
+            jmask[x] |= bit * hit
+
+
 class FrameInputs(NamedTuple):
     """The frame (or tile) :func:`run_frame` reads, as read-only C arrays."""
 
@@ -465,6 +521,10 @@ class DetectSettings(NamedTuple):
     """Sigma threshold with exactly 3 usable differences (four_group_rejection_threshold)."""
     thr_2diff: float
     """Sigma threshold with exactly 2 usable differences (three_group_rejection_threshold)."""
+    rowwise: bool
+    """Detect across the pixels of each row where the path and difference count allow it
+    (:func:`_iterative_row`, :func:`_single_row`); False only to check them against the
+    pixel-by-pixel path, which gives the same flags."""
 
 
 class FlagSettings(NamedTuple):
@@ -524,6 +584,10 @@ class RowRings(NamedTuple):
     """(ntot, nx) float64 differences from :func:`_iterative_row` ((ntot, 0) off that path)."""
     jmask: np.ndarray
     """(nx,) int64 JUMP bits from :func:`_iterative_row` ((0,) off that path)."""
+    mq: np.ndarray
+    """(nx,) float64 signed medians from :func:`_single_row` ((0,) off the row-wise paths)."""
+    sq: np.ndarray
+    """(nx,) float64 sigmas from :func:`_single_row` ((0,) off the row-wise paths)."""
     absd: np.ndarray
     """(max(ntot, 1),) float64 per-pixel scratch."""
     ratio: np.ndarray
@@ -534,7 +598,7 @@ class RowRings(NamedTuple):
 
 @njit(cache=True, nogil=True)
 def _row_rings(inputs, gdq_out, quick):
-    """The :class:`RowRings` of a frame; ``quick``: the row-wise iterative path is taken."""
+    """The :class:`RowRings` of a frame; ``quick``: a row-wise detection path is taken."""
     nints, ngroups, ny, nx = inputs.data.shape
     ntot = nints * (ngroups - 1)
     ng_all = nints * ngroups
@@ -551,6 +615,8 @@ def _row_rings(inputs, gdq_out, quick):
         np.empty(nx, dtype=np.float64),
         np.empty((ntot, nq), dtype=np.float64),
         np.zeros(nq, dtype=np.int64),
+        np.empty(nq, dtype=np.float64),
+        np.empty(nq, dtype=np.float64),
         np.empty(max(ntot, 1), dtype=np.float64),
         np.empty(max(ntot, 1), dtype=np.float64),
         np.empty(max(ntot, nints, 1), dtype=np.float64),
@@ -588,9 +654,9 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
     (differences whose ratio is within (``nbr_min``, ``nbr_max``)) and the medians they need
     are kept in the rings."""
     readnoise, gain = inputs.readnoise, inputs.gain
-    path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff = detect
-    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, absd, ratio, \
-        buf = rings
+    path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff, _rw = detect
+    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, mq, sq, absd, \
+        ratio, buf = rings
     nints, ngroups, ny, nx = inputs.data.shape
     nd = ngroups - 1
     ntot = nints * nd
@@ -601,7 +667,10 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
     crow = centre[ry]
     for x in range(nx):
         rnt[x] = _rn_term(readnoise, gain, yy, x, nreads_half)
-    if quick:
+    single = path == PATH_SINGLE
+    if quick and single:
+        _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mq, sq)
+    elif quick:
         _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl,
                        jmask)  # fmt: skip
     for x in range(nx):
@@ -615,7 +684,10 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                     for k in range(nd):
                         hit = (bits >> (i * nd + k)) & 1
                         grow[x, i * ngroups + k + 1] |= _JUMP * hit
-            m, sig, have_m = np.nan, np.nan, False
+            if single:
+                m, sig, have_m = mq[x], sq[x], True
+            else:
+                m, sig, have_m = np.nan, np.nan, False
         else:
             m, sig, have_m = _detect_pixel(
                 grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints,
@@ -657,8 +729,8 @@ def _finish_row(flags, y, ny, rings):
     after-jump flags and redundant-bit removal."""
     (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
      remove_redundant_bits) = flags  # fmt: skip
-    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, absd, ratio, \
-        buf = rings
+    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, mq, sq, absd, \
+        ratio, buf = rings
     nx, ng_all = gring.shape[1], gring.shape[2]
     ngroups = addf.shape[0]
     nints = ng_all // ngroups
@@ -762,8 +834,12 @@ def run_frame(inputs, detect, flags, out):
     """
     nints, ngroups, ny, nx = inputs.data.shape
     ntot = nints * (ngroups - 1)
-    # the iterative path runs across each row's pixels (_iterative_row)
-    quick = detect.path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX
+    # the iterative and single-pass paths run across each row's pixels (_iterative_row,
+    # _single_row) up to the counts their networks cover
+    quick = detect.rowwise and (
+        (detect.path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX)
+        or (detect.path == PATH_SINGLE and 1 <= ntot <= _LANE_MEDIAN_MAX)
+    )
     rings = _row_rings(inputs, out.groupdq, quick)
     for yy in range(ny + 1):
         if yy < ny:

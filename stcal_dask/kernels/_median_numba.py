@@ -5,6 +5,10 @@ up to 32 values: straight-line register networks for n <= ``SMALL_MAX``
 (:mod:`._median_small`), pruned Batcher median networks (:mod:`.median_networks`) held in
 module tables up to 32, and Wirth's selection beyond. The median does not depend on the method,
 so every count gives the value a sort would, bit for bit.
+
+Across the pixels of a row (lanes, pixels along the inner loops): :func:`clipped_mid` (the
+iterative jump path's clipped medians and the ramp fit's) and :func:`nanmedian_lanes` (NaN-
+skipping medians of up to 64 values: the single-pass jump path and the shower ratios).
 """
 
 from __future__ import annotations
@@ -179,3 +183,68 @@ def mid_scratch(apl):
     return (np.empty_like(apl), np.empty(nl, np.int32), np.empty(nl, apl.dtype),
             np.empty(nl, apl.dtype), np.empty(nl, np.int32), np.empty(nl, apl.dtype),
             np.empty(nl, apl.dtype))  # fmt: skip
+
+
+LANE_MEDIAN_MAX = 64
+"""Largest number of values per lane whose middle pair :func:`nanmedian_lanes` finds."""
+_LM_OFF, _LM_A, _LM_B = pair_tables(median_pairs, LANE_MEDIAN_MAX)
+
+
+@njit(cache=True, nogil=True)
+def nanmedian_lanes(apl, nl, scratch):
+    """Per lane (column ``x < nl`` of ``apl`` (n, >= nl), 1 <= n <= :data:`LANE_MEDIAN_MAX`,
+    NaN = left out), into ``scratch = (spl, cnt, left, lo, hi)`` from
+    :func:`lane_median_scratch`: ``cnt[x]`` the lane's non-NaN count and ``lo[x]``/``hi[x]`` the
+    ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest of its values, so that its median is
+    ``lo`` for odd counts and ``(lo + hi) / 2`` for even ones (``lo = -inf``, ``hi = +inf``
+    when there is no value: their mean is NaN, as numpy's nanmedian of nothing).
+
+    One median network run across the lanes, branch-free: the values are copied into ``spl``
+    with n rounded up to an even ``N``, and of a lane's ``u = N - cnt`` left-out places the
+    first ``u // 2`` get ``-inf`` and the others ``+inf``; the lane's middle pair (one value
+    twice when ``cnt`` is odd) then lands on the sorted places ``N // 2 - 1`` and ``N // 2``
+    whatever ``cnt`` is: the only outputs the pruned network
+    (:func:`~stcal_dask.kernels.median_networks.median_pairs`) computes. Infinite values of the
+    lane tie with the padding without changing any sorted value.
+    """
+    spl, cnt, left, lo, hi = scratch
+    n = apl.shape[0]
+    big = n + (n & 1)
+    inf = apl.dtype.type(np.inf)
+    for x in range(nl):
+        cnt[x] = 0
+    for j in range(n):
+        aj = apl[j]
+        for x in range(nl):
+            cnt[x] += aj[x] == aj[x]
+    for x in range(nl):
+        left[x] = (big - cnt[x]) // 2  # left-out places still to get -inf
+    for j in range(big):
+        sj = spl[j]
+        if j < n:
+            aj = apl[j]
+            for x in range(nl):
+                v = aj[x]
+                k = left[x]
+                ok = v == v
+                sj[x] = v if ok else (-inf if k > 0 else inf)
+                left[x] = k - (not ok)
+        else:
+            for x in range(nl):
+                sj[x] = -inf if left[x] > 0 else inf
+    sort_rows(spl, nl, big, _LM_OFF, _LM_A, _LM_B)
+    s0 = spl[big // 2 - 1]
+    s1 = spl[big // 2]
+    for x in range(nl):
+        v0 = s0[x]
+        lo[x] = v0
+        hi[x] = v0 if cnt[x] & 1 else s1[x]
+
+
+@njit(cache=True, nogil=True)
+def lane_median_scratch(n, nl, proto):
+    """The scratch ``(spl, cnt, left, lo, hi)`` of :func:`nanmedian_lanes` for (n, nl) lanes
+    of ``proto``'s dtype (an array): ``spl`` (n rounded up to even, nl), int64 ``cnt`` and
+    ``left`` (nl,), ``lo``/``hi`` (nl,)."""
+    return (np.empty((n + (n & 1), nl), proto.dtype), np.empty(nl, np.int64),
+            np.empty(nl, np.int64), np.empty(nl, proto.dtype), np.empty(nl, proto.dtype))

@@ -24,8 +24,12 @@ from numba import njit
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import median_prefix, pair_tables, sort_rows
-from stcal_dask.kernels.median_networks import batcher_pairs
+from stcal_dask.kernels._median_numba import (
+    LANE_MEDIAN_MAX,
+    lane_median_scratch,
+    median_prefix,
+    nanmedian_lanes,
+)
 
 _DNU = dqflags.DO_NOT_USE
 _SAT = dqflags.SATURATED
@@ -35,40 +39,10 @@ _BAD = _DNU | _SAT | _JUMP
 # the group DQ values stcal's nan_invalid_data turns into NaN (exact equality)
 _NAN_VALUES = (_JUMP | _DNU, _SAT | _DNU, _SAT, _JUMP, _DNU)
 
-LANE_SORT_MAX = 64
+LANE_SORT_MAX = LANE_MEDIAN_MAX
 """Largest number of differences per pixel whose median :func:`ratio_cube` takes with one
-sorting network run across the pixels of a row (branch-free, vectorised); beyond it, by
+median network run across the pixels of a row (branch-free, vectorised); beyond it, by
 selection pixel by pixel."""
-_LS_OFF, _LS_A, _LS_B = pair_tables(batcher_pairs, LANE_SORT_MAX)
-
-
-@njit(cache=True, nogil=True)
-def _lane_medians(apl, spl, cnt, med):
-    """Per column x of ``apl`` (n, nx) float32: ``med[x]`` the median of its non-NaN values
-    (NaN when none; even counts: the float32 mean of the middle two, as numpy's nanmedian),
-    n <= LANE_SORT_MAX. NaN becomes +inf in the scratch ``spl`` (n, nx), which the network
-    sorts column-wise; the middle entries are then read at the column's own count."""
-    n, nx = apl.shape
-    inf = np.float32(np.inf)
-    for x in range(nx):
-        cnt[x] = 0
-    for j in range(n):
-        a = apl[j]
-        s = spl[j]
-        for x in range(nx):
-            v = a[x]
-            ok = v == v
-            s[x] = v if ok else inf
-            cnt[x] += ok
-    sort_rows(spl, nx, n, _LS_OFF, _LS_A, _LS_B)
-    for x in range(nx):
-        c = cnt[x]
-        if c == 0:
-            med[x] = np.float32(np.nan)
-        elif c % 2 == 1:
-            med[x] = spl[c // 2, x]
-        else:
-            med[x] = (spl[c // 2 - 1, x] + spl[c // 2, x]) / np.float32(2.0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -97,9 +71,11 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
     ntot = nints * nd
     diffs = np.empty((nints, nd, nx), dtype=np.float32)
     lanes = diffs.reshape((ntot, nx))
-    spl = np.empty((ntot, nx), dtype=np.float32)
-    cnt = np.empty(nx, dtype=np.int64)
+    scratch = lane_median_scratch(ntot, nx, diffs)
+    cnt, lo, hi = scratch[1], scratch[3], scratch[4]
     meds = np.empty(nx, dtype=np.float32)
+    sigs = np.empty(nx, dtype=np.float32)
+    pbad = np.empty(nx, dtype=np.bool_)
     e_prev = np.empty(nx, dtype=np.float32)
     buf = np.empty(max(ntot, 1), dtype=np.float32)
     nan32 = np.float32(np.nan)
@@ -115,8 +91,12 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
                     e = nan32 if _masked_value(gdq[i, g, y, x]) else e
                     diffs[i, g - 1, x] = e - e_prev[x]
                     e_prev[x] = e
-        if ntot <= LANE_SORT_MAX:
-            _lane_medians(lanes, spl, cnt, meds)
+        if 0 < ntot <= LANE_SORT_MAX:
+            nanmedian_lanes(lanes, nx, scratch)
+            for x in range(nx):
+                # float32 mean of the middle two for even counts, as numpy's nanmedian
+                odd = (cnt[x] & 1) == 1
+                meds[x] = lo[x] if odd else (lo[x] + hi[x]) / np.float32(2.0)
         else:
             for x in range(nx):
                 m = 0
@@ -126,16 +106,20 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
                     m += v == v  # NaN is left out (infinities stay, as in nanmedian)
                 meds[x] = np.float32(median_prefix(buf, m)) if m > 0 else nan32
         for x in range(nx):
-            med = meds[x]
             rn_e = readnoise[y, x] * gain[y, x]
-            sig = np.sqrt(abs(med) + rn_e * rn_e / fr)
+            sigs[x] = np.sqrt(abs(meds[x]) + rn_e * rn_e / fr)
             p = pdq[y, x]
-            ref = p == _REF
-            for i in range(nints):
-                for k in range(nd):
-                    flagged = ref | (((gdq[i, k + 1, y, x] | p) & _BAD) != 0)
-                    r = abs(diffs[i, k, x] - med) / sig
-                    out[i, k, y, x] = nan32 if flagged else r
+            pbad[x] = (p == _REF) | ((p & _BAD) != 0)
+        # plane by plane, pixels along the inner loop (contiguous, vectorised)
+        for i in range(nints):
+            for k in range(nd):
+                gq = gdq[i, k + 1, y]
+                dq = diffs[i, k]
+                oq = out[i, k, y]
+                for x in range(nx):
+                    flagged = pbad[x] | ((gq[x] & _BAD) != 0)
+                    r = abs(dq[x] - meds[x]) / sigs[x]
+                    oq[x] = nan32 if flagged else r
     return out
 
 

@@ -615,8 +615,9 @@ _NAN32 = np.float32(np.nan)
 
 
 def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1, n1=0, n2=0,
-               median_gain=_NAN32, neighbors=True, redundant=True):  # fmt: skip
-    """Call the numba frame driver on read-only C arrays; returns (groupdq, primary_count)."""
+               median_gain=_NAN32, neighbors=True, redundant=True, rowwise=True):  # fmt: skip
+    """Call the numba frame driver on read-only C arrays; returns (groupdq, primary_count).
+    ``rowwise=False`` detects pixel by pixel (the same flags; to check the row-wise paths)."""
     nints, ngroups, ny, nx = data.shape
     # stcal: e = dn * nanmedian(gain), a python float times a numpy scalar (gain dtype).
     e1 = float(float(params.after_jump_flag_dn1) * median_gain)
@@ -643,6 +644,7 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
                 rej=float(params.rejection_threshold),
                 thr_3diff=float(params.four_group_rejection_threshold),
                 thr_2diff=float(params.three_group_rejection_threshold),
+                rowwise=bool(rowwise),
             ),
             _nb.FlagSettings(
                 neighbors=bool(params.flag_4_neighbors) and neighbors,
