@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from seeded_ramps import rough_ramps
 
 from stcal_dask import dqflags
 from stcal_dask.errors import UserInputError
@@ -682,23 +683,10 @@ def test_single_pass_rows_equal_the_pixel_by_pixel_path(nints, ngroups, dtype):
 
     rng = np.random.default_rng(7 * ngroups + nints)
     ny, nx = 9, 41
-    shape = (nints, ngroups, ny, nx)
-    steps = rng.integers(0, 4, shape).astype(dtype) * dtype(7.0)
-    data = np.cumsum(steps, axis=1).astype(dtype)
-    data[:, :, : ny // 2] += rng.normal(0, 2.0, (nints, ngroups, ny // 2, nx)).astype(dtype)
-    for frac, jump in ((0.05, 400.0), (0.03, -300.0), (0.03, 60.0)):
-        hit = rng.random(shape) < frac
-        data += np.cumsum(hit * dtype(jump), axis=1).astype(dtype)
-    data[rng.random(shape) < 0.01] = np.inf
-    data[rng.random(shape) < 0.01] = np.nan
-    u = rng.random(shape)
-    gdq = np.zeros(shape, np.uint8)
-    gdq[u < 0.06] |= DNU
-    gdq[u > 0.95] |= SAT
+    data, gdq, gain, rn = rough_ramps(rng, (nints, ngroups, ny, nx), dtype=dtype,
+                                      jumps=((0.05, 400.0), (0.03, -300.0), (0.03, 60.0)))
     gdq[:, :, 0, :5] = DNU  # no usable difference
     gdq[:, 1:, 1, :5] = SAT  # at most one group usable
-    gain = rng.choice(np.array([1.0, 2.2, 0.5], dtype), (ny, nx))
-    rn = rng.choice(np.array([0.0, 1.0, 4.5, 30.0], dtype), (ny, nx))
     rn[2, :3] = 0.0
     data[:, :, 2, :3] = 0.0  # median 0 and read noise 0: sigma NaN
     params = JumpParams(min_diffs_single_pass=1, min_jump_to_flag_neighbors=5.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from oracle_jump import run_stcal_jump
+from seeded_ramps import rough_ramps
 
 from stcal_dask import dqflags
 from stcal_dask.kernels.jump import (
@@ -273,21 +274,8 @@ def test_iterative_path_every_difference_count(nints, ngroups, seed):
     SATURATED/DO_NOT_USE groups and several jumps per ramp."""
     rng = np.random.default_rng(100 + seed)
     ny, nx = 11, 37
-    shape = (nints, ngroups, ny, nx)
-    steps = rng.integers(0, 4, shape).astype(np.float32) * np.float32(7.0)
-    data = np.cumsum(steps, axis=1).astype(np.float32)
-    data[:, :, : ny // 2] += rng.normal(0, 2.0, (nints, ngroups, ny // 2, nx)).astype(np.float32)
-    for frac, jump in ((0.06, 400.0), (0.04, -300.0), (0.03, 90.0)):
-        hit = rng.random(shape) < frac
-        data += np.cumsum(hit * np.float32(jump), axis=1).astype(np.float32)
-    data[rng.random(shape) < 0.01] = np.inf
-    data[rng.random(shape) < 0.01] = np.nan
-    u = rng.random(shape)
-    gdq = np.zeros(shape, np.uint8)
-    gdq[u < 0.06] |= DNU
-    gdq[u > 0.95] |= SAT
-    gain = rng.choice(np.array([1.0, 2.2, 0.5], np.float32), (ny, nx))
-    rn = rng.choice(np.array([0.0, 1.0, 4.5, 30.0], np.float32), (ny, nx))
+    data, gdq, gain, rn = rough_ramps(rng, (nints, ngroups, ny, nx),
+                                      jumps=((0.06, 400.0), (0.04, -300.0), (0.03, 90.0)))
     params = JumpParams(min_diffs_single_pass=64, min_jump_to_flag_neighbors=5.0)
     _compare(data, gdq, np.zeros((ny, nx), np.uint32), gain, rn, params=params)
 
@@ -302,21 +290,8 @@ def test_single_pass_every_kind_of_difference_count(nints, ngroups, seed):
     jumps per ramp, neighbour flagging."""
     rng = np.random.default_rng(200 + seed)
     ny, nx = 11, 37
-    shape = (nints, ngroups, ny, nx)
-    steps = rng.integers(0, 4, shape).astype(np.float32) * np.float32(7.0)
-    data = np.cumsum(steps, axis=1).astype(np.float32)
-    data[:, :, : ny // 2] += rng.normal(0, 2.0, (nints, ngroups, ny // 2, nx)).astype(np.float32)
-    for frac, jump in ((0.04, 400.0), (0.03, -300.0), (0.03, 90.0)):
-        hit = rng.random(shape) < frac
-        data += np.cumsum(hit * np.float32(jump), axis=1).astype(np.float32)
-    data[rng.random(shape) < 0.01] = np.inf
-    data[rng.random(shape) < 0.01] = np.nan
-    u = rng.random(shape)
-    gdq = np.zeros(shape, np.uint8)
-    gdq[u < 0.04] |= DNU
-    gdq[u > 0.97] |= SAT
-    gain = rng.choice(np.array([1.0, 2.2, 0.5], np.float32), (ny, nx))
-    rn = rng.choice(np.array([0.0, 1.0, 4.5, 30.0], np.float32), (ny, nx))
+    data, gdq, gain, rn = rough_ramps(rng, (nints, ngroups, ny, nx), dnu=0.04, sat=0.03,
+                                      jumps=((0.04, 400.0), (0.03, -300.0), (0.03, 90.0)))
     params = JumpParams(min_jump_to_flag_neighbors=5.0)
     ours, g = _compare(data, gdq, np.zeros((ny, nx), np.uint32), gain, rn, params=params)
     assert g.path == "single" and ours.n_primary > 0

@@ -347,6 +347,25 @@ def _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, 
         go[n] = (n_use >= 2) & ((r_hi > thr) | (r_lo > thr))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_differences(erow, nints, ngroups, dpl, apl, absolute):
+    """A row's first differences ``erow[g + 1] - erow[g]`` within each integration, taken in
+    the electrons' dtype: into ``dpl`` (ntot, nx) widened to float64 and into ``apl`` (same
+    shape, the electrons' dtype) as they are or, with ``absolute``, their magnitudes."""
+    nd = ngroups - 1
+    nx = erow.shape[1]
+    for i in range(nints):
+        for k in range(nd):
+            e1 = erow[i * ngroups + k + 1]
+            e0 = erow[i * ngroups + k]
+            dj = dpl[i * nd + k]
+            aj = apl[i * nd + k]
+            for x in range(nx):
+                d = e1[x] - e0[x]
+                dj[x] = np.float64(d)
+                aj[x] = abs(d) if absolute else d
+
+
 @njit(cache=True, nogil=True)
 def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask):
     """The iterative path's detection for a whole row, pixels along the inner (vectorised)
@@ -371,16 +390,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     gmx = np.empty(nx, dtype=np.float64)
     go = np.empty(nx, dtype=np.bool_)
     lane = np.empty(nx, dtype=np.int64)
-    for i in range(nints):
-        for k in range(nd):
-            e1 = erow[i * ngroups + k + 1]
-            e0 = erow[i * ngroups + k]
-            dj = dpl[i * nd + k]
-            aj = apl[i * nd + k]
-            for x in range(nx):
-                d = e1[x] - e0[x]
-                dj[x] = np.float64(d)
-                aj[x] = abs(d)
+    _row_differences(erow, nints, ngroups, dpl, apl, True)
     for x in range(nx):
         jmask[x] = 0
         lane[x] = x
@@ -461,16 +471,7 @@ def _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
     apl = np.empty((ntot, nx), dtype=erow.dtype)
     scratch = lane_median_scratch(ntot, nx, apl)
     cnt, lo, hi = scratch[1], scratch[3], scratch[4]
-    for i in range(nints):
-        for k in range(nd):
-            e1 = erow[i * ngroups + k + 1]
-            e0 = erow[i * ngroups + k]
-            dj = dpl[i * nd + k]
-            aj = apl[i * nd + k]
-            for x in range(nx):
-                d = e1[x] - e0[x]
-                aj[x] = d
-                dj[x] = np.float64(d)
+    _row_differences(erow, nints, ngroups, dpl, apl, False)
     nanmedian_lanes(apl, nx, scratch)
     for x in range(nx):
         lo64 = np.float64(lo[x])
