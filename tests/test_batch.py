@@ -125,6 +125,21 @@ def test_isolation_summary_and_report_local_cluster(exposures, reference, tmp_pa
     assert {p.name: p.read_bytes() for p in bad.iterdir()} == before  # inputs untouched
 
 
+def test_exposures_in_flight_never_exceed_the_bound(exposures, reference, tmp_path):
+    """With --max-in-flight 3, three of the four exposures run at once (their [started,
+    finished] intervals in the report overlap) and never a fourth; the products equal the
+    reference run's."""
+    out = tmp_path / "out"
+    got = _run([exposures, "-o", out, "--max-in-flight", "3", "--report", tmp_path / "r.json",
+                "-q"], tmp_path)
+    assert got.returncode == 0, got.stderr
+    spans = [(e["started"], e["finished"]) for e in _report(tmp_path / "r.json").values()]
+    assert len(spans) == N and all(0 <= a < b for a, b in spans), spans
+    in_flight = [sum(a <= start < b for a, b in spans) for start, _ in spans]
+    assert max(in_flight) == 3, spans
+    assert _products(out) == reference
+
+
 def test_resume_skips_complete_and_redoes_changed(exposures, external, tmp_path):
     """Re-running skips every complete exposure; a changed input or parameter redoes only what
     it affects; --overwrite redoes all; --inputs-from lists inputs."""

@@ -229,6 +229,49 @@ def test_local_layout_defaults():
     assert local_layout(2, 2) == (2, 2)
 
 
+_GATE = threading.Event()
+_HELD = threading.Event()
+
+
+def _hold() -> None:
+    _HELD.set()
+    _GATE.wait(30)
+
+
+def test_compute_priority_orders_graphs_queued_together():
+    """Of two graphs waiting for the only worker thread, the tasks of the one computed with the
+    higher ``priority`` run before those of the other, although it was submitted last (the
+    batch of ``run`` gives each exposure a lower priority than the one before it). The
+    scheduler sends a worker one task beyond its threads ahead of time (distributed's
+    worker-saturation): that one task of the first graph may run before them."""
+    _GATE.clear()
+    _HELD.clear()
+    with get_client(n_workers=1, threads_per_worker=1, processes=False, warm=False) as c:
+        blocker = c.submit(_hold, pure=False)
+        assert _HELD.wait(30)  # the worker's thread is taken: what follows queues up
+        stamps = {}
+
+        def run(name, priority):
+            tasks = [dask.delayed(time.perf_counter_ns, pure=False)() for _ in range(6)]
+            stamps[name] = compute(*tasks, client=c, quiet=True, priority=priority)
+
+        low = threading.Thread(target=run, args=("low", -1))
+        low.start()  # submitted first
+        deadline = time.monotonic() + 30
+        while len(c.cluster.scheduler.tasks) < 1 + 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        high = threading.Thread(target=run, args=("high", 0))
+        high.start()
+        while len(c.cluster.scheduler.tasks) < 1 + 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _GATE.set()
+        low.join(30)
+        high.join(30)
+        blocker.result()
+    ahead = [t for t in stamps["low"] if t < max(stamps["high"])]
+    assert len(ahead) <= 1, stamps
+
+
 def test_background_client_starts_while_the_caller_works():
     from stcal_dask.engine.cluster import BackgroundClient
 

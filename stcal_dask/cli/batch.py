@@ -7,7 +7,12 @@
   own ``X_gain.fits``/``X_readnoise.fits`` beside it.
 * **Pipelining**: one cluster for the whole batch; up to ``--max-in-flight`` exposures (default
   2) are computed at once, each in its own graph, so the next exposure's reads overlap the
-  current one's compute and writes while memory stays bounded whatever the batch size.
+  current one's compute and writes while memory stays bounded whatever the batch size. Each
+  exposure's graph has a lower scheduling priority than the one started before it: the oldest
+  exposure in flight takes every thread it can use and finishes as early as it can, and the
+  next one only fills the threads it leaves idle (its frame-wide reductions, its last tiles and
+  writes), so exposures complete one after another at the cluster's throughput instead of
+  together.
 * **Isolation**: an input that cannot be planned (unreadable, wrong shape, missing keyword or
   reference) or whose computation fails is reported in one line and the others go on; the exit
   status is 1 when any failed; a summary table ends the run, ``--report FILE`` writes it as JSON.
@@ -58,8 +63,11 @@ class Outcome:
     primary_jumps: int | None = None
     seconds: float | None = None
     """Wall time of this exposure's own work (exposures in flight overlap)."""
+    started: float | None = None
+    """Seconds from the batch's start to the start of this exposure's work."""
     finished: float | None = None
-    """Seconds from the batch's start to this exposure's end."""
+    """Seconds from the batch's start to this exposure's end (its completion record written);
+    exposures in flight at once have overlapping [started, finished] intervals."""
     reason: str = ""
     products: list[str] = field(default_factory=list)
 
@@ -314,6 +322,14 @@ def _process(a, plan_, expected, record: Path, background, stop: threading.Event
     return out
 
 
+def _timed(t0: float, *args) -> Outcome:
+    """:func:`_process` with its start and end times (seconds since ``t0``) recorded."""
+    started = time.perf_counter() - t0
+    out = _process(*args)
+    out.started, out.finished = started, time.perf_counter() - t0
+    return out
+
+
 def _say(args, line: str) -> None:
     if not args.quiet:
         print(f"{PROG}: {line}", file=sys.stderr, flush=True)
@@ -395,16 +411,19 @@ def run_batch(args: argparse.Namespace) -> int:
                     import_for_graph()
                 futures = {}
                 queue = list(work)
+                n_started = 0
                 try:
                     while queue or futures:
                         while queue and len(futures) < args.max_in_flight:
                             a, p, e, r = queue.pop(0)
-                            futures[pool.submit(_process, a, p, e, r, background, stop)] = a.input
+                            a.priority = -n_started  # the older exposures' tasks run first
+                            n_started += 1
+                            futures[pool.submit(_timed, t0, a, p, e, r, background,
+                                                stop)] = a.input
                         finished, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
                         for fut in finished:
                             path = futures.pop(fut)
                             o = fut.result()
-                            o.finished = time.perf_counter() - t0
                             outcomes[order[path]] = o
                             done_n += 1
                             detail = (f"{o.primary_jumps} primary jumps, {o.seconds:.1f} s"

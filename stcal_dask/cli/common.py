@@ -450,11 +450,13 @@ def open_client(args: argparse.Namespace, *, warm: bool = True, fork: bool = Fal
 
 def compute(args: argparse.Namespace, *collections) -> list:
     """Compute ``collections`` in one graph on the current cluster (progress bar unless
-    ``--quiet``); workers dying over and over is one line (:class:`UserInputError`)."""
+    ``--quiet``, at ``args.priority`` when set: see :func:`stcal_dask.engine.cluster.compute`);
+    workers dying over and over is one line (:class:`UserInputError`)."""
     from stcal_dask.engine import cluster
 
     try:
-        return list(cluster.compute(*collections, quiet=args.quiet))
+        return list(cluster.compute(*collections, quiet=args.quiet,
+                                    priority=getattr(args, "priority", 0)))
     except Exception as exc:
         if type(exc).__name__ != "KilledWorker":  # distributed.scheduler.KilledWorker
             raise

@@ -774,12 +774,17 @@ class BackgroundClient:
         return False
 
 
-def compute(*collections, quiet: bool = False, client=None):
+def compute(*collections, quiet: bool = False, client=None, priority: int = 0):
     """Compute dask collections, with a progress bar on the terminal unless ``quiet``.
 
     Uses the given ``client`` (or the current default ``distributed`` client if there is one:
     inside :func:`get_client`); otherwise the local threaded scheduler with
     :class:`dask.diagnostics.ProgressBar`. Returns a tuple of results like :func:`dask.compute`.
+
+    ``priority``: the distributed scheduler runs a ready task of a computation with a higher
+    priority before any ready task of one with a lower priority (the batch of ``run`` gives
+    each exposure a lower one than the exposure before it, so the next exposure's tasks only
+    fill the threads the current one leaves idle); ignored by dask's local schedulers.
     """
     if client is None and dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
         client = False  # inside get_client("threads") etc.: never pick up a distributed client
@@ -801,7 +806,8 @@ def compute(*collections, quiet: bool = False, client=None):
             # optimise each collection alone with its own config (low-level fusion on), fusing a
             # tile kernel into one consumer and running it again for the others.
             optimized = dask.optimize(*collections)
-            futures = client.compute(list(optimized), optimize_graph=False)
+            futures = client.compute(list(optimized), optimize_graph=False,
+                                     priority=priority)
             if not quiet:
                 progress(futures, notebook=False)
                 sys.stdout.write("\n")

@@ -134,7 +134,10 @@ def read_asdf_extension(hdul, what: str) -> tuple[object | None, dict | None]:
 
 def wcs_fits_meta(hdul, what: str) -> dict:
     """The ``wcs_asdf`` / ``wcsinfo`` attrs of an open FITS file whose ASDF extension carries a
-    gwcs (``meta.wcs``); an empty dict when it carries none."""
+    gwcs (``meta.wcs``); an empty dict when it carries none (without an ASDF extension, gwcs,
+    a slow import, is not loaded)."""
+    if ASDF_EXTNAME not in hdul:
+        return {}
     import gwcs
 
     wcs, info = read_asdf_extension(hdul, what)
