@@ -48,28 +48,48 @@ def borders(*blocks, halo: int):
 
 def window(center: np.ndarray, nbrs, k: int, halo: int) -> np.ndarray:
     """Block ``center`` (input ``k``) with the neighbours' borders around it; no padding where
-    there is no neighbour (frame edges). ``nbrs`` follows ``NEIGHBOURS``."""
+    there is no neighbour (frame edges). ``nbrs`` follows ``NEIGHBOURS``.
+
+    The window is allocated once and every piece copied into it (the tile is copied once);
+    a tile without neighbours is ``center`` itself (kernels never modify their inputs)."""
     h = halo
 
-    def part(pos: int, side: int, cols: slice | None = None):
+    def border(pos: int, side: int):
         packet = nbrs[pos]
-        if packet is None:
-            return None
-        arr = packet[k][side]
-        return arr if cols is None else arr[..., cols]
+        return None if packet is None else packet[k][side]
 
-    def row(*pieces):
-        return np.concatenate([p for p in pieces if p is not None], axis=-1)
-
-    rows = []
-    north = part(1, 1)
+    # the neighbours' facing borders: N's bottom, S's top, W's right, E's left
+    north, south, west, east = border(1, 1), border(6, 0), border(3, 3), border(4, 2)
+    if north is None and south is None and west is None and east is None:
+        return center
+    ny, nx = center.shape[-2:]
+    top = h if north is not None else 0
+    left = h if west is not None else 0
+    bottom = h if south is not None else 0
+    right = h if east is not None else 0
+    out = np.empty((*center.shape[:-2], top + ny + bottom, left + nx + right), center.dtype)
+    rows = slice(top, top + ny)
+    cols = slice(left, left + nx)
+    out[..., rows, cols] = center
     if north is not None:
-        rows.append(row(part(0, 1, slice(-h, None)), north, part(2, 1, slice(None, h))))
-    rows.append(row(part(3, 3), center, part(4, 2)))
-    south = part(6, 0)
+        out[..., :top, cols] = north
     if south is not None:
-        rows.append(row(part(5, 0, slice(-h, None)), south, part(7, 0, slice(None, h))))
-    return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=-2)
+        out[..., top + ny:, cols] = south
+    if west is not None:
+        out[..., rows, :left] = west
+    if east is not None:
+        out[..., rows, left + nx:] = east
+    # corners: the diagonal neighbours' bottom (NW, NE) or top (SW, SE) borders, cut to h columns
+    for pos, side, ys, xs, cut in ((0, 1, slice(0, top), slice(0, left), slice(-h, None)),
+                                   (2, 1, slice(0, top), slice(left + nx, None), slice(0, h)),
+                                   (5, 0, slice(top + ny, None), slice(0, left),
+                                    slice(-h, None)),
+                                   (7, 0, slice(top + ny, None), slice(left + nx, None),
+                                    slice(0, h))):
+        piece = border(pos, side)
+        if piece is not None:
+            out[..., ys, xs] = piece[..., cut]
+    return out
 
 
 def halo_call(func, halo: int, loc: tuple[int, int], shape: tuple[int, int], n_blocks: int,
