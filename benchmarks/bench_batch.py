@@ -3,30 +3,42 @@
 * inputs: N seeded ``_ramp.fits`` exposures (default 8 x 1x10x2048x2048), one in four with ten
   times the cosmic-ray rate (many more flags), with their gain/readnoise references;
 * **ours**: ``stcal-dask run DIR -o OUT --report R`` (default LocalCluster, pipelined: up to
-  ``--max-in-flight`` exposures at once); the report gives each exposure's end time, whose
-  successive gaps after the first are the **steady-state wall per exposure**;
+  ``--max-in-flight`` exposures at once, the oldest first); the report gives each exposure's
+  start and end; the **steady-state wall per exposure** is the mean interval between
+  completions after the first, ``(last end - first end) / (N - 1)`` (the batch's throughput
+  once the pipeline is full: the start-up and the first exposure's latency are left out, every
+  later exposure, heavy ones included, counts);
 * **stcal**: one Python process running the jump + OLS ramp-fit script of
   ``bench_pipeline.py`` (stcal 1.20.0: ``detect_jumps_data``, ``ramp_fit_data`` OLS_C, FITS in
   and out) on every exposure in turn, as the JWST pipeline processes an association;
-* **I/O floor**: one process reading every input fully and writing outputs of the same sizes
-  (the ``bench_pipeline.py`` floor script per exposure), its per-exposure time;
+* **I/O floor**: one process reading every input array in full (native byte order, as the stcal
+  script reads them) and writing rate and rateints files of the products' layout and sizes
+  (the ``bench_pipeline.py`` floor script per exposure), its per-exposure time (median after the
+  first, which pays the imports);
 * **ours, worker killed**: the batch again, one LocalCluster worker process SIGKILLed once the
   second exposure is committed; total wall and whether the products are bit-identical.
 
-Peak memory: the summed RSS of each command's whole process tree (``bench_pipeline.run_tree``).
-The first exposure's products of ours and stcal are compared (DQ exact, floats 1e-5).
+``--repeat R`` runs the floor, ours and stcal R times interleaved (A B C A B C ...) and quotes
+medians. For each job: wall, peak RSS of the process tree (summed, ``bench_pipeline.run_tree``),
+CPU seconds of the tree (``getrusage`` of the reaped children: on a shared machine CPU seconds
+move less than wall) and the machine's load average before and after. Ours also gets a
+per-exposure timeline (start, end, own seconds) and its average number of busy cores. The last
+exposure's products of ours and stcal are compared (DQ exact, floats 1e-5).
 
 Targets (issue 13): total >= 6x faster than stcal; steady-state wall per exposure <= 2.5x the
 per-exposure I/O floor; peak memory <= 1/2 of stcal's; with a worker killed the total grows by
 < 50 % and the products are identical.
 
-    python benchmarks/bench_batch.py [--n 8] [--shape 1x10x2048x2048] [--workdir DIR] [--keep]
+    python benchmarks/bench_batch.py [--n 8] [--shape 1x10x2048x2048] [--repeat 1]
+                                     [--max-in-flight 2] [--workdir DIR] [--keep] [--no-kill]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -104,11 +116,30 @@ def _ours_with_kill(cmd: list[str], cwd: Path) -> tuple[float, float]:
     return wall, peak / 2**20
 
 
+def _job(cmd: list[str], cwd: Path) -> dict:
+    """Run ``cmd`` (``bench_pipeline.run_tree``); wall s, peak tree RSS MiB, CPU s of the tree,
+    the machine's busy cores on average, stdout, load average before."""
+    load = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = psutil.cpu_times()
+    wall, peak, out = run_tree(cmd, cwd=cwd)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1 = psutil.cpu_times()
+    idle = (cpu1.idle + cpu1.iowait) - (cpu0.idle + cpu0.iowait)
+    busy = sum(cpu1) - sum(cpu0) - idle
+    return {"wall": wall, "peak": peak, "out": out, "load": load,
+            "cpu": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+            "machine": psutil.cpu_count() * busy / max(busy + idle, 1e-9)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="exposures (default 8)")
     ap.add_argument("--shape", default="1x10x2048x2048")
     ap.add_argument("--max-in-flight", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="interleaved runs of the floor, ours and stcal (medians quoted)")
+    ap.add_argument("--no-kill", action="store_true", help="skip the worker-killed run")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
@@ -118,6 +149,18 @@ def main(argv=None) -> int:
         return bench(args, work)
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         return bench(args, Path(tmp))
+
+
+def _times(out: str) -> list[float]:
+    return [float(ln.split()[-1]) for ln in out.splitlines() if ln.startswith("exposure")]
+
+
+def _steady(report: dict) -> tuple[float, list[dict]]:
+    """(mean interval between completions after the first, exposures in order of start)."""
+    exps = sorted(report["exposures"], key=lambda e: e["started"])
+    ends = sorted(e["finished"] for e in exps)
+    steady = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else float("nan")
+    return steady, exps
 
 
 def bench(args, work: Path) -> int:
@@ -142,52 +185,87 @@ def bench(args, work: Path) -> int:
     loop = work / "loop.py"
     loop.write_text(LOOP)
     dirs = {d: work / d for d in ("ours", "ours_killed", "stcal", "floor")}
-    for d in dirs.values():
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
     subprocess.run([exe, "warmup", "-q"], check=True)  # the kernel cache, untimed
 
-    ours_cmd = [exe, "run", str(inputs), "-o", str(dirs["ours"]), "--report",
-                str(work / "report.json"), "--max-in-flight", str(args.max_in_flight)]
-    w_floor, _p_floor, out_floor = run_tree(
-        [sys.executable, str(loop), str(floor_script), str(dirs["floor"]), *ramps], cwd=work)
-    w_ours, p_ours, _ = run_tree(ours_cmd, cwd=work)
-    w_stcal, p_stcal, out_stcal = run_tree(
-        [sys.executable, str(loop), str(script), str(dirs["stcal"]), *ramps], cwd=work)
-    kill_cmd = [*ours_cmd[:3], "-o", str(dirs["ours_killed"]), *ours_cmd[5:]]
-    kill_cmd[kill_cmd.index("--report") + 1] = str(work / "report_killed.json")
-    w_kill, p_kill = _ours_with_kill(kill_cmd, work)
+    def ours_cmd(out: Path, report: Path) -> list[str]:
+        return [exe, "run", *ramps, "-o", str(out), "--report", str(report),
+                "--max-in-flight", str(args.max_in_flight)]
 
-    floor_each = [float(ln.split()[-1]) for ln in out_floor.splitlines()
-                  if ln.startswith("exposure")]
-    stcal_each = [float(ln.split()[-1]) for ln in out_stcal.splitlines()
-                  if ln.startswith("exposure")]
-    report = json.loads((work / "report.json").read_text())
-    ends = sorted(e["finished"] for e in report["exposures"])
-    gaps = np.diff(ends)
-    steady = float(np.median(gaps)) if len(gaps) else float("nan")
-    floor_per = float(np.median(floor_each[1:] if len(floor_each) > 1 else floor_each))
-    identical = _products(dirs["ours"]) == _products(dirs["ours_killed"])
+    jobs = {
+        "floor": lambda: [sys.executable, str(loop), str(floor_script), str(dirs["floor"]),
+                          *ramps],
+        "ours": lambda: ours_cmd(dirs["ours"], work / "report.json"),
+        "stcal": lambda: [sys.executable, str(loop), str(script), str(dirs["stcal"]), *ramps],
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    load_start = os.getloadavg()
+    for _ in range(args.repeat):
+        for name, cmd in jobs.items():
+            shutil.rmtree(dirs[name], ignore_errors=True)
+            dirs[name].mkdir()
+            r = _job(cmd(), work)
+            if name == "ours":
+                r["report"] = json.loads((work / "report.json").read_text())
+            runs[name].append(r)
+    w_kill = p_kill = float("nan")
+    identical = None
+    if not args.no_kill:
+        shutil.rmtree(dirs["ours_killed"], ignore_errors=True)
+        dirs["ours_killed"].mkdir()
+        w_kill, p_kill = _ours_with_kill(ours_cmd(dirs["ours_killed"],
+                                                  work / "report_killed.json"), work)
+        identical = _products(dirs["ours"]) == _products(dirs["ours_killed"])
+    load_end = os.getloadavg()
+
+    def med(name, key):
+        return float(np.median([r[key] for r in runs[name]]))
+
+    floor_per = float(np.median([np.median(_times(r["out"])[1:] or _times(r["out"]))
+                                 for r in runs["floor"]]))
+    stcal_per = float(np.median([np.median(_times(r["out"])) for r in runs["stcal"]]))
+    steadies = [_steady(r["report"])[0] for r in runs["ours"]]
+    steady = float(np.median(steadies))
+    w_ours, w_stcal = med("ours", "wall"), med("stcal", "wall")
+    p_ours, p_stcal = max(r["peak"] for r in runs["ours"]), max(r["peak"] for r in runs["stcal"])
     # stcal writes stcal_rate.fits per exposure over the same name: compare the last one
     last = Path(ramps[-1]).name.replace("_ramp.fits", "")
     check = compare(dirs["ours"] / f"{last}_rate.fits", dirs["stcal"] / "stcal_rate.fits")
 
     print(f"\n{args.n} x {args.shape}, {psutil.cpu_count()} cores, ours: default "
-          f"LocalCluster, --max-in-flight {args.max_in_flight}")
-    print(f"{'job':<24}{'total s':>9}{'peak RSS MiB':>14}")
-    for name, w, p in (("I/O floor (all)", w_floor, float("nan")),
-                       ("stcal 1.20.0, in turn", w_stcal, p_stcal),
-                       ("ours, one batch", w_ours, p_ours),
-                       ("ours, worker killed", w_kill, p_kill)):
-        print(f"{name:<24}{w:>9.1f}{p:>14.0f}")
-    print(f"per exposure: I/O floor {floor_per:.2f} s (median, after the first); stcal "
-          f"{np.median(stcal_each):.1f} s; ours steady state {steady:.2f} s (median gap "
-          f"between completions; first completion at {ends[0]:.1f} s)")
-    print(f"speed-up vs stcal           : {w_stcal / w_ours:5.2f}x   (target >= 6x)")
+          f"LocalCluster, --max-in-flight {args.max_in_flight}; {args.repeat} interleaved "
+          f"run(s) of each job; load average (1, 5, 15 min) at the start "
+          f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end "
+          f"{', '.join(f'{x:.2f}' for x in load_end)}")
+    print(f"{'job':<24}{'total s':>9}{'CPU s':>8}{'busy cores':>12}{'machine busy':>14}"
+          f"{'peak RSS MiB':>14}  (median; per run: wall s)")
+    for name, label in (("floor", "I/O floor (all)"), ("stcal", "stcal 1.20.0, in turn"),
+                        ("ours", "ours, one batch")):
+        rs = runs[name]
+        peak = max(r["peak"] for r in rs)
+        print(f"{label:<24}{med(name, 'wall'):>9.1f}{med(name, 'cpu'):>8.1f}"
+              f"{med(name, 'cpu') / med(name, 'wall'):>12.2f}{med(name, 'machine'):>14.2f}"
+              f"{peak:>14.0f}  " + " ".join(f"{r['wall']:.1f}" for r in rs))
+    if not args.no_kill:
+        print(f"{'ours, worker killed':<24}{w_kill:>9.1f}{'':>34}{p_kill:>14.0f}")
+    steady_run, exps = _steady(runs["ours"][-1]["report"])
+    print("ours, last run, per exposure (s from the batch's start): start, end, own seconds")
+    for e in exps:
+        print(f"  {Path(e['input']).name:<16}{e['started']:7.2f}{e['finished']:7.2f}"
+              f"{e['seconds']:7.2f}")
+    ends = sorted(e["finished"] for e in exps)
+    print("  intervals between completions: " + " ".join(f"{g:.2f}" for g in np.diff(ends)))
+    print(f"per exposure: I/O floor {floor_per:.2f} s (median after the first); stcal "
+          f"{stcal_per:.1f} s (median); ours steady state {steady:.2f} s (mean interval "
+          f"between completions after the first; per run: "
+          f"{' '.join(f'{x:.2f}' for x in steadies)})")
+    print(f"speed-up vs stcal           : {w_stcal / w_ours:5.2f}x   (target >= 6x; per run "
+          + " ".join(f"{s_['wall'] / o['wall']:.2f}x"
+                     for s_, o in zip(runs["stcal"], runs["ours"], strict=True)) + ")")
     print(f"steady state / I/O floor    : {steady / floor_per:5.2f}x   (target <= 2.5x)")
     print(f"peak memory ours / stcal    : {p_ours / p_stcal:5.2f}    (target <= 0.5)")
-    print(f"worker killed: total +{100 * (w_kill / w_ours - 1):.0f} % (target < 50 %), "
-          f"products identical: {identical}")
+    if not args.no_kill:
+        print(f"worker killed: total +{100 * (w_kill / w_ours - 1):.0f} % (target < 50 %), "
+              f"products identical: {identical}")
     print(f"ours vs stcal ({last}_rate): {check}")
     return 0
 

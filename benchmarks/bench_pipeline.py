@@ -9,7 +9,8 @@ Three jobs run one after the other, each in its own process tree, on the same in
 * **stcal**: a script doing the same with stcal 1.20.0 (read the FITS files with astropy,
   ``detect_jumps_data``, ``ramp_fit_data`` OLS_C, write rate and rateints FITS), one process,
   ``max_cores`` none, as the JWST pipeline runs it by default;
-* **I/O floor**: read the same inputs fully and write outputs of the same sizes, no compute;
+* **I/O floor**: read the same inputs fully (every array converted to native byte order, as
+  the stcal script reads them) and write outputs of the same layout and sizes, no compute;
 * for information: only importing the libraries our CLI loads (distributed, dask.array,
   xarray + pandas, astropy.io.fits: a fixed cost of any run; the workers are forked after
   distributed and load the kernels meanwhile), ours
@@ -123,21 +124,27 @@ IO_FLOOR_SCRIPT = textwrap.dedent(
     import numpy as np
     from astropy.io import fits
 
+    # Read every input array in full, converted to native byte order, as a reader of the
+    # exposure must (astropy memory-maps the data: an array only touched in part, e.g. one
+    # group of SCI, would be read in part), and write rate and rateints files of the same
+    # layout as the products (SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE; primary header copied).
     ramp_path, gain_path, rn_path, out_dir = sys.argv[1:5]
     with fits.open(ramp_path) as hdul:
         hdr = hdul[0].header
-        sci = np.asarray(hdul["SCI"].data)
-        gdq = np.asarray(hdul["GROUPDQ"].data)
-        pdq = np.asarray(hdul["PIXELDQ"].data)
-        checksum = float(np.nansum(sci[:, -1])) + int(gdq.sum()) + int(pdq.sum())
-    gain = np.asarray(fits.getdata(gain_path, "SCI"))
-    rn = np.asarray(fits.getdata(rn_path, "SCI"))
+        sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
+        gdq = np.asarray(hdul["GROUPDQ"].data, dtype=np.uint8)
+        pdq = np.asarray(hdul["PIXELDQ"].data, dtype=np.uint32)
+    gain = np.asarray(fits.getdata(gain_path, "SCI"), dtype=np.float32)
+    rn = np.asarray(fits.getdata(rn_path, "SCI"), dtype=np.float32)
     nints, _, ny, nx = sci.shape
+    checksum = float(sci[:, -1, 0].sum()) + int(gdq[:, :, 0].sum()) + float(gain[0, 0] + rn[0, 0])
+    plane = sci[:, -1] - sci[:, 0]
     for name, shape in (("rate", (ny, nx)), ("rateints", (nints, ny, nx))):
+        value = plane[0] if len(shape) == 2 else plane
         hdus = [fits.PrimaryHDU(header=hdr)]
-        for ext in ("SCI", "ERR", "VAR_POISSON", "VAR_RNOISE"):
-            hdus.append(fits.ImageHDU(np.full(shape, gain[0, 0] + rn[0, 0], np.float32), name=ext))
-        hdus.append(fits.ImageHDU(np.zeros(shape, np.uint32), name="DQ"))
+        for ext in ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE"):
+            data = np.broadcast_to(pdq, shape).copy() if ext == "DQ" else value
+            hdus.append(fits.ImageHDU(data, name=ext))
         fits.HDUList(hdus).writeto(f"{out_dir}/floor_{name}.fits", overwrite=True)
     print("checksum", checksum)
     """
