@@ -135,7 +135,8 @@ def tiled(exps, out_wcs, params, tile, output_pixel_scale=PSCALE):
     ny, nx = plan.out_shape
     res = {}
     for job in plan.jobs:
-        out = rs.drizzle_tile(job, ins, out_wcs, params, plan.pixel_scale_ratio, plan.variances)
+        out = rs.drizzle_tile(job, plan.exposures, out_wcs, params, plan.pixel_scale_ratio,
+                              plan.variances)
         y0, y1, x0, x1 = job.tile
         for name, v in out.items():
             if name not in res:

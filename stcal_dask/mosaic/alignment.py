@@ -60,6 +60,7 @@ from stcal_dask.errors import UserInputError
 __all__ = [
     "WCSINFO_KEYS",
     "calc_pixmap",
+    "map_pixels",
     "calc_rotation_matrix",
     "compute_fiducial",
     "compute_scale",
@@ -563,12 +564,25 @@ def calc_pixmap(
         yy += y0
     if x0:
         xx += x0
+    return np.dstack(map_pixels(wcs_from, wcs_to, xx, yy, use_bounding_box=use_bounding_box))
+
+
+def map_pixels(
+    wcs_from: Any, wcs_to: Any, x: np.ndarray, y: np.ndarray, *, use_bounding_box: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`calc_pixmap`'s values at arbitrary input pixels.
+
+    ``x``, ``y``: float64 arrays of one shape (0-based input pixel coordinates). Returns the
+    output-pixel ``(x, y)`` arrays of that shape, computed by the same calls as
+    :func:`calc_pixmap` (the value at a pixel does not depend on which other pixels are mapped
+    with it; NaN outside the input's bounding box unless ``use_bounding_box=False``).
+    """
     if use_bounding_box and _kind(wcs_from) == "gwcs" and _kind(wcs_to) == "gwcs":
         # the same calls as stcal: the input's box applies (NaN outside), the output's does not
         to = without_bounding_box(wcs_to)
-        x, y = to.world_to_pixel_values(*wcs_from.pixel_to_world_values(xx, yy))
-        return np.dstack([x, y])
-    return np.dstack(reproject(wcs_from, wcs_to)(xx, yy))
+        ox, oy = to.world_to_pixel_values(*wcs_from.pixel_to_world_values(x, y))
+        return np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
+    return reproject(wcs_from, wcs_to)(x, y)
 
 
 def without_bounding_box(w: Any) -> Any:

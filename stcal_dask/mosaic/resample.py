@@ -22,14 +22,15 @@ The tile index (which exposures reach which tile, and which input rectangle each
 once, one small task per exposure that maps a coarse grid of its pixels to the output. No task
 allocates a full-mosaic array and no tile task reads more of an exposure than its rectangle.
 
-Equality with stcal: the pixel map is bit-identical and ``con`` is identical; the drizzle on a
-window sees the same input pixels but output coordinates shifted by the window origin (an exact
-shift), so the C kernels' corner interpolation and overlap areas can round at the shifted
-values' finer float64 spacing: at large output coordinates a float32 weight lands one or two
-ulp apart in a few pixels in 10^6, and the means and variances inherit a few ulp; small outputs
-come out identical. Where an input crosses the output's outer edge, drizzle's clip polygon
-(built from the drizzled rectangle's corners) can visit an edge pixel differently. The tests
-state and enforce these bounds (``tests/test_resample_oracle.py``, ``docs/mosaic.md``).
+Equality with stcal: the pixel map is bit-identical; the drizzle arrays start at the mosaic's
+pixel (0, 0) (lazily allocated, only written pages exist), so drizzle's geometry rounds as on
+stcal's whole mosaic. Along the output's OUTER edge, drizzle visits an input pixel centred within
+a few hundredths of a pixel of the edge or not depending on the clip polygon it computes from the
+whole rectangle it is given: a tile whose window reaches an outer side that clips an input
+(:attr:`TileJob.whole`) gives drizzle that input's whole rectangle, with a pixel map exact on the
+tile's rectangle and on every value the clip reads (:mod:`stcal_dask.mosaic.drizzle_clip`) and
+NaN elsewhere, and zero weight outside its rectangle. The tests hold the results identical
+(``tests/test_resample_oracle.py``, ``docs/mosaic.md``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ __all__ = [
     "choose_mosaic_tile",
     "drizzle_tile",
     "good_bits_value",
+    "InputReach",
     "input_reach",
+    "output_shape",
     "kernel_reach",
     "plan_mosaic",
     "read_input_exposure",
@@ -148,6 +151,10 @@ class InputExposure(NamedTuple):
     """nominal pixel area (PIXAR_SR), None when absent."""
     start_time: float | None = None
     end_time: float | None = None
+    clip: Any = None
+    """:class:`stcal_dask.mosaic.drizzle_clip.ClipReads` of this input on the output (set by
+    :func:`plan_mosaic`): what a tile on an outer edge the input crosses needs to drizzle it
+    with the whole exposure's clip, as stcal does."""
 
 
 _FITS_EXT = {
@@ -304,6 +311,9 @@ class TileJob(NamedTuple):
     """The tile plus the halo, clipped to the output."""
     regions: tuple[tuple[int, tuple[int, int, int, int]], ...]
     """(input index, (y0, y1, x0, x1) input pixels to drizzle), input indices increasing."""
+    whole: tuple[int, ...] = ()
+    """Inputs drizzled with the whole exposure's clip (the window reaches an outer side of the
+    output that clips them): drizzle then visits exactly stcal's pixels along that side."""
 
 
 def _grid(n: int, step: int) -> np.ndarray:
@@ -351,13 +361,53 @@ def _cell_boxes(
             np.asarray(valid, dtype=bool), size)
 
 
-def input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP):
-    """One index task: the grid cells of one input in the output frame (small arrays).
+class InputReach(NamedTuple):
+    """Where one input lands on the output (:func:`input_reach`)."""
 
-    Returns (input boxes (n, 4), output boxes (n, 4), valid (n,), largest input pixel size in
-    output pixels) for the cells of a grid every ``step`` input pixels.
-    """
-    return _cell_boxes(in_wcs, out_wcs, shape, step)
+    in_boxes: np.ndarray
+    """(n, 4) [y0, y1, x0, x1] input grid cells (ends exclusive)."""
+    out_boxes: np.ndarray
+    """(n, 4) [ymin, ymax, xmin, xmax] of each cell's mapped corners (output pixels)."""
+    valid: np.ndarray
+    """(n,) bool: the cell maps to finite coordinates."""
+    size: float
+    """Largest input pixel size in output pixels."""
+    clip: Any = None
+    """:class:`stcal_dask.mosaic.drizzle_clip.ClipReads` (None without an output shape)."""
+
+
+def output_shape(out_wcs) -> tuple[int, int] | None:
+    """(ny, nx) of the output: its ``array_shape``, else from its bounding box, else None."""
+    if out_wcs.array_shape is not None:
+        return tuple(int(s) for s in out_wcs.array_shape)
+    if out_wcs.bounding_box is None:
+        return None
+    (_, xhi), (_, yhi) = out_wcs.bounding_box.bounding_box(order="F")
+    return (int(yhi + 0.5), int(xhi + 0.5))
+
+
+def input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP) -> InputReach:
+    """One index task: the grid cells of one input in the output frame (small arrays), and the
+    pixel-map values drizzle's clip of the whole input reads
+    (:func:`stcal_dask.mosaic.drizzle_clip.clip_reads`)."""
+    from stcal_dask.mosaic.drizzle_clip import clip_reads
+
+    in_boxes, out_boxes, valid, size = _cell_boxes(in_wcs, out_wcs, shape, step)
+    oshape = output_shape(out_wcs)
+    clip = None
+    if oshape is not None:
+        to = al.without_bounding_box(out_wcs)
+        ob = out_boxes[valid]
+        reach = (True,) * 4
+        if len(ob):  # pixel centres within a pixel of an outer side, or beyond it
+            reach = (ob[:, 2].min() < 0.5, ob[:, 3].max() > oshape[1] - 1.5,
+                     ob[:, 0].min() < 0.5, ob[:, 1].max() > oshape[0] - 1.5)
+        clip = clip_reads(
+            lambda x, y: al.map_pixels(in_wcs, to, x, y),
+            tuple(shape), _resample_range(tuple(shape), _bbox_f(in_wcs)), oshape,
+            unclipped_sides=reach,
+        )
+    return InputReach(in_boxes, out_boxes, valid, size, clip)
 
 
 def build_tile_index(
@@ -380,8 +430,11 @@ def build_tile_index(
     for tile in tiles:
         y0, y1, x0, x1 = tile
         win = (max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo))
+        touches = (win[2] == 0, win[3] == nx, win[0] == 0, win[1] == ny)
         regions = []
-        for k, (in_boxes, out_boxes, valid, _size) in enumerate(cells):
+        whole = []
+        for k, cell in enumerate(cells):
+            in_boxes, out_boxes, valid = cell[0], cell[1], cell[2]
             if not valid.any():
                 continue
             ob = out_boxes[valid]
@@ -398,7 +451,10 @@ def build_tile_index(
                  int(ib[:, 3].max()))
             iy, ix = shapes[k]
             regions.append((k, (max(0, r[0]), min(iy, r[1]), max(0, r[2]), min(ix, r[3]))))
-        jobs.append(TileJob(tile, win, tuple(regions)))
+            clip = cell[4] if len(cell) > 4 else None
+            if clip is not None and any(a and b for a, b in zip(clip.sides, touches, strict=True)):
+                whole.append(k)
+        jobs.append(TileJob(tile, win, tuple(regions), tuple(whole)))
     return jobs
 
 
@@ -476,17 +532,20 @@ class _TileState:
     overcommit accounting), the arrays cover the window alone and the pixel map is shifted by
     :attr:`origin` (exact, but drizzle may then round a few pixels a few ulp differently)."""
 
-    def __init__(self, job: TileJob, params: ResampleParams, n_inputs: int, variances):
+    def __init__(self, job: TileJob, params: ResampleParams, n_inputs: int, variances,
+                 out_shape: tuple[int, int] | None = None):
         wy0, wy1, wx0, wx1 = job.window
         ty0, ty1, tx0, tx1 = job.tile
         tshape = (ty1 - ty0, tx1 - tx0)
         self.kernel = params.kernel
         self.fill = _fill_value(params.fillval)
         planes = (max(n_inputs - 1, 0) // 32 + 1) if params.enable_ctx else 0
+        # a tile that drizzles inputs with their whole clip needs the output's outer sides
+        far = tuple(out_shape) if job.whole and out_shape is not None else (wy1, wx1)
         for lazy, (oy, ox) in ((True, (0, 0)), (False, (wy0, wx0))):
             self.lazy = lazy
             self.origin = (oy, ox)
-            self.wshape = (wy1 - oy, wx1 - ox)
+            self.wshape = (far[0] - oy, far[1] - ox) if lazy else (wy1 - oy, wx1 - ox)
             self.window = (slice(wy0 - oy, wy1 - oy), slice(wx0 - ox, wx1 - ox))
             self.crop = (slice(ty0 - oy, ty1 - oy), slice(tx0 - ox, tx1 - ox))
             try:
@@ -525,6 +584,48 @@ class _TileState:
             max_ctx_id=max(ctx_planes * 32 - 1, 0),
             disable_ctx=not ctx_planes,
         )
+
+
+def _as_drizzled(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+class _WholeInput:
+    """Drizzle one input's rectangle as part of the whole exposure (stcal's clip).
+
+    Arrays of the input's full shape: the rectangle's data (and, for the weights, only the
+    pixels to drizzle; zero weight elsewhere adds nothing, not even a context bit) in lazily
+    allocated zero pages; the pixel map exact on the rectangle and on the values drizzle's
+    clip reads (:class:`stcal_dask.mosaic.drizzle_clip.ClipReads`), NaN elsewhere so drizzle
+    passes over those pixels at once. Given the whole rectangle stcal gives it, drizzle then
+    clips the input exactly as on stcal's whole mosaic.
+    """
+
+    def __init__(self, exp: InputExposure, mapped, drizzled):
+        self.shape = tuple(exp.shape)
+        self.clip = exp.clip
+        self.exp = exp
+        py0, py1, px0, px1 = mapped
+        self.win = (slice(py0, py1), slice(px0, px1))
+        ry0, ry1, rx0, rx1 = drizzled
+        self.region = (slice(ry0, ry1), slice(rx0, rx1))
+        self.inner = (slice(ry0 - py0, ry1 - py0), slice(rx0 - px0, rx1 - px0))
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        out = _lazy_zeros(self.shape, np.float32)
+        out[self.win] = a
+        return out
+
+    def kwargs(self, pixmap: np.ndarray, weight: np.ndarray) -> dict:
+        full = np.full(self.shape + (2,), np.nan)
+        c = self.clip
+        full[c.pixels[:, 0], c.pixels[:, 1]] = c.values
+        full[self.win] = pixmap
+        w = _lazy_zeros(self.shape, np.float32)
+        w[self.region] = weight[self.inner]
+        xmin, xmax, ymin, ymax = _resample_range(self.shape, _bbox_f(self.exp.wcs))
+        return {"pixmap": full, "weight_map": w, "xmin": xmin, "xmax": xmax, "ymin": ymin,
+                "ymax": ymax}
 
 
 _SKIP_PIXMAP = np.dstack(np.indices((2, 2), dtype=np.float64)[::-1])
@@ -570,8 +671,9 @@ def drizzle_tile(
     from stcal_dask.engine.threads import limit_threads
 
     limit_threads()
+    out_shape = output_shape(out_wcs)
     out_wcs = al.without_bounding_box(out_wcs)
-    state = _TileState(job, params, len(exposures), variances)
+    state = _TileState(job, params, len(exposures), variances, out_shape)
     good_bits = params.good_bits_int
     regions = dict(job.regions)
     iscale = 1.0
@@ -620,20 +722,24 @@ def drizzle_tile(
             "ymin": ymin - py0,
             "ymax": ymax - py0,
         }
-        state.driz.add_image(data, **kwargs)
+        frame = _as_drizzled
+        if k in job.whole and exp.clip is not None and state.origin == (0, 0):
+            frame = _WholeInput(exp, (py0, py1, px0, px1), (ry0, ry1, rx0, rx1))
+            kwargs.update(frame.kwargs(pixmap, weight))
+        state.driz.add_image(frame(data), **kwargs)
         if state.driz_err is not None:
-            state.driz_err.add_image(np.asarray(exp.arrays["err"][win]), **kwargs)
+            state.driz_err.add_image(frame(np.asarray(exp.arrays["err"][win])), **kwargs)
         if variances:
-            _add_variances(state, exp, var, params, kwargs)
+            _add_variances(state, exp, var, params, kwargs, frame)
     return _finish(state, params, pixel_scale_ratio, variances)
 
 
-def _add_variances(state: _TileState, exp, var: dict, params, kwargs) -> None:
+def _add_variances(state: _TileState, exp, var: dict, params, kwargs, frame) -> None:
     """stcal's ``resample_variance_arrays`` on one window (cropped to the tile)."""
     driz_var = {}
     for name, v in var.items():
         d = state.drizzle(np.float32(np.nan))
-        d.add_image(data=np.sqrt(v), **kwargs)
+        d.add_image(data=frame(np.sqrt(v)), **kwargs)
         driz_var[name] = d.out_img[state.crop] ** 2
     tshape = next(iter(state.var.values()))["wt"].shape
     if params.weight_type == "ivm":
@@ -752,8 +858,7 @@ def plan_mosaic(
     if out_wcs.array_shape is None:
         if out_wcs.bounding_box is None:
             raise UserInputError("the output WCS has neither an array shape nor a bounding box")
-        (_, xhi), (_, yhi) = out_wcs.bounding_box.bounding_box(order="F")
-        out_wcs.array_shape = (int(yhi + 0.5), int(xhi + 0.5))
+        out_wcs.array_shape = output_shape(out_wcs)
     out_shape = tuple(int(s) for s in out_wcs.array_shape)
     npix = out_shape[0] * out_shape[1]
     if npix > max_output_pixels and params.output_shape is None:
@@ -796,6 +901,8 @@ def plan_mosaic(
     psr = float(output_pixel_scale / (3600.0 * np.rad2deg(math.sqrt(area))))
     if cells is None:
         cells = [input_reach(e.wcs, out_wcs, e.shape) for e in exposures]
+    exposures = [e._replace(clip=c[4] if len(c) > 4 else None)
+                 for e, c in zip(exposures, cells, strict=True)]
     reach = max((c[3] for c in cells if c[2].any()), default=1.0)
     halo = int(math.ceil(kernel_reach(params, reach, psr))) + 2
     slack = halo + 2.0 + 0.02 * _INDEX_STEP * max(reach, 1.0)
