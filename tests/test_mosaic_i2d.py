@@ -302,3 +302,55 @@ def test_mosaic_commands_compile_no_kernels(field, tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert "compil" not in proc.stderr
     assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
+
+
+def _fits_write_peak(store, path):
+    """Peak of traced (Python and numpy) allocations while writing the FITS product."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        i2d.write_i2d_fits(store, path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_fits_product_written_block_by_block(client, field, tmp_path):
+    """The FITS product is written one store chunk at a time: the peak memory of writing it
+    does not grow with the mosaic and stays far below its arrays (stdatamodels, which the
+    product used to be saved with, held every array, more than 24 bytes per pixel);
+    stdatamodels opens it as an ImageModel equal to the store, with the gwcs, the full shapes
+    in its ASDF tree and its header hash matching (no re-read of the FITS keywords)."""
+    from astropy.io import fits
+    from stdatamodels import fits_support
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    d, exps, paths = field
+    peaks = {}
+    for side in (600, 1200):
+        out_wcs = mosaic_wcs(exps, shape=(side, side + 100))
+        res = i2d.build_mosaic(paths, out_wcs, tmp_path / f"m{side}_i2d.zarr",
+                               rs.ResampleParams(), client=client, tile=(150, 175),
+                               output_pixel_scale=PSCALE)
+        fits_path = tmp_path / f"m{side}_i2d.fits"
+        peaks[side] = _fits_write_peak(res.path, fits_path)
+        ds = i2d.open_i2d(res.path)
+        with ImageModel(str(fits_path)) as m:
+            for ours, theirs in [("sci", "data"), ("wht", "wht"), ("err", "err"),
+                                 ("var_rnoise", "var_rnoise"), ("var_poisson", "var_poisson"),
+                                 ("con", "con")]:
+                np.testing.assert_array_equal(getattr(m, theirs), ds[ours].values)
+            assert m.meta.wcs.array_shape == out_wcs.array_shape
+            assert m.meta.bunit_data == "DN/s" and m.meta.filename == fits_path.name
+        with fits.open(fits_path) as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "CON", "WHT",
+                                              "VAR_POISSON", "VAR_RNOISE", "ASDF"]
+            raw = bytes(hdul["ASDF"].data["ASDF_METADATA"][0])
+            text = raw[:raw.index(b"\n...\n")].decode()
+            assert text.count(f"shape: [{side}, {side + 100}]") == 5
+            assert f"_fits_hash: {fits_support.fits_hash(hdul)}" in text
+    # four times the pixels, not four times the memory; a small part of the arrays (37 MB)
+    all_arrays = 6 * 1200 * 1300 * 4
+    assert peaks[1200] < 1.5 * peaks[600] + 2**20, peaks
+    assert peaks[1200] < all_arrays / 4, (peaks, all_arrays)

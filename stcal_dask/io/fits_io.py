@@ -85,6 +85,7 @@ __all__ = [
     "output_name",
     "reference_paths",
     "write_fitopt_fits",
+    "write_fits_images",
     "write_jump_fits",
     "write_ramp_fits",
     "write_rate_fits",
@@ -521,49 +522,89 @@ def _primary_header(copy: fits.Header, datamodl: str, filename: str,
     return h
 
 
+def _lay_out(out, partial, primary: fits.Header, extensions, tail) -> list[da.Array]:
+    """Write the headers (and ``tail``) of primary + image extensions into ``partial`` at their
+    final places; numpy data is written now, dask arrays are returned as graphs writing them
+    block by block (see :func:`_write_fits`)."""
+    layout = []
+    pos = 0
+    headers = [primary.tostring(padding=True).encode("ascii")]
+    ext_headers = [primary]
+    pos += len(headers[0])
+    for name, arr, dtype, extra in extensions:
+        shape = tuple(int(n) for n in arr.shape)
+        ext_headers.append(_extension_header(name, shape, dtype, extra))
+        headers.append(ext_headers[-1].tostring(padding=True).encode("ascii"))
+        pos += len(headers[-1])
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        layout.append((pos - len(headers[-1]), pos, shape, arr, dtype))
+        pos += -(-nbytes // _BLOCK) * _BLOCK
+    if callable(tail):
+        tail = tail(ext_headers)
+    with open(partial, "wb") as f:
+        f.write(headers[0])
+        for (hdr_pos, _, _, _, _), hdr in zip(layout, headers[1:], strict=True):
+            f.seek(hdr_pos)
+            f.write(hdr)
+        if tail:
+            f.seek(pos)
+            f.write(tail)
+        f.truncate(pos + len(tail or b""))
+    final, identity = str(out.final_path(partial)), file_identity(partial)
+    stores_src, stores_dst = [], []
+    for _, data_pos, shape, arr, dtype in layout:
+        target = FitsRegion(str(partial), data_pos, shape, dtype, final=final,
+                            identity=identity)
+        if isinstance(arr, da.Array):
+            stores_src.append(arr)
+            stores_dst.append(target)
+        else:
+            target[...] = np.asarray(arr)
+    return _store_grouped(stores_src, stores_dst)
+
+
 def _write_fits(path, primary: fits.Header, extensions: list[tuple[str, Any, np.dtype, dict]],
                 *, overwrite: bool, compute: bool, tail: bytes | None = None):
     """Write primary + image extensions (name, array, dtype, extra keywords) atomically;
     ``tail``: one more complete HDU (header and padded data, e.g. the ASDF extension) after
     them."""
-    layout = []
-    pos = 0
-    headers = [primary.tostring(padding=True).encode("ascii")]
-    pos += len(headers[0])
-    for name, arr, dtype, extra in extensions:
-        shape = tuple(int(n) for n in arr.shape)
-        hdr = _extension_header(name, shape, dtype, extra).tostring(padding=True)
-        headers.append(hdr.encode("ascii"))
-        pos += len(headers[-1])
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        layout.append((pos - len(headers[-1]), pos, shape, arr, dtype))
-        pos += -(-nbytes // _BLOCK) * _BLOCK
-    stores_src, stores_dst = [], []
     with atomic_outputs() as out:
         partial = out.reserve(path, overwrite=overwrite)
-        with open(partial, "wb") as f:
-            f.write(headers[0])
-            for (hdr_pos, _, _, _, _), hdr in zip(layout, headers[1:], strict=True):
-                f.seek(hdr_pos)
-                f.write(hdr)
-            if tail:
-                f.seek(pos)
-                f.write(tail)
-            f.truncate(pos + len(tail or b""))
-        final, identity = str(out.final_path(partial)), file_identity(partial)
-        for _, data_pos, shape, arr, dtype in layout:
-            target = FitsRegion(str(partial), data_pos, shape, dtype, final=final,
-                                identity=identity)
-            if isinstance(arr, da.Array):
-                stores_src.append(arr)
-                stores_dst.append(target)
-            else:
-                target[...] = np.asarray(arr)
-        stored = _store_grouped(stores_src, stores_dst)
+        stored = _lay_out(out, partial, primary, extensions, tail)
         # the arrays' graph is optimised here for this file alone, without low-level fusion
         # (see after_all): a tile kernel feeding two files must not be inlined into both
         pending = out.detach(after_all(tuple(stored)))
     return pending.compute() if compute else pending
+
+
+def write_fits_images(path, primary: fits.Header,
+                      extensions: list[tuple[str, Any, np.dtype, Mapping]], *,
+                      tail=None, overwrite: bool = False, inputs=(), outputs=None) -> Path:
+    """Write a FITS file of a primary header and image extensions, dask arrays block by block.
+
+    Parameters
+    ----------
+    path : the FITS file (written under a temporary name, see :mod:`stcal_dask.io.atomic`).
+    primary : the primary header (no data).
+    extensions : (EXTNAME, array, dtype, extra keywords) per image extension, in file order;
+        a dask array is computed and written one block at a time (a block's rows of the file
+        region by ``pwrite``), so no whole array is ever held in memory.
+    tail : bytes, or a callable taking the list of headers written (primary first, as
+        :class:`astropy.io.fits.Header`) and returning bytes: one more complete HDU after the
+        images (e.g. the ASDF extension, :func:`stcal_dask.io.wcs_asdf.asdf_hdu`).
+    inputs : paths the output must not overwrite.
+    outputs : a caller's :func:`~stcal_dask.io.atomic.atomic_outputs` block to join (the file
+        is then renamed into place when that block ends).
+
+    Returns
+    -------
+    Path : the final path.
+    """
+    with atomic_outputs(inputs=inputs, within=outputs) as out:
+        partial = out.reserve(path, overwrite=overwrite, suffix=".fits")
+        stored = _lay_out(out, partial, primary, extensions, tail)
+        dask.compute(*stored, optimize_graph=False)
+    return Path(os.fspath(path)).expanduser().absolute()
 
 
 def _data(var: xr.DataArray):

@@ -37,6 +37,8 @@ __all__ = [
     "read_asdf_extension",
     "wcs_attrs",
     "wcs_fits_meta",
+    "asdf_hdu",
+    "read_asdf_bytes",
     "wcs_from_asdf_text",
     "wcs_to_asdf_text",
 ]
@@ -115,7 +117,7 @@ def read_asdf_extension(hdul, what: str) -> tuple[object | None, dict | None]:
     if ASDF_EXTNAME not in hdul:
         return None, None
     try:
-        raw = bytes(hdul[ASDF_EXTNAME].data[_COLUMN][0])
+        raw = read_asdf_bytes(hdul)
         with warnings.catch_warnings():
             # arrays in the tree refer to the FITS HDUs; only the metadata is read here
             warnings.simplefilter("ignore", asdf.exceptions.AsdfConversionWarning)
@@ -151,7 +153,6 @@ def asdf_extension(attrs: Mapping) -> bytes | None:
     ``attrs`` (``wcs_asdf``, ``wcsinfo``) as ``meta.wcs`` / ``meta.wcsinfo``; None when
     ``attrs`` has no ``wcs_asdf``."""
     import asdf
-    from astropy.io import fits
 
     text = attrs.get(WCS_ATTR)
     if not text:
@@ -163,10 +164,22 @@ def asdf_extension(attrs: Mapping) -> bytes | None:
         meta["wcsinfo"] = info
     buf = io.BytesIO()
     asdf.AsdfFile({"meta": meta}).write_to(buf)
-    data = buf.getvalue()
+    return asdf_hdu(buf.getvalue())
+
+
+def asdf_hdu(data: bytes) -> bytes:
+    """The FITS ``ASDF`` extension (header and data, padded to FITS blocks) holding the ASDF
+    document ``data`` (one row of one byte column, as stdatamodels writes it)."""
+    from astropy.io import fits
+
     column = fits.Column(name=_COLUMN, format=f"{len(data)}B",
                          array=np.frombuffer(data, np.uint8)[None, :])
     header = fits.BinTableHDU.from_columns([column], name=ASDF_EXTNAME).header
     block = 2880
     padded = data + b"\0" * (-len(data) % block)
     return header.tostring(padding=True).encode("ascii") + padded
+
+
+def read_asdf_bytes(hdul) -> bytes:
+    """The ASDF document held by an open FITS file's ``ASDF`` extension (KeyError if none)."""
+    return bytes(hdul[ASDF_EXTNAME].data[_COLUMN][0])

@@ -311,29 +311,72 @@ def open_i2d(path):
     return ds
 
 
+_I2D_EXTENSIONS = {"SCI": ("data", "sci"), "ERR": ("err", "err"), "WHT": ("wht", "wht"),
+                   "CON": ("con", "con"), "VAR_RNOISE": ("var_rnoise", "var_rnoise"),
+                   "VAR_POISSON": ("var_poisson", "var_poisson"),
+                   "VAR_FLAT": ("var_flat", "var_flat")}
+"""FITS extension -> (ImageModel attribute, store array)."""
+
+_STRUCTURAL = {"XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "PCOUNT", "GCOUNT",
+               "EXTNAME"}
+
+
+def _asdf_with_shapes(asdf_bytes: bytes, shapes: dict, headers) -> bytes:
+    """stdatamodels' ASDF document of a model saved with 1-pixel arrays, made to describe the
+    full arrays: each FITS-linked array's ``shape``, and the ``_fits_hash`` (stdatamodels' hash
+    of every header but the ASDF one's) of the headers actually written. Binary blocks after
+    the tree are kept; their optional index (byte offsets the longer tree would shift) is
+    dropped."""
+    import hashlib
+    import re
+
+    end = asdf_bytes.index(b"\n...\n") + 5  # the YAML tree; binary blocks may follow
+    text = asdf_bytes[:end].decode("utf-8")
+    blocks = asdf_bytes[end:]
+    index = blocks.find(b"#ASDF BLOCK INDEX")
+    if index >= 0:  # optional, and its offsets would be off: readers then scan the blocks
+        blocks = blocks[:index]
+    for ext, shape in shapes.items():
+        pattern = rf"(source: fits:{ext},1\n(?:[ \t]+\w+: [^\n]*\n)*?[ \t]+shape: )\[[^\]]*\]"
+        text, n = re.subn(pattern, lambda m, s=shape: m.group(1) + str(list(s)), text)
+        if n != 1:
+            raise RuntimeError(f"the ASDF tree has {n} arrays linked to extension {ext}")
+    digest = hashlib.sha256("".join(str(h) for h in headers).encode()).hexdigest()
+    text, n = re.subn(r"_fits_hash: [0-9a-f]+", f"_fits_hash: {digest}", text)
+    if n != 1:
+        raise RuntimeError("the ASDF tree has no _fits_hash")
+    return text.encode("utf-8") + blocks
+
+
 def write_i2d_fits(store, path, *, overwrite: bool = False, outputs=None) -> Path:
     """Write an ``_i2d.zarr`` store as a JWST ``_i2d.fits`` (stdatamodels ImageModel layout).
 
-    Extensions SCI, ERR, WHT, CON, VAR_RNOISE, VAR_POISSON and the gwcs in the ASDF extension
-    (``meta.wcs``). The arrays are read into this process (stdatamodels writes from memory): a
-    mosaic of N pixels needs about 24 N bytes here. Written under a temporary name and renamed
-    (when a caller's ``outputs`` block is given: when that block ends, with its other outputs).
+    Extensions SCI, ERR, CON, WHT, VAR_RNOISE, VAR_POISSON in stdatamodels' order and the gwcs in
+    the ASDF extension (``meta.wcs``). The headers and the ASDF tree are stdatamodels' own (a
+    model with the same metadata and 1-pixel arrays, saved in memory; the ASDF tree then told
+    the full shapes); the data are copied from the store one zarr chunk at a time into their
+    places in the file (:func:`stcal_dask.io.fits_io.write_fits_images`), so this process never
+    holds a whole mosaic array. Written under a temporary name and renamed (when a caller's
+    ``outputs`` block is given: when that block ends, with its other outputs).
     """
-    from stcal_dask.io.atomic import atomic_outputs
+    import io as _io
+
+    from astropy.io import fits
+
+    from stcal_dask.io.fits_io import write_fits_images
+    from stcal_dask.io.wcs_asdf import asdf_hdu, read_asdf_bytes
 
     try:
         from stdatamodels.jwst.datamodels import ImageModel
     except ImportError:  # pragma: no cover - stdatamodels is in the test extra
         raise UserInputError("writing the i2d FITS product needs stdatamodels installed") from None
     ds = open_i2d(store)
-    arrays = {"data": np.asarray(ds["sci"].values, dtype=np.float32),
-              "wht": np.asarray(ds["wht"].values, dtype=np.float32)}
-    for name in ("err", "var_rnoise", "var_poisson", "var_flat"):
+    ones = {}
+    for attr, name in _I2D_EXTENSIONS.values():
         if name in ds:
-            arrays[name] = np.asarray(ds[name].values, dtype=np.float32)
-    if "con" in ds:
-        arrays["con"] = np.asarray(ds["con"].values, dtype=np.int32)
-    model = ImageModel(**arrays)
+            lead = ds[name].shape[:-2]
+            ones[attr] = np.zeros(lead + (1, 1), np.int32 if name == "con" else np.float32)
+    model = ImageModel(**ones)
     try:
         model.meta.wcs = ds.attrs["wcs"]
         units = json.loads(ds.attrs.get("units", "{}"))
@@ -349,14 +392,32 @@ def write_i2d_fits(store, path, *, overwrite: bool = False, outputs=None) -> Pat
         area = math.radians(float(ds.attrs["pixel_scale"]) / 3600.0) ** 2
         model.meta.photometry.pixelarea_steradians = area
         model.meta.photometry.pixelarea_arcsecsq = float(ds.attrs["pixel_scale"]) ** 2
-        with atomic_outputs(inputs=[store], within=outputs) as out:
-            partial = out.reserve(path, overwrite=overwrite, suffix=".fits")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.save(str(partial))
+        model.meta.filename = Path(os.fspath(path)).name
+        buf = _io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.to_fits(buf)
     finally:
         model.close()
-    return Path(os.fspath(path)).expanduser().absolute()
+    buf.seek(0)
+    with fits.open(buf) as small:
+        primary = small[0].header.copy()
+        extensions, shapes = [], {}
+        for hdu in small[1:]:
+            if hdu.name == "ASDF":
+                continue
+            arr = ds[_I2D_EXTENSIONS[hdu.name][1]].data
+            extra = {c.keyword: (c.value, c.comment) for c in hdu.header.cards
+                     if c.keyword not in _STRUCTURAL}
+            extensions.append((hdu.name, arr, hdu.data.dtype.newbyteorder("="), extra))
+            shapes[hdu.name] = tuple(int(n) for n in arr.shape)
+        asdf_bytes = read_asdf_bytes(small)
+
+    def tail(headers):
+        return asdf_hdu(_asdf_with_shapes(asdf_bytes, shapes, headers))
+
+    return write_fits_images(path, primary, extensions, tail=tail, overwrite=overwrite,
+                             inputs=[store], outputs=outputs)
 
 
 def _decimated(arr, max_side: int) -> np.ndarray:
