@@ -315,6 +315,31 @@ def test_halo_exchange_costs_two_tasks_per_tile(exposure):
     assert len(graph) < 16 * n_tiles
 
 
+def test_tile_tasks_take_their_blocks_without_concatenating(exposure, monkeypatch):
+    """The ramp-fit tiles and the group-0 check receive each (nints, ngroups, y, x) block as
+    it is: no task concatenates (copies) a block along the leading axes first (as
+    ``map_blocks`` with ``drop_axis`` does); the jump tiles neither."""
+    import dask.array.core
+
+    calls = []
+    real = dask.array.core.concatenate_axes
+
+    def counting(arrays, axes):
+        calls.append(axes)
+        return real(arrays, axes)
+
+    monkeypatch.setattr(dask.array.core, "concatenate_axes", counting)
+    ramp = ramp_from_exposure(exposure, chunks=(16, 25))  # 3 x 2 tiles
+    jumped = dataflow.detect_jumps(ramp)
+    products = dataflow.fit_ramps(jumped)
+    flags = (dataflow.all_group0_saturated(ramp), dataflow.all_nan(products.rate["sci"].data))
+    got = dask.compute(products.rate["sci"].data, products.rateints["dq"].data, *flags,
+                       scheduler="sync")
+    assert calls == []
+    assert got[0].shape == (40, 50) and got[1].shape == (2, 40, 50)
+    assert not bool(got[2]) and not bool(got[3])
+
+
 @pytest.mark.parametrize("halo", [1, 2, 3])
 @pytest.mark.parametrize("seed", range(6))
 def test_halo_windows_equal_slices_of_the_frame(halo, seed):

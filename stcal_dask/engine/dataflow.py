@@ -229,6 +229,40 @@ def _block_key(a: da.Array, i: int, j: int):
     return (a.name, *(0,) * (a.ndim - 2), i, j)
 
 
+def _tile_chunks(arrays: Sequence[da.Array]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (y, x) chunks that ``arrays`` share (ValueError when they do not, or when one is
+    chunked along a leading axis)."""
+    ref = arrays[0]
+    for a in arrays:
+        if a.chunks[-2:] != ref.chunks[-2:] or any(len(c) != 1 for c in a.chunks[:-2]):
+            raise ValueError("inputs must share spatial chunks and not be chunked otherwise")
+    return ref.chunks[-2:]
+
+
+def _map_tiles(func, inputs: Sequence[Any], *, name: str, dtype, chunks=None,
+               **kwargs) -> da.Array:
+    """A (y, x) dask array whose block (i, j) is ``func(*blocks, **kwargs)`` (of the inputs'
+    (y, x) chunks, or of ``chunks``: e.g. one element per tile).
+
+    Each dask array of ``inputs`` (sharing their spatial chunks, one chunk along leading axes)
+    gives its block (i, j) as it is; any other input (a Delayed) passes through. One task per
+    tile that references the blocks' keys: ``map_blocks`` with ``drop_axis`` would first
+    concatenate (copy) every block of an input with leading axes, a (nints, ngroups) tile.
+    """
+    arrays = [a for a in inputs if isinstance(a, da.Array)]
+    ychunks, xchunks = _tile_chunks(arrays)
+    call = partial(func, **kwargs)
+    dsk = {
+        (name, i, j): (call, *[_block_key(a, i, j) if isinstance(a, da.Array) else a.key
+                               for a in inputs])
+        for i in range(len(ychunks))
+        for j in range(len(xchunks))
+    }
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=list(inputs))
+    return da.Array(graph, name, chunks=chunks or (ychunks, xchunks), dtype=dtype,
+                    meta=np.empty((0, 0), dtype=dtype))
+
+
 def _map_tiles_with_halo(func, arrays: Sequence[da.Array], *, halo: int, name: str, dtype,
                          extra: Sequence[Any] = (), **kwargs) -> da.Array:
     """A (y, x) dask array whose block (i, j) is ``func(*windows, *extra, crop=..., **kwargs)``.
@@ -237,11 +271,7 @@ def _map_tiles_with_halo(func, arrays: Sequence[da.Array], *, halo: int, name: s
     are Delayed objects (e.g. frame-wide statistics) passed to every tile. ``func`` returns the
     cropped (block-shaped) result.
     """
-    ref = arrays[0]
-    ychunks, xchunks = ref.chunks[-2:]
-    for a in arrays:
-        if a.chunks[-2:] != ref.chunks[-2:] or any(len(c) != 1 for c in a.chunks[:-2]):
-            raise ValueError("inputs must share spatial chunks and not be chunked otherwise")
+    ychunks, xchunks = _tile_chunks(arrays)
     edge_name = "stcal-dask-borders-" + dask.base.tokenize(name, halo)
     dsk: dict = {}
     if halo > 0:
@@ -589,19 +619,14 @@ def frame_fitopt_dims(ramp: xr.Dataset, params: rk.RampFitParams | None = None, 
     return _tree_reduce(parts, tasks.dims_merge)
 
 
-def _all_tiles(array: da.Array, per_tile_task, *args, drop_axis=(), name: str) -> da.Array:
-    """Lazy 0-d bool: ``per_tile_task(block, *args)`` (a (1, 1) bool per spatial tile) is True
-    for every tile. One small task per tile and one aggregation (every distributed task has a
-    fixed scheduling cost, so no elementwise layer or reduction tree)."""
-    per_tile = array.map_blocks(
-        per_tile_task,
-        *args,
-        drop_axis=list(drop_axis),
-        chunks=tuple((1,) * n for n in array.numblocks[len(drop_axis):]),
-        dtype=bool,
-        meta=np.empty((0, 0), dtype=bool),
-        name=f"stcal-dask-{name}-" + dask.base.tokenize(array.name),
-    )
+def _all_tiles(array: da.Array, per_tile_task, *, name: str) -> da.Array:
+    """Lazy 0-d bool: ``per_tile_task(block)`` (a (1, 1) bool per spatial tile of ``array``,
+    chunked along its last two axes only) is True for every tile. One small task per tile
+    and one aggregation (every distributed task has a fixed scheduling cost, so no
+    elementwise layer or reduction tree)."""
+    per_tile = _map_tiles(per_tile_task, [array], dtype=bool,
+                          chunks=tuple((1,) * n for n in array.numblocks[-2:]),
+                          name=f"stcal-dask-{name}-" + dask.base.tokenize(array.name))
     blocks = per_tile.to_delayed(optimize_graph=False).ravel().tolist()
     return da.from_delayed(dask.delayed(tasks.all_of, pure=True)(*blocks), shape=(),
                            dtype=bool, meta=np.empty((), dtype=bool))
@@ -618,7 +643,7 @@ def all_group0_saturated(ramp: xr.Dataset) -> da.Array:
         gdq = da.from_array(gdq)
     if gdq.numblocks[0] != 1 or gdq.numblocks[1] != 1:
         gdq = gdq.rechunk({0: -1, 1: -1})
-    return _all_tiles(gdq, tasks.group0_saturated, drop_axis=(0, 1), name="group0-saturated")
+    return _all_tiles(gdq, tasks.group0_saturated, name="group0-saturated")
 
 
 def all_nan(plane: da.Array) -> da.Array:
@@ -714,9 +739,9 @@ def fit_ramps(
         inputs.append(dark)
     if trim is not None:
         inputs.append(trim)
-    packed = da.map_blocks(
+    packed = _map_tiles(
         tasks.fit_block_jumped if jumped is not None else tasks.fit_block,
-        *inputs,
+        inputs,
         params=params,
         timing=timing,
         has_zf=zf is not None,
@@ -725,9 +750,6 @@ def fit_ramps(
         dims=dims,
         out_dtype=dtype,
         dtype=dtype,
-        drop_axis=[0, 1],
-        chunks=sci.chunks[2:],
-        meta=np.empty((0, 0), dtype=dtype),
         name="stcal-dask-fit-tile-" + dask.base.tokenize(*inputs, params, timing, dims),
     )
 
