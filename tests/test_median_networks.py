@@ -72,12 +72,16 @@ def test_median_small_reads_only_the_prefix():
     assert _median_small.median_small(buf, 2) == 3.0
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 12, 13])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_clipped_mid_lanes_equals_a_sort_per_column(n, dtype):
-    """Across columns at once: usable count, extremes, and the middle pair of the kept values
-    (all usable ones; with >= 4 usable, those below the maximum), ties, NaN and inf included;
-    False (nothing written) beyond the straight-line sizes."""
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 12, 13, 32])
+@pytest.mark.parametrize(("dtype", "keep_all"), [(np.float32, False), (np.float64, False),
+                                                 (np.float64, True)])  # as the kernels use them
+def test_lane_mid_equals_a_sort_per_column(n, dtype, keep_all):
+    """The lane function of n values, across columns at once: usable count, extremes, and the
+    middle pair of the kept values (all usable ones with keep_all; else with >= 4 usable, those
+    below the maximum), ties, NaN and inf included; only the first nl columns written; the
+    straight-line functions up to SMALL_MAX, the network across rows beyond."""
+    from stcal_dask.kernels._median_numba import lane_mid
+
     rng = np.random.default_rng(n)
     nl = 300
     apl = rng.choice(np.array([0.0, 1.0, 1.0, 2.0, 3.5, 7.0, 7.0, np.inf, np.nan]), (n, nl + 5))
@@ -87,11 +91,11 @@ def test_clipped_mid_lanes_equals_a_sort_per_column(n, dtype):
     nuse = np.full(nl + 5, -1, np.int32)
     cnt = nuse.copy()
     mxv, mnv, lo, hi = (np.full(nl + 5, -7.0, dtype) for _ in range(4))
-    done = _median_small.clipped_mid_lanes(apl, n, nl, False, nuse, mxv, mnv, cnt, lo, hi)
-    assert done == (n <= _median_small.SMALL_MAX)
-    if not done:
-        assert (nuse == -1).all()
-        return
+    fn = lane_mid(dtype, n, keep_all)
+    table = _median_small.ALL_MID if keep_all else _median_small.CLIPPED_MID
+    assert n > _median_small.SMALL_MAX or fn.dispatcher is table[n]
+    spl = np.empty_like(apl)
+    fn.dispatcher(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for x in range(nl + 5):
         if x >= nl:  # only the first nl columns
             assert nuse[x] == -1 and lo[x] == -7.0
@@ -103,7 +107,8 @@ def test_clipped_mid_lanes_equals_a_sort_per_column(n, dtype):
             assert cnt[x] == 0
             continue
         assert mxv[x] == usable.max() and mnv[x] == usable.min()
-        kept = np.sort(usable if usable.size < 4 else usable[usable != usable.max()])
+        few = usable.size < 4 or keep_all
+        kept = np.sort(usable if few else usable[usable != usable.max()])
         assert cnt[x] == kept.size
         if kept.size:
             assert lo[x] == kept[(kept.size - 1) // 2] and hi[x] == kept[kept.size // 2]

@@ -60,16 +60,17 @@ def _function(n: int) -> list[str]:
 
 
 def _lanes_function(n: int) -> list[str]:
-    """``_clipped_mid_<n>``: for each lane (column) ``x < nl`` of ``apl`` (n rows, NaN =
+    """``_lanes_<n>``: for each lane (column) ``x < nl`` of ``apl`` (n rows, NaN =
     unusable): ``nuse`` (usable count), ``mxv``/``mnv`` (their extremes), and the kept values
     (all usable ones with ``keep_all``; else with >= 4 usable, those below the maximum): their
     count ``cnt`` and the
     ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest in ``lo``/``hi``, from a full sort with
     +inf in the places of the values not kept. Counts are int32 and values stay in ``apl``'s
-    dtype: narrow lanes let the compiler put more pixels in one vector register."""
+    dtype: narrow lanes let the compiler put more pixels in one vector register. Inlined into
+    :func:`_lane_functions`' two functions, each with its constant ``keep_all``."""
     pairs = batcher_pairs(n)
-    L = ["", "", "@njit(cache=True, nogil=True)",
-         f"def _clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
+    L = ["", "", '@njit(cache=True, nogil=True, inline="always")',
+         f"def _lanes_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
          "    inf = apl.dtype.type(np.inf)",
          *(["    one = np.int32(1)"] if n > 1 else []),
          "    four = np.int32(4)",
@@ -103,6 +104,20 @@ def _lanes_function(n: int) -> list[str]:
     return L
 
 
+def _lane_functions(n: int) -> list[str]:
+    """``clipped_mid_<n>`` and ``all_mid_<n>``: ``_lanes_<n>`` without and with ``keep_all``,
+    as a constant (the compiler drops the clipping of the maximum where every value is kept).
+    Both take a scratch ``spl`` that they do not use: every lane function has the signature
+    ``(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)``, so that a kernel can call the one it needs
+    through a function pointer."""
+    L = []
+    for name, keep in (("clipped_mid", "False"), ("all_mid", "True")):
+        L += ["", "", "@njit(cache=True, nogil=True)",
+              f"def {name}_{n}(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):",
+              f"    _lanes_{n}(apl, nl, {keep}, nuse, mxv, mnv, cnt, lo, hi)"]
+    return L
+
+
 def generate_source() -> str:
     """Source text of :mod:`stcal_dask.kernels._median_small`."""
     out = [
@@ -115,12 +130,12 @@ def generate_source() -> str:
         "``(lo + hi) / 2`` for even n; ``buf`` is only read. Each count has its own function of",
         "compare-exchanges on local variables (Batcher's network pruned to the middle outputs).",
         "",
-        "``clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)``: the same",
-        "networks (full sorts) across the first ``nl`` columns of ``apl`` (n rows, 1 <= n <= "
-        f"{SMALL_MAX}) at once:",
-        "per column the usable (non-NaN) count, maximum and minimum, and the middle pair of the",
-        "kept values (all usable ones with ``keep_all``; else with >= 4, those below the maximum);",
-        "False for another n.",
+        "``clipped_mid_<n>(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)`` (``CLIPPED_MID[n]``) and",
+        "``all_mid_<n>`` (``ALL_MID[n]``): the same networks (full sorts) across the first ``nl``",
+        "columns of ``apl`` (n rows) at once: per column the usable (non-NaN) count, maximum and",
+        "minimum, and the middle pair of the kept values (with >= 4 usable, those below the",
+        "maximum; ``all_mid``: all usable ones); ``spl`` is unused (the signature is that of",
+        "every lane median, see ``stcal_dask.kernels._median_numba.lane_mid``).",
         '"""',
         "",
         "import numpy as np",
@@ -134,9 +149,12 @@ def generate_source() -> str:
                        ["    return float(\"nan\")  # n out of range: the callers never ask"])
     for n in range(1, SMALL_MAX + 1):
         out += _lanes_function(n)
-    out += _dispatcher("clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)",
-                       "_clipped_mid_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi)",
-                       ["    else:", "        return False", "    return True"])
+        out += _lane_functions(n)
+    for name, what in (("clipped_mid", "clipping the maximum"), ("all_mid", "keeping all")):
+        out += ["", "", f"{name.upper()} = (", "    None,"]
+        out += [f"    {name}_{n}," for n in range(1, SMALL_MAX + 1)]
+        out += [")", f'"""``{name.upper()}[n]``: the lane function of n values ({what}; '
+                '1 <= n <= SMALL_MAX)."""']
     return "\n".join(out) + "\n"
 
 

@@ -24,11 +24,9 @@ its lock is released by the operating system.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -38,7 +36,6 @@ __all__ = ["cache_dir", "cache_key", "compile_kernels", "compile_lock", "ensure_
 _STAMP_PREFIX = "stcal-dask-kernels-"
 _LOCK_NAME = ".stcal-dask-compile.lock"
 _warm_in_process = False
-_THREAD_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -165,27 +162,12 @@ def ensure_compiled(quiet: bool = False) -> float:
 @contextlib.contextmanager
 def compile_lock(lock: Path, quiet: bool = True):
     """Hold the machine-wide compile lock ``lock`` (a file, created if needed) for the block,
-    saying so when another process holds it (it is compiling) unless ``quiet``.
+    saying so when another process holds it (it is compiling) unless ``quiet``: see
+    :func:`stcal_dask.kernels.numba_cache.file_lock`."""
+    from stcal_dask.kernels.numba_cache import file_lock
 
-    A POSIX record lock (``fcntl.lockf``) belongs to this process alone: a process forked while
-    it is held (a LocalCluster's workers, a multiprocessing pool) does not hold it, so it is
-    released when the block ends whatever the children do (an ``flock`` lock would belong to the
-    open file, shared with every forked child until the last one closes it). Threads of one
-    process take :data:`_THREAD_LOCK` first, as record locks do not exclude them. The file is
-    opened close-on-exec, and a killed holder's lock is released by the operating system.
-    """
-    import fcntl
+    def waiting():
+        _say("waiting for another process compiling the numba kernels ...", quiet)
 
-    with _THREAD_LOCK:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-                _say("waiting for another process compiling the numba kernels ...", quiet)
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    with file_lock(lock, on_wait=waiting):
+        yield

@@ -10,8 +10,9 @@ Detection on the iterative path (fewer differences per pixel than ``min_diffs_si
 the usual JWST case) runs across the pixels of a row at once (:func:`_iterative_row`): round 1
 over the whole row, the ratios and later rounds only over the pixels still going on, with
 branch-free loops that the compiler vectorises, and the clipped medians from sorting networks
-run across pixels (straight-line ones in registers up to 12 differences,
-:func:`~stcal_dask.kernels._median_numba.clipped_mid`). The single-pass path (many groups) runs
+run across pixels (straight-line ones in registers up to 12 differences, the lane function
+:func:`~stcal_dask.kernels._median_numba.lane_mid` of the pixels' count of differences,
+passed to :func:`run_frame` as ``mid``). The single-pass path (many groups) runs
 across the pixels of a row too (:func:`_single_row`, one median network across the row up to
 64 differences per pixel). The other cases detect pixel by pixel (:func:`_detect_pixel`, the
 reference the row-wise paths are tested against); medians use branch-free sorting networks.
@@ -42,13 +43,12 @@ from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
 from stcal_dask.kernels._median_numba import LANE_MEDIAN_MAX as _LANE_MEDIAN_MAX
 from stcal_dask.kernels._median_numba import SORT_MAX as _SORT_MAX
+from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import (
-    clipped_mid,
     lane_median_scratch,
     mid_scratch,
     nanmedian_lanes,
 )
-from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
 
 PATH_SKIP = 0
@@ -313,8 +313,8 @@ def _detect_pixel(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
-                   cnt, lo, hi, cv, sgv, thv, go):  # fmt: skip
+def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
+                   cnt, lo, hi, cv, sgv, thv, go, mid):  # fmt: skip
     """One round's clipped median, sigma and stop test for lanes ``0..nl-1`` of ``apl``
     ((ntot, >= nl) absolute differences in the electrons' dtype, NaN = unusable), pixels along
     the inner loops, branch-free so that they vectorise.
@@ -326,9 +326,10 @@ def _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, 
     first ``m`` sorted values is ``(s[(m - 1) // 2] + s[m // 2]) / 2`` in float64, which for
     odd ``m`` is ``s[m // 2]`` exactly. Sets ``cv`` (the centre, rounded to float32 unless
     ``first``), ``sgv`` (sigma), ``thv`` (threshold) and ``go`` (the round goes on to the
-    ratios).
+    ratios). ``mid`` is the lane function of ``ntot`` values clipping the maximum
+    (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
     """
-    clipped_mid(apl, spl, ntot, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+    mid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
         n_use = nuse[n]
         med = (np.float64(lo[n]) + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan
@@ -367,14 +368,15 @@ def _row_differences(erow, nints, ngroups, dpl, apl, absolute):
 
 
 @njit(cache=True, nogil=True)
-def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask):
+def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask, mid):
     """The iterative path's detection for a whole row, pixels along the inner (vectorised)
     loops: ``jmask[x]`` gets bit ``j`` for each difference ``j`` that :func:`_detect_pixel`
     would flag JUMP (in its later group), ``dpl[j, x]`` the float64 differences.
 
     Round 1 runs across the whole row; the ratios and every later round only across the
     pixels still going on (compacted). ``erow`` (nints * ngroups, nx) electrons, ``rnt``
-    (nx,) the read-noise terms.
+    (nx,) the read-noise terms, ``mid`` the lane function of ``ntot`` values in the electrons'
+    dtype (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
     """
     nd = ngroups - 1
     ntot = nints * nd
@@ -400,8 +402,8 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     for _round in range(ntot):
         if nl == 0:
             break
-        _clipped_round(apl, spl, nl, ntot, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv,
-                       mnv, cnt, lo, hi, cv, sgv, thv, go)  # fmt: skip
+        _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
+                       cnt, lo, hi, cv, sgv, thv, go, mid)  # fmt: skip
         first = False
         # keep the lanes that go on (most stop in round 1)
         w = 0
@@ -649,7 +651,7 @@ def _load_row(inputs, yy, rings):
 
 
 @njit(cache=True, nogil=True)
-def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary):
+def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid):
     """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
     ``primary[yy]`` the JUMP counts; with ``do_neighbors`` the neighbour-flagging centres
     (differences whose ratio is within (``nbr_min``, ``nbr_max``)) and the medians they need
@@ -672,8 +674,7 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
     if quick and single:
         _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mq, sq)
     elif quick:
-        _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl,
-                       jmask)  # fmt: skip
+        _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask, mid)
     for x in range(nx):
         if quick:
             for j in range(ntot):
@@ -816,13 +817,16 @@ def _write_row(rings, y, gdq_out):
 
 
 @njit(cache=True, nogil=True)
-def run_frame(inputs, detect, flags, out):
+def run_frame(inputs, detect, flags, out, mid):
     """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
 
     Reads ``inputs`` (:class:`FrameInputs`, never modified), detects with ``detect``
     (:class:`DetectSettings`), flags with ``flags`` (:class:`FlagSettings`) and writes every
     element of ``out`` (:class:`FrameOutputs`): the group DQ, and in ``primary`` each pixel's
-    JUMP count right after detection.
+    JUMP count right after detection. ``mid`` is the lane function
+    (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of ``nints * (ngroups - 1)`` values in
+    the electrons' dtype, called on the iterative path only (a function-pointer argument: it is
+    compiled apart from this function, see :class:`~stcal_dask.kernels._median_numba.LaneMid`).
 
     Rows are streamed through small pixel-major buffers (:class:`RowRings`): row y is copied in
     (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
@@ -846,7 +850,7 @@ def run_frame(inputs, detect, flags, out):
         if yy < ny:
             _load_row(inputs, yy, rings)
             _detect_row(inputs, detect, flags.neighbors, flags.nbr_min, flags.nbr_max, yy, quick,
-                        rings, out.primary)  # fmt: skip
+                        rings, out.primary, mid)  # fmt: skip
         if yy == 0:
             continue
         _finish_row(flags, yy - 1, ny, rings)

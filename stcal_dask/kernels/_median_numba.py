@@ -6,19 +6,25 @@ up to 32 values: straight-line register networks for n <= ``SMALL_MAX``
 module tables up to 32, and Wirth's selection beyond. The median does not depend on the method,
 so every count gives the value a sort would, bit for bit.
 
-Across the pixels of a row (lanes, pixels along the inner loops): :func:`clipped_mid` (the
+Across the pixels of a row (lanes, pixels along the inner loops): :func:`lane_mid` (the
 iterative jump path's clipped medians and the ramp fit's) and :func:`nanmedian_lanes` (NaN-
-skipping medians of up to 64 values: the single-pass jump path and the shower ratios).
+skipping medians of up to 64 values: the single-pass jump path and the shower ratios). The
+kernels take :func:`lane_mid`'s function as a function-pointer argument, so that only the count
+a tile needs is compiled, once, apart from them (see :class:`LaneMid`).
 """
 
 from __future__ import annotations
 
+import numba.experimental.function_type  # noqa: F401  (typing of function-pointer arguments)
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.typing import signature
+from numba.np.numpy_support import from_dtype
 
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_small import SMALL_MAX, clipped_mid_lanes, median_small
+from stcal_dask.kernels._median_small import ALL_MID, CLIPPED_MID, SMALL_MAX, median_small
 from stcal_dask.kernels.median_networks import batcher_pairs, median_pairs
+from stcal_dask.kernels.numba_cache import compiled
 
 
 def pair_tables(pairs_of, nmax: int):
@@ -102,7 +108,7 @@ def median_prefix(buf, n):
 
 
 SORT_MAX = 32
-"""Largest count that :func:`clipped_mid` sorts across lanes."""
+"""Largest count that the lane functions (:func:`lane_mid`) sort across lanes."""
 _SORT_OFF, _SORT_A, _SORT_B = pair_tables(batcher_pairs, SORT_MAX)
 
 
@@ -121,11 +127,14 @@ def sort_rows(spl, nl, n, off, a, b):
             rb[x] = va if vb < va else vb
 
 
-@njit(cache=True, nogil=True)
-def _clipped_mid_rows(apl, spl, nl, ntot, keep_all, nuse, mxv, mnv, cnt, lo, hi):
-    """:func:`~stcal_dask.kernels._median_small.clipped_mid_lanes` for any ``ntot`` up to
-    ``SORT_MAX``: the same full sorting network, one compare-exchange at a time across the
-    lanes (rows of ``spl``, scratch like ``apl``), the middle pair gathered branch-free."""
+@njit(cache=True, nogil=True, inline="always")
+def _lanes_rows(apl, spl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+    """The lanes (see :func:`lane_mid`) of any count ``ntot = apl.shape[0]`` up to
+    :data:`SORT_MAX`: the full sorting network of that count, one compare-exchange at a time
+    across the lanes (rows of ``spl``, scratch like ``apl``), the middle pair gathered
+    branch-free; the same values as the straight-line functions of
+    :mod:`~stcal_dask.kernels._median_small`."""
+    ntot = apl.shape[0]
     inf = apl.dtype.type(np.inf)
     for n in range(nl):
         nuse[n] = 0
@@ -162,22 +171,92 @@ def _clipped_mid_rows(apl, spl, nl, ntot, keep_all, nuse, mxv, mnv, cnt, lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid(apl, spl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
-    """Per lane (column ``x < nl`` of ``apl``, ``n`` rows, 1 <= n <= :data:`SORT_MAX`, NaN =
-    unusable): ``nuse`` the usable count, ``mxv``/``mnv`` their extremes, and of the kept values
-    (all usable ones with ``keep_all``; else with >= 4 usable, those below the maximum, as
-    stcal's clipped median) the count ``cnt`` and the ``(cnt - 1) // 2``-th and ``cnt // 2``-th
-    smallest in ``lo``/``hi``: the median is ``(lo + hi) / 2`` (for odd counts exactly ``lo``).
-    Straight-line networks in registers up to ``SMALL_MAX`` (:mod:`._median_small`), one shared
-    network across ``spl`` (scratch like ``apl``) beyond. ``nuse``/``cnt`` int32, the others in
-    ``apl``'s dtype."""
-    if not clipped_mid_lanes(apl, n, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
-        _clipped_mid_rows(apl, spl, nl, n, keep_all, nuse, mxv, mnv, cnt, lo, hi)
+def clipped_mid_rows(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    """The lane function (see :func:`lane_mid`) of the count ``apl.shape[0]`` (<=
+    :data:`SORT_MAX`) clipping the maximum."""
+    _lanes_rows(apl, spl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def all_mid_rows(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    """The lane function (see :func:`lane_mid`) of the count ``apl.shape[0]`` (<=
+    :data:`SORT_MAX`) keeping every value."""
+    _lanes_rows(apl, spl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
+
+
+def _lane_signature(dtype) -> signature:
+    fl = from_dtype(np.dtype(dtype))
+    a2, a1 = types.Array(fl, 2, "C"), types.Array(fl, 1, "C")
+    i1 = types.Array(types.int32, 1, "C")
+    return signature(types.void, a2, a2, types.int64, i1, a1, a1, i1, a1, a1)
+
+
+class LaneMid(types.WrapperAddressProtocol):
+    """A lane function (see :func:`lane_mid`) as a numba function-pointer argument.
+
+    A numba function that calls another links a copy of the callee's code into its own and
+    optimises it again, at every level of the call chain; the lane functions are large
+    (vectorised sorting networks) and there is one per count. Passed as an argument (typed as a
+    function pointer), the one a tile needs is compiled (or loaded from the cache) on its own,
+    on first use, and the kernels that call it compile without it. ``dispatcher`` is the numba
+    function itself (callable from Python).
+    """
+
+    def __init__(self, dispatcher, sig):
+        self.dispatcher = dispatcher
+        self._sig = sig
+        self._addr = None
+
+    def signature(self):
+        """The numba signature of the function."""
+        return self._sig
+
+    def __wrapper_address__(self):
+        """Address of the compiled function's C-callable wrapper (compiling it on first use)."""
+        if self._addr is None:
+            cres = compiled(self.dispatcher, self._sig.args)
+            self._addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+        return self._addr
+
+
+@njit(cache=True, nogil=True)
+def _lane_unused(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    """The lane function for a count no kernel calls one with (see :func:`lane_mid`)."""
+
+
+_LANE_MIDS: dict[tuple[str, int, bool], LaneMid] = {}
+
+
+def lane_mid(dtype, n: int, keep_all: bool = False) -> LaneMid:
+    """The lane function of ``n`` values in ``dtype`` (float32 or float64), for the kernels'
+    ``mid`` arguments: ``mid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)``.
+
+    Per lane (column ``x < nl`` of ``apl``, n rows, NaN = unusable): ``nuse`` the usable count,
+    ``mxv``/``mnv`` their extremes, and of the kept values (all usable ones with ``keep_all``;
+    else with >= 4 usable, those below the maximum, as stcal's clipped median) the count ``cnt``
+    and the ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest in ``lo``/``hi``: the median is
+    ``(lo + hi) / 2`` (for odd counts exactly ``lo``). ``spl`` is scratch like ``apl``;
+    ``nuse``/``cnt`` int32, the others in ``apl``'s dtype (:func:`mid_scratch` makes them).
+    Straight-line networks in registers for 1 <= n <= ``SMALL_MAX``
+    (:mod:`._median_small`), :func:`clipped_mid_rows` up to :data:`SORT_MAX`; for another
+    count (a kernel that will not call it) one that does nothing.
+    """
+    key = (np.dtype(dtype).name, int(n), bool(keep_all))
+    found = _LANE_MIDS.get(key)
+    if found is None:
+        if 1 <= n <= SMALL_MAX:
+            disp = (ALL_MID if keep_all else CLIPPED_MID)[n]
+        elif SMALL_MAX < n <= SORT_MAX:
+            disp = all_mid_rows if keep_all else clipped_mid_rows
+        else:
+            disp = _lane_unused
+        found = _LANE_MIDS[key] = LaneMid(disp, _lane_signature(dtype))
+    return found
 
 
 @njit(cache=True, nogil=True)
 def mid_scratch(apl):
-    """The arrays :func:`clipped_mid` fills or uses for the lanes of ``apl`` (n, nl):
+    """The arrays a lane function (:func:`lane_mid`) fills or uses for the lanes of ``apl`` (n, nl):
     ``(spl, nuse, mxv, mnv, cnt, lo, hi)``, counts int32, the others in ``apl``'s dtype."""
     nl = apl.shape[1]
     return (np.empty_like(apl), np.empty(nl, np.int32), np.empty(nl, apl.dtype),

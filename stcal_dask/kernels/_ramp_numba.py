@@ -21,7 +21,7 @@ Layout: rows are visited in order. The pixels of a row that need none of the fla
 group DQ bit, a positive gain, no DO_NOT_USE/SATURATED pixel DQ, finite samples; 2..33 groups;
 not with ``save_opt``) are fitted first, all together (:func:`_clean_row`: loops over pixels
 innermost, the median rate from the lane medians of
-:func:`~stcal_dask.kernels._median_numba.clipped_mid`), with the same operations in the same
+:func:`~stcal_dask.kernels._median_numba.lane_mid`), with the same operations in the same
 order as the per-pixel code. The other pixels are visited in C order (:func:`_pixel_row`);
 a pixel's (nints, ngroups) samples are read straight from the cube into a small per-pixel scratch
 (:class:`PixelScratch`): nints * ngroups sequential streams, one per group plane, which is
@@ -39,7 +39,7 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import SORT_MAX, clipped_mid, median_prefix, mid_scratch
+from stcal_dask.kernels._median_numba import SORT_MAX, median_prefix, mid_scratch
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
@@ -470,10 +470,11 @@ def _clean_lanes(inp, y, lane):
 
 
 @numba.njit(**_JIT, inline="always")
-def _clean_median_rate(dd, nints, ngroups, nl, tg):
+def _clean_median_rate(dd, nints, ngroups, nl, tg, mid):
     """(nl,) median rate of the lanes: per integration the median of the first differences of
-    the rates (:func:`clipped_mid` keeping every value), NaN counted as 0, averaged over the
-    integrations."""
+    the rates (``mid``, the float64 lane function of ngroups - 1 values keeping every value, see
+    :func:`~stcal_dask.kernels._median_numba.lane_mid`), NaN counted as 0,
+    averaged over the integrations."""
     nm = ngroups - 1
     mpl = np.empty((nm, nl), dtype=np.float64)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(mpl)
@@ -486,7 +487,7 @@ def _clean_median_rate(dd, nints, ngroups, nl, tg):
             out = mpl[k]
             for m in range(nl):
                 out[m] = b[m] / tg - a[m] / tg
-        clipped_mid(mpl, spl, nm, nl, True, nuse, mxv, mnv, cnt, lo, hi)
+        mid(mpl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
         for m in range(nl):
             mi = (lo[m] + hi[m]) / 2.0
             mrate[m] += 0.0 if math.isnan(mi) else mi
@@ -540,7 +541,7 @@ def _clean_slopes(dd, base, ngroups, nl, g_l, rn_l, tg, wtab, slope, sums, pidx)
 
 
 @numba.njit(**_JIT)
-def _clean_row(inp, st, times, y, wtab, rate, rateints, done):
+def _clean_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     """Fit every pixel of row ``y`` that needs none of the flag rules (:func:`_clean_lanes`),
     across the row's pixels at once (the loops over pixels are innermost and branch-light, so
     that they vectorise); ngroups >= 2, without ``save_opt`` only.
@@ -548,7 +549,8 @@ def _clean_row(inp, st, times, y, wtab, rate, rateints, done):
     Each integration is one segment of all groups. Outputs are written for those pixels only,
     and ``done[x]`` tells which they are; the values are those of the pixel-by-pixel code,
     operation for operation (the same helpers, the same order of every sum; the median rate's
-    median from :func:`~stcal_dask.kernels._median_numba.clipped_mid`, which gives the value
+    median from ``mid``, the lane function of ngroups - 1 values keeping every value
+    (:func:`~stcal_dask.kernels._median_numba.lane_mid`), which gives the value
     :func:`~stcal_dask.kernels._median_numba.median_prefix` gives).
     """
     nints, ngroups, ny, nx = inp.data.shape
@@ -583,7 +585,7 @@ def _clean_row(inp, st, times, y, wtab, rate, rateints, done):
         g_l[m] = g
         rn_l[m] = np.float64(np.float32(np.float64(inp.readnoise[y, x]) * (g / times.sqrt2nf)))
         dk_l[m] = np.float64(inp.dark[y, x])
-    mrate = _clean_median_rate(dd, nints, ngroups, nl, tg)
+    mrate = _clean_median_rate(dd, nints, ngroups, nl, tg, mid)
 
     rate_p = np.zeros(nl, dtype=np.float64)
     rate_r = np.zeros(nl, dtype=np.float64)
@@ -1051,7 +1053,7 @@ def tile_times(st):
 
 
 @numba.njit(**_JIT)
-def fit_tile_core(inp, st, rate, rateints, fitopt):
+def fit_tile_core(inp, st, rate, rateints, fitopt, mid):
     """Fit every pixel of the tile ``inp`` (:class:`RampInputs`) with the settings ``st``
     (:class:`RampSettings`), writing every pixel of ``rate`` and ``rateints`` (named tuples of
     arrays with the fields sci, err, dq, var_poisson, var_rnoise: 2-D, and 3-D with the
@@ -1060,7 +1062,10 @@ def fit_tile_core(inp, st, rate, rateints, fitopt):
     be large enough: ValueError otherwise).
 
     Row by row: first the flag-free pixels together (:func:`_clean_row`), then the others one
-    at a time (:func:`_pixel_row`).
+    at a time (:func:`_pixel_row`). ``mid`` is the float64 lane function
+    (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of ``ngroups - 1`` values keeping every
+    value, called by
+    :func:`_clean_row` only (a function-pointer argument, compiled apart from this function).
     """
     nints, ngroups, ny, nx = inp.data.shape
     times = tile_times(st)
@@ -1070,5 +1075,5 @@ def fit_tile_core(inp, st, rate, rateints, fitopt):
     done = np.zeros(nx, dtype=np.bool_)
     for y in range(ny):
         if rows:
-            _clean_row(inp, st, times, y, wtab, rate, rateints, done)
+            _clean_row(inp, st, times, y, wtab, rate, rateints, done, mid)
         _pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, done)

@@ -80,6 +80,7 @@ from stcal_dask.errors import UserInputError
 from stcal_dask.kernels.common import LazyModule, readonly_c
 
 _nb = LazyModule("stcal_dask.kernels._jump_numba")
+_mn = LazyModule("stcal_dask.kernels._median_numba")
 
 __all__ = [
     "JumpParams",
@@ -658,6 +659,8 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
                 remove_redundant=redundant,
             ),
             _nb.FrameOutputs(groupdq=gdq, primary=primary),
+            # the lane median of the iterative path's count (another path calls none)
+            _mn.lane_mid(eproto.dtype, nints * (ngroups - 1) if path == "iterative" else 0),
         )
     return gdq.astype(out_dtype, copy=False), primary
 

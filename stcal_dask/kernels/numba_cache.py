@@ -32,20 +32,26 @@ per machine rather than once per process is arranged by :mod:`stcal_dask.engine.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from stcal_dask.errors import UserInputError
 
-__all__ = ["CACHE_ENV", "candidate_dirs", "configure", "machine", "usable_dir"]
+__all__ = ["CACHE_ENV", "candidate_dirs", "compiled", "configure", "file_lock", "machine",
+           "usable_dir"]
 
 CACHE_ENV = "STCAL_DASK_CACHE_DIR"
 """Environment variable that sets the directory of the compiled-kernel cache."""
 
 _configured: Path | None = None
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
 
 
 def _default_dirs() -> list[Path]:
@@ -163,3 +169,63 @@ def machine() -> str:
     from stcal_dask.kernels import _numba_setup  # noqa: F401  (cache and CPU target set up)
 
     return repr(cpu_target.target_context.codegen().magic_tuple())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait=None):
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the block: across the
+    processes of the machine and the threads of this one.
+
+    A POSIX record lock (``fcntl.lockf``) belongs to this process alone: a process forked while
+    it is held (a LocalCluster's workers, a multiprocessing pool) does not hold it, so it is
+    released when the block ends whatever the children do (an ``flock`` lock would belong to the
+    open file, shared with every forked child until the last one closes it). Threads of one
+    process take a per-path :class:`threading.Lock` first, as record locks do not exclude them
+    (and closing any descriptor of the file would release the process's lock). The file is
+    opened close-on-exec, and a killed holder's lock is released by the operating system.
+
+    Parameters
+    ----------
+    path : Path
+        The lock file.
+    on_wait : callable, optional
+        Called (no arguments) once when another process holds the lock, before waiting for it.
+    """
+    import fcntl
+
+    with _THREAD_LOCKS_GUARD:
+        tlock = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
+    with tlock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if on_wait is not None:
+                    on_wait()
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def compiled(dispatcher, args: tuple):
+    """numba's compile result of ``dispatcher`` for the argument types ``args``: loaded from the
+    cache, else compiled and stored there, under a lock of this function's cache entries.
+
+    numba's cache index of a function (one file for all its variants) is rewritten without a
+    lock by each process that adds a variant, so two processes storing different variants of
+    one function at once could lose one of them (compiled again by a later run); the lock (a
+    file beside the index, :func:`file_lock`) makes them take turns, and the one that waited
+    loads what the other stored.
+    """
+    cres = dispatcher.overloads.get(args)
+    if cres is None:
+        path = configure()
+        name = f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}"
+        with file_lock(path / f".lock-{name}"):
+            dispatcher.compile(args)
+        cres = dispatcher.overloads[args]
+    return cres

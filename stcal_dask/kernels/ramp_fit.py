@@ -74,6 +74,7 @@ from stcal_dask.errors import UserInputError
 from stcal_dask.kernels.common import LazyModule, readonly_c
 
 _rn = LazyModule("stcal_dask.kernels._ramp_numba")
+_mn = LazyModule("stcal_dask.kernels._median_numba")
 
 __all__ = [
     "FitoptDims",
@@ -436,7 +437,10 @@ def fit_ramps_tile(
     rate = _empty_rate(img)
     rateints = _empty_rate((nints, ny, nx))
     if ny > 0 and nx > 0:
-        _rn.fit_tile_core(inputs, settings, rate, rateints, fitopt)
+        # the lane median of the flag-free rows (ngroups - 1 first differences; unused with
+        # save_opt)
+        mid = _mn.lane_mid(np.float64, 0 if settings.save_opt else ngroups - 1, keep_all=True)
+        _rn.fit_tile_core(inputs, settings, rate, rateints, fitopt, mid)
     return RampFitResult(rate, rateints, fitopt if settings.save_opt else None)
 
 
