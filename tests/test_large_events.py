@@ -246,6 +246,60 @@ def test_dataflow_options_off_has_no_large_event_tasks():
     assert not any("large-events" in str(n) or "snowball" in str(n) for n in names)
 
 
+def _key_name(key) -> str:
+    return str(key[0] if isinstance(key, tuple) else key)
+
+
+def _inputs_wait_for(dsk, task_prefix, allowed, barrier):
+    """Every task whose name starts with ``task_prefix`` has each input either named with one
+    of the ``allowed`` prefixes or computed after a task named ``barrier...`` (an ancestor).
+    Returns how many tasks were checked."""
+    from dask.core import get_dependencies
+
+    deps = {k: get_dependencies(dsk, k) for k in dsk}
+    memo: dict = {}
+
+    def after_barrier(key):
+        if key not in memo:
+            memo[key] = any(_key_name(d).startswith(barrier) or after_barrier(d)
+                            for d in deps.get(key, ()))  # fmt: skip
+        return memo[key]
+
+    tasks_ = [k for k in dsk if _key_name(k).startswith(task_prefix)]
+    for k in tasks_:
+        for d in deps[k]:
+            assert _key_name(d).startswith(allowed) or after_barrier(d), (k, d)
+    return len(tasks_)
+
+
+@pytest.mark.parametrize("kind", ["snowballs", "showers"])
+def test_dataflow_inputs_are_read_again_after_the_large_event_barriers(kind):
+    """The large-event stage waits for every jump tile, and the fit (and the shower ratio and
+    flagging tasks) for the stage: the data, gain and read noise they need are read by tasks
+    that run after that barrier, not shared with jump detection (which would keep every tile
+    of them in memory across the stage)."""
+    from stcal_dask.engine import dataflow
+    from stcal_dask.engine.datamodel import ramp_from_exposure
+
+    if kind == "snowballs":
+        exp, _ = nircam_like(0, nints=1, ngroups=6, ny=60, nx=60)
+        p = jk.JumpParams(expand_large_events=True)
+    else:
+        exp, _ = miri_like(0, nints=1, ngroups=12, ny=60, nx=60)
+        p = jk.JumpParams(find_showers=True)
+    jumped = dataflow.detect_jumps(ramp_from_exposure(exp), p, tile=(30, 30))
+    rate = dataflow.fit_ramps(jumped).rate
+    dsk = dict(rate["sci"].data.__dask_graph__())
+    events = dataflow._LARGE_EVENTS_PREFIX
+    assert _inputs_wait_for(dsk, "stcal-dask-fit-tile-", (events,), events) == 4
+    if kind == "showers":
+        jump = ("stcal-dask-jump-tile-",)
+        assert _inputs_wait_for(dsk, "shower_ratio-", (*jump, "shower_globals-"),
+                                "shower_globals-") == 4  # fmt: skip
+        assert _inputs_wait_for(dsk, "shower_apply-", (*jump, "shower_planes-"),
+                                "shower_planes-") == 4  # fmt: skip
+
+
 def test_cli_run_with_snowballs_matches_stcal(tmp_path):
     """``stcal-dask run --jump.expand_large_events true`` (FITS in, FITS and zarr out): the
     jump products' GROUPDQ and PIXELDQ (FITS and zarr) equal stcal's detect_jumps_data with
@@ -482,3 +536,38 @@ def test_shower_amplitude_is_the_jwst_steps():
         exp.data, twopt.groupdq, twopt.pixeldq, exp.gain, exp.readnoise, snowballs=None,
         showers=p.shower_settings(tg, 1)._replace(max_shower_amplitude=4.0 * tg))
     assert (other.groupdq != res.groupdq).sum() > 100
+
+
+def test_points_inside_ellipse_equals_the_scalar_test(monkeypatch):
+    """The vectorised inside test equals stcal's scalar arithmetic (``**``, libm pow) for
+    every point: random ellipses (also zero and negative axes) and points, many on or within
+    an ulp of the boundary (on-axis points of half-integer axes), where squaring by
+    multiplication could differ."""
+    rng = np.random.default_rng(5)
+    checked = 0
+    scalar = le.point_inside_ellipse
+    redone = []
+    monkeypatch.setattr(le, "point_inside_ellipse",
+                        lambda *a: redone.append(1) or scalar(*a))  # fmt: skip
+    for _ in range(300):
+        h = float(rng.choice([-1.0, 0.0, rng.uniform(0, 30), float(rng.integers(1, 40))]))
+        w = float(rng.choice([0.0, rng.uniform(0, 60), float(rng.integers(1, 60))]))
+        angle = float(rng.choice([0.0, 90.0, -45.0, rng.uniform(-90, 90)]))
+        e = le.Ellipse(float(rng.uniform(0, 100)), float(rng.uniform(0, 100)), h, w,
+                       np.degrees(np.radians(angle)))
+        px = e.x + rng.uniform(-40, 40, 200)
+        py = e.y + rng.uniform(-40, 40, 200)
+        # points on the ellipse's axes at the semi-axis lengths, and an ulp either side
+        t = np.radians(180 - e.angle)
+        for r, (cx, cy) in ((max(h, w) / 2, (np.cos(t), -np.sin(t))),
+                            (min(h, w) / 2, (np.sin(t), np.cos(t)))):
+            for f in (1.0, 1.0 + 2e-16, 1.0 - 2e-16):
+                px = np.append(px, e.x + r * f * cx)
+                py = np.append(py, e.y + r * f * cy)
+        got = le.points_inside_ellipse(px, py, e)
+        want = np.array([scalar(a, b, e) for a, b in zip(px, py, strict=True)])
+        np.testing.assert_array_equal(got, want)
+        checked += int(want.sum())
+    assert checked > 1000
+    assert 50 < len(redone) < 5000  # the boundary points went to the scalar test
+    assert le.points_inside_ellipse(np.zeros(0), np.zeros(0), e).shape == (0,)

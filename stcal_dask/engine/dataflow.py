@@ -34,6 +34,10 @@ stcal takes some decisions over the whole frame; they are computed once with das
 The pass-1 reductions read their inputs through cloned graph keys
 (:func:`dask.graph_manipulation.clone`), so the scheduler does not keep every chunk that a
 reduction has touched alive until the tile that needs it runs: memory stays bounded by a few tiles.
+For the same reason the tasks after a large-event barrier (the ramp fit after the snowball or
+shower stage, the shower ratios after the whole-frame decisions, the shower flagging after the
+plane tasks) read their inputs again through keys bound to that barrier
+(:func:`dask.graph_manipulation.bind`): they are read only once it is passed.
 
 Compute several products of one graph **together** (one ``dask.compute`` call, or
 :func:`stcal_dask.engine.cluster.compute`), so each tile kernel runs once. That function
@@ -57,7 +61,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.graph_manipulation import clone
+from dask.graph_manipulation import bind, clone
 from dask.highlevelgraph import HighLevelGraph
 
 from stcal_dask.engine import tasks
@@ -109,6 +113,9 @@ LARGE_EVENTS_VARIABLE = "large_events"
 ``number_extended_events`` (the shower count when showers are on, else the snowball count)."""
 
 _FAN_IN = 8
+
+_LARGE_EVENTS_PREFIX = "stcal-dask-large-events-"
+"""Name prefix of the large-event stage's packed array: a barrier (see :func:`fit_ramps`)."""
 
 _PLANES_PER_TASK = 4
 """(integration, group) planes per large-event plane task: fewer, larger tasks on exposures
@@ -538,26 +545,30 @@ def _large_events(packed: da.Array, sci, gain, rn, params: jk.JumpParams, timing
         n_events = delayed(tasks.count_events, pure=True)(*planes)
     sh = params.shower_settings(group_time, nframes)
     if sh is not None and ngroups >= 2:
-        sci_b = sci.to_delayed(optimize_graph=False)
-        gain_b = gain.to_delayed(optimize_graph=False)
-        rn_b = rn.to_delayed(optimize_graph=False)
+        # the ratio tasks wait for the whole-frame decisions and the flagging tasks for every
+        # plane: they read their own copies of the inputs, once those are done, rather than
+        # keep the jump tiles' inputs alive across those barriers (see fit_ramps)
         flat = [b for row in blocks for b in row]
         parts = [delayed(tasks.shower_dnu, pure=True)(b) for b in flat]
         glob = delayed(tasks.shower_globals, pure=True)(sh, *parts)
+        sci_b, gain_b, rn_b = (a.to_delayed(optimize_graph=False)
+                               for a in bind([sci, gain, rn], glob, assume_layers=False))
         ratios = [delayed(tasks.shower_ratio, pure=True)(sci_b[0, 0, i, j], blocks[i][j],
                                                          gain_b[i, j], rn_b[i, j], glob, sh)
                   for i in range(len(ychunks)) for j in range(len(xchunks))]
         planes = [delayed(tasks.shower_planes, pure=True)(i, tuple(gs), sh, layout, glob,
                                                           *ratios)
                   for i in range(nints) for gs in _plane_chunks(ngroups)]
-        blocks = [[delayed(tasks.shower_apply, pure=True)(sci_b[0, 0, i, j], blocks[i][j],
-                                                          gain_b[i, j], windows[i][j], shape,
+        sci_a, gain_a = (a.to_delayed(optimize_graph=False)
+                         for a in bind([sci, gain], planes, assume_layers=False))
+        blocks = [[delayed(tasks.shower_apply, pure=True)(sci_a[0, 0, i, j], blocks[i][j],
+                                                          gain_a[i, j], windows[i][j], shape,
                                                           sh, *planes)
                    for j in range(len(xchunks))] for i in range(len(ychunks))]
         n_events = delayed(tasks.count_events, pure=True)(*planes)
     if n_events is None:
         return packed, None
-    final = _packed_like("stcal-dask-large-events-" + tok, packed, blocks)
+    final = _packed_like(_LARGE_EVENTS_PREFIX + tok, packed, blocks)
     count = da.from_delayed(n_events, shape=(), dtype=np.int64,
                             meta=np.empty((), dtype=np.int64))
     return final, count
@@ -730,6 +741,15 @@ def fit_ramps(
 
     # from detect_jumps: the jump tiles' packed blocks themselves, not their unpacked fields
     jumped = _packed_source({"groupdq": gdq, "pixeldq": pdq})
+    if _after_barrier(gdq):
+        # Every tile's group DQ waits for the whole large-event stage, which reads every tile:
+        # inputs the fit shared with jump detection would all be held in memory across it.
+        # The fit reads its own copies, once the stage is done (bound to its result: read
+        # earlier, e.g. by a thread the stage leaves idle, they would be held as long).
+        sci, gain, rn, zf, dark = bind([sci, gain, rn, zf, dark],
+                                       jumped if jumped is not None else gdq,
+                                       assume_layers=False)
+
     if jumped is not None and jumped.chunks != sci.chunks[2:]:
         jumped = None
     inputs = [sci, jumped, gain, rn] if jumped is not None else [sci, gdq, pdq, gain, rn]
@@ -778,6 +798,11 @@ def fit_ramps(
         parameters=record, attrs=attrs,
     )
     return RampFitProducts(rate, rateints, fitopt)
+
+
+def _after_barrier(a: da.Array) -> bool:
+    """Whether the dask array ``a`` comes out of the large-event stage (its graph holds it)."""
+    return any(str(name).startswith(_LARGE_EVENTS_PREFIX) for name in a.dask.layers)
 
 
 def _plain_param(v):

@@ -76,6 +76,7 @@ __all__ = [
     "ellipse_raster",
     "paint",
     "point_inside_ellipse",
+    "points_inside_ellipse",
     "ring_kernel",
     "snowball_saturation",
     "snowball_plane",
@@ -198,23 +199,24 @@ def _region_images(lin, shape, min_area, keep=None):
     reach a filled area of ``min_area``, in label order: (y0, x0, region image uint8, pixel
     count) each. An 8-connected region of n pixels fits in an n x n box and its filled area is
     at most its box's, so smaller ones are left out before anything is built; so are those
-    for which ``keep(y0, y1, x0, x1)`` (their bounding box) returns False."""
+    for which ``keep(y0, y1, x0, x1)`` is False (given the candidates' bounding boxes as int64
+    arrays, it returns a bool array)."""
     if lin.size == 0:
         return []
     comp, bbox = _components(lin, shape)
     counts = np.bincount(comp, minlength=bbox.shape[0])
     areas = (bbox[:, 1] - bbox[:, 0]) * (bbox[:, 3] - bbox[:, 2])
     big = np.flatnonzero((counts.astype(np.float64) ** 2 >= min_area) & (areas >= min_area))
+    if big.size and keep is not None:
+        box = bbox[big]
+        big = big[np.asarray(keep(box[:, 0], box[:, 1], box[:, 2], box[:, 3]), dtype=bool)]
     if big.size == 0:
         return []
     order = np.argsort(comp, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
     nx = int(shape[1])
     out = []
-    for k in big:
-        y0, y1, x0, x1 = (int(v) for v in bbox[k])
-        if keep is not None and not keep(y0, y1, x0, x1):
-            continue
+    for k, (y0, y1, x0, x1) in zip(big.tolist(), bbox[big].tolist(), strict=True):
         pix = lin[order[starts[k] : starts[k + 1]]]
         sub = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
         sub[pix // nx - y0, pix % nx - x0] = 1
@@ -226,8 +228,9 @@ def region_ellipses(mask, min_area, *, keep=None, points=None) -> list[Ellipse]:
     """Ellipses of the 8-connected regions of ``mask`` whose filled area is >= ``min_area``.
 
     stcal's ``find_ellipses``/``_sk_filter_areas`` (``regionprops``: filled area, centroid, axis
-    lengths, orientation), regions in label order. ``keep(y0, y1, x0, x1)``, given a region's
-    bounding box (rows ``y0:y1``, columns ``x0:x1``), may return False for regions whose
+    lengths, orientation), regions in label order. ``keep(y0, y1, x0, x1)``, given the bounding
+    boxes of regions (int64 arrays: rows ``y0:y1``, columns ``x0:x1``), returns a bool array
+    that may be False for regions whose
     ellipse cannot matter to the caller: their properties are then not computed (the costly
     part on planes with many regions). Regions with at least ``min_area`` pixels pass without
     filling their holes. ``points`` (sorted linear indices of the set pixels) may be given
@@ -283,18 +286,49 @@ def paint(rasters, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 def point_inside_ellipse(px, py, e: Ellipse) -> bool:
     """stcal's ``point_inside_ellipse`` (float64 arithmetic; a zero semi-axis gives inf/NaN and
     so False, as there)."""
+    xr, yr, a, b = _ellipse_frame(np.float64(px - e.x), np.float64(py - e.y), e)
+    with np.errstate(all="ignore"):
+        return bool((xr**2 / a**2) + (yr**2 / b**2) <= 1)
+
+
+def _ellipse_frame(dx, dy, e: Ellipse):
+    """Offsets (float64, scalars or arrays) from an ellipse's centre rotated into its frame, and
+    its semi-major and semi-minor axes, in stcal's float64 operations."""
     t = np.radians(180 - e.angle)
     c, s = np.cos(t), np.sin(t)
-    dx = np.float64(px - e.x)
-    dy = np.float64(py - e.y)
     xr = dx * c - dy * s
     yr = dx * s + dy * c
     if e.w >= e.h:
-        a, b = np.float64(e.w * 0.5), np.float64(e.h * 0.5)
-    else:
-        a, b = np.float64(e.h * 0.5), np.float64(e.w * 0.5)
+        return xr, yr, np.float64(e.w * 0.5), np.float64(e.h * 0.5)
+    return xr, yr, np.float64(e.h * 0.5), np.float64(e.w * 0.5)
+
+
+_INSIDE_MARGIN = 1e-12
+"""Relative margin around 1 within which :func:`points_inside_ellipse` redoes a point with
+:func:`point_inside_ellipse`: squaring by multiplication and by ``**`` (libm ``pow``, what
+stcal's scalar arithmetic calls) differ by at most an ulp or so, far below it."""
+
+
+def points_inside_ellipse(px, py, e: Ellipse) -> np.ndarray:
+    """:func:`point_inside_ellipse` of each point (``px``, ``py``: float64 arrays), as a bool
+    array, with the same result for every point.
+
+    The rotation and differences are the same float64 operations elementwise; the squares are
+    taken by multiplication, which may differ from ``**`` in the last bit, so points whose
+    value is within :data:`_INSIDE_MARGIN` of 1 (or NaN) are decided by the scalar function.
+    """
+    px = np.asarray(px, dtype=np.float64)
+    py = np.asarray(py, dtype=np.float64)
+    if px.size == 0:
+        return np.zeros(0, dtype=bool)
+    xr, yr, a, b = _ellipse_frame(px - np.float64(e.x), py - np.float64(e.y), e)
     with np.errstate(all="ignore"):
-        return bool((xr**2 / a**2) + (yr**2 / b**2) <= 1)
+        rad = (xr * xr / a**2) + (yr * yr / b**2)
+        inside = rad <= 1.0 - _INSIDE_MARGIN
+        unsure = ~(inside | (rad > 1.0 + _INSIDE_MARGIN))
+    for k in np.flatnonzero(unsure):
+        inside[k] = point_inside_ellipse(px[k], py[k], e)
+    return inside
 
 
 def _expanded_axes(e: Ellipse, factor: float, cap: float) -> tuple[int, int]:
@@ -408,23 +442,28 @@ def snowball_plane(jump_plane, extended, sat, next_sat, *, settings: SnowballSet
 
         def keep(y0, y1, x0, x1):
             # the centroid lies in the bounding box (rows y0..y1-1, columns x0..x1-1)
-            if x0 < low or y0 < low or x1 - 1 > high or y1 - 1 > high:
-                return True
+            out = (x0 < low) | (y0 < low) | (x1 - 1 > high) | (y1 - 1 > high)
             if not cx.size:
-                return False
+                return out
             # an ellipse's semi-major axis, (4 sqrt(lambda_max) - 1) / 2, is below the box's
             # diagonal (lambda_max <= var(rows) + var(cols) <= ((y1-y0-1)^2 + (x1-x0-1)^2) / 4)
-            d = float(np.hypot(y1 - y0, x1 - x0)) + 1.0
-            inside = (cx >= x0 - d) & (cx <= x1 + d) & (cy >= y0 - d) & (cy <= y1 + d)
-            return bool(inside.any())
+            d = np.hypot(y1 - y0, x1 - x0) + 1.0
+            step = max(1, (1 << 20) // cx.size)
+            for a in range(0, out.size, step):
+                b = slice(a, a + step)
+                dd = d[b, None]
+                inside = ((cx >= x0[b, None] - dd) & (cx <= x1[b, None] + dd)
+                          & (cy >= y0[b, None] - dd) & (cy <= y1[b, None] + dd))
+                out[b] |= inside.any(axis=1)
+            return out
 
     jumps = region_ellipses(mask, settings.min_jump_area, keep=keep)
     if required:
-        snowballs = []
-        for j in jumps:
-            near = j.x < low or j.y < low or j.x > high or j.y > high
-            if near or any(point_inside_ellipse(px, py, j) for px, py in centres):
-                snowballs.append(j)
+        px = np.array([c[0] for c in centres], dtype=np.float64)
+        py = np.array([c[1] for c in centres], dtype=np.float64)
+        snowballs = [j for j in jumps
+                     if j.x < low or j.y < low or j.x > high or j.y > high
+                     or points_inside_ellipse(px, py, j).any()]
     else:
         snowballs = jumps
     rasters = [
