@@ -151,8 +151,13 @@ IO_FLOOR_SCRIPT = textwrap.dedent(
 )
 
 
-def tree_rss(roots) -> int:
-    """Summed RSS in bytes of the processes ``roots`` and all their descendants."""
+PEAK_PARTS: dict[str, list[tuple[str, float]]] = {}
+"""Per command (joined with spaces): each process's (name, RSS MiB) at the tree's peak."""
+
+
+def tree_rss(roots, parts: list | None = None) -> int:
+    """Summed RSS in bytes of the processes ``roots`` and all their descendants; ``parts``
+    (when given) gets each process's (name, RSS MiB)."""
     procs = []
     for root in roots:
         try:
@@ -162,9 +167,13 @@ def tree_rss(roots) -> int:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            if parts is not None:
+                cmd = p.cmdline()
+                parts.append((" ".join(cmd[1:3])[-48:] or p.name(), rss / 2**20))
         except psutil.Error:
-            pass
+            continue
+        total += rss
     return total
 
 
@@ -181,7 +190,11 @@ def run_tree(cmd: list[str], *, cwd: Path, extra: tuple = ()) -> tuple[float, fl
     reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, tree_rss((proc, *extra)))
+        parts: list = []
+        total = tree_rss((proc, *extra), parts)
+        if total > peak:
+            peak = total
+            PEAK_PARTS[" ".join(cmd)] = parts
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     reader.join()
@@ -351,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         speed = w_s / w_o
         mem = p_o / p_s
         floor = w_o / w_f
+        parts = PEAK_PARTS.get(" ".join(main_jobs["stcal_dask"]), [])
+        print("stcal_dask at its peak (RSS MiB per process): "
+              + "; ".join(f"{name} {mib:.0f}" for name, mib in parts))
         print(f"speed-up vs stcal        : {speed:5.2f}x  (target >= 4x: "
               f"{'MET' if speed >= 4 else 'NOT MET'})")
         print(f"peak memory / stcal's    : {mem:5.2f}   (target <= 0.25: "
