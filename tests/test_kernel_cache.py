@@ -138,11 +138,12 @@ def test_default_cache_dir_refuses_one_another_user_can_write(shared_tmp, monkey
 
 
 def test_warmup_compiles_every_variant_a_run_uses(tmp_path):
-    """After ensure_compiled, runs (one integration; several, on the sigma-clip path; with the
-    optional fit outputs) compile nothing more: no new file in the cache."""
+    """After ensure_compiled with every lane median (as 'stcal-dask warmup' does), runs (one
+    integration; several, on the sigma-clip path; with the optional fit outputs) compile nothing
+    more: no new file in the cache."""
     from stcal_dask.engine.warmup import cache_dir, ensure_compiled, is_warm
 
-    ensure_compiled(quiet=True)
+    ensure_compiled(quiet=True, lanes=True)
     assert is_warm()
     cache = cache_dir()
 
@@ -223,3 +224,52 @@ def test_two_warmups_at_once_compile_once(tmp_path):
     assert len(compiled) == 1, errs
     waited = [e for e in errs if "waiting for another process" in e]
     assert len(waited) == 1 and "kernels compiled in" not in waited[0], errs
+
+
+# compile one small kernel variant into the cache directory given as argv[1] and say so
+COMPILE_ONE = """
+import sys
+import numpy as np
+from stcal_dask.kernels import _median_numba as m
+m.mid_scratch(np.zeros((3, 4), np.float32))
+print("stored", flush=True)
+"""
+
+
+def test_a_variant_is_stored_under_its_functions_lock(tmp_path):
+    """numba rewrites a function's cache index without a lock; the kernels' functions store a
+    new variant only while holding that function's lock file, so a process storing one while
+    another process holds the lock waits, then stores it (and loads it the next time)."""
+    from stcal_dask.kernels import _median_numba
+    from stcal_dask.kernels.numba_cache import file_lock
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update({"PYTHONPATH": str(Path(stcal_dask.__file__).parents[1]),
+                "STCAL_DASK_CACHE_DIR": str(cache)})
+    assert getattr(_median_numba.mid_scratch._cache.save_overload, "locked_by_stcal_dask", False)
+    # the lock file of mid_scratch's cache writes
+    lock = cache / f".save-{_median_numba.__name__}.mid_scratch"
+    with file_lock(lock):
+        proc = subprocess.Popen([sys.executable, "-c", COMPILE_ONE], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(timeout=20)  # compiles, then waits for the lock
+        except subprocess.TimeoutExpired:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        assert not list(cache.rglob("*mid_scratch*.nbi"))  # nothing stored while locked
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "stored" in out, err
+    assert list(cache.rglob("*mid_scratch*.nbi"))
+    again = subprocess.run([sys.executable, "-c", COMPILE_ONE + PROBE_STATS], env=env,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "hits 1 misses 0" in again.stdout, again.stdout
+
+
+PROBE_STATS = """
+stats = m.mid_scratch.stats
+print("hits", sum(stats.cache_hits.values()), "misses", sum(stats.cache_misses.values()))
+"""

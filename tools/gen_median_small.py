@@ -141,6 +141,8 @@ def generate_source() -> str:
         "import numpy as np",
         "from numba import njit",
         "",
+        "from stcal_dask.kernels.numba_cache import lock_cache_writes",
+        "",
         f"SMALL_MAX = {SMALL_MAX}",
     ]
     for n in range(1, SMALL_MAX + 1):
@@ -155,6 +157,7 @@ def generate_source() -> str:
         out += [f"    {name}_{n}," for n in range(1, SMALL_MAX + 1)]
         out += [")", f'"""``{name.upper()}[n]``: the lane function of n values ({what}; '
                 '1 <= n <= SMALL_MAX)."""']
+    out += ["", "lock_cache_writes(globals())"]
     return "\n".join(out) + "\n"
 
 

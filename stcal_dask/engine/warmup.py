@@ -8,13 +8,17 @@ per machine and visibly:
 
 * :func:`compile_kernels` calls every kernel entry point on tiny inputs with the array types a
   run uses (each jump path, ramp fitting with and without the optional outputs), so every
-  variant a run needs is compiled and stored;
-* :func:`ensure_compiled` is what a worker (and ``stcal-dask warmup``) calls before its first
-  tile: when the cache's stamp for this exact kernel source, numba version and CPU is present it
-  only loads the kernels; else it takes an exclusive lock on the cache directory (``fcntl``), so
-  that of several processes starting together (the workers of a LocalCluster, several runs, a
-  node's ``dask worker`` processes) one compiles while the others wait and then load what it
-  stored, announces the compilation on stderr, compiles, and writes the stamp last.
+  variant a run needs is compiled and stored, except the lane medians: one small function per
+  count of values (see :func:`stcal_dask.kernels._median_numba.lane_mid`), of which a run uses
+  one or two, each compiled (a second or so) when a tile first needs it; ``lanes=True`` compiles
+  those of every count too;
+* :func:`ensure_compiled` is what a worker (and ``stcal-dask warmup``, with ``lanes=True``)
+  calls before its first tile: when the cache's stamp for this exact kernel source, numba
+  version and CPU is present it only loads the kernels; else it takes an exclusive lock on the
+  cache directory (``fcntl``), so that of several processes starting together (the workers of a
+  LocalCluster, several runs, a node's ``dask worker`` processes) one compiles while the others
+  wait and then load what it stored, announces the compilation on stderr, compiles, and writes
+  the stamp last (a second stamp for the lane medians of every count).
 
 A process killed while compiling leaves no stamp (the next one compiles again; numba's cache
 files are each written under a temporary name and renamed, so none is ever half written), and
@@ -30,12 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["cache_dir", "cache_key", "compile_kernels", "compile_lock", "ensure_compiled",
-           "is_warm", "lock_path", "stamp_path"]
+__all__ = ["PARTS", "cache_dir", "cache_key", "compile_kernels", "compile_lock",
+           "ensure_compiled", "is_warm", "lock_path", "stamp_path"]
 
 _STAMP_PREFIX = "stcal-dask-kernels-"
+_LANES_PREFIX = "stcal-dask-lanes-"
 _LOCK_NAME = ".stcal-dask-compile.lock"
-_warm_in_process = False
+_warm_in_process: set[bool] = set()  # the ``lanes`` values ensure_compiled has completed
 
 
 def cache_dir() -> Path:
@@ -66,9 +71,10 @@ def cache_key() -> str:
     return h.hexdigest()
 
 
-def stamp_path(key: str | None = None) -> Path:
-    """The file whose presence says the cache holds every kernel variant for :func:`cache_key`."""
-    return cache_dir() / f"{_STAMP_PREFIX}{(key or cache_key())[:20]}"
+def stamp_path(key: str | None = None, lanes: bool = False) -> Path:
+    """The file whose presence says the cache holds every kernel variant for :func:`cache_key`
+    (with ``lanes``: the lane medians of every count)."""
+    return cache_dir() / f"{_LANES_PREFIX if lanes else _STAMP_PREFIX}{(key or cache_key())[:20]}"
 
 
 def lock_path() -> Path:
@@ -82,8 +88,22 @@ def is_warm() -> bool:
     return stamp_path().exists()
 
 
-def compile_kernels() -> None:
-    """Compile (or load from the cache) every kernel variant a run uses, on tiny inputs."""
+PARTS = ("jump", "ramp")
+"""The kernel sets :func:`compile_kernels` can compile apart (in two processes at once)."""
+
+
+def compile_kernels(lanes: bool = False, parts: tuple[str, ...] = PARTS) -> None:
+    """Compile (or load from the cache) every kernel variant a run uses, on tiny inputs.
+
+    Parameters
+    ----------
+    lanes : bool
+        Also the lane medians of every count the kernels use (else only those of the tiny
+        inputs' counts, the smallest: a run compiles its own on first use).
+    parts : tuple of str
+        Which of :data:`PARTS`: the jump kernels, the ramp-fit kernels (they share only small
+        helpers, so that two processes can compile one each).
+    """
     import numpy as np
 
     from stcal_dask.kernels import jump as jk
@@ -97,18 +117,85 @@ def compile_kernels() -> None:
 
     gain, rn = np.full((2, 2), 2.0, np.float32), np.full((2, 2), 10.0, np.float32)
     pdq = np.zeros((2, 2), np.uint32)
-    # nints x ngroups: the iterative path, the single-pass path, the sigma-clip path (>= 100
-    # groups in all, JWST's minimum_sigclip_groups), the skipped exposure (one group)
-    for nints, ngroups in ((1, 5), (1, 14), (5, 25), (1, 1)):
+    timing = rk.RampTiming(10.0, 10.0, 1)
+
+    def fit(data, gdq, pdq, save_opt=False):
+        rk.fit_ramps_tile(data, gdq, pdq, gain, rn, params=rk.RampFitParams(save_opt=save_opt),
+                          timing=timing)
+
+    # nints x ngroups: the iterative path (2 differences: the smallest lane median), the
+    # single-pass path, the sigma-clip path (>= 100 groups in all, JWST's
+    # minimum_sigclip_groups), the skipped exposure (one group); 34 groups: no lane median in
+    # the ramp fit (more than its row-wise fit takes) nor, beyond the iterative path, the jump
+    for nints, ngroups in ((1, 3), (1, 34), (5, 34), (1, 1)):
         data = ramp(nints, ngroups)
         gdq = np.zeros(data.shape, np.uint8)
-        res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.0)
-        if ngroups < 2:
-            continue
-        for save_opt in (False, True):
-            rk.fit_ramps_tile(data, res.groupdq, res.pixeldq, gain, rn,
-                              params=rk.RampFitParams(save_opt=save_opt),
-                              timing=rk.RampTiming(10.0, 10.0, 1))
+        if "jump" in parts:
+            res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.0)
+            gdq, pdq_out = res.groupdq, res.pixeldq
+        else:
+            pdq_out = pdq
+        if ngroups > 1 and "ramp" in parts:
+            for save_opt in (False, True):
+                fit(data, gdq, pdq_out, save_opt)
+    if lanes:
+        # the jump's iterative path at 2..12 differences and the network across rows (13..32),
+        # and the ramp fit's flag-free rows at 1..12 differences and beyond (13..32)
+        every = jk.JumpParams(min_diffs_single_pass=64)
+        for ngroups in range(2, 15):
+            data = ramp(1, ngroups)
+            gdq = np.zeros(data.shape, np.uint8)
+            if ngroups > 2 and "jump" in parts:
+                jk.detect_jumps(data, gdq, pdq, gain, rn, params=every, nframes=1,
+                                group_time=10.0)
+            if "ramp" in parts:
+                fit(data, gdq, pdq)
+
+
+def _helper(parts: tuple[str, ...], lanes: bool):
+    """A process compiling ``parts`` of the kernels (see :func:`compile_kernels`) beside this
+    one, or None where this process may use only one core. It ends with this process (it
+    watches its parent) and says nothing; if it fails (e.g. it cannot import this package),
+    what it left is compiled here."""
+    import subprocess
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if cores < 2:
+        return None
+    code = (
+        "import os, sys, threading, time\n"
+        "parent = os.getppid()\n"
+        "def watch():\n"
+        "    while os.getppid() == parent:\n"
+        "        time.sleep(0.5)\n"
+        "    os._exit(1)\n"
+        "threading.Thread(target=watch, daemon=True).start()\n"
+        "from stcal_dask.engine.warmup import compile_kernels\n"
+        f"compile_kernels(lanes={lanes!r}, parts={parts!r})\n"
+    )
+    try:
+        # the environment carries the cache directory (NUMBA_CACHE_DIR, set by numba_cache)
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _compile_all(lanes: bool) -> None:
+    """Compile every kernel variant (:func:`compile_kernels`), the ramp-fit kernels in a helper
+    process (:func:`_helper`) while this one compiles the jump kernels, where two cores are
+    there: they are about as much work."""
+    helper = _helper(("ramp",), lanes)
+    try:
+        compile_kernels(lanes=lanes, parts=("jump",) if helper else PARTS)
+    finally:
+        if helper is not None:
+            helper.wait()
+    if helper is not None:
+        compile_kernels(lanes=lanes)  # loads what the helper stored (compiles what it did not)
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -116,7 +203,7 @@ def _say(message: str, quiet: bool) -> None:
         print(f"stcal-dask: {message}", file=sys.stderr, flush=True)
 
 
-def ensure_compiled(quiet: bool = False) -> float:
+def ensure_compiled(quiet: bool = False, lanes: bool = False) -> float:
     """Make sure the kernels are compiled in this machine's cache and loaded in this process.
 
     Parameters
@@ -124,38 +211,40 @@ def ensure_compiled(quiet: bool = False) -> float:
     quiet : bool
         No message on stderr (else one when a compilation starts and when it ends, and one when
         waiting for another process that is compiling).
+    lanes : bool
+        The lane medians of every count too (see :func:`compile_kernels`).
 
     Returns
     -------
     float
         Seconds spent compiling in this process (0.0 when the cache was warm).
     """
-    global _warm_in_process
-    if _warm_in_process:
+    if lanes in _warm_in_process:
         return 0.0
     key = cache_key()
-    stamp = stamp_path(key)
-    if stamp.exists():
-        compile_kernels()  # loads from the cache
-        _warm_in_process = True
+    stamps = [stamp_path(key), *([stamp_path(key, lanes=True)] if lanes else [])]
+    if all(stamp.exists() for stamp in stamps):
+        compile_kernels()  # loads from the cache (the lane medians load on first use)
+        _warm_in_process.add(lanes)
         return 0.0
     lock = lock_path()
     spent = 0.0
     with compile_lock(lock, quiet):
-        if not stamp.exists():
-            _say(f"compiling the numba kernels for this machine (once; cached in {stamp.parent}, "
-                 f"set STCAL_DASK_CACHE_DIR to move it; 'stcal-dask warmup' does this ahead "
-                 "of time) ...", quiet)
+        if not all(stamp.exists() for stamp in stamps):
+            _say(f"compiling the numba kernels for this machine (once; cached in "
+                 f"{stamps[0].parent}, set STCAL_DASK_CACHE_DIR to move it; 'stcal-dask warmup' "
+                 "does this ahead of time) ...", quiet)
             t0 = time.perf_counter()
-            compile_kernels()
+            _compile_all(lanes)
             spent = time.perf_counter() - t0
-            tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
-            tmp.write_text(f"{key}\n")
-            os.replace(tmp, stamp)
+            for stamp in stamps:
+                tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+                tmp.write_text(f"{key}\n")
+                os.replace(tmp, stamp)
             _say(f"kernels compiled in {spent:.0f} s", quiet)
         else:
             compile_kernels()
-    _warm_in_process = True
+    _warm_in_process.add(lanes)
     return spent
 
 

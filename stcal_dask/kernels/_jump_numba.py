@@ -50,6 +50,7 @@ from stcal_dask.kernels._median_numba import (
     nanmedian_lanes,
 )
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
+from stcal_dask.kernels.numba_cache import lock_cache_writes
 
 PATH_SKIP = 0
 PATH_SIGCLIP = 1
@@ -879,3 +880,6 @@ def remove_redundant(gdq):
                     v = gdq[i, g, y, x]
                     if (v & _JUMP) and (v & _SAT_DNU):
                         gdq[i, g, y, x] = v ^ _JUMP
+
+
+lock_cache_writes(globals())  # one process at a time adds to a function's cache entries

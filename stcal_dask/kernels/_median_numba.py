@@ -24,7 +24,7 @@ from numba.np.numpy_support import from_dtype
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
 from stcal_dask.kernels._median_small import ALL_MID, CLIPPED_MID, SMALL_MAX, median_small
 from stcal_dask.kernels.median_networks import batcher_pairs, median_pairs
-from stcal_dask.kernels.numba_cache import compiled
+from stcal_dask.kernels.numba_cache import compiled, lock_cache_writes
 
 
 def pair_tables(pairs_of, nmax: int):
@@ -327,3 +327,6 @@ def lane_median_scratch(n, nl, proto):
     ``left`` (nl,), ``lo``/``hi`` (nl,)."""
     return (np.empty((n + (n & 1), nl), proto.dtype), np.empty(nl, np.int64),
             np.empty(nl, np.int64), np.empty(nl, proto.dtype), np.empty(nl, proto.dtype))
+
+
+lock_cache_writes(globals())  # one process at a time adds to a function's cache entries

@@ -17,6 +17,8 @@ every lane median, see ``stcal_dask.kernels._median_numba.lane_mid``).
 import numpy as np
 from numba import njit
 
+from stcal_dask.kernels.numba_cache import lock_cache_writes
+
 SMALL_MAX = 12
 
 
@@ -1773,3 +1775,5 @@ ALL_MID = (
     all_mid_12,
 )
 """``ALL_MID[n]``: the lane function of n values (keeping all; 1 <= n <= SMALL_MAX)."""
+
+lock_cache_writes(globals())

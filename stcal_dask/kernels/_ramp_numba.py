@@ -40,6 +40,7 @@ import numpy as np
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
 from stcal_dask.kernels._median_numba import SORT_MAX, median_prefix, mid_scratch
+from stcal_dask.kernels.numba_cache import lock_cache_writes
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
 _SQRT2_C = 1.41421356  # the truncated sqrt(2) stcal uses for the 2-group sigslope
@@ -1077,3 +1078,6 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, mid):
         if rows:
             _clean_row(inp, st, times, y, wtab, rate, rateints, done, mid)
         _pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, done)
+
+
+lock_cache_writes(globals())  # one process at a time adds to a function's cache entries

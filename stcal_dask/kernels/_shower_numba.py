@@ -30,6 +30,7 @@ from stcal_dask.kernels._median_numba import (
     median_prefix,
     nanmedian_lanes,
 )
+from stcal_dask.kernels.numba_cache import lock_cache_writes
 
 _DNU = dqflags.DO_NOT_USE
 _SAT = dqflags.SATURATED
@@ -315,3 +316,6 @@ def sparse_components(lin, ny, nx):
         bbox[k, 2] = min(bbox[k, 2], x)
         bbox[k, 3] = max(bbox[k, 3], x + 1)
     return comp, bbox
+
+
+lock_cache_writes(globals())  # one process at a time adds to a function's cache entries

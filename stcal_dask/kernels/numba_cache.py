@@ -43,8 +43,8 @@ from pathlib import Path
 
 from stcal_dask.errors import UserInputError
 
-__all__ = ["CACHE_ENV", "candidate_dirs", "compiled", "configure", "file_lock", "machine",
-           "usable_dir"]
+__all__ = ["CACHE_ENV", "candidate_dirs", "compiled", "configure", "file_lock",
+           "lock_cache_writes", "machine", "usable_dir"]
 
 CACHE_ENV = "STCAL_DASK_CACHE_DIR"
 """Environment variable that sets the directory of the compiled-kernel cache."""
@@ -211,21 +211,45 @@ def file_lock(path: Path, on_wait=None):
             os.close(fd)  # releases the lock
 
 
+def _lock_file(dispatcher, what: str) -> Path:
+    py = dispatcher.py_func
+    return configure() / f".{what}-{py.__module__}.{py.__qualname__}"
+
+
 def compiled(dispatcher, args: tuple):
     """numba's compile result of ``dispatcher`` for the argument types ``args``: loaded from the
-    cache, else compiled and stored there, under a lock of this function's cache entries.
-
-    numba's cache index of a function (one file for all its variants) is rewritten without a
-    lock by each process that adds a variant, so two processes storing different variants of
-    one function at once could lose one of them (compiled again by a later run); the lock (a
-    file beside the index, :func:`file_lock`) makes them take turns, and the one that waited
-    loads what the other stored.
-    """
+    cache, else compiled and stored there. Processes that need the same function at once take
+    turns (a lock file in the cache directory, :func:`file_lock`): one compiles, the others wait
+    and load what it stored."""
     cres = dispatcher.overloads.get(args)
     if cres is None:
-        path = configure()
-        name = f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}"
-        with file_lock(path / f".lock-{name}"):
+        with file_lock(_lock_file(dispatcher, "compile")):
             dispatcher.compile(args)
         cres = dispatcher.overloads[args]
     return cres
+
+
+def lock_cache_writes(namespace: dict) -> None:
+    """Make the cached numba functions among the values of ``namespace`` (a module's globals)
+    store their compiled variants in the cache one process at a time.
+
+    numba keeps one index file per function for all its variants and, to add one, reads the
+    index, picks the next free data-file name and writes both back, without a lock: two
+    processes adding different variants of one function at once could lose one of them (to be
+    compiled again by a later run) or both pick the same data-file name (one variant's machine
+    code filed under the other's signature). Each function's cache writes are therefore made
+    under its own lock file in the cache directory (:func:`file_lock`); a process reading the
+    index meanwhile sees the old or the new one (both are replaced atomically).
+    """
+    for obj in namespace.values():
+        cache = getattr(obj, "_cache", None)
+        save = getattr(cache, "save_overload", None)
+        if save is None or getattr(save, "locked_by_stcal_dask", False):
+            continue
+
+        def locked_save(sig, data, _save=save, _disp=obj):
+            with file_lock(_lock_file(_disp, "save")):
+                _save(sig, data)
+
+        locked_save.locked_by_stcal_dask = True
+        cache.save_overload = locked_save
