@@ -76,11 +76,13 @@ def index_input(path: str, index: int, out_wcs) -> tuple[rs.InputExposure, tuple
     return exp, rs.input_reach(exp.wcs, out_wcs, exp.shape)
 
 
-def write_tile(job: rs.TileJob, exposures, out_wcs, params, psr: float, variances, store: str):
-    """One tile task: drizzle the tile and write its block of every array; returns counts."""
+def write_tile(job: rs.TileJob, exposures, out_wcs, params, psr: float, variances, store: str,
+               pixmaps: dict | None = None):
+    """One tile task: drizzle the tile and write its block of every array; returns counts.
+    ``pixmaps``: input index -> its pixel-map file (:func:`.resample.write_pixmap`)."""
     import zarr
 
-    out = rs.drizzle_tile(job, exposures, out_wcs, params, psr, variances)
+    out = rs.drizzle_tile(job, exposures, out_wcs, params, psr, variances, pixmaps)
     y0, y1, x0, x1 = job.tile
     group = zarr.open_group(store, mode="r+")
     for name, arr in out.items():
@@ -226,8 +228,9 @@ def build_mosaic(
             partial = out.scratch(output.parent, output.name)
         else:
             partial = out.reserve(output, overwrite=overwrite)
+        pixmaps = out.scratch(output.parent, output.name + ".pixmaps")
         plan, counts = _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale,
-                              max_output_pixels, quiet)
+                              max_output_pixels, quiet, pixmaps)
     covered = int(sum(c for c, _ in counts))
     used = len(plan.exposures) - len(plan.skipped)
     return MosaicResult(output, plan.out_shape, len(plan.jobs), plan.tile, used,
@@ -236,11 +239,14 @@ def build_mosaic(
 
 
 def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, max_output_pixels,
-           quiet):
-    """The index, the plan, the store's metadata and the tile tasks (into ``partial``)."""
+           quiet, pixmaps: Path):
+    """The index, the plan, the store's metadata, one task per input writing its whole pixel
+    map once into the folder ``pixmaps`` (removed at the end) and the tile tasks, which read
+    their rectangles of those maps (into ``partial``)."""
     import dask
 
     from stcal_dask.engine.cluster import compute
+    from stcal_dask.io.atomic import remove_path
     from stcal_dask.io.zarr_store import consolidate_store
 
     if not paths:
@@ -281,15 +287,26 @@ def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, ma
     _create_store(partial, plan, {})
     shared_exps = dask.delayed(plan.exposures, traverse=False)
     shared_wcs = dask.delayed(out_wcs, traverse=False)
+    Path(pixmaps).mkdir()
+    maps = {
+        k: dask.delayed(rs.write_pixmap, pure=False)(
+            plan.exposures[k], shared_wcs, str(Path(pixmaps) / f"{k}.npy"),
+            dask_key_name=f"mosaic-pixmap-{k}-{token}",
+        )
+        for k in sorted({k for job in plan.jobs for k, _ in job.regions})
+    }
     tasks = [
         dask.delayed(write_tile, pure=False)(
             job, shared_exps, shared_wcs, plan.params, plan.pixel_scale_ratio,
-            plan.variances, str(partial),
+            plan.variances, str(partial), {k: maps[k] for k, _ in job.regions},
             dask_key_name=f"mosaic-tile-{i}-{token}",
         )
         for i, job in enumerate(plan.jobs)
     ]
-    counts = compute(*tasks, quiet=quiet, client=client)
+    try:
+        counts = compute(*tasks, quiet=quiet, client=client)
+    finally:
+        remove_path(pixmaps)
     consolidate_store(str(partial))
     return plan, counts
 

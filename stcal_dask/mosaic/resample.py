@@ -72,6 +72,7 @@ __all__ = [
     "plan_mosaic",
     "read_input_exposure",
     "tile_grid",
+    "write_pixmap",
 ]
 
 log = logging.getLogger(__name__)
@@ -586,6 +587,37 @@ class _TileState:
         )
 
 
+def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> str:
+    """One input's whole pixel map, computed once, into a ``.npy`` file (float64,
+    (ny, nx, 2)) that tile tasks read their rectangles of (:func:`drizzle_tile`'s ``pixmaps``).
+
+    Computed ``rows`` input rows at a time (the WCS evaluation's temporaries stay small); each
+    value equals :func:`stcal_dask.mosaic.alignment.calc_pixmap`'s for that pixel. Returns
+    ``str(path)``.
+    """
+    out_wcs = al.without_bounding_box(out_wcs)
+    ny, nx = exp.shape
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (ny, nx, 2)})
+        for y0 in range(0, ny, rows):
+            y1 = min(ny, y0 + rows)
+            block = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(y0, y1, 0, nx))
+            f.write(np.ascontiguousarray(block, dtype="<f8").tobytes())
+    return str(path)
+
+
+def _read_pixmap(path: str, region: tuple[int, int, int, int]) -> np.ndarray:
+    """The rectangle ``(y0, y1, x0, x1)`` of a :func:`write_pixmap` file (read, not kept
+    mapped)."""
+    y0, y1, x0, x1 = region
+    mapped = np.load(path, mmap_mode="r")
+    try:
+        return np.array(mapped[y0:y1, x0:x1], dtype=np.float64)
+    finally:
+        del mapped
+
+
 def _as_drizzled(a: np.ndarray) -> np.ndarray:
     return a
 
@@ -649,6 +681,7 @@ def drizzle_tile(
     params: ResampleParams,
     pixel_scale_ratio: float,
     variances: Sequence[str],
+    pixmaps: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Drizzle every input region of ``job`` in global order; the tile's output arrays.
 
@@ -661,6 +694,8 @@ def drizzle_tile(
     pixel_scale_ratio : output / first input's pixel scale (stcal's ``pixel_scale_ratio``).
     variances : names of the variance arrays to drizzle (each input has them, or the output of
         that variance is all NaN as in stcal).
+    pixmaps : input index -> :func:`write_pixmap` file of its whole pixel map, read instead of
+        evaluating the WCSs here (inputs not in it are mapped here).
 
     Returns
     -------
@@ -704,7 +739,10 @@ def drizzle_tile(
         if rnoise is None and params.weight_type == "ivm":
             rnoise = np.asarray(exp.arrays["var_rnoise"][win])
         weight = _driz_weight(exp, dq, rnoise, params.weight_type, good_bits)
-        pixmap = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(py0, py1, px0, px1))
+        if pixmaps and k in pixmaps:
+            pixmap = _read_pixmap(pixmaps[k], (py0, py1, px0, px1))
+        else:
+            pixmap = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(py0, py1, px0, px1))
         if state.origin != (0, 0):
             pixmap[..., 0] -= state.origin[1]
             pixmap[..., 1] -= state.origin[0]
