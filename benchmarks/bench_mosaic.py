@@ -83,9 +83,10 @@ STCAL_SCRIPT = textwrap.dedent(
 )
 
 
-def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, float]:
+def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, float, float]:
     """Run ``cmd``; (wall s, peak summed RSS of its tree in MiB, {pid: (name, peak RSS MiB)},
-    out, peak summed PSS of its tree in MiB)."""
+    out, peak summed PSS of its tree in MiB, CPU seconds of its tree (user + system, each
+    process's last polled value: a process living less than a poll is missed))."""
     peak = 0
     peak_pss = 0
     per: dict[int, list] = {}
@@ -103,8 +104,10 @@ def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, flo
         for p in procs:
             try:
                 full = p.memory_full_info()
+                cpu = p.cpu_times()
                 if p.pid not in per:
-                    per[p.pid] = [" ".join(p.cmdline()[:3])[:60], 0]
+                    per[p.pid] = [" ".join(p.cmdline()[:3])[:60], 0, 0.0]
+                per[p.pid][2] = cpu.user + cpu.system
             except psutil.Error:
                 continue
             total += full.rss
@@ -119,7 +122,7 @@ def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, flo
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out}")
     return (wall, peak / 2**20, {k: (v[0], v[1] / 2**20) for k, v in per.items()}, out,
-            peak_pss / 2**20)
+            peak_pss / 2**20, sum(v[2] for v in per.values()))
 
 
 def make_inputs(work: Path, n: int, size: int, seed: int = 0) -> list[Path]:
@@ -212,14 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     results["ours"] = run_tree([exe, "mosaic", *map(str, inputs), "--wcs", str(wcs_file), "-o",
                                 str(ours), "--no-quicklook"], cwd=work)
     print(results["ours"][3].strip().splitlines()[-2], flush=True)
-    for name, (wall, peak, _, _, pss) in results.items():
-        print(f"{name:6s} wall {wall:7.1f} s   peak RSS (process tree) {peak:8.0f} MiB   "
-              f"peak PSS {pss:8.0f} MiB")
+    for name, (wall, peak, per, _, pss, cpu) in results.items():
+        print(f"{name:6s} wall {wall:7.1f} s   CPU {cpu:7.1f} s   peak RSS (process tree) "
+              f"{peak:8.0f} MiB   peak PSS {pss:8.0f} MiB; process peaks (RSS MiB): "
+              + ", ".join(f"{v[1]:.0f}" for v in sorted(per.values(), key=lambda v: -v[1])))
     if "stcal" in results:
-        ws, ps, _, _, qs = results["stcal"]
-        wo, po, _, _, qo = results["ours"]
+        ws, ps, _, _, qs, cs = results["stcal"]
+        wo, po, _, _, qo, co = results["ours"]
         print(f"ratios: ours is {ws / wo:.2f}x faster, uses {po / ps:.2f} of stcal's peak RSS "
-              f"({qo / qs:.2f} of its peak PSS)")
+              f"({qo / qs:.2f} of its peak PSS), {co / cs:.2f} of its CPU seconds; load "
+              f"average now {os.getloadavg()[0]:.1f}")
         print(compare(ours, work / "stcal_i2d.fits"))
     if not args.skip_big:
         big = work / "big_i2d.zarr"
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         shape_opts = (["--resample.output_shape", ",".join(map(str, args.big_shape))]
                       if args.big_shape
                       else ["--resample.pixel_scale_ratio", str(args.big_ratio)])
-        wall, peak, per, out, _ = run_tree(
+        wall, peak, per, out, _, _ = run_tree(
             [exe, "mosaic", *map(str, inputs), "-o", str(big), "--no-quicklook", *shape_opts,
              "--n-workers", "2", "--threads-per-worker", "1", "--memory-limit",
              args.big_memory], cwd=work)

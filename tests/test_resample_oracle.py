@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 import pytest
-from resample_field import make_field, mosaic_wcs, oracle, tiled, ulp_diff
+from resample_field import PSCALE, make_field, mosaic_wcs, oracle, tiled, ulp_diff
 
 from stcal_dask.mosaic import resample as rs
 
@@ -274,3 +274,33 @@ def test_window_coordinates_when_lazy_arrays_are_refused(plain_field, monkeypatc
     monkeypatch.setattr(mmap, "mmap", refuse)
     res, plan = tiled(exps, out, params, (29, 23))
     _compare(res, ref, params, edge_band=True)
+
+
+def test_pixmap_file_equals_calc_pixmap(plain_field, tmp_path):
+    """An input's whole pixel map written once (row blocks) equals calc_pixmap's, and tiles
+    reading their rectangles of it equal stcal's Resample."""
+    from resample_field import exposures
+
+    from stcal_dask.mosaic import alignment as al
+
+    exps = plain_field
+    out = mosaic_wcs(exps)
+    ins = exposures(exps)
+    files = {}
+    for e in ins:
+        files[e.index] = rs.write_pixmap(e, out, tmp_path / f"{e.index}.npy", rows=7)
+        full = al.calc_pixmap(e.wcs, al.without_bounding_box(out), e.shape)
+        np.testing.assert_array_equal(np.load(files[e.index]), full)
+    params = rs.ResampleParams()
+    ref = oracle(exps, out, params)
+    plan = rs.plan_mosaic(ins, out, params, tile=(29, 23), output_pixel_scale=PSCALE)
+    ny, nx = plan.out_shape
+    res = {"sci": np.zeros((ny, nx), np.float32), "wht": np.zeros((ny, nx), np.float32)}
+    for job in plan.jobs:
+        t = rs.drizzle_tile(job, plan.exposures, out, params, plan.pixel_scale_ratio,
+                            plan.variances, pixmaps=files)
+        y0, y1, x0, x1 = job.tile
+        for name in res:
+            res[name][y0:y1, x0:x1] = t[name]
+    assert ulp_diff(res["sci"], ref["data"]).max() == 0
+    assert ulp_diff(res["wht"], ref["wht"]).max() == 0

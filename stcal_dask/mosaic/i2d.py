@@ -150,10 +150,17 @@ def _create_store(partial: Path, plan: rs.MosaicPlan, extra_attrs: dict) -> list
     return names
 
 
+TILE_TASK_BUDGET = 128 * 2**20
+"""Most bytes an automatically sized tile task is planned to use (about 900 x 900 output
+pixels): larger tiles only hold more memory. Each input's pixel map is computed once, not per
+tile, so smaller tiles add little work (their inputs' rectangles overlap by the kernel's reach
+and the index grid)."""
+
+
 def _cluster_shape(client) -> tuple[int, int]:
     """(bytes one tile task may use: a quarter of a worker thread's share of its memory limit,
-    total threads)."""
-    default = 256 * 2**20
+    at most :data:`TILE_TASK_BUDGET`; total threads)."""
+    default = TILE_TASK_BUDGET
     if client is None:
         return default, os.cpu_count() or 1
     try:
@@ -163,7 +170,8 @@ def _cluster_shape(client) -> tuple[int, int]:
         threads = sum(int(w["nthreads"]) for w in workers) or 1
     except Exception:  # an unusual scheduler: fall back to the defaults
         return default, 1
-    return (int(min(per_thread) / 4) if per_thread else default), threads
+    budget = int(min(per_thread) / 4) if per_thread else default
+    return min(budget, TILE_TASK_BUDGET), threads
 
 
 def _auto_tile(shape, budget: int, threads: int, n_inputs: int) -> tuple[int, int]:

@@ -7,12 +7,13 @@ tiles (the chunks of the output zarr arrays) and each tile is one task that
 
 1. takes, in the **global input order**, every exposure the tile index says touches it,
 2. reads only the rectangle of that exposure whose pixels can land on the tile (plus the two-pixel
-   border drizzle's square kernel interpolates corners from), computes the pixel map of that
-   rectangle alone (:func:`stcal_dask.mosaic.alignment.calc_pixmap`, NaN outside the exposure's
-   bounding box, as stcal), and drizzles it with ``drizzle`` onto a *window*: the tile plus a
-   halo wider than the kernel's reach (drizzle only visits input pixels whose centres fall on its
-   output array, so a pixel centred just outside the tile but overlapping it must still land on
-   the window),
+   border drizzle's square kernel interpolates corners from) and the pixel map of that
+   rectangle (:func:`stcal_dask.mosaic.alignment.calc_pixmap`, NaN outside the exposure's
+   bounding box, as stcal; read from the exposure's whole map, :func:`write_pixmap`, computed
+   once by one task per input, or computed for the rectangle alone), and drizzles it with
+   ``drizzle`` onto a *window*: the tile plus a halo wider than the kernel's reach (drizzle
+   only visits input pixels whose centres fall on its output array, so a pixel centred just
+   outside the tile but overlapping it must still land on the window),
 3. advances the context id for every exposure that does not touch it (context bits are numbered
    globally, exposure k sets bit k as in stcal),
 4. combines the variances exactly as stcal does pixel by pixel, crops the window to the tile and
