@@ -129,14 +129,9 @@ def _shifted(w, dx, dy):
     return out
 
 
-@pytest.mark.parametrize("eps", [0.03, 0.045])
-@pytest.mark.parametrize("side", ["far", "near"])
-def test_outer_edge_clip_identical(side, eps):
-    """A row and a column of input pixels centred ``eps`` pixel beyond the output's outer edges
-    (inputs aligned with the output, the output cutting through them): whether drizzle visits
-    them hangs on its clip polygon, which stcal computes from the whole exposure. Before tiles
-    on an outer edge gave drizzle the whole exposure's rectangle, tens of pixels along the edge
-    differed (weights and means) for 29 x 23 and 40 x 37 tiles."""
+def _edge_case(side, eps):
+    """Inputs aligned with an output that cuts through them, a row and a column of input 0
+    centred ``eps`` pixel beyond the output's far (or near) sides."""
     from stcal_dask.mosaic import alignment as al
 
     exps = make_field(4, seed=5, shape=(90, 80))
@@ -152,7 +147,18 @@ def test_outer_edge_clip_identical(side, eps):
     else:  # input 0's row/column 30 moved eps beyond the near sides (x, y = -0.5)
         dy = -0.5 - eps - pm[30, 40, 1]
         dx = -0.5 - eps - pm[45, 30, 0]
-    out = _shifted(base, dx, dy)
+    return exps, _shifted(base, dx, dy)
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.045])
+@pytest.mark.parametrize("side", ["far", "near"])
+def test_outer_edge_clip_identical(side, eps):
+    """A row and a column of input pixels centred ``eps`` pixel beyond the output's outer edges
+    (inputs aligned with the output, the output cutting through them): whether drizzle visits
+    them hangs on its clip polygon, which stcal computes from the whole exposure. Before tiles
+    on an outer edge gave drizzle the whole exposure's rectangle, tens of pixels along the edge
+    differed (weights and means) for 29 x 23 and 40 x 37 tiles."""
+    exps, out = _edge_case(side, eps)
     params = rs.ResampleParams()
     ref = oracle(exps, out, params)
     for tile in [TILINGS[0], (40, 37), TILINGS[2]]:
@@ -276,24 +282,26 @@ def test_window_coordinates_when_lazy_arrays_are_refused(plain_field, monkeypatc
     _compare(res, ref, params, edge_band=True)
 
 
-def test_pixmap_file_equals_calc_pixmap(plain_field, tmp_path):
+def test_pixmap_file_equals_calc_pixmap(tmp_path):
     """An input's whole pixel map written once (row blocks) equals calc_pixmap's, and tiles
-    reading their rectangles of it equal stcal's Resample."""
+    reading their rectangles of it (and, on the outer edge, the values drizzle's clip reads)
+    equal stcal's Resample."""
     from resample_field import exposures
 
     from stcal_dask.mosaic import alignment as al
 
-    exps = plain_field
-    out = mosaic_wcs(exps)
-    ins = exposures(exps)
+    exps, out = _edge_case("far", 0.03)
+    params = rs.ResampleParams()
+    plan = rs.plan_mosaic(exposures(exps), out, params, tile=(29, 23),
+                          output_pixel_scale=PSCALE)
+    assert any(j.whole for j in plan.jobs)
     files = {}
-    for e in ins:
+    for e in plan.exposures:
         files[e.index] = rs.write_pixmap(e, out, tmp_path / f"{e.index}.npy", rows=7)
         full = al.calc_pixmap(e.wcs, al.without_bounding_box(out), e.shape)
-        np.testing.assert_array_equal(np.load(files[e.index]), full)
-    params = rs.ResampleParams()
+        np.testing.assert_array_equal(np.load(files[e.index].path), full)
+        assert (files[e.index].clip is None) == (not any(e.clip.sides))
     ref = oracle(exps, out, params)
-    plan = rs.plan_mosaic(ins, out, params, tile=(29, 23), output_pixel_scale=PSCALE)
     ny, nx = plan.out_shape
     res = {"sci": np.zeros((ny, nx), np.float32), "wht": np.zeros((ny, nx), np.float32)}
     for job in plan.jobs:

@@ -55,9 +55,9 @@ class ClipReads(NamedTuple):
     sides: tuple[bool, bool, bool, bool]
     """(x low, x high, y low, y high): output sides the input's mapped rectangle reaches or
     crosses (the clip then places polygon vertices on that side)."""
-    pixels: np.ndarray
-    """(n, 2) int64: (row, column) of every pixel-map value evaluated."""
-    values: np.ndarray
+    pixels: np.ndarray | None
+    """(n, 2) int64: (row, column) of every pixel-map value evaluated (None: sides only)."""
+    values: np.ndarray | None
     """(n, 2) float64: the pixel map (x, y) at those pixels (NaN outside the bounding box)."""
 
 
@@ -261,6 +261,8 @@ def clip_reads(
     rect: tuple[int, int, int, int],
     out_shape: tuple[int, int],
     unclipped_sides: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    *,
+    sides_only: bool = False,
 ) -> ClipReads | None:
     """Model drizzle's clip of one whole input to the output and collect the values it reads.
 
@@ -276,6 +278,8 @@ def clip_reads(
     unclipped_sides : the ``sides`` to report when a corner of the rectangle maps to NaN:
         drizzle then clips nothing and visits every input pixel, so the output sides the input's
         pixels reach matter (the caller knows them; default all).
+    sides_only : only find which sides clip the input (no inversion: ``pixels`` and ``values``
+        are None); a handful of map evaluations instead of hundreds.
 
     Returns
     -------
@@ -300,6 +304,8 @@ def clip_reads(
         xs = [v[0] for v in mapped]
         ys = [v[1] for v in mapped]
         sides = (min(xs) <= -0.5, max(xs) >= ox - 0.5, min(ys) <= -0.5, max(ys) >= oy - 0.5)
+        if sides_only:
+            return ClipReads(xmin, xmax, ymin, ymax, sides, None, None)
         window = [(-0.5, -0.5), (ox - 0.5, -0.5), (ox - 0.5, oy - 0.5), (-0.5, oy - 0.5)]
         clipped = _clip(list(mapped), window)
         for v in clipped or ():

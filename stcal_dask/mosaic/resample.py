@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_PIXELS",
     "KERNELS",
     "InputExposure",
+    "PixelMapFile",
     "MosaicPlan",
     "ResampleParams",
     "TileJob",
@@ -375,7 +376,8 @@ class InputReach(NamedTuple):
     size: float
     """Largest input pixel size in output pixels."""
     clip: Any = None
-    """:class:`stcal_dask.mosaic.drizzle_clip.ClipReads` (None without an output shape)."""
+    """:class:`stcal_dask.mosaic.drizzle_clip.ClipReads`, sides only (None without an output
+    shape)."""
 
 
 def output_shape(out_wcs) -> tuple[int, int] | None:
@@ -407,7 +409,7 @@ def input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP) -> InputReach:
         clip = clip_reads(
             lambda x, y: al.map_pixels(in_wcs, to, x, y),
             tuple(shape), _resample_range(tuple(shape), _bbox_f(in_wcs)), oshape,
-            unclipped_sides=reach,
+            unclipped_sides=reach, sides_only=True,
         )
     return InputReach(in_boxes, out_boxes, valid, size, clip)
 
@@ -588,14 +590,37 @@ class _TileState:
         )
 
 
-def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> str:
+class PixelMapFile(NamedTuple):
+    """An input's whole pixel map on disk (:func:`write_pixmap`)."""
+
+    path: str
+    clip: Any = None
+    """:class:`stcal_dask.mosaic.drizzle_clip.ClipReads` with the values drizzle's clip of the
+    whole input reads (None when no output side clips the input)."""
+
+
+def _clip_values(exp: InputExposure, out_shape, fetch):
+    """``exp.clip`` completed with the pixel-map values drizzle's clip reads (None when no
+    side clips the input)."""
+    from stcal_dask.mosaic.drizzle_clip import clip_reads
+
+    if exp.clip is None or not any(exp.clip.sides):
+        return None
+    full = clip_reads(fetch, tuple(exp.shape), _resample_range(exp.shape, _bbox_f(exp.wcs)),
+                      out_shape, exp.clip.sides)
+    return None if full is None else full._replace(sides=exp.clip.sides)
+
+
+def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> PixelMapFile:
     """One input's whole pixel map, computed once, into a ``.npy`` file (float64,
     (ny, nx, 2)) that tile tasks read their rectangles of (:func:`drizzle_tile`'s ``pixmaps``).
 
     Computed ``rows`` input rows at a time (the WCS evaluation's temporaries stay small); each
-    value equals :func:`stcal_dask.mosaic.alignment.calc_pixmap`'s for that pixel. Returns
-    ``str(path)``.
+    value equals :func:`stcal_dask.mosaic.alignment.calc_pixmap`'s for that pixel. When an
+    output side clips the input, the values drizzle's clip of the whole input reads are taken
+    from the file too (:func:`stcal_dask.mosaic.drizzle_clip.clip_reads`).
     """
+    out_shape = output_shape(out_wcs)
     out_wcs = al.without_bounding_box(out_wcs)
     ny, nx = exp.shape
     with open(path, "wb") as f:
@@ -605,7 +630,21 @@ def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> str:
             y1 = min(ny, y0 + rows)
             block = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(y0, y1, 0, nx))
             f.write(np.ascontiguousarray(block, dtype="<f8").tobytes())
-    return str(path)
+    return PixelMapFile(str(path), _clip_values(exp, out_shape, _file_values(str(path))))
+
+
+def _file_values(path: str):
+    """``fetch(x, y)`` of pixel-map values from a :func:`write_pixmap` file."""
+
+    def fetch(x, y):
+        mapped = np.load(path, mmap_mode="r")
+        try:
+            v = np.array(mapped[np.asarray(y, np.intp), np.asarray(x, np.intp)])
+        finally:
+            del mapped
+        return v[:, 0], v[:, 1]
+
+    return fetch
 
 
 def _read_pixmap(path: str, region: tuple[int, int, int, int]) -> np.ndarray:
@@ -634,9 +673,9 @@ class _WholeInput:
     clips the input exactly as on stcal's whole mosaic.
     """
 
-    def __init__(self, exp: InputExposure, mapped, drizzled):
+    def __init__(self, exp: InputExposure, clip, mapped, drizzled):
         self.shape = tuple(exp.shape)
-        self.clip = exp.clip
+        self.clip = clip
         self.exp = exp
         py0, py1, px0, px1 = mapped
         self.win = (slice(py0, py1), slice(px0, px1))
@@ -695,8 +734,8 @@ def drizzle_tile(
     pixel_scale_ratio : output / first input's pixel scale (stcal's ``pixel_scale_ratio``).
     variances : names of the variance arrays to drizzle (each input has them, or the output of
         that variance is all NaN as in stcal).
-    pixmaps : input index -> :func:`write_pixmap` file of its whole pixel map, read instead of
-        evaluating the WCSs here (inputs not in it are mapped here).
+    pixmaps : input index -> :class:`PixelMapFile` of its whole pixel map (:func:`write_pixmap`),
+        read instead of evaluating the WCSs here (inputs not in it are mapped here).
 
     Returns
     -------
@@ -740,8 +779,9 @@ def drizzle_tile(
         if rnoise is None and params.weight_type == "ivm":
             rnoise = np.asarray(exp.arrays["var_rnoise"][win])
         weight = _driz_weight(exp, dq, rnoise, params.weight_type, good_bits)
-        if pixmaps and k in pixmaps:
-            pixmap = _read_pixmap(pixmaps[k], (py0, py1, px0, px1))
+        entry = pixmaps.get(k) if pixmaps else None
+        if entry is not None:
+            pixmap = _read_pixmap(entry.path, (py0, py1, px0, px1))
         else:
             pixmap = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(py0, py1, px0, px1))
         if state.origin != (0, 0):
@@ -763,8 +803,14 @@ def drizzle_tile(
         }
         frame = _as_drizzled
         if k in job.whole and exp.clip is not None and state.origin == (0, 0):
-            frame = _WholeInput(exp, (py0, py1, px0, px1), (ry0, ry1, rx0, rx1))
-            kwargs.update(frame.kwargs(pixmap, weight))
+            if entry is not None:
+                clip = entry.clip
+            else:  # no pixel-map file: the values the clip reads are evaluated here
+                clip = _clip_values(exp, out_shape, lambda x, y, e=exp: al.map_pixels(
+                    e.wcs, out_wcs, x, y))
+            if clip is not None:
+                frame = _WholeInput(exp, clip, (py0, py1, px0, px1), (ry0, ry1, rx0, rx1))
+                kwargs.update(frame.kwargs(pixmap, weight))
         state.driz.add_image(frame(data), **kwargs)
         if state.driz_err is not None:
             state.driz_err.add_image(frame(np.asarray(exp.arrays["err"][win])), **kwargs)
