@@ -354,6 +354,60 @@ def test_cli_run_with_snowballs_matches_stcal(tmp_path):
     np.testing.assert_array_equal(z["dq"].values, image["dq"])
 
 
+def test_cli_zarr_nircam_instrument_defaults_match_stcal(tmp_path):
+    """A zarr ramp store whose ``INSTRUME`` attr is NIRCAM, run with ``--instrument-defaults``
+    (snowball flagging on, as JWST's NIRCam jump parameters), zarr in and FITS + zarr out: GROUPDQ
+    and PIXELDQ equal stcal's detect_jumps_data with snowballs and the rate (DQ bit for bit, SCI
+    within 1e-5) its OLS fit of that GROUPDQ; without the option no snowball is flagged."""
+    import xarray as xr
+    import zarr
+    from astropy.io import fits
+    from oracle_ramp import run_stcal
+
+    from stcal_dask.cli import main
+    from stcal_dask.kernels.ramp_fit import RampFitParams, RampTiming
+
+    store = tmp_path / "nrc.zarr"
+    local = ["--scheduler", "threads", "--quiet"]
+    assert main(["simulate", str(store), "--shape", "2x6x40x48", "--seed", "7", "--cr-rate",
+                 "0.05", *local]) == 0
+    zarr.open_group(str(store), mode="r+").attrs["INSTRUME"] = "NIRCAM"
+    before = {f: f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()}
+    outs = {}
+    for name, extra in (("defaults", ["--instrument-defaults"]), ("plain", [])):
+        out = outs[name] = tmp_path / name
+        out.mkdir()
+        assert main(["run", str(store), "--output-dir", str(out), "--format", "both",
+                     "--save-jump", "--tile", "16x20", *extra, *local]) == 0
+    assert {f: f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file()} == before
+    ds = xr.open_zarr(store, consolidated=False)
+    data, gdq = ds["sci"].values, ds["groupdq"].values
+    pdq, g, rn = ds["pixeldq"].values, ds["gain"].values, ds["readnoise"].values
+    a = ds.attrs
+    jgdq, jpdq, _, n = run_stcal_jump(data, gdq, pdq, g, rn,
+                                      params=jk.JumpParams(expand_large_events=True),
+                                      nframes=a["NFRAMES"], group_time=a["TGROUP"],
+                                      extended=True)
+    assert n > 0
+    out = outs["defaults"]
+    for got in (fits.getdata(out / "nrc_jump.fits", "GROUPDQ"),
+                xr.open_zarr(out / "nrc_jump.zarr", consolidated=False)["groupdq"].values):
+        np.testing.assert_array_equal(got, jgdq)
+    np.testing.assert_array_equal(fits.getdata(out / "nrc_jump.fits", "PIXELDQ"), jpdq)
+    plain = fits.getdata(outs["plain"] / "nrc_jump.fits", "GROUPDQ")
+    assert (plain != jgdq).any()  # the defaults did turn snowballs on
+    timing = RampTiming(a["TFRAME"], a["TGROUP"], a["NFRAMES"], a["GROUPGAP"], a["DRPFRMS1"])
+    image, _, _ = run_stcal(data, jgdq, jpdq, g, rn, params=RampFitParams(), timing=timing)
+    ok = ~np.isnan(image["slope"])
+    for sci, dq in ((fits.getdata(out / "nrc_rate.fits", "SCI"),
+                     fits.getdata(out / "nrc_rate.fits", "DQ")),
+                    (xr.open_zarr(out / "nrc_rate.zarr")["sci"].values,
+                     xr.open_zarr(out / "nrc_rate.zarr")["dq"].values)):
+        np.testing.assert_array_equal(dq, image["dq"])
+        np.testing.assert_array_equal(np.isnan(sci), ~ok)
+        np.testing.assert_allclose(sci[ok], image["slope"][ok], rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # the shower search's fast paths against the step-by-step computations they replace
 
