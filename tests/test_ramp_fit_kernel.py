@@ -832,9 +832,9 @@ def test_tiling_bit_identical(data, suppress):
 
 
 def _mixed_clean_tile(nints, ngroups, seed):
-    """A tile where most pixels carry no flag at all (the row-wise path) among pixels that need
-    the flag rules: NaN/inf samples, bad gains, DO_NOT_USE/SATURATED/other pixel DQ bits,
-    flagged groups; varied flux (negative too), read noise and dark current."""
+    """A tile where most pixels carry no flag but JUMP_DET (the row-wise path) among pixels
+    that need the flag rules: NaN/inf samples, bad gains, DO_NOT_USE/SATURATED/other pixel DQ
+    bits, other flagged groups; varied flux (negative too), read noise and dark current."""
     rng = np.random.default_rng(seed)
     ny, nx = 7, 45
     shape = (nints, ngroups, ny, nx)
@@ -846,6 +846,10 @@ def _mixed_clean_tile(nints, ngroups, seed):
     gdq = np.zeros(shape, np.uint8)
     u = rng.random(shape)
     gdq[u < 0.01] = dqflags.JUMP_DET
+    # pixels whose only flag is JUMP_DET (fitted row-wise too): one or more jumps, consecutive
+    # ones, at group 0, on the last group, leaving fewer than two unflagged groups
+    jumpy = rng.random((ny, nx)) < 0.5
+    gdq[(rng.random(shape) < 0.2) & jumpy] = dqflags.JUMP_DET
     gdq[u > 0.99] = dqflags.SATURATED
     pdq = rng.choice(np.array([0, 0, 0, 0, dqflags.DO_NOT_USE, dqflags.SATURATED, 16],
                               np.uint32), (ny, nx))  # fmt: skip
@@ -860,9 +864,10 @@ def _mixed_clean_tile(nints, ngroups, seed):
                                             (1, 14), (1, 33), (1, 34)])  # fmt: skip
 @pytest.mark.parametrize("weighting", ["readnoise", "combined"])
 def test_flag_free_pixels_row_wise_equal_pixel_by_pixel(nints, ngroups, weighting):
-    """Flag-free pixels are fitted a row at a time (not with ``save_opt``, whose extra
-    products only the pixel-by-pixel code makes); both give the same rate and rateints bit
-    for bit, on every kind of pixel and shape (up to 33 groups row-wise, 34 pixel by pixel)."""
+    """Pixels with no flag but JUMP_DET are fitted a row at a time (not with ``save_opt``,
+    whose extra products only the pixel-by-pixel code makes); both give the same rate and
+    rateints bit for bit, on every kind of pixel and shape (up to 33 groups row-wise, 34 pixel
+    by pixel)."""
     data, gdq, pdq, gain, rn, dark = _mixed_clean_tile(nints, ngroups, seed=nints * 100 + ngroups)
     timing = RampTiming(10.6, 21.2, 2)
     out = {}

@@ -17,16 +17,17 @@ the branch-free median networks shared with the jump kernel
 (:func:`stcal_dask.kernels._median_numba.median_prefix`); the fitopt-only quantities of a
 segment (sigslope, yint, sigyint) are computed only when the fitopt product is asked for.
 
-Layout: rows are visited in order. The pixels of a row that need none of the flag rules (no
-group DQ bit, a positive gain, no DO_NOT_USE/SATURATED pixel DQ, finite samples; 2..33 groups;
-not with ``save_opt``) are fitted first, all together (:func:`_clean_row`: loops over pixels
+Layout: rows are visited in order. The pixels of a row that need none of the flag rules but
+the JUMP_DET segmentation (no group DQ bit but JUMP_DET, two unflagged groups or more per
+integration, a positive gain, no DO_NOT_USE/SATURATED pixel DQ, finite samples; 2..33 groups;
+not with ``save_opt``) are fitted first, all together (:func:`_lane_row`: loops over pixels
 innermost, the median rate from the lane medians of
-:func:`~stcal_dask.kernels._median_numba.lane_mid`), with the same operations in the same
-order as the per-pixel code. The other pixels are visited in C order (:func:`_pixel_row`);
-a pixel's (nints, ngroups) samples are read straight from the cube into a small per-pixel scratch
-(:class:`PixelScratch`): nints * ngroups sequential streams, one per group plane, which is
-faster than first transposing each row into a pixel-major buffer. Memory besides the outputs is
-O(nx * nints * ngroups).
+:func:`~stcal_dask.kernels._median_numba.lane_mid`, segments found pixel by pixel), with the
+same operations in the same order as the per-pixel code. The other pixels are visited in C
+order (:func:`_pixel_row`); a pixel's (nints, ngroups) samples are read straight from the cube
+into a small per-pixel scratch (:class:`PixelScratch`): nints * ngroups sequential streams, one
+per group plane, which is faster than first transposing each row into a pixel-major buffer.
+Memory besides the outputs is O(nx * nints * ngroups).
 """
 
 from __future__ import annotations
@@ -314,6 +315,35 @@ def _weight_table(ngroups):
     return table
 
 
+@numba.njit(**_JIT, inline="always")
+def _weighted_sums(d, base, start, length, rn, gain, invrn2, wtab):
+    """The optimal-weighting sums ``(sumw, sumx, sumxx, sumy, sumxy)`` of the segment
+    ``[start, start + length)`` (length >= 3) of the samples ``d[base:]`` (NaN taken as 0):
+    the exponent from the segment's signal-to-noise ratio (first and last samples), weights
+    ``wtab[p, length, k] * invrn2`` (``invrn2`` = 1 / RN^2) at x = k + start."""
+    first = d[base + start]
+    last = d[base + start + length - 1]
+    pidx = _snr_power_index(_snr(last - first, rn, gain))
+    sumw = 0.0
+    sumx = 0.0
+    sumxx = 0.0
+    sumy = 0.0
+    sumxy = 0.0
+    for k in range(length):
+        w = wtab[pidx, length, k] * invrn2
+        xval = float(k) + float(start)
+        v = d[base + start + k]
+        if math.isnan(v):
+            v = 0.0
+        xwt = xval * w
+        sumw += w
+        sumx += xwt
+        sumxx += xval * xwt
+        sumy += v * w
+        sumxy += v * xwt
+    return sumw, sumx, sumxx, sumy, sumxy
+
+
 @numba.njit(**_JIT)
 def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wtab, out,
                  need_opt):
@@ -338,28 +368,8 @@ def _fit_segment(d, base, start, length, timing1, rn, gain, dark, mrate, tg, wta
             out[5] = d1 * (1.0 - second) + d0 * second
             out[6] = out[1]
     else:
-        # optimal-weighting exponent from the segment's signal-to-noise ratio
-        first = d[base + start]
-        last = d[base + start + length - 1]
-        pidx = _snr_power_index(_snr(last - first, rn, gain))
-        invrn2 = 1.0 / (rn * rn)
-        sumw = 0.0
-        sumx = 0.0
-        sumxx = 0.0
-        sumy = 0.0
-        sumxy = 0.0
-        for k in range(length):
-            w = wtab[pidx, length, k] * invrn2
-            xval = float(k) + float(start)
-            v = d[base + start + k]
-            if math.isnan(v):
-                v = 0.0
-            xwt = xval * w
-            sumw += w
-            sumx += xwt
-            sumxx += xval * xwt
-            sumy += v * w
-            sumxy += v * xwt
+        sumw, sumx, sumxx, sumy, sumxy = _weighted_sums(d, base, start, length, rn, gain,
+                                                        1.0 / (rn * rn), wtab)  # fmt: skip
         den = sumw * sumxx - sumx * sumx
         num = sumw * sumxy - sumx * sumy
         invden = 1.0 / den
@@ -442,205 +452,301 @@ def _exposure(rate_p, rate_r, rate_num, rate_den, unusable, combined):
 
 
 # ------------------------------------------------------------------------------------------------
-# flag-free pixels, a row at a time
+# pixels with no flag but JUMP_DET, a row at a time
 
 
 @numba.njit(**_JIT, inline="always")
-def _clean_lanes(inp, y, lane):
-    """Put the columns of row ``y`` that need none of the flag rules in ``lane``; returns how
-    many. Such a pixel has no group DQ bit in any integration, a positive gain, no DO_NOT_USE
-    or SATURATED pixel DQ bit and finite samples (found by an OR of the group DQ and a sum that
-    is NaN where a sample is not finite)."""
+def _lane_pixels(inp, y, ok):
+    """Set ``ok[x]`` for the columns of row ``y`` that the row-wise fit takes; returns how many.
+
+    Such a pixel needs none of the flag rules but the JUMP_DET segmentation: its group DQ has
+    no bit but JUMP_DET; every integration has at least two groups without any bit (so it has a
+    segment of two groups or more and keeps no one-group segment, and neither
+    suppress_one_group, the group-0 timing nor the ZEROFRAME applies); its gain is positive,
+    its pixel DQ has neither DO_NOT_USE nor SATURATED, and its samples are finite (a sum that
+    is NaN where one is not)."""
     nints, ngroups, ny, nx = inp.data.shape
     orr = np.zeros(nx, dtype=np.uint32)
     bad = np.zeros(nx, dtype=np.float32)
+    few = np.zeros(nx, dtype=np.bool_)
+    ngood = np.empty(nx, dtype=np.int64)
     for i in range(nints):
+        for x in range(nx):
+            ngood[x] = 0
         for k in range(ngroups):
             grow = inp.groupdq[i, k, y]
             drow = inp.data[i, k, y]
             for x in range(nx):
-                orr[x] |= grow[x]
+                q = grow[x]
+                orr[x] |= q
+                ngood[x] += q == 0
                 bad[x] += drow[x] * np.float32(0.0)
+        for x in range(nx):
+            few[x] |= ngood[x] < 2
     nl = 0
     for x in range(nx):
         g = inp.gain[y, x]
-        if orr[x] == 0 and bad[x] == 0.0 and g > 0.0 and (inp.pixeldq[y, x] & _INVALID) == 0:
-            lane[nl] = x
-            nl += 1
+        use = ((orr[x] | _JUMP) == _JUMP) & (not few[x]) & (bad[x] == 0.0) & (g > 0.0) & (
+            (inp.pixeldq[y, x] & _INVALID) == 0)
+        ok[x] = use
+        nl += use
     return nl
 
 
 @numba.njit(**_JIT, inline="always")
-def _clean_median_rate(dd, nints, ngroups, nl, tg, mid):
-    """(nl,) median rate of the lanes: per integration the median of the first differences of
-    the rates (``mid``, the float64 lane function of ngroups - 1 values keeping every value, see
-    :func:`~stcal_dask.kernels._median_numba.lane_mid`), NaN counted as 0,
-    averaged over the integrations."""
+def _lane_median_rate(data, groupdq, y, tg, mid):
+    """(nx,) median rate of every column of row ``y``: per integration the median of the first
+    differences of the rates whose later group has no JUMP_DET (``mid``, the float64 lane
+    function of ngroups - 1 values keeping every value, see
+    :func:`~stcal_dask.kernels._median_numba.lane_mid`, with NaN in the places of the others),
+    NaN counted as 0, averaged over the integrations (meaningful where :func:`_lane_pixels`
+    takes the pixel)."""
+    nints, ngroups, ny, nx = data.shape
     nm = ngroups - 1
-    mpl = np.empty((nm, nl), dtype=np.float64)
+    mpl = np.empty((nm, nx), dtype=np.float64)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(mpl)
-    mrate = np.zeros(nl, dtype=np.float64)
+    mrate = np.zeros(nx, dtype=np.float64)
+    r0 = np.empty(nx, dtype=np.float64)
+    r1 = np.empty(nx, dtype=np.float64)
     for i in range(nints):
-        base = i * ngroups
+        a = data[i, 0, y]
+        for x in range(nx):
+            r0[x] = np.float64(a[x]) / tg
         for k in range(nm):
-            a = dd[base + k]
-            b = dd[base + k + 1]
+            # each group's rate is divided once, then used by both of its differences
+            b = data[i, k + 1, y]
+            jb = groupdq[i, k + 1, y]
             out = mpl[k]
-            for m in range(nl):
-                out[m] = b[m] / tg - a[m] / tg
-        mid(mpl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
-        for m in range(nl):
-            mi = (lo[m] + hi[m]) / 2.0
-            mrate[m] += 0.0 if math.isnan(mi) else mi
-    for m in range(nl):
-        mrate[m] = mrate[m] / float(nints)
+            for x in range(nx):
+                rb = np.float64(b[x]) / tg
+                r1[x] = rb
+                out[x] = np.nan if (jb[x] & _JUMP) != 0 else rb - r0[x]
+            r0, r1 = r1, r0
+        mid(mpl, spl, nx, nuse, mxv, mnv, cnt, lo, hi)
+        for x in range(nx):
+            mi = (lo[x] + hi[x]) / 2.0
+            mrate[x] += 0.0 if math.isnan(mi) else mi
+    for x in range(nx):
+        mrate[x] = mrate[x] / float(nints)
     return mrate
 
 
 @numba.njit(**_JIT, inline="always")
-def _clean_slopes(dd, base, ngroups, nl, g_l, rn_l, tg, wtab, slope, sums, pidx):
-    """Fill ``slope`` (nl,) with the slope of one integration (samples ``dd[base:base +
-    ngroups]``) of every lane: one segment of all groups, :func:`_fit_segment`'s arithmetic
-    with the lanes innermost. ``sums`` (6, >= nl) float64 and ``pidx`` (>= nl,) int64 are
-    scratch."""
-    if ngroups == 2:
-        for m in range(nl):
-            slope[m] = (dd[base + 1, m] - dd[base, m]) / tg
-        return
-    invrn2 = sums[0]
-    sw = sums[1]
-    sx = sums[2]
-    sxx = sums[3]
-    sy = sums[4]
-    sxy = sums[5]
-    for m in range(nl):
-        g = g_l[m]
-        rn = rn_l[m]
-        pidx[m] = _snr_power_index(_snr(dd[base + ngroups - 1, m] - dd[base, m], rn, g))
-        invrn2[m] = 1.0 / (rn * rn)
-        sw[m] = 0.0
-        sx[m] = 0.0
-        sxx[m] = 0.0
-        sy[m] = 0.0
-        sxy[m] = 0.0
-    for k in range(ngroups):
-        xval = float(k) + 0.0
-        v = dd[base + k]
-        for m in range(nl):
-            w = wtab[pidx[m], ngroups, k] * invrn2[m]
-            xwt = xval * w
-            sw[m] += w
-            sx[m] += xwt
-            sxx[m] += xval * xwt
-            sy[m] += v[m] * w
-            sxy[m] += v[m] * xwt
-    for m in range(nl):
-        den = sw[m] * sxx[m] - sx[m] * sx[m]
-        num = sw[m] * sxy[m] - sx[m] * sy[m]
-        invden = 1.0 / den
-        slope[m] = num * invden / tg
+def _segment_terms(slope, seglen, g, rnum12, dark, mrate, tg, combined):
+    """A segment's ``(1/var_r, 1/var_p or 0 when var_p <= 0, 1/(var_p + var_r), weighted
+    slope)`` from its slope and length (>= 2 groups, gain > 0): the variances of
+    :func:`_fit_segment` (``rnum12`` = 12 (RN / TGROUP)^2, as :func:`_rnoise_default` forms it)
+    and the terms :func:`_pixel_row` sums over an integration's segments, branch-free."""
+    vps = (mrate + dark if mrate > 0.0 else dark) / (tg * g * (seglen - 1.0))
+    vrs = rnum12 / ((seglen * seglen * seglen - seglen) * g * g)
+    ves = vps + vrs
+    ip = 1.0 / vps
+    return 1.0 / vrs, ip if vps > 0.0 else 0.0, 1.0 / ves, slope / (ves if combined else vrs)
 
 
 @numba.njit(**_JIT)
-def _clean_row(inp, st, times, y, wtab, rate, rateints, done, mid):
-    """Fit every pixel of row ``y`` that needs none of the flag rules (:func:`_clean_lanes`),
-    across the row's pixels at once (the loops over pixels are innermost and branch-light, so
-    that they vectorise); ngroups >= 2, without ``save_opt`` only.
+def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
+    """Fit every pixel of row ``y`` that needs no flag rule but the JUMP_DET segmentation
+    (:func:`_lane_pixels`: flag-free pixels and those whose only group DQ bit is JUMP_DET, by
+    far the most common flagged pixels), across the row's pixels; ngroups >= 2, without
+    ``save_opt`` only. ``done[x]`` tells which pixels those are.
 
-    Each integration is one segment of all groups. Outputs are written for those pixels only,
-    and ``done[x]`` tells which they are; the values are those of the pixel-by-pixel code,
-    operation for operation (the same helpers, the same order of every sum; the median rate's
-    median from ``mid``, the lane function of ngroups - 1 values keeping every value
-    (:func:`~stcal_dask.kernels._median_numba.lane_mid`), which gives the value
+    Every column of the row is a lane (the loops over them are innermost and branch-light, so
+    that they vectorise): the median rates (``mid``, the float64 lane function of
+    ngroups - 1 values keeping every value, :func:`~stcal_dask.kernels._median_numba.lane_mid`),
+    the fit of every integration as one segment of all groups, each integration's and the
+    exposure's combination. An integration with JUMP_DET is segmented pixel by pixel
+    (:func:`_segments`) and the weighted sums of its segments taken there; their slopes,
+    variances and inverses are computed across a list of those segments. Outputs are written
+    for every column (:func:`_pixel_row` then writes the pixels not ``done``); the values are
+    those of the pixel-by-pixel code, operation for operation (the same arithmetic, the same
+    order of every sum; the median from ``mid`` is the value
     :func:`~stcal_dask.kernels._median_numba.median_prefix` gives).
     """
     nints, ngroups, ny, nx = inp.data.shape
+    data, groupdq = inp.data, inp.groupdq
     tg = times.tg
     combined = st.combined
-    pixeldq = inp.pixeldq
     # the output arrays, unpacked once: a named tuple of arrays passed or bound per pixel
     # costs reference-count updates of every member
     r_sci, r_err, r_dq, r_vp, r_vr = (rate.sci, rate.err, rate.dq, rate.var_poisson,
                                       rate.var_rnoise)
     i_sci, i_err, i_dq, i_vp, i_vr = (rateints.sci, rateints.err, rateints.dq,
                                       rateints.var_poisson, rateints.var_rnoise)
-    for x in range(nx):
-        done[x] = False
-    lane = np.empty(nx, dtype=np.int64)
-    nl = _clean_lanes(inp, y, lane)
-    if nl == 0:
+    if _lane_pixels(inp, y, done) == 0:
         return
-    dd = np.empty((nints * ngroups, nl), dtype=np.float64)
-    for i in range(nints):
-        for k in range(ngroups):
-            src = inp.data[i, k, y]
-            dst = dd[i * ngroups + k]
-            for m in range(nl):
-                dst[m] = np.float64(src[lane[m]])
-    g_l = np.empty(nl, dtype=np.float64)
-    rn_l = np.empty(nl, dtype=np.float64)
-    dk_l = np.empty(nl, dtype=np.float64)
-    for m in range(nl):
-        x = lane[m]
+    g_l = np.empty(nx, dtype=np.float64)
+    rn_l = np.empty(nx, dtype=np.float64)
+    dk_l = np.empty(nx, dtype=np.float64)
+    irn2 = np.empty(nx, dtype=np.float64)
+    rn12 = np.empty(nx, dtype=np.float64)
+    for x in range(nx):
         g = np.float64(inp.gain[y, x])
-        g_l[m] = g
-        rn_l[m] = np.float64(np.float32(np.float64(inp.readnoise[y, x]) * (g / times.sqrt2nf)))
-        dk_l[m] = np.float64(inp.dark[y, x])
-    mrate = _clean_median_rate(dd, nints, ngroups, nl, tg, mid)
+        rn = np.float64(np.float32(np.float64(inp.readnoise[y, x]) * (g / times.sqrt2nf)))
+        g_l[x] = g
+        rn_l[x] = rn
+        dk_l[x] = np.float64(inp.dark[y, x])
+        irn2[x] = 1.0 / (rn * rn)
+        rnum = rn / tg
+        rn12[x] = 12.0 * rnum * rnum
+    mrate = _lane_median_rate(data, groupdq, y, tg, mid)
 
-    rate_p = np.zeros(nl, dtype=np.float64)
-    rate_r = np.zeros(nl, dtype=np.float64)
-    rate_num = np.zeros(nl, dtype=np.float64)
-    rate_den = np.zeros(nl, dtype=np.float64)
-    slope = np.empty(nl, dtype=np.float64)
-    sums = np.empty((6, nl), dtype=np.float64)
-    pidx = np.empty(nl, dtype=np.int64)
+    npers = np.uint8(~np.uint8(_PERS))
+    qbuf = np.empty(ngroups, dtype=np.uint8)
+    dbuf = np.empty(ngroups, dtype=np.float64)
+    starts = np.empty((1, ngroups + 1), dtype=np.int64)
+    ends = np.empty((1, ngroups + 1), dtype=np.int64)
+    # the segments of the integrations with JUMP_DET: pixel, length, slope numerator and
+    # denominator (length 2: the sample difference, 1)
+    cap = nx * max(1, ngroups // 2)
+    f_x = np.empty(cap, dtype=np.int64)
+    f_len = np.empty(cap, dtype=np.float64)
+    f_num = np.empty(cap, dtype=np.float64)
+    f_den = np.empty(cap, dtype=np.float64)
+    t_r = np.empty(cap, dtype=np.float64)
+    t_p = np.empty(cap, dtype=np.float64)
+    t_e = np.empty(cap, dtype=np.float64)
+    t_n = np.empty(cap, dtype=np.float64)
+    pidx = np.empty(nx, dtype=np.uint64)
+    wrow = np.empty(nx, dtype=np.float64)
+    sw = np.empty(nx, dtype=np.float64)
+    sx = np.empty(nx, dtype=np.float64)
+    sxx = np.empty(nx, dtype=np.float64)
+    sy = np.empty(nx, dtype=np.float64)
+    sxy = np.empty(nx, dtype=np.float64)
+    s_p = np.empty(nx, dtype=np.float64)
+    s_r = np.empty(nx, dtype=np.float64)
+    s_e = np.empty(nx, dtype=np.float64)
+    s_n = np.empty(nx, dtype=np.float64)
+    orq = np.empty(nx, dtype=np.uint8)
+    rate_p = np.zeros(nx, dtype=np.float64)
+    rate_r = np.zeros(nx, dtype=np.float64)
+    rate_num = np.zeros(nx, dtype=np.float64)
+    rate_den = np.zeros(nx, dtype=np.float64)
+    rdq = np.empty(nx, dtype=np.uint32)
+    for x in range(nx):
+        rdq[x] = np.uint32(inp.pixeldq[y, x])
     seglen = float(ngroups)
     for i in range(nints):
-        _clean_slopes(dd, i * ngroups, ngroups, nl, g_l, rn_l, tg, wtab, slope, sums, pidx)
-        for m in range(nl):
-            x = lane[m]
-            g = g_l[m]
-            rn = rn_l[m]
+        d0 = data[i, 0, y]
+        dn = data[i, ngroups - 1, y]
+        # every column as one segment of all groups (:func:`_fit_segment`'s arithmetic)
+        for x in range(nx):
+            orq[x] = 0
+            sw[x] = 0.0
+            sx[x] = 0.0
+            sxx[x] = 0.0
+            sy[x] = 0.0
+            sxy[x] = 0.0
+            first = np.float64(d0[x])
+            last = np.float64(dn[x])
+            pidx[x] = _snr_power_index(_snr(last - first, rn_l[x], g_l[x]))
+        for k in range(ngroups):
+            xval = float(k) + 0.0
+            dk = data[i, k, y]
+            qk = groupdq[i, k, y]
+            wk = wtab[:, ngroups, k]
+            # simple loops, each writing one array, so that they vectorise
+            for x in range(nx):
+                orq[x] |= qk[x]
+            for x in range(nx):
+                wrow[x] = wk[pidx[x]] * irn2[x]
+            for x in range(nx):
+                w = wrow[x]
+                xwt = xval * w
+                sw[x] += w
+                sx[x] += xwt
+                sxx[x] += xval * xwt
+            for x in range(nx):
+                w = wrow[x]
+                v = np.float64(dk[x])
+                sy[x] += v * w
+                sxy[x] += v * (xval * w)
+        for x in range(nx):
             if ngroups == 2:
-                vps = _var_p(mrate[m], dk_l[m], tg * g)
-                vrs = _rnoise_short(rn, g, tg)
+                slope = (np.float64(dn[x]) - np.float64(d0[x])) / tg
             else:
-                vps = _var_p(mrate[m], dk_l[m], tg * g * (seglen - 1.0))
-                vrs = _rnoise_default(rn, g, tg, seglen)
-            ves = vps + vrs
-            inv_r = 0.0 + 1.0 / vrs
-            inv_p = 0.0
-            if vps > 0.0:
-                inv_p += 1.0 / vps
-            inv_e = 0.0 + 1.0 / ves
-            if combined:
-                num = 0.0 + slope[m] / ves
-            else:
-                num = 0.0 + slope[m] / vrs
-            islope, ivp, ivr, ierr = _integration_result(inv_p, inv_r, inv_e, num, combined,
-                                                         False)  # fmt: skip
-            if inv_p > 0.0:
-                rate_p[m] += inv_p
-            rate_r[m] += inv_r
-            rate_num[m] += num
-            rate_den[m] += inv_e
+                den = sw[x] * sxx[x] - sx[x] * sx[x]
+                num = sw[x] * sxy[x] - sx[x] * sy[x]
+                invden = 1.0 / den
+                slope = num * invden / tg
+            tr, tp, te, tn = _segment_terms(slope, seglen, g_l[x], rn12[x], dk_l[x], mrate[x],
+                                            tg, combined)  # fmt: skip
+            s_r[x] = 0.0 + tr
+            s_p[x] = 0.0 + tp
+            s_e[x] = 0.0 + te
+            s_n[x] = 0.0 + tn
+        # the integrations with JUMP_DET: segments and their weighted sums, pixel by pixel
+        nseg = 0
+        for x in range(nx):
+            if orq[x] == 0 or not done[x]:
+                continue
+            for k in range(ngroups):
+                qbuf[k] = groupdq[i, k, y, x]
+                dbuf[k] = np.float64(data[i, k, y, x])
+            nk, _, _ = _segments(qbuf, 0, ngroups, npers, _JUMP, _SAT, True, starts, ends, 0)
+            g = g_l[x]
+            for s in range(nk):
+                sg = starts[0, s]
+                ln = ends[0, s] - sg
+                f_x[nseg] = x
+                f_len[nseg] = float(ln)
+                if ln == 2:
+                    f_num[nseg] = dbuf[sg + 1] - dbuf[sg]
+                    f_den[nseg] = 1.0
+                else:
+                    a_w, a_x, a_xx, a_y, a_xy = _weighted_sums(dbuf, 0, sg, ln, rn_l[x], g,
+                                                               irn2[x], wtab)  # fmt: skip
+                    f_num[nseg] = a_w * a_xy - a_x * a_y
+                    f_den[nseg] = a_w * a_xx - a_x * a_x
+                nseg += 1
+        # their slopes, variances and inverses across the list
+        for j in range(nseg):
+            x = f_x[j]
+            ln = f_len[j]
+            invden = 1.0 / f_den[j]
+            slope = (f_num[j] if ln == 2.0 else f_num[j] * invden) / tg
+            t_r[j], t_p[j], t_e[j], t_n[j] = _segment_terms(
+                slope, ln, g_l[x], rn12[x], dk_l[x], mrate[x], tg, combined)
+        # their sums over each pixel's segments, in order
+        x_prev = -1
+        for j in range(nseg):
+            x = f_x[j]
+            if x != x_prev:
+                s_r[x] = 0.0
+                s_p[x] = 0.0
+                s_e[x] = 0.0
+                s_n[x] = 0.0
+                x_prev = x
+            s_r[x] += t_r[j]
+            s_p[x] += t_p[j]
+            s_e[x] += t_e[j]
+            s_n[x] += t_n[j]
+        # the integration's results, across the row
+        for x in range(nx):
+            islope, ivp, ivr, ierr = _integration_result(s_p[x], s_r[x], s_e[x], s_n[x],
+                                                         combined, False)  # fmt: skip
+            rate_p[x] += s_p[x] if s_p[x] > 0.0 else 0.0
+            rate_r[x] += s_r[x]
+            rate_num[x] += s_n[x]
+            rate_den[x] += s_e[x]
+            idq = np.uint32(inp.pixeldq[y, x]) | (np.uint32(_JUMP) if orq[x] != 0 else
+                                                 np.uint32(0))  # fmt: skip
+            rdq[x] |= idq
             i_sci[i, y, x] = np.float32(islope)
-            i_dq[i, y, x] = np.uint32(pixeldq[y, x])
+            i_dq[i, y, x] = idq
             i_vp[i, y, x] = np.float32(ivp)
             i_vr[i, y, x] = np.float32(ivr)
             i_err[i, y, x] = np.float32(ierr)
 
-    for m in range(nl):
-        x = lane[m]
-        rslope, vp, vr, err = _exposure(rate_p[m], rate_r[m], rate_num[m], rate_den[m], False,
+    for x in range(nx):
+        rslope, vp, vr, err = _exposure(rate_p[x], rate_r[x], rate_num[x], rate_den[x], False,
                                         combined)  # fmt: skip
         r_sci[y, x] = np.float32(rslope)
-        r_dq[y, x] = np.uint32(pixeldq[y, x])
+        r_dq[y, x] = rdq[x]
         r_vp[y, x] = np.float32(vp)
         r_vr[y, x] = np.float32(vr)
         r_err[y, x] = np.float32(err)
-        done[x] = True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -730,7 +836,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
     The phases stay in this one loop body on purpose: in helper functions, every array a
     helper takes (bound to an inlined helper's parameter, or passed to a compiled one) costs
     reference-count updates per pixel, which made this path markedly slower when tried. The named
-    tuples are unpacked here once per row; the scalar parts shared with :func:`_clean_row`
+    tuples are unpacked here once per row; the scalar parts shared with :func:`_lane_row`
     are helpers (:func:`_timing1`, :func:`_integration_result`, :func:`_exposure`).
     """
     nints, ngroups, ny, nx = inp.data.shape
@@ -1062,11 +1168,11 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, mid):
     sigyint, weights, var_poisson, var_rnoise, pedestal, crmag, whose segment and CR axes must
     be large enough: ValueError otherwise).
 
-    Row by row: first the flag-free pixels together (:func:`_clean_row`), then the others one
-    at a time (:func:`_pixel_row`). ``mid`` is the float64 lane function
+    Row by row: first the pixels with no flag but JUMP_DET together (:func:`_lane_row`), then
+    the others one at a time (:func:`_pixel_row`). ``mid`` is the float64 lane function
     (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of ``ngroups - 1`` values keeping every
-    value, called by
-    :func:`_clean_row` only (a function-pointer argument, compiled apart from this function).
+    value, called by :func:`_lane_row` only (a function-pointer argument, compiled apart from
+    this function).
     """
     nints, ngroups, ny, nx = inp.data.shape
     times = tile_times(st)
@@ -1076,7 +1182,7 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, mid):
     done = np.zeros(nx, dtype=np.bool_)
     for y in range(ny):
         if rows:
-            _clean_row(inp, st, times, y, wtab, rate, rateints, done, mid)
+            _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid)
         _pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, done)
 
 
