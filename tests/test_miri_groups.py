@@ -182,11 +182,14 @@ def _miri_fits(tmp_path, shape="3x8x40x48"):
     return ramp, tmp_path / "miri_gain.fits", tmp_path / "miri_readnoise.fits"
 
 
-@pytest.mark.parametrize("extra", [[], ["--rampfit.suppress_one_group", "false"]])
-def test_cli_miri_with_instrument_defaults_equals_stcal(tmp_path, extra):
-    """``stcal-dask run --instrument-defaults --save-opt`` on a MIRI FITS ramp (firstframe and
+@pytest.mark.parametrize("extra, save_opt", [([], True),
+                                             (["--rampfit.suppress_one_group", "false"], True),
+                                             ([], False)])
+def test_cli_miri_with_instrument_defaults_equals_stcal(tmp_path, extra, save_opt):
+    """``stcal-dask run --instrument-defaults [--save-opt]`` on a MIRI FITS ramp (firstframe and
     lastframe flags): showers on, first/last groups dropped in the fit; FITS and zarr products
-    equal stcal's detect_jumps_data (find_showers) + ramp_fit_data (MIRI)."""
+    equal stcal's detect_jumps_data (find_showers) + ramp_fit_data (MIRI); no fitopt product
+    without --save-opt."""
     import xarray as xr
     from astropy.io import fits
     from oracle_jump import run_stcal_jump
@@ -198,8 +201,9 @@ def test_cli_miri_with_instrument_defaults_equals_stcal(tmp_path, extra):
     out = tmp_path / "out"
     out.mkdir()
     assert main(["run", str(ramp), "--gain", str(gain), "--readnoise", str(rnoise),
-                 "--output-dir", str(out), "--format", "both", "--save-opt", "--save-jump",
-                 "--instrument-defaults", "--tile", "16x20", *extra,
+                 "--output-dir", str(out), "--format", "both",
+                 *(["--save-opt"] if save_opt else []), "--save-jump", "--instrument-defaults",
+                 "--tile", "16x20", *extra,
                  "--scheduler", "threads", "--quiet"]) == 0
     with fits.open(ramp) as h:
         data = h["SCI"].data.astype(np.float32)
@@ -213,7 +217,7 @@ def test_cli_miri_with_instrument_defaults_equals_stcal(tmp_path, extra):
     np.testing.assert_array_equal(fits.getdata(out / "miri_jump.fits", "GROUPDQ"), jgdq)
     timing = RampTiming(hdr["TFRAME"], hdr["TGROUP"], hdr["NFRAMES"], hdr["GROUPGAP"],
                         hdr["DRPFRMS1"])
-    p = RampFitParams(save_opt=True, suppress_one_group=not extra)
+    p = RampFitParams(save_opt=save_opt, suppress_one_group=not extra)
     image, integ, opt = run_stcal(data, jgdq, jpdq, g, rn, params=p, timing=timing,
                                   instrument="MIRI")
     names = {"SCI": "slope", "ERR": "err", "DQ": "dq", "VAR_POISSON": "var_poisson",
@@ -229,7 +233,8 @@ def test_cli_miri_with_instrument_defaults_equals_stcal(tmp_path, extra):
                     ok = ~np.isnan(b)
                     np.testing.assert_array_equal(np.isnan(ours), ~ok)
                     np.testing.assert_allclose(ours[ok], b[ok], rtol=1e-5)
-    for key in OPT:
+    assert (out / "miri_fitopt.fits").exists() == save_opt
+    for key in OPT if save_opt else ():
         ours = fits.getdata(out / "miri_fitopt.fits", key.upper())
         b = np.asarray(opt[key])
         assert ours.shape == b.shape, key
