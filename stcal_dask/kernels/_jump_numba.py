@@ -433,7 +433,9 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
                 r = abs(np.float64(np.float32(np.float64(aj[n]) - cv[n]))) / sgv[n]
                 rj[n] = r
                 g = gmx[n]
-                gmx[n] = r if (r == r and (g != g or r > g)) else g
+                # NaN-skipping maximum, branch-free (bitwise, not short-circuit) so that the
+                # loop vectorises
+                gmx[n] = r if ((r == r) & ((g != g) | (r > g))) else g
         # flag every difference at the maximum where it exceeds the threshold; compact
         w = 0
         for n in range(nl):
@@ -571,15 +573,14 @@ class RowRings(NamedTuple):
     gring: np.ndarray
     """(3, nx, nints * ngroups) group DQ."""
     centre: np.ndarray
-    """(3, nx, max(ntot, 1)) bool: the difference is a neighbour-flagging centre."""
+    """(3, nx, nints * ngroups) bool: the difference ending at that group is a
+    neighbour-flagging centre (the group DQ's layout; False at each integration's group 0)."""
     dring: np.ndarray
     """(3, nx, max(ntot, 1)) float64 first differences (electrons)."""
     mring: np.ndarray
     """(3, nx) float64 signed median of the differences, where ``mvalid``."""
     mvalid: np.ndarray
     """(3, nx) bool."""
-    anyc: np.ndarray
-    """(3, nx) bool: the pixel has a neighbour-flagging centre."""
     addf: np.ndarray
     """(ngroups,) bool after-jump scratch."""
     rnt: np.ndarray
@@ -610,10 +611,9 @@ def _row_rings(inputs, gdq_out, quick):
     return RowRings(
         np.empty((ng_all, nx), dtype=inputs.eproto.dtype),
         np.empty((3, nx, ng_all), dtype=gdq_out.dtype),
-        np.zeros((3, nx, max(ntot, 1)), dtype=np.bool_),
+        np.zeros((3, nx, ng_all), dtype=np.bool_),
         np.empty((3, nx, max(ntot, 1)), dtype=np.float64),
         np.empty((3, nx), dtype=np.float64),
-        np.zeros((3, nx), dtype=np.bool_),
         np.zeros((3, nx), dtype=np.bool_),
         np.zeros(ngroups, dtype=np.bool_),
         np.empty(nx, dtype=np.float64),
@@ -642,13 +642,13 @@ def _load_row(inputs, yy, rings):
             q = i * ngroups + g
             src_g = groupdq[i, g, yy]
             src_d = data[i, g, yy]
+            dst = erow[q]
+            # the electrons branch-free along the row (vectorised), then the transposed copy
             for x in range(nx):
-                gv = src_g[x]
-                grow[x, q] = gv
-                if gv & _SAT_DNU:
-                    erow[q, x] = np.nan
-                else:
-                    erow[q, x] = src_d[x] * gain_row[x]
+                e = src_d[x] * gain_row[x]
+                dst[x] = e if (src_g[x] & _SAT_DNU) == 0 else np.nan
+            for x in range(nx):
+                grow[x, q] = src_g[x]
 
 
 @njit(cache=True, nogil=True)
@@ -659,7 +659,7 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
     are kept in the rings."""
     readnoise, gain = inputs.readnoise, inputs.gain
     path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff, _rw = detect
-    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, mq, sq, absd, \
+    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, absd, \
         ratio, buf = rings
     nints, ngroups, ny, nx = inputs.data.shape
     nd = ngroups - 1
@@ -702,13 +702,16 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
             cnt += (grow[x, q] & _JUMP) != 0
         primary[yy, x] = cnt
         if do_neighbors:
-            # crow[x] is only read where anyc[ry, x] is set, so it is not cleared
-            has_c = False
-            if cnt > 0:
+            # every group of the row gets its centre flag (False without a JUMP)
+            if cnt == 0:
+                for q in range(ng_all):
+                    crow[x, q] = False
+            else:
                 if not have_m:
                     m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
                     have_m = True
                 for i in range(nints):
+                    crow[x, i * ngroups] = False
                     for k in range(nd):
                         j = i * nd + k
                         # branch-free: a neighbour centre is a JUMP difference whose
@@ -719,9 +722,7 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                             & (r0 < nbr_max)
                             & (r0 > nbr_min)
                         )
-                        crow[x, j] = is_c
-                        has_c = has_c | is_c
-            anyc[ry, x] = has_c
+                        crow[x, i * ngroups + k + 1] = is_c
         mring[ry, x] = m
         mvalid[ry, x] = have_m
 
@@ -732,7 +733,7 @@ def _finish_row(flags, y, ny, rings):
     after-jump flags and redundant-bit removal."""
     (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
      remove_redundant_bits) = flags  # fmt: skip
-    erow, gring, centre, dring, mring, mvalid, anyc, addf, rnt, dpl, jmask, mq, sq, absd, \
+    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, absd, \
         ratio, buf = rings
     nx, ng_all = gring.shape[1], gring.shape[2]
     ngroups = addf.shape[0]
@@ -747,29 +748,30 @@ def _finish_row(flags, y, ny, rings):
     crow = centre[ry]
     cup = centre[rup]
     cdn = centre[rdn]
+    if do_neighbors:
+        # a group is flagged where the same group of a 4-neighbour is a centre: the rings'
+        # centre flags (in the group DQ's layout, False off the JUMP pixels) OR-ed along the
+        # flat rows, those above and below as they are, the pixels left and right one pixel's
+        # run of groups away, and applied where the group is neither SATURATED nor
+        # DO_NOT_USE (branch-free flat loops, vectorised)
+        n = nx * ng_all
+        cu = cup.reshape(n)
+        cd = cdn.reshape(n)
+        cr = crow.reshape(n)
+        gflat = grow.reshape(n)
+        hit = np.empty(n, dtype=np.bool_)
+        up_ok = y > 0
+        dn_ok = y + 1 < ny
+        for t in range(n):
+            hit[t] = (up_ok & cu[t]) | (dn_ok & cd[t])
+        for t in range(ng_all, n):
+            hit[t] |= cr[t - ng_all]
+        for t in range(n - ng_all):
+            hit[t] |= cr[t + ng_all]
+        for t in range(n):
+            v = gflat[t]
+            gflat[t] = v | (_JUMP * (hit[t] & ((v & _SAT_DNU) == 0)))
     for x in range(nx):
-        if do_neighbors:
-            # branch-free (which neighbours have centres is unpredictable); the clamped
-            # indices are read only where the side exists
-            xl = max(x - 1, 0)
-            xr = min(x + 1, nx - 1)
-            up = (y > 0) & anyc[rup, x]
-            dn = (y + 1 < ny) & anyc[rdn, x]
-            lf = (x > 0) & anyc[ry, xl]
-            rt = (x + 1 < nx) & anyc[ry, xr]
-            if up | dn | lf | rt:
-                for i in range(nints):
-                    for k in range(nd):
-                        j = i * nd + k
-                        hit = (
-                            (up & cup[x, j])
-                            | (dn & cdn[x, j])
-                            | (lf & crow[xl, j])
-                            | (rt & crow[xr, j])
-                        )
-                        q = i * ngroups + k + 1
-                        v = grow[x, q]
-                        grow[x, q] = v | (_JUMP * (hit & ((v & _SAT_DNU) == 0)))
         any_jump = False
         if do_after:
             for i in range(nints):
