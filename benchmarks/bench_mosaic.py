@@ -84,7 +84,8 @@ STCAL_SCRIPT = textwrap.dedent(
 
 
 def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, float, float]:
-    """Run ``cmd``; (wall s, peak summed RSS of its tree in MiB, {pid: (name, peak RSS MiB)},
+    """Run ``cmd``; (wall s, peak summed RSS of its tree in MiB, {pid: (name, peak RSS MiB,
+    CPU s)},
     out, peak summed PSS of its tree in MiB, CPU seconds of its tree (user + system, each
     process's last polled value: a process living less than a poll is missed))."""
     peak = 0
@@ -121,7 +122,7 @@ def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, flo
     out = "".join(chunks)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out}")
-    return (wall, peak / 2**20, {k: (v[0], v[1] / 2**20) for k, v in per.items()}, out,
+    return (wall, peak / 2**20, {k: (v[0], v[1] / 2**20, v[2]) for k, v in per.items()}, out,
             peak_pss / 2**20, sum(v[2] for v in per.values()))
 
 
@@ -217,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     print(results["ours"][3].strip().splitlines()[-2], flush=True)
     for name, (wall, peak, per, _, pss, cpu) in results.items():
         print(f"{name:6s} wall {wall:7.1f} s   CPU {cpu:7.1f} s   peak RSS (process tree) "
-              f"{peak:8.0f} MiB   peak PSS {pss:8.0f} MiB; process peaks (RSS MiB): "
-              + ", ".join(f"{v[1]:.0f}" for v in sorted(per.values(), key=lambda v: -v[1])))
+              f"{peak:8.0f} MiB   peak PSS {pss:8.0f} MiB; per process peak RSS MiB / CPU s: "
+              + ", ".join(f"{v[1]:.0f}/{v[2]:.1f}" for v in sorted(per.values(),
+                                                               key=lambda v: -v[1])))
     if "stcal" in results:
         ws, ps, _, _, qs, cs = results["stcal"]
         wo, po, _, _, qo, co = results["ours"]

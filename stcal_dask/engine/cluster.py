@@ -621,6 +621,14 @@ def _get_client(
         # default) for the dashboard's profile plots, a measurable share of the workers' CPU:
         # on only when the dashboard is served
         "distributed.worker.profile.enabled": bool(dashboard),
+        # every process's event-loop health check (every 20 ms by default), its system monitor
+        # (CPU/memory/disk samples for the dashboard, every 500 ms) and the workers' memory
+        # monitor (every 100 ms) cost an idle cluster several per cent of a core, which a long
+        # run on a loaded machine pays for its whole length; checked less often, the limits
+        # still apply (a worker over its memory limit is still paused/restarted)
+        "distributed.admin.tick.interval": "500ms",
+        "distributed.admin.system-monitor.interval": "2s",
+        "distributed.worker.memory.monitor-interval": "500ms",
     }
     if start_method is not None:
         import multiprocessing

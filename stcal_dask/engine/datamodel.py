@@ -48,10 +48,12 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import xarray as xr
+
+if TYPE_CHECKING:  # xarray (and pandas) load on first use: a worker reading a WCS needs neither
+    import xarray as xr
 
 from stcal_dask.errors import UserInputError
 
@@ -265,6 +267,8 @@ def validate_ramp(ds: xr.Dataset, source: str = "ramp") -> xr.Dataset:
         One line naming the array / keyword: missing variable, wrong dims or shape, unsupported
         dtype, missing or invalid keyword, NINTS/NGROUPS not matching ``sci``.
     """
+    import xarray as xr
+
     if not isinstance(ds, xr.Dataset):
         raise UserInputError(f"{source}: expected an xarray Dataset, got {type(ds).__name__}")
     for name, spec in RAMP_VARIABLES.items():
@@ -478,6 +482,8 @@ def make_ramp_dataset(
     UserInputError
         Wrong shapes, dtypes or keywords (see :func:`validate_ramp`).
     """
+    import xarray as xr
+
     arrays = {
         "sci": sci,
         "groupdq": groupdq,
@@ -573,6 +579,8 @@ def _json_default(obj):
 
 
 def _product(product: str, variables: dict[str, tuple], parameters, attrs) -> xr.Dataset:
+    import xarray as xr
+
     data_vars = {}
     shapes = {}
     for name, (dims, dtype, units, arr) in variables.items():

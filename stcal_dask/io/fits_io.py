@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,11 +69,11 @@ from stcal_dask.engine.datamodel import (
 from stcal_dask.errors import UserInputError
 from stcal_dask.io.atomic import after_all, atomic_outputs, check_target, file_identity
 from stcal_dask.io.fits_blocks import (
-    BITPIX_RAW,
     FitsImage,
     FitsRegion,
     write_blocks,
 )
+from stcal_dask.io.fits_open import fits_image, image_source, open_fits
 from stcal_dask.io.naming import JWST_SUFFIXES, output_name, reference_paths
 from stcal_dask.io.wcs_asdf import asdf_extension, wcs_fits_meta
 
@@ -112,78 +111,6 @@ _KEYWORD = re.compile(r"^[A-Z0-9_-]{1,8}$")
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_fits(path, what: str) -> tuple[Path, fits.HDUList]:
-    p = Path(os.fspath(path)).expanduser()
-    if not p.exists():
-        raise UserInputError(f"{what} {p} does not exist")
-    if p.is_dir():
-        raise UserInputError(f"{what} {p} is a directory, not a FITS file")
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise UserInputError(f"{what} {p} cannot be read ({exc.strerror})") from None
-    if magic[:2] in (b"\x1f\x8b", b"BZ", b"PK"):
-        raise UserInputError(
-            f"{what} {p} is a compressed file; decompress it first (it is read memory-mapped)"
-        )
-    if magic != b"SIMPLE":
-        raise UserInputError(f"{what} {p} is not a FITS file (it does not start with SIMPLE)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # problems surface as our own one-line errors
-            hdul = fits.open(p, memmap=True, lazy_load_hdus=False)
-    except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserInputError(f"{what} {p} is not a readable FITS file ({msg})") from None
-    return p, hdul
-
-
-def _image(p: Path, hdul: fits.HDUList, extname: str, what: str, *,
-           required: bool = True) -> FitsImage | None:
-    try:
-        hdu = hdul[extname]
-    except KeyError:
-        if not required:
-            return None
-        raise UserInputError(f"{what} {p}: missing extension {extname}") from None
-    if isinstance(hdu, fits.CompImageHDU) or not isinstance(hdu, fits.ImageHDU | fits.PrimaryHDU):
-        raise UserInputError(
-            f"{what} {p}: extension {extname} is not an uncompressed image "
-            f"({type(hdu).__name__})"
-        )
-    hdr = hdu.header
-    naxis = int(hdr.get("NAXIS", 0))
-    shape = tuple(int(hdr[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
-    bitpix = int(hdr["BITPIX"])
-    if bitpix not in BITPIX_RAW:
-        raise UserInputError(f"{what} {p}: extension {extname} has unsupported BITPIX {bitpix}")
-    offset = hdu.fileinfo()["datLoc"]
-    nbytes = math.prod(shape) * abs(bitpix) // 8 if shape else 0
-    if offset + nbytes > p.stat().st_size:
-        raise UserInputError(
-            f"{what} {p}: extension {extname} is truncated (the file ends before its "
-            f"{nbytes} data bytes)"
-        )
-    return FitsImage(str(p), offset, shape, bitpix, hdr.get("BSCALE", 1.0),
-                      hdr.get("BZERO", 0.0))
-
-
-def image_source(path, extname: str, what: str = "input", *,
-                 required: bool = True) -> FitsImage | None:
-    """A picklable, lazily read window source (:class:`FitsImage`) for one image extension.
-
-    Slicing it reads only the requested rows/columns (memory-mapped); ``None`` when the
-    extension is absent and not ``required``. Raises :class:`UserInputError` for a missing file,
-    a non-FITS file, a compressed or truncated extension.
-    """
-    p, hdul = _open_fits(path, what)
-    try:
-        return _image(p, hdul, extname, what, required=required)
-    finally:
-        hdul.close()
-
-
 def _as_dask(img: FitsImage, chunks, name: str) -> da.Array:
     st = os.stat(img.path)
     token = dask.base.tokenize(img.path, st.st_mtime_ns, st.st_size, img.offset, img.origin,
@@ -218,9 +145,9 @@ def _keywords(hdul: fits.HDUList) -> dict[str, Any]:
 def _reference(path, reftype: str, ny: int, nx: int, sub: dict, ramp_path: Path) -> FitsImage:
     """The reference file's SCI image, cut to the ramp's (ny, nx) subarray if needed."""
     what = f"{reftype} reference file"
-    p, hdul = _open_fits(path, what)
+    p, hdul = open_fits(path, what)
     with hdul:
-        img = _image(p, hdul, "SCI", what)
+        img = fits_image(p, hdul, "SCI", what)
         _check_ndim(img, 2, p, what, "SCI", "ny, nx")
         ref_sub = check_subarray(
             {k: hdul[0].header[k] for k in ("SUBSTRT1", "SUBSTRT2") if k in hdul[0].header},
@@ -279,18 +206,18 @@ def open_ramp_fits(path, gain_path, readnoise_path, *, chunks="auto",
         mismatched shapes, a reference that does not cover the subarray.
     """
     what = "ramp file"
-    p, hdul = _open_fits(path, what)
+    p, hdul = open_fits(path, what)
     with hdul:
-        sci = _image(p, hdul, "SCI", what)
+        sci = fits_image(p, hdul, "SCI", what)
         _check_ndim(sci, 4, p, what, "SCI", "nints, ngroups, ny, nx")
-        gdq = _image(p, hdul, "GROUPDQ", what)
+        gdq = fits_image(p, hdul, "GROUPDQ", what)
         _check_ndim(gdq, 4, p, what, "GROUPDQ", "nints, ngroups, ny, nx")
-        pdq = _image(p, hdul, "PIXELDQ", what)
+        pdq = fits_image(p, hdul, "PIXELDQ", what)
         _check_ndim(pdq, 2, p, what, "PIXELDQ", "ny, nx")
-        zf = _image(p, hdul, "ZEROFRAME", what, required=False)
+        zf = fits_image(p, hdul, "ZEROFRAME", what, required=False)
         if zf is not None:
             _check_ndim(zf, 3, p, what, "ZEROFRAME", "nints, ny, nx")
-        dark = _image(p, hdul, "AVDRKCUR", what, required=False)
+        dark = fits_image(p, hdul, "AVDRKCUR", what, required=False)
         if dark is not None:
             _check_ndim(dark, 2, p, what, "AVDRKCUR", "ny, nx")
         keywords = _keywords(hdul)
@@ -406,7 +333,7 @@ def _header_source(header_from, ds: xr.Dataset | None) -> fits.Header:
                 and Path(s).is_file():
             src = s
     if isinstance(src, str | os.PathLike):
-        p, hdul = _open_fits(src, "header_from file")
+        p, hdul = open_fits(src, "header_from file")
         with hdul:
             src = hdul[0].header.copy()
     if isinstance(src, fits.Header):

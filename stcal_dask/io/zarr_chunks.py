@@ -24,7 +24,7 @@ import numpy as np
 
 from stcal_dask.errors import UserInputError
 
-__all__ = ["ChunkReader", "chunk_grid", "check_complete", "missing_chunks"]
+__all__ = ["ChunkReader", "chunk_grid", "check_complete", "consolidate_store", "missing_chunks"]
 
 _METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 
@@ -175,3 +175,19 @@ class ChunkReader:
             f"zarr store {self.store}: array {self.name} {where} cannot be read "
             f"({type(reason).__name__}: {detail})"
         )
+
+
+def consolidate_store(store: str, *_deps) -> str:
+    """Write the store's consolidated metadata (one read instead of one per array when the store
+    is opened; ``xarray.open_zarr`` looks for it first and warns without it). Zarr v3 keeps it as
+    an extension, which zarr-python announces with a warning: silenced here, for that message
+    only, by a process-wide filter (``warnings.catch_warnings`` is not thread-safe: with two
+    stores consolidated by two threads at once, one thread's exit restored the filters while the
+    other was still inside and the warning escaped)."""
+    import warnings
+
+    import zarr
+
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    zarr.consolidate_metadata(store, zarr_format=3)
+    return store

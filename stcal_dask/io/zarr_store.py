@@ -44,7 +44,7 @@ from stcal_dask.io.atomic import (
     remove_path,
     was_committed,
 )
-from stcal_dask.io.zarr_chunks import ChunkReader, check_complete
+from stcal_dask.io.zarr_chunks import ChunkReader, check_complete, consolidate_store
 
 __all__ = ["PendingWrite", "finish_store", "open_product", "open_ramp", "write_dataset_atomic",
            "write_ramp"]
@@ -118,22 +118,6 @@ def write_dataset_atomic(ds: xr.Dataset, path, *, overwrite: bool = False, compu
             identity=file_identity(partial))
         pending = out.detach(written)
     return pending.compute() if compute else pending
-
-
-def consolidate_store(store: str, *_deps) -> str:
-    """Write the store's consolidated metadata (one read instead of one per array when the store
-    is opened; ``xarray.open_zarr`` looks for it first and warns without it). Zarr v3 keeps it as
-    an extension, which zarr-python announces with a warning: silenced here, for that message
-    only, by a process-wide filter (``warnings.catch_warnings`` is not thread-safe: with two
-    stores consolidated by two threads at once, one thread's exit restored the filters while the
-    other was still inside and the warning escaped)."""
-    import warnings
-
-    import zarr
-
-    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-    zarr.consolidate_metadata(store, zarr_format=3)
-    return store
 
 
 def finish_store(partial: str, final: str, *_deps, identity=None) -> str:

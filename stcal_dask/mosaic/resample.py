@@ -232,7 +232,7 @@ def read_input_exposure(path, index: int = 0) -> InputExposure:
                 if name == "sci":
                     units = dict(a.attrs).get("units")
     else:
-        from stcal_dask.io.fits_io import image_source
+        from stcal_dask.io.fits_open import image_source
 
         keys, units = _fits_meta(p)
         for name, ext in _FITS_EXT.items():
@@ -611,7 +611,7 @@ def _clip_values(exp: InputExposure, out_shape, fetch):
     return None if full is None else full._replace(sides=exp.clip.sides)
 
 
-def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> PixelMapFile:
+def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 256) -> PixelMapFile:
     """One input's whole pixel map, computed once, into a ``.npy`` file (float64,
     (ny, nx, 2)) that tile tasks read their rectangles of (:func:`drizzle_tile`'s ``pixmaps``).
 
@@ -819,14 +819,40 @@ def drizzle_tile(
     return _finish(state, params, pixel_scale_ratio, variances)
 
 
+def _finite_box(img: np.ndarray) -> tuple[slice, slice] | None:
+    """The smallest rectangle holding every finite pixel of ``img`` (None when there is none)."""
+    ok = np.isfinite(img)
+    rows = np.flatnonzero(ok.any(axis=1))
+    if not rows.size:
+        return None
+    cols = np.flatnonzero(ok.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _union_box(a, b):
+    if a is None or b is None:
+        return a or b
+    return (slice(min(a[0].start, b[0].start), max(a[0].stop, b[0].stop)),
+            slice(min(a[1].start, b[1].start), max(a[1].stop, b[1].stop)))
+
+
 def _add_variances(state: _TileState, exp, var: dict, params, kwargs, frame) -> None:
-    """stcal's ``resample_variance_arrays`` on one window (cropped to the tile)."""
-    driz_var = {}
+    """stcal's ``resample_variance_arrays`` on one window (cropped to the tile).
+
+    A fresh drizzle per variance leaves every tile pixel the input does not reach NaN, which
+    the combination skips; so it runs on the rectangle of the tile that the input reaches (the
+    union of its variances' finite pixels), not on the whole tile: the same values."""
+    drizzled = {}
+    box = None
     for name, v in var.items():
         d = state.drizzle(np.float32(np.nan))
         d.add_image(data=frame(np.sqrt(v)), **kwargs)
-        driz_var[name] = d.out_img[state.crop] ** 2
-    tshape = next(iter(state.var.values()))["wt"].shape
+        drizzled[name] = d.out_img[state.crop]
+        box = _union_box(box, _finite_box(drizzled[name]))
+    if box is None:
+        return
+    driz_var = {name: img[box] ** 2 for name, img in drizzled.items()}
+    tshape = driz_var[next(iter(driz_var))].shape
     if params.weight_type == "ivm":
         rn = driz_var.get("var_rnoise")
         weight = np.zeros(tshape)
@@ -837,14 +863,13 @@ def _add_variances(state: _TileState, exp, var: dict, params, kwargs, frame) -> 
         t = exp.measurement_time if exp.measurement_time is not None else exp.exposure_time
         weight = np.full(tshape, t)
     for name, v in driz_var.items():
-        acc = state.var[name]
+        wsum = state.var[name]["wsum"][box]  # views: the masked assignments write through
+        wt = state.var[name]["wt"][box]
         mask = (v >= 0) & np.isfinite(v) & (weight > 0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            acc["wsum"][mask] = np.nansum(
-                [acc["wsum"][mask], v[mask] * weight[mask] * weight[mask]], axis=0
-            )
-        acc["wt"][mask] += weight[mask]
+            wsum[mask] = np.nansum([wsum[mask], v[mask] * weight[mask] * weight[mask]], axis=0)
+        wt[mask] += weight[mask]
 
 
 def _finish(state: _TileState, params, psr: float, variances) -> dict[str, np.ndarray]:

@@ -108,6 +108,21 @@ def _output_wcs(args, params, client):
     return mosaic.wcs, params.pixel_scale
 
 
+def _import_for_workers() -> None:
+    """Load what the index, pixel-map and tile tasks run (gwcs and astropy's models, asdf and its
+    extensions, FITS headers, drizzle, zarr), in this thread, so that local workers forked from
+    this process start with them. Nothing else: no xarray, pandas or dask.array, which those
+    tasks never use (this process loads them only after the cluster is closed)."""
+    import asdf
+    import drizzle.resample  # noqa: F401
+    import zarr  # noqa: F401
+
+    from stcal_dask.io import fits_open  # noqa: F401
+    from stcal_dask.mosaic import drizzle_clip, i2d, resample, wcs  # noqa: F401
+
+    asdf.get_config().extensions  # noqa: B018 - loads the installed extensions once, here
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the mosaic and its products; returns 0."""
     from stcal_dask.io.atomic import atomic_outputs
@@ -141,10 +156,14 @@ def run(args: argparse.Namespace) -> int:
             out.claim(fits_path, overwrite=args.overwrite)
         for png in pngs:
             out.claim(png, overwrite=True)  # quicklooks are always replaced
-        # warm=False: the workers need none of the numba kernels (they import what a tile task
-        # needs with the first one), so a mosaic never waits for kernels to compile
+        # the output WCS file read and the tasks' modules loaded here, before the workers are
+        # forked from this process: they start with them (no imports of their own)
+        given = _output_wcs(args, params, None) if args.wcs is not None else None
+        _import_for_workers()
+        # warm=False: the workers need none of the numba kernels, so a mosaic never waits for
+        # kernels to compile
         with open_client(args, warm=False, fork=True) as client:
-            out_wcs, scale = _output_wcs(args, params, client)
+            out_wcs, scale = given or _output_wcs(args, params, client)
             result = i2d.build_mosaic(
                 args.inputs, out_wcs, zarr_path, params, client=client, tile=tile,
                 overwrite=args.overwrite, output_pixel_scale=scale, quiet=args.quiet,
