@@ -72,6 +72,9 @@ class MosaicResult(NamedTuple):
 
 def index_input(path: str, index: int, out_wcs) -> tuple[rs.InputExposure, tuple]:
     """One index task: the input's metadata/readers and its coarse grid mapped to the output."""
+    from stcal_dask.engine.threads import limit_threads
+
+    limit_threads()
     exp = rs.read_input_exposure(path, index)
     return exp, rs.input_reach(exp.wcs, out_wcs, exp.shape)
 

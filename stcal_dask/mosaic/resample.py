@@ -620,6 +620,9 @@ def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 256) -> PixelMap
     output side clips the input, the values drizzle's clip of the whole input reads are taken
     from the file too (:func:`stcal_dask.mosaic.drizzle_clip.clip_reads`).
     """
+    from stcal_dask.engine.threads import limit_threads
+
+    limit_threads()  # astropy's affine transforms are matrix products: one BLAS thread
     out_shape = output_shape(out_wcs)
     out_wcs = al.without_bounding_box(out_wcs)
     ny, nx = exp.shape
