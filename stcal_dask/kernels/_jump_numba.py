@@ -764,10 +764,15 @@ def _finish_row(flags, y, ny, rings):
         dn_ok = y + 1 < ny
         for t in range(n):
             hit[t] = (up_ok & cu[t]) | (dn_ok & cd[t])
-        for t in range(ng_all, n):
-            hit[t] |= cr[t - ng_all]
+        # (shifted views: an index like t - ng_all would cost a negative-index check)
+        h_rt = hit[ng_all:]
+        c_lf = cr[: n - ng_all]
         for t in range(n - ng_all):
-            hit[t] |= cr[t + ng_all]
+            h_rt[t] |= c_lf[t]
+        h_lf = hit[: n - ng_all]
+        c_rt = cr[ng_all:]
+        for t in range(n - ng_all):
+            h_lf[t] |= c_rt[t]
         for t in range(n):
             v = gflat[t]
             gflat[t] = v | (_JUMP * (hit[t] & ((v & _SAT_DNU) == 0)))
