@@ -26,6 +26,10 @@ Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical)
   round on the clipped median ``c`` is rounded to float32 as well (the first round uses the
   float64 median).
 
+The row-wise detection functions use numpy's error model (a float division by zero gives
+inf/NaN instead of raising): with Python's, every division by a sigma carries a zero test that
+keeps its loop from vectorising, and no divisor there is ever zero (a zero sigma is NaN).
+
 Path codes: ``PATH_SKIP`` (0), ``PATH_SIGCLIP`` (1), ``PATH_SINGLE`` (2), ``PATH_ITERATIVE`` (3),
 ``PATH_RESET_ONLY`` (4: the group DQ already holds the sigma-clip detections; only the plane
 reset is applied).
@@ -368,7 +372,7 @@ def _row_differences(erow, nints, ngroups, dpl, apl, absolute):
                 aj[x] = abs(d) if absolute else d
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask, mid):
     """The iterative path's detection for a whole row, pixels along the inner (vectorised)
     loops: ``jmask[x]`` gets bit ``j`` for each difference ``j`` that :func:`_detect_pixel`
@@ -456,7 +460,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         nl = w
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
     """The single-pass path's detection for a whole row, pixels along the inner (vectorised)
     loops: the same flags, median and sigma as :func:`_detect_pixel` on ``PATH_SINGLE``, bit
@@ -651,7 +655,7 @@ def _load_row(inputs, yy, rings):
                 grow[x, q] = src_g[x]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid):
     """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
     ``primary[yy]`` the JUMP counts; with ``do_neighbors`` the neighbour-flagging centres
