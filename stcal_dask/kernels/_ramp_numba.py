@@ -544,6 +544,27 @@ def _segment_terms(slope, seglen, g, rnum12, dark, mrate, tg, combined):
     return 1.0 / vrs, ip if vps > 0.0 else 0.0, 1.0 / ves, slope / (ves if combined else vrs)
 
 
+@numba.njit(**_JIT, inline="always")
+def _jump_segments(q, ngroups, starts, ends):
+    """:func:`_segments` of an integration whose group DQ ``q[:ngroups]`` has no bit but
+    JUMP_DET and at least two groups without it, branch-free (where the jumps are is
+    unpredictable): a segment per run of unflagged groups, starting one group early after a
+    JUMP_DET group; the only possible one-group segment, ``[0, 1)``, is dropped (a longer one
+    exists). Returns ``(first, n)``: the kept segments are ``starts/ends[0, first:n]``."""
+    n_s = 0
+    n_e = 0
+    for g in range(ngroups):
+        good = q[g] == 0
+        prev = g > 0 and q[g - 1] == 0
+        nxt = g + 1 < ngroups and q[g + 1] == 0
+        starts[0, n_s] = g - (g > 0)
+        n_s += good & (not prev)
+        ends[0, n_e] = g + 1
+        n_e += good & (not nxt)
+    first = (starts[0, 0] == 0) & (ends[0, 0] == 1)
+    return np.int64(first), n_s
+
+
 @numba.njit(**_JIT)
 def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     """Fit every pixel of row ``y`` that needs no flag rule but the JUMP_DET segmentation
@@ -591,7 +612,6 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         rn12[x] = 12.0 * rnum * rnum
     mrate = _lane_median_rate(data, groupdq, y, tg, mid)
 
-    npers = np.uint8(~np.uint8(_PERS))
     qbuf = np.empty(ngroups, dtype=np.uint8)
     dbuf = np.empty(ngroups, dtype=np.float64)
     starts = np.empty((1, ngroups + 1), dtype=np.int64)
@@ -684,9 +704,9 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
             for k in range(ngroups):
                 qbuf[k] = groupdq[i, k, y, x]
                 dbuf[k] = np.float64(data[i, k, y, x])
-            nk, _, _ = _segments(qbuf, 0, ngroups, npers, _JUMP, _SAT, True, starts, ends, 0)
+            first, nk = _jump_segments(qbuf, ngroups, starts, ends)
             g = g_l[x]
-            for s in range(nk):
+            for s in range(first, nk):
                 sg = starts[0, s]
                 ln = ends[0, s] - sg
                 f_x[nseg] = x
