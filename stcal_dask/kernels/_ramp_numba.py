@@ -616,17 +616,12 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     dbuf = np.empty(ngroups, dtype=np.float64)
     starts = np.empty((1, ngroups + 1), dtype=np.int64)
     ends = np.empty((1, ngroups + 1), dtype=np.int64)
-    # the segments of the integrations with JUMP_DET: pixel, length, slope numerator and
-    # denominator (length 2: the sample difference, 1)
+    # the segments of the integrations with JUMP_DET: their pixel; slope, length, the pixel's
+    # gain, 12 (RN / TGROUP)^2, dark and median rate; their four terms (_segment_terms)
     cap = nx * max(1, ngroups // 2)
     f_x = np.empty(cap, dtype=np.int64)
-    f_len = np.empty(cap, dtype=np.float64)
-    f_num = np.empty(cap, dtype=np.float64)
-    f_den = np.empty(cap, dtype=np.float64)
-    t_r = np.empty(cap, dtype=np.float64)
-    t_p = np.empty(cap, dtype=np.float64)
-    t_e = np.empty(cap, dtype=np.float64)
-    t_n = np.empty(cap, dtype=np.float64)
+    fin = np.empty((cap, 6), dtype=np.float64)
+    tout = np.empty((cap, 4), dtype=np.float64)
     pidx = np.empty(nx, dtype=np.uint64)
     wrow = np.empty(nx, dtype=np.float64)
     sw = np.empty(nx, dtype=np.float64)
@@ -710,24 +705,29 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 sg = starts[0, s]
                 ln = ends[0, s] - sg
                 f_x[nseg] = x
-                f_len[nseg] = float(ln)
                 if ln == 2:
-                    f_num[nseg] = dbuf[sg + 1] - dbuf[sg]
-                    f_den[nseg] = 1.0
+                    slope = (dbuf[sg + 1] - dbuf[sg]) / tg
                 else:
                     a_w, a_x, a_xx, a_y, a_xy = _weighted_sums(dbuf, 0, sg, ln, rn_l[x], g,
                                                                irn2[x], wtab)  # fmt: skip
-                    f_num[nseg] = a_w * a_xy - a_x * a_y
-                    f_den[nseg] = a_w * a_xx - a_x * a_x
+                    num = a_w * a_xy - a_x * a_y
+                    invden = 1.0 / (a_w * a_xx - a_x * a_x)
+                    slope = num * invden / tg
+                fin[nseg, 0] = slope
+                fin[nseg, 1] = float(ln)
+                fin[nseg, 2] = g
+                fin[nseg, 3] = rn12[x]
+                fin[nseg, 4] = dk_l[x]
+                fin[nseg, 5] = mrate[x]
                 nseg += 1
-        # their slopes, variances and inverses across the list
+        # their variances and inverses across the list (one array in, one out: vectorised)
         for j in range(nseg):
-            x = f_x[j]
-            ln = f_len[j]
-            invden = 1.0 / f_den[j]
-            slope = (f_num[j] if ln == 2.0 else f_num[j] * invden) / tg
-            t_r[j], t_p[j], t_e[j], t_n[j] = _segment_terms(
-                slope, ln, g_l[x], rn12[x], dk_l[x], mrate[x], tg, combined)
+            tr, tp, te, tn = _segment_terms(fin[j, 0], fin[j, 1], fin[j, 2], fin[j, 3],
+                                            fin[j, 4], fin[j, 5], tg, combined)  # fmt: skip
+            tout[j, 0] = tr
+            tout[j, 1] = tp
+            tout[j, 2] = te
+            tout[j, 3] = tn
         # their sums over each pixel's segments, in order
         x_prev = -1
         for j in range(nseg):
@@ -738,10 +738,10 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 s_e[x] = 0.0
                 s_n[x] = 0.0
                 x_prev = x
-            s_r[x] += t_r[j]
-            s_p[x] += t_p[j]
-            s_e[x] += t_e[j]
-            s_n[x] += t_n[j]
+            s_r[x] += tout[j, 0]
+            s_p[x] += tout[j, 1]
+            s_e[x] += tout[j, 2]
+            s_n[x] += tout[j, 3]
         # the integration's results, across the row
         for x in range(nx):
             islope, ivp, ivr, ierr = _integration_result(s_p[x], s_r[x], s_e[x], s_n[x],
