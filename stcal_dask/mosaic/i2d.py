@@ -160,11 +160,12 @@ def _create_store(partial: Path, plan: rs.MosaicPlan, extra_attrs: dict) -> list
     return names
 
 
-TILE_TASK_BUDGET = 128 * 2**20
-"""Most bytes an automatically sized tile task is planned to use (about 900 x 900 output
-pixels): larger tiles only hold more memory. Each input's pixel map is computed once, not per
-tile, so smaller tiles add little work (their inputs' rectangles overlap by the kernel's reach
-and the index grid)."""
+TILE_TASK_BUDGET = 64 * 2**20
+"""Most bytes an automatically sized tile task is planned to use (about 640 x 640 output
+pixels): larger tiles only hold more memory (a worker's peak is its start-up memory plus its
+largest task). Each input's pixel map is computed once, not per tile, so smaller tiles add
+little work (their inputs' rectangles overlap by the kernel's reach and one cell of the index
+grid)."""
 
 
 def _cluster_shape(client) -> tuple[int, int]:

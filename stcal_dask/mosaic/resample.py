@@ -87,8 +87,9 @@ a degenerate footprint); jwst#5081 tried to allocate tens of TiB that way."""
 VARIANCES = ("var_rnoise", "var_poisson", "var_flat")
 """stcal's ``Resample.variance_array_names`` (in its order)."""
 
-_INDEX_STEP = 32
-"""Input pixels between the grid points the tile index maps to the output."""
+_INDEX_STEP = 16
+"""Input pixels between the grid points the tile index maps to the output (a tile's rectangle of
+an input is a union of such cells: finer cells, less of the input drizzled twice)."""
 
 
 def kernel_reach(params: ResampleParams, input_pixel: float, pixel_scale_ratio: float) -> float:
@@ -333,35 +334,33 @@ def _cell_boxes(
 
     Returns (input boxes (n, 4) [y0, y1, x0, x1] ends exclusive, output boxes (n, 4) [ymin, ymax,
     xmin, xmax] of the cell's mapped corners, valid mask (n,), largest input pixel size in output
-    pixels).
+    pixels); cells in row-major order.
     """
     ny, nx = shape
     gy, gx = _grid(ny, step), _grid(nx, step)
     yy, xx = np.meshgrid(gy, gx, indexing="ij")
     # no input bounding box here: coordinates everywhere (the drizzle itself honours the box)
     ox, oy = al.reproject(wcs, out_wcs)(xx, yy)
-    in_boxes, out_boxes, valid = [], [], []
+    # the four corners of every cell (j, i): grid points [j:j+2, i:i+2]
+    cx = np.stack([ox[:-1, :-1], ox[:-1, 1:], ox[1:, :-1], ox[1:, 1:]])
+    cy = np.stack([oy[:-1, :-1], oy[:-1, 1:], oy[1:, :-1], oy[1:, 1:]])
+    valid = np.isfinite(cx).all(axis=0) & np.isfinite(cy).all(axis=0)
+    nj, ni = valid.shape
+    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+    in_boxes = np.stack([gy[jj], gy[jj + 1] + 1, gx[ii], gx[ii + 1] + 1], axis=-1)
+    with np.errstate(invalid="ignore"):
+        out_boxes = np.stack([cy.min(axis=0), cy.max(axis=0), cx.min(axis=0), cx.max(axis=0)],
+                             axis=-1)
+    out_boxes[~valid] = np.nan
     size = 0.0
-    for j in range(len(gy) - 1):
-        for i in range(len(gx) - 1):
-            cx = ox[j : j + 2, i : i + 2]
-            cy = oy[j : j + 2, i : i + 2]
-            ok = bool(np.all(np.isfinite(cx)) and np.all(np.isfinite(cy)))
-            in_boxes.append((int(gy[j]), int(gy[j + 1]) + 1, int(gx[i]), int(gx[i + 1]) + 1))
-            if ok:
-                out_boxes.append((cy.min(), cy.max(), cx.min(), cx.max()))
-                dx = max(gx[i + 1] - gx[i], 1.0)
-                dy = max(gy[j + 1] - gy[j], 1.0)
-                size = max(
-                    size,
-                    math.hypot(cx[0, 1] - cx[0, 0], cy[0, 1] - cy[0, 0]) / dx,
-                    math.hypot(cx[1, 0] - cx[0, 0], cy[1, 0] - cy[0, 0]) / dy,
-                )
-            else:
-                out_boxes.append((np.nan,) * 4)
-            valid.append(ok)
-    return (np.asarray(in_boxes, dtype=np.int64), np.asarray(out_boxes, dtype=float),
-            np.asarray(valid, dtype=bool), size)
+    if valid.any():
+        dx = np.maximum(np.diff(gx), 1.0)[ii]
+        dy = np.maximum(np.diff(gy), 1.0)[jj]
+        along_x = np.hypot(cx[1] - cx[0], cy[1] - cy[0]) / dx
+        along_y = np.hypot(cx[2] - cx[0], cy[2] - cy[0]) / dy
+        size = float(max(along_x[valid].max(), along_y[valid].max()))
+    return (in_boxes.reshape(-1, 4).astype(np.int64), out_boxes.reshape(-1, 4),
+            valid.reshape(-1), size)
 
 
 class InputReach(NamedTuple):
@@ -425,9 +424,9 @@ def build_tile_index(
     """Which inputs touch which tile, and the rectangle of each input a tile needs.
 
     ``cells[k]`` is :func:`input_reach`'s result for input k; an input's grid cell is needed by
-    a tile when the cell's mapped box, widened by ``slack`` output pixels (curvature inside a
-    cell, the kernel's reach), meets the tile's window (tile + ``halo``). The rectangle is the
-    bounding box of the needed cells.
+    a tile when the cell's mapped box, widened by ``slack`` output pixels (the curvature of the
+    map inside a cell), meets the tile's window (tile + ``halo``, which holds the kernel's
+    reach). The rectangle is the bounding box of the needed cells.
     """
     ny, nx = out_shape
     jobs = []
@@ -611,7 +610,7 @@ def _clip_values(exp: InputExposure, out_shape, fetch):
     return None if full is None else full._replace(sides=exp.clip.sides)
 
 
-def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 256) -> PixelMapFile:
+def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> PixelMapFile:
     """One input's whole pixel map, computed once, into a ``.npy`` file (float64,
     (ny, nx, 2)) that tile tasks read their rectangles of (:func:`drizzle_tile`'s ``pixmaps``).
 
@@ -1018,7 +1017,9 @@ def plan_mosaic(
                  for e, c in zip(exposures, cells, strict=True)]
     reach = max((c[3] for c in cells if c[2].any()), default=1.0)
     halo = int(math.ceil(kernel_reach(params, reach, psr))) + 2
-    slack = halo + 2.0 + 0.02 * _INDEX_STEP * max(reach, 1.0)
+    # the window (tile + halo) already holds the kernel's reach: the slack covers only the
+    # curvature of the map inside a cell and rounding
+    slack = 2.0 + 0.02 * _INDEX_STEP * max(reach, 1.0)
     if tile is None:
         tile = choose_mosaic_tile(out_shape, memory_budget_bytes, len(exposures))
     tile = (min(int(tile[0]), out_shape[0]), min(int(tile[1]), out_shape[1]))
