@@ -454,4 +454,6 @@ def test_external_workers_with_a_cold_cache_say_so_on_the_client(tmp_path):
     assert f"compiling the numba kernels on {os.uname().nodename}" in errs[0], errs[0]
     assert f"(cache {cache})" in errs[0] and "for 2 of 2 workers" in errs[0], errs[0]
     assert "kernels compiled in" in errs[0], errs[0]
+    # then the variants of this exposure's shape (its lane medians), before the first tile
+    assert "compiling the numba kernels for 1x5 ramps" in errs[0], errs[0]
     assert "compil" not in errs[1], errs[1]

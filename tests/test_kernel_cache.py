@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import stcal_dask
@@ -143,7 +144,7 @@ def test_warmup_compiles_every_variant_a_run_uses(tmp_path):
     more: no new file in the cache."""
     from stcal_dask.engine.warmup import cache_dir, ensure_compiled, is_warm
 
-    ensure_compiled(quiet=True, lanes=True)
+    ensure_compiled(quiet=True, every=True)
     assert is_warm()
     cache = cache_dir()
 
@@ -165,6 +166,27 @@ def test_warmup_compiles_every_variant_a_run_uses(tmp_path):
         assert got.returncode == 0, got.stderr
         assert "compiling" not in got.stderr
     assert files() == before
+
+
+def test_an_exposures_variants_are_compiled_by_the_warm_up():
+    """ensure_compiled with an exposure's shape and parameters (as a run does once it has
+    opened its input) compiles, or loads, the variants that exposure's tiles call beyond the
+    usual run's (here: the lane medians of its count of differences, in the jump and in the
+    ramp fit, and the row-wise single-pass detection) before the first tile, and stamps them."""
+    from stcal_dask.engine.warmup import ensure_compiled, exposure_kernels, is_warm
+    from stcal_dask.kernels import _jump_numba, _median_numba
+    from stcal_dask.kernels.jump import JumpParams
+    from stcal_dask.kernels.ramp_fit import RampFitParams
+
+    ensure_compiled(quiet=True)
+    wanted = [_median_numba.lane_mid(np.float32, 6), _median_numba.lane_mid(np.float64, 6, True),
+              _jump_numba.single_detection(np.float32)]
+    iterative = exposure_kernels(1, 7, JumpParams(), RampFitParams())
+    single = exposure_kernels(1, 7, JumpParams(min_diffs_single_pass=5), RampFitParams())
+    ensure_compiled(quiet=True, exposures=(iterative, single))
+    assert is_warm((iterative, single))
+    for fn in wanted:
+        assert fn.signature().args in fn.dispatcher.overloads, fn.dispatcher
 
 
 # a process holding the compile lock forks a child (as a LocalCluster starting its workers may),

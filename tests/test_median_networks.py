@@ -133,7 +133,7 @@ def test_nanmedian_lanes_equals_numpy_nanmedian(n, dtype):
     scratch = mn.lane_median_scratch(n, nl + 3, apl)
     spl, cnt, left, lo, hi = scratch
     lo[:] = hi[:] = -7.0
-    mn.nanmedian_lanes(apl, nl, scratch)
+    mn.nanmedian_lanes(apl, nl, *scratch)
     assert (lo[nl:] == -7.0).all()
     for x in range(nl):
         vals = np.sort(apl[:, x][~np.isnan(apl[:, x])])

@@ -364,6 +364,28 @@ def _wait_for_cluster(args, background):
     return client
 
 
+def _ready_cluster(args, plan_: Plan, background, ramp):
+    """:func:`_wait_for_cluster`, then the kernel variants this exposure's run uses beyond the
+    usual run's (its lane medians, its jump path) compiled, once per machine and with a message
+    (even with ``-q``, as the cluster's warm-up), or loaded, in every worker (in this process
+    for dask's local schedulers): else they would be compiled in the first tiles, silently."""
+    from stcal_dask.engine.cluster import compile_on_workers
+    from stcal_dask.engine.warmup import ensure_compiled, exposure_kernels
+
+    client = _wait_for_cluster(args, background)
+    nints, ngroups = ramp["sci"].shape[:2]
+    exposures = (exposure_kernels(nints, ngroups, plan_.jump, plan_.rampfit),)
+    ready = background.__dict__.setdefault("_kernels_ready", set())  # (the exposures of a batch)
+    if exposures[0] in ready:
+        return client
+    if client is None:
+        ensure_compiled(exposures=exposures)
+    else:
+        compile_on_workers(client, exposures=exposures)
+    ready.add(exposures[0])
+    return client
+
+
 # ------------------------------------------------------------------------------------------------
 # the run
 
@@ -382,7 +404,7 @@ def _compute(args, plan_: Plan, background, out) -> tuple[list, int | None]:
     count = None
     fit_input = jumped if jumped is not None else ramp
     if plan_.rampfit is not None and plan_.rampfit.save_opt and jumped is not None:
-        _wait_for_cluster(args, background)
+        _ready_cluster(args, plan_, background, ramp)
         fit_input, count = _materialized_jump(args, jumped, out)
     extra = []
     if ("jump", plan_.formats[0]) in plan_.targets:
@@ -397,7 +419,7 @@ def _compute(args, plan_: Plan, background, out) -> tuple[list, int | None]:
     if jumped is not None and count is None:
         extra.append(jumped["primary_jumps"].data)
     # the graph was built while the workers loaded their kernels
-    _wait_for_cluster(args, background)
+    _ready_cluster(args, plan_, background, ramp)
     writes = out.writes
     return compute(args, *writes, *extra)[len(writes):], count
 

@@ -134,32 +134,36 @@ def _warm_kernels(quiet: bool = True) -> None:
     ensure_compiled(quiet=quiet)
 
 
-async def _compile_in_thread(quiet: bool = True) -> float:
+async def _compile_in_thread(quiet: bool = True, exposures: tuple = ()) -> float:
     """Compile the kernels into the machine's cache if it is cold (see
     :func:`stcal_dask.engine.warmup.ensure_compiled`; returns the seconds spent) in a thread of
     the worker: a compile takes minutes on a busy machine, and a worker whose event loop is
     blocked that long stops answering the scheduler's heartbeats and is removed as dead (its
-    replacement would then compile again, in its first tasks)."""
+    replacement would then compile again, in its first tasks). ``exposures``: see
+    :func:`stcal_dask.engine.warmup.exposure_kernels`."""
     import asyncio
 
     from stcal_dask.engine.warmup import ensure_compiled
 
-    return await asyncio.get_running_loop().run_in_executor(None, ensure_compiled, quiet)
+    return await asyncio.get_running_loop().run_in_executor(None, ensure_compiled, quiet,
+                                                            False, exposures)
 
 
-def _kernel_cache_state() -> tuple[str, str, bool]:
+def _kernel_cache_state(exposures: tuple = ()) -> tuple[str, str, bool]:
     """(host name, cache directory, whether the compiled kernels are there) of this worker."""
     import socket
 
     from stcal_dask.engine.warmup import cache_dir, is_warm
 
-    return socket.gethostname(), str(cache_dir()), is_warm()
+    return socket.gethostname(), str(cache_dir()), is_warm(exposures)
 
 
-def compile_on_workers(client, announce: bool = True) -> None:
+def compile_on_workers(client, announce: bool = True, exposures: tuple = ()) -> None:
     """Make every worker of ``client`` load the compiled kernels, compiling them first where a
     machine's cache is cold (one worker per cache compiles, the others wait for it; in a thread
-    of each worker, see :func:`_compile_in_thread`).
+    of each worker, see :func:`_compile_in_thread`); with ``exposures``
+    (:func:`stcal_dask.engine.warmup.exposure_kernels`) also the variants runs of those use
+    (their lane medians, their jump path), which would otherwise compile in the first tiles.
 
     The workers say nothing (on an external cluster their stderr is a log nobody watches): this
     process asks them first whether their caches are warm and, if ``announce``, says on its own
@@ -167,7 +171,7 @@ def compile_on_workers(client, announce: bool = True) -> None:
     not look hung. A worker that dies meanwhile is left to the computation to report.
     """
     try:
-        states = list(client.run(_kernel_cache_state).values())
+        states = list(client.run(_kernel_cache_state, exposures).values())
     except Exception:  # noqa: BLE001 - a worker died: reported by the computation
         states = []
     cold = [(host, cache) for host, cache, warm in states if not warm]
@@ -175,13 +179,15 @@ def compile_on_workers(client, announce: bool = True) -> None:
     if cold and announce:
         where = (f"on {caches[0][0]} (cache {caches[0][1]})" if len(caches) == 1 else
                  f"on {len({h for h, _ in caches})} machines ({len(caches)} caches)")
-        print(f"stcal-dask: compiling the numba kernels {where} for {len(cold)} of "
+        what = ("the numba kernels" if not exposures else "the numba kernels for " + ", ".join(
+            f"{nints}x{ngroups}" for nints, ngroups, *_ in exposures) + " ramps")
+        print(f"stcal-dask: compiling {what} {where} for {len(cold)} of "
               f"{len(states)} workers: the first run there; once per machine, cached for "
               "later runs ('stcal-dask warmup' does it ahead of time) ...", file=sys.stderr,
               flush=True)
     t0 = time.perf_counter()
     try:
-        client.run(_compile_in_thread, True)
+        client.run(_compile_in_thread, True, exposures)
     except UserInputError:
         raise
     except Exception:  # noqa: S110 - a worker died: reported by the computation

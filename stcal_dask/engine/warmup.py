@@ -6,19 +6,22 @@ The kernels are numba functions cached on disk (the directory is chosen by
 runs; a warm one loads in a fraction of a second. This module makes that compilation happen once
 per machine and visibly:
 
-* :func:`compile_kernels` calls every kernel entry point on tiny inputs with the array types a
-  run uses (each jump path, ramp fitting with and without the optional outputs), so every
-  variant a run needs is compiled and stored, except the lane medians: one small function per
-  count of values (see :func:`stcal_dask.kernels._median_numba.lane_mid`), of which a run uses
-  one or two, each compiled (a second or so) when a tile first needs it; ``lanes=True`` compiles
-  those of every count too;
-* :func:`ensure_compiled` is what a worker (and ``stcal-dask warmup``, with ``lanes=True``)
+* :func:`compile_kernels` calls the kernel entry points on tiny inputs with the array types a
+  run uses, so that the variants of the usual run (the iterative jump path, ramp fitting
+  without the optional outputs) are compiled and stored. The parts that depend on the
+  exposure are functions passed to the kernels as function pointers (see
+  :class:`stcal_dask.kernels._median_numba.FunctionArg`), compiled (a second or a few) when a
+  tile first needs one: the lane medians of each count of values (see
+  :func:`stcal_dask.kernels._median_numba.lane_mid`; a run uses one or two), the row
+  detections of the other jump paths; ``every=True`` compiles all of them, and the ramp fit's
+  optional outputs;
+* :func:`ensure_compiled` is what a worker (and ``stcal-dask warmup``, with ``every=True``)
   calls before its first tile: when the cache's stamp for this exact kernel source, numba
   version and CPU is present it only loads the kernels; else it takes an exclusive lock on the
   cache directory (``fcntl``), so that of several processes starting together (the workers of a
   LocalCluster, several runs, a node's ``dask worker`` processes) one compiles while the others
   wait and then load what it stored, announces the compilation on stderr, compiles, and writes
-  the stamp last (a second stamp for the lane medians of every count).
+  the stamp last (a second stamp for ``every``).
 
 A process killed while compiling leaves no stamp (the next one compiles again; numba's cache
 files are each written under a temporary name and renamed, so none is ever half written), and
@@ -35,12 +38,13 @@ import time
 from pathlib import Path
 
 __all__ = ["PARTS", "cache_dir", "cache_key", "compile_kernels", "compile_lock",
-           "ensure_compiled", "is_warm", "lock_path", "stamp_path"]
+           "ensure_compiled", "exposure_kernels", "is_warm", "lock_path", "stamp_path"]
 
 _STAMP_PREFIX = "stcal-dask-kernels-"
-_LANES_PREFIX = "stcal-dask-lanes-"
+_EVERY_PREFIX = "stcal-dask-every-"
+_EXPOSURE_PREFIX = "stcal-dask-exposure-"
 _LOCK_NAME = ".stcal-dask-compile.lock"
-_warm_in_process: set[bool] = set()  # the ``lanes`` values ensure_compiled has completed
+_warm_in_process: set = set()  # the (every, exposures) ensure_compiled has completed
 
 
 def cache_dir() -> Path:
@@ -71,10 +75,29 @@ def cache_key() -> str:
     return h.hexdigest()
 
 
-def stamp_path(key: str | None = None, lanes: bool = False) -> Path:
-    """The file whose presence says the cache holds every kernel variant for :func:`cache_key`
-    (with ``lanes``: the lane medians of every count)."""
-    return cache_dir() / f"{_LANES_PREFIX if lanes else _STAMP_PREFIX}{(key or cache_key())[:20]}"
+def stamp_path(key: str | None = None, every: bool = False, exposure: tuple | None = None
+               ) -> Path:
+    """The file whose presence says the cache holds the kernel variants for :func:`cache_key`
+    of the usual run (with ``every``: every variant, see :func:`compile_kernels`; with
+    ``exposure``: those of that :func:`exposure_kernels`)."""
+    key = (key or cache_key())[:20]
+    if exposure is not None:
+        what = hashlib.sha256(repr(exposure).encode()).hexdigest()[:16]
+        return cache_dir() / f"{_EXPOSURE_PREFIX}{key}-{what}"
+    return cache_dir() / f"{_EVERY_PREFIX if every else _STAMP_PREFIX}{key}"
+
+
+def exposure_kernels(nints: int, ngroups: int, jump=None, rampfit=None) -> tuple:
+    """What decides the kernel variants a run of an exposure of ``nints`` x ``ngroups`` uses
+    beyond the usual run's (its lane medians, its jump path's row detection, fitting with
+    optional outputs), as a tuple for :func:`ensure_compiled` (``exposures``) and
+    :func:`compile_kernels`: the shape, the jump parameters that choose the path
+    (:class:`~stcal_dask.kernels.jump.JumpParams`, None: no jump detection) and whether the fit
+    (:class:`~stcal_dask.kernels.ramp_fit.RampFitParams`, None: no fit) saves the optional
+    outputs."""
+    paths = None if jump is None else (int(jump.minimum_sigclip_groups),
+                                       int(jump.min_diffs_single_pass), bool(jump.only_use_ints))
+    return (int(nints), int(ngroups), paths, None if rampfit is None else bool(rampfit.save_opt))
 
 
 def lock_path() -> Path:
@@ -83,26 +106,43 @@ def lock_path() -> Path:
     return cache_dir() / _LOCK_NAME
 
 
-def is_warm() -> bool:
-    """Whether the kernels are already compiled in this machine's cache (no compilation needed)."""
-    return stamp_path().exists()
+def is_warm(exposures: tuple = ()) -> bool:
+    """Whether the kernels (and those of ``exposures``, see :func:`exposure_kernels`) are
+    already compiled in this machine's cache (no compilation needed)."""
+    return all(p.exists() for p in _stamps(cache_key(), False, exposures))
+
+
+def _stamps(key: str, every: bool, exposures: tuple) -> list[Path]:
+    """The stamps that say the variants of ``every`` and ``exposures`` are in the cache (those
+    of every exposure are there when every variant is)."""
+    full = stamp_path(key, every=True)
+    if every or (exposures and full.exists()):
+        return [stamp_path(key), full]
+    return [stamp_path(key), *(stamp_path(key, exposure=e) for e in exposures)]
 
 
 PARTS = ("jump", "ramp")
 """The kernel sets :func:`compile_kernels` can compile apart (in two processes at once)."""
 
 
-def compile_kernels(lanes: bool = False, parts: tuple[str, ...] = PARTS) -> None:
-    """Compile (or load from the cache) every kernel variant a run uses, on tiny inputs.
+def compile_kernels(every: bool = False, parts: tuple[str, ...] = PARTS,
+                    exposures: tuple = ()) -> None:
+    """Compile (or load from the cache) the kernel variants a run uses, on tiny inputs.
 
     Parameters
     ----------
-    lanes : bool
-        Also the lane medians of every count the kernels use (else only those of the tiny
-        inputs' counts, the smallest: a run compiles its own on first use).
+    every : bool
+        Every variant: the lane medians of every count the kernels use, the row detections of
+        every jump path (single-pass, sigma-clip, pixel by pixel) and the ramp fit's optional
+        outputs. Else those of the usual run only (the iterative jump path, the ramp fit
+        without optional outputs; lane medians of the smallest count): a run that needs
+        another compiles it on first use (see
+        :class:`~stcal_dask.kernels._median_numba.FunctionArg`).
     parts : tuple of str
         Which of :data:`PARTS`: the jump kernels, the ramp-fit kernels (they share only small
         helpers, so that two processes can compile one each).
+    exposures : tuple
+        Also the variants runs of these exposures use (each an :func:`exposure_kernels`).
     """
     import numpy as np
 
@@ -124,10 +164,11 @@ def compile_kernels(lanes: bool = False, parts: tuple[str, ...] = PARTS) -> None
                           timing=timing)
 
     # nints x ngroups: the iterative path (2 differences: the smallest lane median), the
-    # single-pass path, the sigma-clip path (>= 100 groups in all, JWST's
-    # minimum_sigclip_groups), the skipped exposure (one group); 34 groups: no lane median in
+    # skipped exposure (one group); with ``every`` also the single-pass path and the sigma-clip
+    # path (>= 100 groups in all, JWST's minimum_sigclip_groups); 34 groups: no lane median in
     # the ramp fit (more than its row-wise fit takes) nor, beyond the iterative path, the jump
-    for nints, ngroups in ((1, 3), (1, 34), (5, 34), (1, 1)):
+    shapes = ((1, 3), (1, 34), (5, 34), (1, 1)) if every else ((1, 3), (1, 1))
+    for nints, ngroups in shapes:
         data = ramp(nints, ngroups)
         gdq = np.zeros(data.shape, np.uint8)
         if "jump" in parts:
@@ -136,23 +177,34 @@ def compile_kernels(lanes: bool = False, parts: tuple[str, ...] = PARTS) -> None
         else:
             pdq_out = pdq
         if ngroups > 1 and "ramp" in parts:
-            for save_opt in (False, True):
+            for save_opt in (False, True) if every else (False,):
                 fit(data, gdq, pdq_out, save_opt)
-    if lanes:
+    for nints, ngroups, paths, save_opt in exposures:
+        # a tiny exposure of that shape, with the parameters that choose the jump path
+        data = ramp(nints, ngroups)
+        gdq = np.zeros(data.shape, np.uint8)
+        if paths is not None and "jump" in parts:
+            chosen = jk.JumpParams(minimum_sigclip_groups=paths[0],
+                                   min_diffs_single_pass=paths[1], only_use_ints=paths[2])
+            gdq = jk.detect_jumps(data, gdq, pdq, gain, rn, params=chosen, nframes=1,
+                                  group_time=10.0).groupdq
+        if save_opt is not None and ngroups > 1 and "ramp" in parts:
+            fit(data, gdq, pdq, save_opt)
+    if every:
         # the jump's iterative path at 2..12 differences and the network across rows (13..32),
         # and the ramp fit's flag-free rows at 1..12 differences and beyond (13..32)
-        every = jk.JumpParams(min_diffs_single_pass=64)
+        iterative = jk.JumpParams(min_diffs_single_pass=64)
         for ngroups in range(2, 15):
             data = ramp(1, ngroups)
             gdq = np.zeros(data.shape, np.uint8)
             if ngroups > 2 and "jump" in parts:
-                jk.detect_jumps(data, gdq, pdq, gain, rn, params=every, nframes=1,
+                jk.detect_jumps(data, gdq, pdq, gain, rn, params=iterative, nframes=1,
                                 group_time=10.0)
             if "ramp" in parts:
                 fit(data, gdq, pdq)
 
 
-def _helper(parts: tuple[str, ...], lanes: bool):
+def _helper(parts: tuple[str, ...], every: bool, exposures: tuple):
     """A process compiling ``parts`` of the kernels (see :func:`compile_kernels`) beside this
     one, or None where this process may use only one core. It ends with this process (it
     watches its parent) and says nothing; if it fails (e.g. it cannot import this package),
@@ -174,7 +226,7 @@ def _helper(parts: tuple[str, ...], lanes: bool):
         "    os._exit(1)\n"
         "threading.Thread(target=watch, daemon=True).start()\n"
         "from stcal_dask.engine.warmup import compile_kernels\n"
-        f"compile_kernels(lanes={lanes!r}, parts={parts!r})\n"
+        f"compile_kernels(every={every!r}, parts={parts!r}, exposures={exposures!r})\n"
     )
     try:
         # the environment carries the cache directory (NUMBA_CACHE_DIR, set by numba_cache)
@@ -184,18 +236,19 @@ def _helper(parts: tuple[str, ...], lanes: bool):
         return None
 
 
-def _compile_all(lanes: bool) -> None:
-    """Compile every kernel variant (:func:`compile_kernels`), the ramp-fit kernels in a helper
+def _compile_all(every: bool, exposures: tuple) -> None:
+    """Compile the kernel variants (:func:`compile_kernels`), the ramp-fit kernels in a helper
     process (:func:`_helper`) while this one compiles the jump kernels, where two cores are
     there: they are about as much work."""
-    helper = _helper(("ramp",), lanes)
+    helper = _helper(("ramp",), every, exposures)
     try:
-        compile_kernels(lanes=lanes, parts=("jump",) if helper else PARTS)
+        compile_kernels(every=every, parts=("jump",) if helper else PARTS, exposures=exposures)
     finally:
         if helper is not None:
             helper.wait()
     if helper is not None:
-        compile_kernels(lanes=lanes)  # loads what the helper stored (compiles what it did not)
+        # loads what the helper stored (compiles what it did not)
+        compile_kernels(every=every, exposures=exposures)
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -203,7 +256,7 @@ def _say(message: str, quiet: bool) -> None:
         print(f"stcal-dask: {message}", file=sys.stderr, flush=True)
 
 
-def ensure_compiled(quiet: bool = False, lanes: bool = False) -> float:
+def ensure_compiled(quiet: bool = False, every: bool = False, exposures: tuple = ()) -> float:
     """Make sure the kernels are compiled in this machine's cache and loaded in this process.
 
     Parameters
@@ -211,21 +264,26 @@ def ensure_compiled(quiet: bool = False, lanes: bool = False) -> float:
     quiet : bool
         No message on stderr (else one when a compilation starts and when it ends, and one when
         waiting for another process that is compiling).
-    lanes : bool
-        The lane medians of every count too (see :func:`compile_kernels`).
+    every : bool
+        Every variant (see :func:`compile_kernels`), not only the usual run's.
+    exposures : tuple
+        Also the variants runs of these exposures use (each an :func:`exposure_kernels`; one
+        stamp each).
 
     Returns
     -------
     float
         Seconds spent compiling in this process (0.0 when the cache was warm).
     """
-    if lanes in _warm_in_process:
+    exposures = tuple(exposures)
+    if (every, exposures) in _warm_in_process:
         return 0.0
     key = cache_key()
-    stamps = [stamp_path(key), *([stamp_path(key, lanes=True)] if lanes else [])]
+    stamps = _stamps(key, every, exposures)
     if all(stamp.exists() for stamp in stamps):
-        compile_kernels()  # loads from the cache (the lane medians load on first use)
-        _warm_in_process.add(lanes)
+        # loads from the cache (another exposure's lane medians load on first use)
+        compile_kernels(exposures=exposures)
+        _warm_in_process.add((every, exposures))
         return 0.0
     lock = lock_path()
     spent = 0.0
@@ -235,7 +293,7 @@ def ensure_compiled(quiet: bool = False, lanes: bool = False) -> float:
                  f"{stamps[0].parent}, set STCAL_DASK_CACHE_DIR to move it; 'stcal-dask warmup' "
                  "does this ahead of time) ...", quiet)
             t0 = time.perf_counter()
-            _compile_all(lanes)
+            _compile_all(every, exposures)
             spent = time.perf_counter() - t0
             for stamp in stamps:
                 tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
@@ -243,8 +301,8 @@ def ensure_compiled(quiet: bool = False, lanes: bool = False) -> float:
                 os.replace(tmp, stamp)
             _say(f"kernels compiled in {spent:.0f} s", quiet)
         else:
-            compile_kernels()
-    _warm_in_process.add(lanes)
+            compile_kernels(exposures=exposures)
+    _warm_in_process.add((every, exposures))
     return spent
 
 

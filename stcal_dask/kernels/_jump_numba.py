@@ -13,9 +13,11 @@ branch-free loops that the compiler vectorises, and the clipped medians from sor
 run across pixels (straight-line ones in registers up to 12 differences, the lane function
 :func:`~stcal_dask.kernels._median_numba.lane_mid` of the pixels' count of differences,
 passed to :func:`run_frame` as ``mid``). The single-pass path (many groups) runs
-across the pixels of a row too (:func:`_single_row`, one median network across the row up to
+across the pixels of a row too (:func:`single_row`, one median network across the row up to
 64 differences per pixel). The other cases detect pixel by pixel (:func:`_detect_pixel`, the
 reference the row-wise paths are tested against); medians use branch-free sorting networks.
+The single-pass and pixel-by-pixel detections are passed to :func:`run_frame` as
+function-pointer arguments too, so that a frame compiles only the detection it runs.
 
 Precision follows stcal 1.20.0 exactly (that is what makes the DQ bit-identical):
 
@@ -41,18 +43,21 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.typing import signature
+from numba.np.numpy_support import from_dtype
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
 from stcal_dask.kernels._median_numba import LANE_MEDIAN_MAX as _LANE_MEDIAN_MAX
 from stcal_dask.kernels._median_numba import SORT_MAX as _SORT_MAX
-from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import (
+    FunctionArg,
     lane_median_scratch,
     mid_scratch,
     nanmedian_lanes,
 )
+from stcal_dask.kernels._median_numba import kth_smallest as _kth_smallest
 from stcal_dask.kernels._median_numba import median_prefix as _median_prefix
 from stcal_dask.kernels.numba_cache import lock_cache_writes
 
@@ -71,7 +76,7 @@ _SAT_DNU = dqflags.SATURATED | dqflags.DO_NOT_USE
 @njit(cache=True, nogil=True, inline="always")
 def _nanmedian(vals, n, buf):
     """nanmedian of ``vals[:n]`` (float64) using ``buf`` as scratch."""
-    m = 0
+    m = np.int64(0)  # not a literal: callees are compiled for int64 only
     for j in range(n):
         v = vals[j]
         buf[m] = v  # kept only if counted: no data-dependent branch
@@ -100,7 +105,7 @@ def _clipped_median(a, n, buf):
         return np.nan, n_use, mx, mn
     if n_use == 2:
         return mn, n_use, mx, mn
-    m = 0
+    m = np.int64(0)
     if n_use == 3:
         for j in range(n):
             v = a[j]
@@ -186,13 +191,27 @@ def _rn_term(readnoise, gain, y, x, nreads_half):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _median_sigma(diffs, ntot, buf, rnterm):
-    """Signed nanmedian of the differences and sigma = sqrt(|m| + RN^2/nframes) (0 -> NaN)."""
-    m = _nanmedian(diffs, ntot, buf)
+def _sigma(m, rnterm):
+    """sigma = sqrt(|m| + RN^2/nframes) of a signed median ``m`` (0 -> NaN)."""
     sig = math.sqrt(abs(m) + rnterm)
     if sig == 0.0:
         sig = np.nan
-    return m, sig
+    return sig
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _median_sigma(diffs, ntot, buf, rnterm):
+    """Signed nanmedian of the differences and its sigma (:func:`_sigma`)."""
+    m = _nanmedian(diffs, ntot, buf)
+    return m, _sigma(m, rnterm)
+
+
+@njit(cache=True, nogil=True)
+def _nanmedian_apart(vals, n, buf):
+    """:func:`_nanmedian` compiled once on its own, for the callers that need it for a few
+    pixels only (those with jumps): every caller of an inlined function compiles a copy of it
+    (the pixel-by-pixel detection, which needs it for every pixel, inlines it)."""
+    return _nanmedian(vals, n, buf)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -205,7 +224,7 @@ def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes
         # difference is outside the bounds and its later group is neither SAT nor DNU.
         nlanes = nd if only_use_ints else 1
         for lane in range(nlanes):
-            count = 0
+            count = np.int64(0)
             for i in range(nints):
                 for k in range(nd):
                     if only_use_ints and k != lane:
@@ -315,6 +334,36 @@ def _detect_pixel(
                         grow[x, i * ngroups + k + 1] |= _JUMP
                         absd[j] = np.nan
     return m, sig, have_m
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def detect_pixels(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, reset_planes,
+                  rej, thr_3diff, thr_2diff, absd, ratio, buf, mrow, srow, have):
+    """Detection pixel by pixel (:func:`_detect_pixel`) for every pixel ``x`` of a row held in
+    the row buffers (``grow`` (nx, nints * ngroups), ``drow`` (nx, ntot), ``rnt`` (nx,) the
+    read-noise terms, ``erow`` (nints * ngroups, nx)), with ``mrow[x]``, ``srow[x]``,
+    ``have[x]`` its ``(m, sigma, have_m)``: the paths and counts the row-wise detections do
+    not cover. :func:`run_frame` takes it as a function-pointer argument
+    (:func:`pixel_detection`), so that it is compiled only where a tile needs it."""
+    for x in range(grow.shape[0]):
+        m, sig, have_m = _detect_pixel(
+            grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints, reset_planes, x,
+            rej, thr_3diff, thr_2diff, absd, ratio, buf,
+        )  # fmt: skip
+        mrow[x] = m
+        srow[x] = sig
+        have[x] = have_m
+
+
+@njit(cache=True, nogil=True)
+def _single_unused(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
+    """:func:`single_row` for a frame that does not detect on the row-wise single-pass path."""
+
+
+@njit(cache=True, nogil=True)
+def _pixels_unused(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, reset_planes,
+                   rej, thr_3diff, thr_2diff, absd, ratio, buf, mrow, srow, have):
+    """:func:`detect_pixels` for a frame that does not detect pixel by pixel."""
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -461,7 +510,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
+def single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
     """The single-pass path's detection for a whole row, pixels along the inner (vectorised)
     loops: the same flags, median and sigma as :func:`_detect_pixel` on ``PATH_SINGLE``, bit
     for bit.
@@ -473,15 +522,16 @@ def _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
     differences in the electrons' dtype (the float64 values the scalar path sorts are exactly
     these, widened) by :func:`~stcal_dask.kernels._median_numba.nanmedian_lanes`, the mean of
     an even count's middle pair in float64. Needs 1 <= nints * (ngroups - 1) <= 64.
+    :func:`run_frame` takes it as a function-pointer argument (:func:`single_detection`), so
+    that it is compiled only where a tile needs it.
     """
     nd = ngroups - 1
     ntot = nints * nd
     nx = erow.shape[1]
     apl = np.empty((ntot, nx), dtype=erow.dtype)
-    scratch = lane_median_scratch(ntot, nx, apl)
-    cnt, lo, hi = scratch[1], scratch[3], scratch[4]
+    spl, cnt, left, lo, hi = lane_median_scratch(ntot, nx, apl)
     _row_differences(erow, nints, ngroups, dpl, apl, False)
-    nanmedian_lanes(apl, nx, scratch)
+    nanmedian_lanes(apl, nx, spl, cnt, left, lo, hi)
     for x in range(nx):
         lo64 = np.float64(lo[x])
         m = lo64 if (cnt[x] & 1) == 1 else (lo64 + np.float64(hi[x])) / 2.0
@@ -533,7 +583,7 @@ class DetectSettings(NamedTuple):
     """Sigma threshold with exactly 2 usable differences (three_group_rejection_threshold)."""
     rowwise: bool
     """Detect across the pixels of each row where the path and difference count allow it
-    (:func:`_iterative_row`, :func:`_single_row`); False only to check them against the
+    (:func:`_iterative_row`, :func:`single_row`); False only to check them against the
     pixel-by-pixel path, which gives the same flags."""
 
 
@@ -594,9 +644,11 @@ class RowRings(NamedTuple):
     jmask: np.ndarray
     """(nx,) int64 JUMP bits from :func:`_iterative_row` ((0,) off that path)."""
     mq: np.ndarray
-    """(nx,) float64 signed medians from :func:`_single_row` ((0,) off the row-wise paths)."""
+    """(nx,) float64 signed medians from :func:`single_row` or :func:`detect_pixels`."""
     sq: np.ndarray
-    """(nx,) float64 sigmas from :func:`_single_row` ((0,) off the row-wise paths)."""
+    """(nx,) float64 sigmas from :func:`single_row` or :func:`detect_pixels`."""
+    hq: np.ndarray
+    """(nx,) bool: :func:`detect_pixels` has set ``mq``/``sq`` of the pixel."""
     absd: np.ndarray
     """(max(ntot, 1),) float64 per-pixel scratch."""
     ratio: np.ndarray
@@ -605,16 +657,18 @@ class RowRings(NamedTuple):
     """(max(ntot, nints, 1),) float64 median scratch."""
 
 
-@njit(cache=True, nogil=True)
-def _row_rings(inputs, gdq_out, quick):
-    """The :class:`RowRings` of a frame; ``quick``: a row-wise detection path is taken."""
-    nints, ngroups, ny, nx = inputs.data.shape
+def row_rings(shape, edtype, gdtype, quick: bool) -> RowRings:
+    """The :class:`RowRings` of a frame of ``shape`` (nints, ngroups, ny, nx), electrons in
+    ``edtype``, group DQ in ``gdtype``; ``quick``: a row-wise detection path is taken
+    (:func:`detects_rowwise`). Made here, with numpy, and passed to :func:`run_frame` (a
+    compiled function returning them would be one more to compile)."""
+    nints, ngroups, ny, nx = shape
     ntot = nints * (ngroups - 1)
     ng_all = nints * ngroups
     nq = nx if quick else 0
     return RowRings(
-        np.empty((ng_all, nx), dtype=inputs.eproto.dtype),
-        np.empty((3, nx, ng_all), dtype=gdq_out.dtype),
+        np.empty((ng_all, nx), dtype=edtype),
+        np.empty((3, nx, ng_all), dtype=gdtype),
         np.zeros((3, nx, ng_all), dtype=np.bool_),
         np.empty((3, nx, max(ntot, 1)), dtype=np.float64),
         np.empty((3, nx), dtype=np.float64),
@@ -623,8 +677,9 @@ def _row_rings(inputs, gdq_out, quick):
         np.empty(nx, dtype=np.float64),
         np.empty((ntot, nq), dtype=np.float64),
         np.zeros(nq, dtype=np.int64),
-        np.empty(nq, dtype=np.float64),
-        np.empty(nq, dtype=np.float64),
+        np.empty(nx, dtype=np.float64),
+        np.empty(nx, dtype=np.float64),
+        np.zeros(nx, dtype=np.bool_),
         np.empty(max(ntot, 1), dtype=np.float64),
         np.empty(max(ntot, 1), dtype=np.float64),
         np.empty(max(ntot, nints, 1), dtype=np.float64),
@@ -656,14 +711,15 @@ def _load_row(inputs, yy, rings):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid):
+def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid,
+                single, pixels):
     """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
     ``primary[yy]`` the JUMP counts; with ``do_neighbors`` the neighbour-flagging centres
     (differences whose ratio is within (``nbr_min``, ``nbr_max``)) and the medians they need
-    are kept in the rings."""
+    are kept in the rings. ``mid``, ``single``, ``pixels``: see :func:`run_frame`."""
     readnoise, gain = inputs.readnoise, inputs.gain
     path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff, _rw = detect
-    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, absd, \
+    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, hq, absd, \
         ratio, buf = rings
     nints, ngroups, ny, nx = inputs.data.shape
     nd = ngroups - 1
@@ -675,11 +731,14 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
     crow = centre[ry]
     for x in range(nx):
         rnt[x] = _rn_term(readnoise, gain, yy, x, nreads_half)
-    single = path == PATH_SINGLE
-    if quick and single:
-        _single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mq, sq)
+    is_single = path == PATH_SINGLE
+    if quick and is_single:
+        single(erow, rnt, nints, ngroups, rej, dpl, jmask, mq, sq)
     elif quick:
         _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask, mid)
+    else:
+        pixels(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, reset_planes, rej,
+               thr_3diff, thr_2diff, absd, ratio, buf, mq, sq, hq)
     for x in range(nx):
         if quick:
             for j in range(ntot):
@@ -691,15 +750,12 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                     for k in range(nd):
                         hit = (bits >> (i * nd + k)) & 1
                         grow[x, i * ngroups + k + 1] |= _JUMP * hit
-            if single:
+            if is_single:
                 m, sig, have_m = mq[x], sq[x], True
             else:
                 m, sig, have_m = np.nan, np.nan, False
         else:
-            m, sig, have_m = _detect_pixel(
-                grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints,
-                reset_planes, x, rej, thr_3diff, thr_2diff, absd, ratio, buf,
-            )  # fmt: skip
+            m, sig, have_m = mq[x], sq[x], hq[x]
         rnterm = rnt[x]
         cnt = 0
         for q in range(ng_all):
@@ -712,7 +768,8 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                     crow[x, q] = False
             else:
                 if not have_m:
-                    m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
+                    m = _nanmedian_apart(drow[x], ntot, buf)
+                    sig = _sigma(m, rnterm)
                     have_m = True
                 for i in range(nints):
                     crow[x, i * ngroups] = False
@@ -737,7 +794,7 @@ def _finish_row(flags, y, ny, rings):
     after-jump flags and redundant-bit removal."""
     (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
      remove_redundant_bits) = flags  # fmt: skip
-    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, absd, \
+    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, hq, absd, \
         ratio, buf = rings
     nx, ng_all = gring.shape[1], gring.shape[2]
     ngroups = addf.shape[0]
@@ -790,7 +847,7 @@ def _finish_row(flags, y, ny, rings):
         if any_jump:
             m = mring[ry, x]
             if not mvalid[ry, x]:
-                m = _nanmedian(drow[x], ntot, buf)
+                m = _nanmedian_apart(drow[x], ntot, buf)
             for i in range(nints):
                 for g in range(ngroups):
                     addf[g] = False
@@ -829,16 +886,73 @@ def _write_row(rings, y, gdq_out):
 
 
 @njit(cache=True, nogil=True)
-def run_frame(inputs, detect, flags, out, mid):
+def detects_rowwise(path, ntot, rowwise):
+    """Whether :func:`run_frame` detects across each row's pixels (:func:`_iterative_row`,
+    :func:`single_row`) on ``path`` (``PATH_*``) with ``ntot`` differences per pixel: up to the
+    counts their networks cover, unless ``rowwise`` is False; else pixel by pixel."""
+    return rowwise and (
+        (path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX)
+        or (path == PATH_SINGLE and 1 <= ntot <= _LANE_MEDIAN_MAX)
+    )
+
+
+_ROW_DETECTIONS: dict[tuple, FunctionArg] = {}
+_F64 = types.Array(types.float64, 1, "C")
+_F64_2D = types.Array(types.float64, 2, "C")
+
+
+def _arr(dtype, ndim: int):
+    return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+def single_detection(edtype, used: bool = True) -> FunctionArg:
+    """:func:`single_row` for electrons in ``edtype``, as the ``single`` argument of
+    :func:`run_frame`; with ``used=False`` one of the same signature that does nothing (nothing
+    is compiled for a frame that does not call it)."""
+    key = ("single", np.dtype(edtype).name, bool(used))
+    found = _ROW_DETECTIONS.get(key)
+    if found is None:
+        sig = signature(types.void, _arr(edtype, 2), _F64, types.int64, types.int64,
+                        types.float64, _F64_2D, types.Array(types.int64, 1, "C"), _F64, _F64)
+        found = _ROW_DETECTIONS[key] = FunctionArg(single_row if used else _single_unused, sig)
+    return found
+
+
+def pixel_detection(edtype, gdtype, used: bool = True) -> FunctionArg:
+    """:func:`detect_pixels` for electrons in ``edtype`` and group DQ in ``gdtype``, as the
+    ``pixels`` argument of :func:`run_frame`; with ``used=False`` one of the same signature that
+    does nothing (nothing is compiled for a frame that detects row-wise)."""
+    key = ("pixels", np.dtype(edtype).name, np.dtype(gdtype).name, bool(used))
+    found = _ROW_DETECTIONS.get(key)
+    if found is None:
+        sig = signature(
+            types.void, _arr(gdtype, 2), _arr(edtype, 2), _F64_2D, _F64, types.int64,
+            types.int64, types.int64, types.boolean, types.Array(types.boolean, 2, "C"),
+            types.float64, types.float64, types.float64, _F64, _F64, _F64, _F64, _F64,
+            types.Array(types.boolean, 1, "C"),
+        )  # fmt: skip
+        found = _ROW_DETECTIONS[key] = FunctionArg(detect_pixels if used else _pixels_unused,
+                                                   sig)
+    return found
+
+
+@njit(cache=True, nogil=True)
+def run_frame(inputs, detect, flags, out, rings, mid, single, pixels):
     """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
 
     Reads ``inputs`` (:class:`FrameInputs`, never modified), detects with ``detect``
     (:class:`DetectSettings`), flags with ``flags`` (:class:`FlagSettings`) and writes every
     element of ``out`` (:class:`FrameOutputs`): the group DQ, and in ``primary`` each pixel's
-    JUMP count right after detection. ``mid`` is the lane function
-    (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of ``nints * (ngroups - 1)`` values in
-    the electrons' dtype, called on the iterative path only (a function-pointer argument: it is
-    compiled apart from this function, see :class:`~stcal_dask.kernels._median_numba.LaneMid`).
+    JUMP count right after detection. ``rings``: the frame's :class:`RowRings`
+    (:func:`row_rings`), used as scratch.
+
+    Three function-pointer arguments (each compiled apart from this function, and only where a
+    frame calls it: see :class:`~stcal_dask.kernels._median_numba.FunctionArg`) detect the rows:
+    ``mid`` the lane function (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of
+    ``nints * (ngroups - 1)`` values in the electrons' dtype, called on the row-wise iterative
+    path; ``single`` the row-wise single-pass detection (:func:`single_detection`); ``pixels``
+    the pixel-by-pixel detection (:func:`pixel_detection`), called where
+    :func:`detects_rowwise` is False.
 
     Rows are streamed through small pixel-major buffers (:class:`RowRings`): row y is copied in
     (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
@@ -850,19 +964,12 @@ def run_frame(inputs, detect, flags, out, mid):
     member).
     """
     nints, ngroups, ny, nx = inputs.data.shape
-    ntot = nints * (ngroups - 1)
-    # the iterative and single-pass paths run across each row's pixels (_iterative_row,
-    # _single_row) up to the counts their networks cover
-    quick = detect.rowwise and (
-        (detect.path == PATH_ITERATIVE and 1 <= ntot <= _SORT_MAX)
-        or (detect.path == PATH_SINGLE and 1 <= ntot <= _LANE_MEDIAN_MAX)
-    )
-    rings = _row_rings(inputs, out.groupdq, quick)
+    quick = detects_rowwise(detect.path, nints * (ngroups - 1), detect.rowwise)
     for yy in range(ny + 1):
         if yy < ny:
             _load_row(inputs, yy, rings)
             _detect_row(inputs, detect, flags.neighbors, flags.nbr_min, flags.nbr_max, yy, quick,
-                        rings, out.primary, mid)  # fmt: skip
+                        rings, out.primary, mid, single, pixels)  # fmt: skip
         if yy == 0:
             continue
         _finish_row(flags, yy - 1, ny, rings)

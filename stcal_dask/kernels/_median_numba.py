@@ -10,7 +10,7 @@ Across the pixels of a row (lanes, pixels along the inner loops): :func:`lane_mi
 iterative jump path's clipped medians and the ramp fit's) and :func:`nanmedian_lanes` (NaN-
 skipping medians of up to 64 values: the single-pass jump path and the shower ratios). The
 kernels take :func:`lane_mid`'s function as a function-pointer argument, so that only the count
-a tile needs is compiled, once, apart from them (see :class:`LaneMid`).
+a tile needs is compiled, once, apart from them (see :class:`FunctionArg`).
 """
 
 from __future__ import annotations
@@ -191,15 +191,17 @@ def _lane_signature(dtype) -> signature:
     return signature(types.void, a2, a2, types.int64, i1, a1, a1, i1, a1, a1)
 
 
-class LaneMid(types.WrapperAddressProtocol):
-    """A lane function (see :func:`lane_mid`) as a numba function-pointer argument.
+class FunctionArg(types.WrapperAddressProtocol):
+    """A numba function passed to the kernels as a function-pointer argument (numba's
+    first-class function type), e.g. a lane function (see :func:`lane_mid`).
 
     A numba function that calls another links a copy of the callee's code into its own and
-    optimises it again, at every level of the call chain; the lane functions are large
-    (vectorised sorting networks) and there is one per count. Passed as an argument (typed as a
-    function pointer), the one a tile needs is compiled (or loaded from the cache) on its own,
-    on first use, and the kernels that call it compile without it. ``dispatcher`` is the numba
-    function itself (callable from Python).
+    optimises it again, at every level of the call chain; passed as an argument (typed as a
+    function pointer of the signature ``sig``), the callee is compiled (or loaded from the cache)
+    on its own, on first use, and only where a tile calls it: the kernels that take it compile
+    without it, and a kernel compiled once serves every function of that signature (e.g. the
+    lane functions of every count, or a stub that does nothing where a path is not taken).
+    ``dispatcher`` is the numba function itself (callable from Python).
     """
 
     def __init__(self, dispatcher, sig):
@@ -224,10 +226,10 @@ def _lane_unused(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     """The lane function for a count no kernel calls one with (see :func:`lane_mid`)."""
 
 
-_LANE_MIDS: dict[tuple[str, int, bool], LaneMid] = {}
+_LANE_MIDS: dict[tuple[str, int, bool], FunctionArg] = {}
 
 
-def lane_mid(dtype, n: int, keep_all: bool = False) -> LaneMid:
+def lane_mid(dtype, n: int, keep_all: bool = False) -> FunctionArg:
     """The lane function of ``n`` values in ``dtype`` (float32 or float64), for the kernels'
     ``mid`` arguments: ``mid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)``.
 
@@ -250,7 +252,7 @@ def lane_mid(dtype, n: int, keep_all: bool = False) -> LaneMid:
             disp = all_mid_rows if keep_all else clipped_mid_rows
         else:
             disp = _lane_unused
-        found = _LANE_MIDS[key] = LaneMid(disp, _lane_signature(dtype))
+        found = _LANE_MIDS[key] = FunctionArg(disp, _lane_signature(dtype))
     return found
 
 
@@ -270,9 +272,9 @@ _LM_OFF, _LM_A, _LM_B = pair_tables(median_pairs, LANE_MEDIAN_MAX)
 
 
 @njit(cache=True, nogil=True)
-def nanmedian_lanes(apl, nl, scratch):
+def nanmedian_lanes(apl, nl, spl, cnt, left, lo, hi):
     """Per lane (column ``x < nl`` of ``apl`` (n, >= nl), 1 <= n <= :data:`LANE_MEDIAN_MAX`,
-    NaN = left out), into ``scratch = (spl, cnt, left, lo, hi)`` from
+    NaN = left out), into the scratch ``(spl, cnt, left, lo, hi)`` from
     :func:`lane_median_scratch`: ``cnt[x]`` the lane's non-NaN count and ``lo[x]``/``hi[x]`` the
     ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest of its values, so that its median is
     ``lo`` for odd counts and ``(lo + hi) / 2`` for even ones (``lo = -inf``, ``hi = +inf``
@@ -286,7 +288,6 @@ def nanmedian_lanes(apl, nl, scratch):
     (:func:`~stcal_dask.kernels.median_networks.median_pairs`) computes. Infinite values of the
     lane tie with the padding without changing any sorted value.
     """
-    spl, cnt, left, lo, hi = scratch
     n = apl.shape[0]
     big = n + (n & 1)
     inf = apl.dtype.type(np.inf)

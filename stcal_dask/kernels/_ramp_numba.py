@@ -176,6 +176,14 @@ def _segments(q, base, ngroups, npers, jump, sat, skip_sat0, starts, ends, row):
     return kept, kept, False
 
 
+@numba.njit(**_JIT)
+def _segments_apart(q, base, ngroups, npers, starts, ends):
+    """:func:`_segments` (no SATURATED group-0 test, row 0) compiled once on its own, for the
+    CHARGELOSS read-noise recomputation (rare: every caller of an inlined function compiles a
+    copy of it)."""
+    return _segments(q, base, ngroups, npers, _JUMP, _SAT, False, starts, ends, 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # the fitopt dimension pass
 
@@ -819,9 +827,10 @@ class PixelScratch(NamedTuple):
     """(7,) float64: one segment's fit (see :func:`_fit_segment`)."""
 
 
-@numba.njit(**_JIT)
 def pixel_scratch(nints, ngroups):
-    """A :class:`PixelScratch` for ramps of ``nints`` x ``ngroups``."""
+    """A :class:`PixelScratch` for ramps of ``nints`` x ``ngroups``. Made with numpy and passed
+    to :func:`fit_tile_core` (a compiled function returning it would be one more to
+    compile)."""
     n = nints * ngroups
     return PixelScratch(
         np.empty(n, dtype=np.float64),
@@ -994,7 +1003,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                     # they are found); none usable: the first group's rate
                     r0 = np.nan if (q[base] & _DNU) else d[base] / tg
                     prev = r0
-                    nm = 0
+                    nm = np.int64(0)  # not a literal: median_prefix is compiled for int64
                     for kk in range(ngroups - 1):
                         qn = q[base + kk + 1]
                         cur = np.nan if (qn & _DNU) else d[base + kk + 1] / tg
@@ -1123,9 +1132,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                     if v & _CHARGELOSS:
                         v ^= dnu_chg
                     oq[k] = v
-                nk, _, _ = _segments(
-                    oq, base, ngroups, npers, _JUMP, _SAT, False, cstarts, cends, 0
-                )
+                nk, _, _ = _segments_apart(oq, base, ngroups, npers, cstarts, cends)
                 timing1 = _timing1(suppress, is_0th[i], is_zf[i], times)
                 inv_r = 0.0
                 for s in range(nk):
@@ -1180,13 +1187,14 @@ def tile_times(st):
 
 
 @numba.njit(**_JIT)
-def fit_tile_core(inp, st, rate, rateints, fitopt, mid):
+def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid):
     """Fit every pixel of the tile ``inp`` (:class:`RampInputs`) with the settings ``st``
     (:class:`RampSettings`), writing every pixel of ``rate`` and ``rateints`` (named tuples of
     arrays with the fields sci, err, dq, var_poisson, var_rnoise: 2-D, and 3-D with the
     integration axis first) and, with ``save_opt``, of ``fitopt`` (fields slope, sigslope, yint,
     sigyint, weights, var_poisson, var_rnoise, pedestal, crmag, whose segment and CR axes must
-    be large enough: ValueError otherwise).
+    be large enough: ValueError otherwise). ``sc``: the :func:`pixel_scratch` of the tile's
+    ramps.
 
     Row by row: first the pixels with no flag but JUMP_DET together (:func:`_lane_row`), then
     the others one at a time (:func:`_pixel_row`). ``mid`` is the float64 lane function
@@ -1196,7 +1204,6 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, mid):
     """
     nints, ngroups, ny, nx = inp.data.shape
     times = tile_times(st)
-    sc = pixel_scratch(nints, ngroups)
     wtab = _weight_table(ngroups)
     rows = (not st.save_opt) and 2 <= ngroups <= SORT_MAX + 1
     done = np.zeros(nx, dtype=np.bool_)

@@ -72,8 +72,7 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
     ntot = nints * nd
     diffs = np.empty((nints, nd, nx), dtype=np.float32)
     lanes = diffs.reshape((ntot, nx))
-    scratch = lane_median_scratch(ntot, nx, diffs)
-    cnt, lo, hi = scratch[1], scratch[3], scratch[4]
+    spl, cnt, left, lo, hi = lane_median_scratch(ntot, nx, diffs)
     meds = np.empty(nx, dtype=np.float32)
     sigs = np.empty(nx, dtype=np.float32)
     pbad = np.empty(nx, dtype=np.bool_)
@@ -93,14 +92,14 @@ def ratio_cube(data, gdq, pdq, gain, readnoise, nframes):
                     diffs[i, g - 1, x] = e - e_prev[x]
                     e_prev[x] = e
         if 0 < ntot <= LANE_SORT_MAX:
-            nanmedian_lanes(lanes, nx, scratch)
+            nanmedian_lanes(lanes, nx, spl, cnt, left, lo, hi)
             for x in range(nx):
                 # float32 mean of the middle two for even counts, as numpy's nanmedian
                 odd = (cnt[x] & 1) == 1
                 meds[x] = lo[x] if odd else (lo[x] + hi[x]) / np.float32(2.0)
         else:
             for x in range(nx):
-                m = 0
+                m = np.int64(0)  # not a literal: median_prefix is compiled for int64 only
                 for j in range(ntot):
                     v = lanes[j, x]
                     buf[m] = v

@@ -633,14 +633,19 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
         groupdq = readonly_c(groupdq.astype(np.uint8))
     gdq = np.empty_like(groupdq)
     primary = np.zeros((ny, nx), dtype=np.int32)
+    code = _PATH_CODE[path]
+    ntot = nints * (ngroups - 1)
+    # the row detections this frame calls (only those are compiled, see run_frame)
+    rowwise = bool(_nb.detects_rowwise(code, ntot, bool(rowwise)))
     with np.errstate(all="ignore"):
         _nb.run_frame(
             _nb.FrameInputs(data=data, groupdq=groupdq, gain=gain, readnoise=readnoise,
                             eproto=eproto),
             _nb.DetectSettings(
-                path=_PATH_CODE[path],
+                path=code,
                 only_use_ints=bool(params.only_use_ints),
-                reset_planes=np.ascontiguousarray(reset, dtype=np.bool_),
+                # a writable C array (the type detect_pixels is compiled for)
+                reset_planes=np.array(reset, dtype=np.bool_, order="C"),
                 nreads_half=nreads_half,
                 rej=float(params.rejection_threshold),
                 thr_3diff=float(params.four_group_rejection_threshold),
@@ -659,8 +664,11 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
                 remove_redundant=redundant,
             ),
             _nb.FrameOutputs(groupdq=gdq, primary=primary),
+            _nb.row_rings(data.shape, eproto.dtype, groupdq.dtype, rowwise),
             # the lane median of the iterative path's count (another path calls none)
-            _mn.lane_mid(eproto.dtype, nints * (ngroups - 1) if path == "iterative" else 0),
+            _mn.lane_mid(eproto.dtype, ntot if path == "iterative" and rowwise else 0),
+            _nb.single_detection(eproto.dtype, used=rowwise and path == "single"),
+            _nb.pixel_detection(eproto.dtype, groupdq.dtype, used=not rowwise),
         )
     return gdq.astype(out_dtype, copy=False), primary
 

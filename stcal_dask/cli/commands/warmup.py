@@ -17,8 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "warmup",
         summary="compile the numba kernels into this machine's cache (for images, login nodes)",
         description=(
-            "Compile every variant of the jump and ramp-fit kernels, with their lane medians for\n"
-            "every count of groups, into the compiled-kernel cache ($STCAL_DASK_CACHE_DIR, else\n"
+            "Compile every variant of the jump and ramp-fit kernels (every jump path, the\n"
+            "optional fit outputs), with their lane medians for every count of groups, into the\n"
+            "compiled-kernel cache ($STCAL_DASK_CACHE_DIR, else\n"
             "a per-user directory under /var/tmp; see deploy/README.md), so that no run on this\n"
             "machine compiles. A no-op (a fraction of a\n"
             "second) when the cache is warm; when another process is compiling, waits for it.\n"
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Compile (or load) the kernels; returns 0."""
     from stcal_dask.engine.warmup import cache_dir, ensure_compiled
 
-    spent = ensure_compiled(quiet=args.quiet, lanes=True)
+    spent = ensure_compiled(quiet=args.quiet, every=True)
     if not args.quiet:
         state = f"compiled in {spent:.0f} s" if spent else "already compiled"
         print(f"{PROG}: kernels {state}; cache: {cache_dir()}", file=sys.stderr)
