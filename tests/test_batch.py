@@ -274,7 +274,8 @@ def test_interrupted_batch_keeps_committed_and_resumes(where, sig, status, expos
     report = _report(tmp_path / "r.json")
     done = sorted(k for k, v in report.items() if v["status"] == "done")
     assert 1 <= len(done) < N and len(records) == len(done)
-    assert all(v["status"] == "interrupted" for k, v in report.items() if k not in done)
+    assert all(v["status"] == "interrupted" for k, v in report.items() if k not in done), \
+        (report, rest)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], list(out.iterdir())
     for name in done:
         stem = name.replace("_ramp.fits", "")
@@ -287,3 +288,35 @@ def test_interrupted_batch_keeps_committed_and_resumes(where, sig, status, expos
     assert sorted(k for k, v in report.items() if v["status"] == "skipped") == done
     assert all(v["status"] == "done" for k, v in report.items() if k not in done)
     assert _products(out) == reference
+
+
+def test_interrupt_between_queue_and_future_keeps_the_outcome(exposures, tmp_path, monkeypatch):
+    """A Ctrl-C landing right after an exposure was handed to its thread, before the batch kept
+    its future (the signal can arrive at any bytecode): the exposure is reported as what its
+    completion record says (done, or interrupted with nothing committed), never left pending,
+    and every "done" has its record."""
+    from stcal_dask.cli import batch, main
+
+    class InterruptedAfterSecondSubmit(batch.ThreadPoolExecutor):
+        calls = 0
+
+        def submit(self, *args, **kwargs):
+            fut = super().submit(*args, **kwargs)
+            type(self).calls += 1
+            if type(self).calls == 2:
+                fut.result()  # let it finish: its outcome must still be reported
+                raise KeyboardInterrupt
+            return fut
+
+    monkeypatch.setattr(batch, "ThreadPoolExecutor", InterruptedAfterSecondSubmit)
+    out = tmp_path / "out"
+    rc = main(["run", str(exposures), "-o", str(out), "--max-in-flight", "1", "--scheduler",
+               "threads", "--report", str(tmp_path / "r.json"), "-q"])
+    assert rc == 130
+    report = _report(tmp_path / "r.json")
+    status = {k: v["status"] for k, v in report.items()}
+    assert status == {"e0_ramp.fits": "done", "e1_ramp.fits": "done",
+                      "e2_ramp.fits": "interrupted", "e3_ramp.fits": "interrupted"}, status
+    assert report["e1_ramp.fits"]["primary_jumps"] > 0
+    assert sorted(p.name for p in out.glob("*_complete.json")) == ["e0_complete.json",
+                                                                   "e1_complete.json"]

@@ -223,6 +223,17 @@ def _is_complete(record: Path, expected: dict) -> bool:
     return all(Path(p).exists() for p in got.get("products", []))
 
 
+def _from_record(path: str, record: Path, expected: dict) -> Outcome:
+    """The outcome of an exposure whose run was stopped by an interrupt before its result was
+    kept: "done" (with the record's figures) when its completion record matches, else
+    "interrupted" with nothing committed."""
+    if _is_complete(record, expected):
+        got = json.loads(record.read_text())
+        return Outcome(path, "done", primary_jumps=got.get("primary_jumps"),
+                       seconds=got.get("seconds"), products=list(got.get("products", [])))
+    return Outcome(path, "interrupted", reason="stopped; nothing committed")
+
+
 def _write_record(record: Path, expected: dict, outcome: Outcome) -> None:
     """Write the completion record through the one output protocol
     (:func:`~stcal_dask.io.atomic.atomic_outputs`: it appears whole or not at all), its data
@@ -448,6 +459,13 @@ def run_batch(args: argparse.Namespace) -> int:
             for a, _p, _e, _r in queue:
                 outcomes[order[a.input]].status = "interrupted"
                 outcomes[order[a.input]].reason = "not started"
+            # the interrupt can land between taking an exposure off the queue and keeping its
+            # future, or between a finished future and its outcome: such an exposure's outcome
+            # is still pending here, and only its completion record says whether it finished
+            for a, _p, e, r in work:
+                o = outcomes[order[a.input]]
+                if o.status == "pending":
+                    outcomes[order[a.input]] = _from_record(a.input, r, e)
 
     wall = time.perf_counter() - t0
     if not args.quiet:
