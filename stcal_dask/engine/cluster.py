@@ -303,7 +303,7 @@ def _quiet_distributed():
             lg.setLevel(level)
 
 
-_LOG_ROOTS = ("distributed", "tornado", "bokeh")
+_LOG_ROOTS = ("distributed", "tornado", "bokeh", "asyncio")
 
 
 def log_path() -> Path:
@@ -313,10 +313,10 @@ def log_path() -> Path:
 
 
 def swap_log_handlers(path: str) -> list[tuple[logging.Logger, list, bool]]:
-    """Make distributed's, tornado's and bokeh's loggers in this process write records of level
-    WARNING and above to ``path`` (opened at the first record) and nowhere else: the top-level
-    loggers and every one with handlers of its own get the file as their only handler and stop
-    propagating. Returns (logger, old handlers, old propagate) to undo it."""
+    """Make distributed's, tornado's, bokeh's and asyncio's loggers in this process write
+    records of level WARNING and above to ``path`` (opened at the first record) and nowhere else:
+    the top-level loggers and every one with handlers of its own get the file as their only
+    handler and stop propagating. Returns (logger, old handlers, old propagate) to undo it."""
     new = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
     new.setLevel(logging.WARNING)
     new.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
@@ -333,6 +333,29 @@ def swap_log_handlers(path: str) -> list[tuple[logging.Logger, list, bool]]:
     return swapped
 
 
+class _DropGatherExit(logging.Filter):
+    """Drop asyncio's "Task exception was never retrieved" records for distributed's
+    ``AllExit``: the client's gather starts one waiting task per future and, when the gather is
+    abandoned (Ctrl-C, a failed task), the rest end with this internal stop signal once the
+    client forgets their futures. Nothing was lost; the record is noise with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == "AllExit"
+                    and type(exc).__module__.startswith("distributed"))
+
+
+_GATHER_EXIT_FILTER = _DropGatherExit()
+
+
+def drop_gather_exit_records() -> None:
+    """Install (once per process; it stays) the filter that keeps the client's abandoned gather
+    tasks' ``AllExit`` out of the terminal and the log (see :class:`_DropGatherExit`)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if _GATHER_EXIT_FILTER not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_GATHER_EXIT_FILTER)
+
+
 @contextlib.contextmanager
 def logs_to_file(path=None):
     """Send distributed's log records (task failures with their tracebacks, heartbeat errors
@@ -344,6 +367,7 @@ def logs_to_file(path=None):
     """
     import distributed  # noqa: F401  (sets up the handlers replaced here)
 
+    drop_gather_exit_records()
     path = Path(path or log_path())
     swapped = swap_log_handlers(str(path))
     try:
@@ -533,6 +557,7 @@ def get_client(
         for dask's local schedulers and in-process workers; an external cluster's workers do it
         quietly before yielding (warm it ahead with ``stcal-dask warmup``, see ``deploy/``).
     """
+    drop_gather_exit_records()
     if not log_to_file or resolve_scheduler(scheduler) in LOCAL_SCHEDULERS:
         with _get_client(scheduler, n_workers, memory_limit, threads_per_worker,
                          dashboard=dashboard, connect_timeout=connect_timeout, quiet=quiet,
