@@ -401,7 +401,7 @@ def test_worker_failures_are_logged_to_a_file_not_the_terminal(start_method, cap
     caller, and the log file is named by log_note()."""
     import operator
 
-    from stcal_dask.engine.cluster import log_note, log_path
+    from stcal_dask.engine.logs import log_note, log_path
 
     log_path().unlink(missing_ok=True)
     with pytest.raises(ZeroDivisionError):
@@ -419,7 +419,7 @@ def test_worker_failures_are_logged_to_a_file_not_the_terminal(start_method, cap
 _ABANDONED_GATHER = """
 import asyncio, gc, sys
 from distributed.client import AllExit
-from stcal_dask.engine.cluster import drop_gather_exit_records
+from stcal_dask.engine.logs import drop_gather_exit_records
 if sys.argv[1] == "filtered":
     drop_gather_exit_records()
 

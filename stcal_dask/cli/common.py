@@ -536,12 +536,12 @@ def _log_unraisable(unraisable) -> None:
     written."""
     import traceback
 
-    cluster = sys.modules.get("stcal_dask.engine.cluster")
-    if cluster is None:
+    logs = sys.modules.get("stcal_dask.engine.logs")
+    if logs is None:
         return
     text = "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
                                               unraisable.exc_traceback))
-    with contextlib.suppress(OSError), open(cluster.log_path(), "a", encoding="utf-8") as fh:
+    with contextlib.suppress(OSError), open(logs.log_path(), "a", encoding="utf-8") as fh:
         fh.write(f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n{text}")
 
 
@@ -567,11 +567,11 @@ def exit_status(command: Callable[[], int]) -> int:
 
 def _log_state():
     """(size, mtime) of this process's cluster log file, None when there is none."""
-    cluster = sys.modules.get("stcal_dask.engine.cluster")
-    if cluster is None:
+    logs = sys.modules.get("stcal_dask.engine.logs")
+    if logs is None:
         return None
     try:
-        st = cluster.log_path().stat()
+        st = logs.log_path().stat()
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns)
@@ -579,8 +579,8 @@ def _log_state():
 
 def _log_note(before) -> str:
     """`` (details: LOG)`` when a cluster of this command logged records (workers' tracebacks)
-    to the log file (see :func:`stcal_dask.engine.cluster.logs_to_file`), else ``""``."""
-    cluster = sys.modules.get("stcal_dask.engine.cluster")
-    if cluster is None or _log_state() in (None, before):
+    to the log file (see :func:`stcal_dask.engine.logs.logs_to_file`), else ``""``."""
+    logs = sys.modules.get("stcal_dask.engine.logs")
+    if logs is None or _log_state() in (None, before):
         return ""
-    return cluster.log_note()
+    return logs.log_note()

@@ -38,16 +38,20 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dask
 from dask.utils import parse_bytes
 
+from stcal_dask.engine.logs import (
+    drop_gather_exit_records,
+    logs_to_file,
+    quiet_distributed,
+    silence_distributed_logs,
+)
 from stcal_dask.engine.threads import THREAD_ENV, limit_threads
 from stcal_dask.errors import UserInputError
 
@@ -60,10 +64,6 @@ __all__ = [
     "compile_on_workers",
     "limit_threads",
     "local_layout",
-    "log_note",
-    "log_path",
-    "logs_to_file",
-    "swap_log_handlers",
     "parse_memory_limit",
     "resolve_scheduler",
     "WORKER_IMPORTS",
@@ -278,126 +278,6 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
     return rss
 
 
-def _distributed_loggers() -> list[logging.Logger]:
-    names = {"distributed", *(n for n in logging.root.manager.loggerDict
-                              if n.startswith("distributed"))}
-    return [logging.getLogger(n) for n in sorted(names)]
-
-
-def _silence_logs() -> None:
-    """Silence this process's distributed loggers (run in workers about to be shut down)."""
-    for lg in _distributed_loggers():
-        lg.setLevel(logging.CRITICAL)
-
-
-@contextlib.contextmanager
-def _quiet_distributed():
-    """Silence this process's distributed loggers (scheduler, nannies) inside the block."""
-    loggers = _distributed_loggers()
-    levels = [lg.level for lg in loggers]
-    _silence_logs()
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-_LOG_ROOTS = ("distributed", "tornado", "bokeh", "asyncio")
-
-
-def log_path() -> Path:
-    """The file this process's clusters log to (see :func:`logs_to_file`):
-    ``<temporary directory>/stcal-dask-<pid>.log``, created only when something is logged."""
-    return Path(tempfile.gettempdir()) / f"stcal-dask-{os.getpid()}.log"
-
-
-def swap_log_handlers(path: str) -> list[tuple[logging.Logger, list, bool]]:
-    """Make distributed's, tornado's, bokeh's and asyncio's loggers in this process write
-    records of level WARNING and above to ``path`` (opened at the first record) and nowhere else:
-    the top-level loggers and every one with handlers of its own get the file as their only
-    handler and stop propagating. Returns (logger, old handlers, old propagate) to undo it."""
-    new = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
-    new.setLevel(logging.WARNING)
-    new.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-    swapped = []
-    for name in sorted({*_LOG_ROOTS, *logging.root.manager.loggerDict}):
-        logger = logging.getLogger(name)
-        if name.split(".")[0] not in _LOG_ROOTS or not (name in _LOG_ROOTS or logger.handlers):
-            continue
-        swapped.append((logger, list(logger.handlers), logger.propagate))
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.addHandler(new)
-        logger.propagate = False
-    return swapped
-
-
-class _DropGatherExit(logging.Filter):
-    """Drop asyncio's "Task exception was never retrieved" records for distributed's
-    ``AllExit``: the client's gather starts one waiting task per future and, when the gather is
-    abandoned (Ctrl-C, a failed task), the rest end with this internal stop signal once the
-    client forgets their futures. Nothing was lost; the record is noise with a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and type(exc).__name__ == "AllExit"
-                    and type(exc).__module__.startswith("distributed"))
-
-
-_GATHER_EXIT_FILTER = _DropGatherExit()
-
-
-def drop_gather_exit_records() -> None:
-    """Install (once per process; it stays) the filter that keeps the client's abandoned gather
-    tasks' ``AllExit`` out of the terminal and the log (see :class:`_DropGatherExit`)."""
-    asyncio_logger = logging.getLogger("asyncio")
-    if _GATHER_EXIT_FILTER not in asyncio_logger.filters:
-        asyncio_logger.addFilter(_GATHER_EXIT_FILTER)
-
-
-@contextlib.contextmanager
-def logs_to_file(path=None):
-    """Send distributed's log records (task failures with their tracebacks, heartbeat errors
-    while a cluster shuts down, warnings) of this process, and of the worker processes it forks,
-    to the file ``path`` (default :func:`log_path`) instead of the terminal; undone on exit.
-
-    A user's mistake or an interruption then reaches the terminal as the command's one line, and
-    the details stay in the file. An empty file is removed on exit. Yields the path.
-    """
-    import distributed  # noqa: F401  (sets up the handlers replaced here)
-
-    drop_gather_exit_records()
-    path = Path(path or log_path())
-    swapped = swap_log_handlers(str(path))
-    try:
-        yield path
-    finally:
-        closing = set()
-        for logger, handlers, propagate in swapped:
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-                closing.add(handler)
-            for handler in handlers:
-                logger.addHandler(handler)
-            logger.propagate = propagate
-        for handler in closing:
-            handler.close()
-        with contextlib.suppress(OSError):
-            if path.stat().st_size == 0:
-                path.unlink()
-
-
-def log_note() -> str:
-    """`` (details: <log file>)`` when :func:`log_path` holds records, else ``""``: for the end
-    of the command's one-line error."""
-    path = log_path()
-    try:
-        return f" (details: {path})" if path.stat().st_size > 0 else ""
-    except OSError:
-        return ""
-
-
 def _warm_and_check_room(client, limit: int | None,
                          modules: tuple[str, ...] = WORKER_IMPORTS, quiet: bool = True) -> None:
     """Load the libraries and compiled kernels in every worker now (in parallel, instead of in
@@ -419,8 +299,9 @@ def _warm_and_check_room(client, limit: int | None,
     if limit is None:
         return
     if rss is None or rss > threshold:
+        # the workers are shut down next: no shutdown chatter
         with contextlib.suppress(Exception):
-            client.run(_silence_logs)  # the workers are shut down next: no shutdown chatter
+            client.run(silence_distributed_logs)
         if rss is None:
             raise UserInputError(
                 f"--memory-limit {limit / 2**20:.0f} MiB per worker is too small: workers died "
@@ -445,7 +326,7 @@ def warm_workers(client, memory_limit=None, modules: tuple[str, ...] | None = No
     compiles (saying so on stderr if ``announce``) while the others wait for it."""
     limit = parse_memory_limit(memory_limit)
     modules = WORKER_IMPORTS if modules is None else tuple(modules)
-    with _quiet_distributed():  # the check's failure is reported in one line
+    with quiet_distributed():  # the check's failure is reported in one line
         _warm_and_check_room(client, limit if isinstance(limit, int) else None, modules,
                              not announce)
 
@@ -547,7 +428,8 @@ def get_client(
         zarr for a FITS-only run).
     log_to_file:
         Send distributed's log records of this process and of the local cluster's workers to
-        :func:`log_path` instead of the terminal (:func:`logs_to_file`); a task's failure then
+        :func:`~stcal_dask.engine.logs.log_path` instead of the terminal
+        (:func:`~stcal_dask.engine.logs.logs_to_file`); a task's failure then
         reaches the user as the command's one line, not as the workers' tracebacks. False
         leaves distributed's logging as it is (``--verbose``).
     announce_compile:
@@ -718,10 +600,10 @@ def _get_client(
                 # closing cancels the scheduler's handlers still running, e.g. the progress
                 # bar's feed, which distributed logs as an ERROR with a CancelledError
                 # traceback: noise at this point, every result is in
-                with _quiet_distributed():
+                with quiet_distributed():
                     client.close()
         finally:
-            with _quiet_distributed():
+            with quiet_distributed():
                 cluster.close()
 
 

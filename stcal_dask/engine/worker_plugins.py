@@ -8,7 +8,7 @@ import os
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from stcal_dask.engine.cluster import swap_log_handlers
+from stcal_dask.engine.logs import swap_log_handlers
 from stcal_dask.engine.threads import THREAD_ENV
 
 __all__ = ["LogToFile", "PinThreads"]
@@ -34,7 +34,7 @@ class LogToFile(WorkerPlugin):
 
     Needed for workers started as fresh interpreters (``spawn``, or a worker its nanny
     restarted); forked and in-process workers already have the client process's handlers
-    (:func:`stcal_dask.engine.cluster.logs_to_file`).
+    (:func:`stcal_dask.engine.logs.logs_to_file`).
 
     Parameters
     ----------

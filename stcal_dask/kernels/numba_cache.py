@@ -42,9 +42,10 @@ import threading
 from pathlib import Path
 
 from stcal_dask.errors import UserInputError
+from stcal_dask.optional_imports import skipping_optional_imports
 
 __all__ = ["CACHE_ENV", "candidate_dirs", "compiled", "configure", "file_lock",
-           "lock_cache_writes", "machine", "usable_dir"]
+           "lock_cache_writes", "machine", "set_up_cpu_target", "usable_dir"]
 
 CACHE_ENV = "STCAL_DASK_CACHE_DIR"
 """Environment variable that sets the directory of the compiled-kernel cache."""
@@ -166,9 +167,25 @@ def machine() -> str:
     cache that any x86-64 CPU can load, at the cost of the host's vector instructions)."""
     from numba.core.registry import cpu_target
 
-    from stcal_dask.kernels import _numba_setup  # noqa: F401  (cache and CPU target set up)
-
+    configure()
+    set_up_cpu_target()
     return repr(cpu_target.target_context.codegen().magic_tuple())
+
+
+def set_up_cpu_target() -> None:
+    """Load numba's CPU target registries now (idempotent), with scipy hidden.
+
+    The first compile or cache load of any numba function registers numba's implementations of
+    numpy; one of them (``np.correlate``/``np.convolve``) imports ``scipy.linalg`` to decide
+    whether BLAS may be used (a large part of a worker's kernel loading). The kernels use no BLAS,
+    so the set-up runs with scipy hidden when it is not loaded yet (numba then uses its own loop
+    for those two functions; ``np.dot`` and ``np.linalg`` still find scipy on first use).
+    """
+    # numba imports scipy's top level itself (a version check) when it is installed
+    with skipping_optional_imports(("scipy", "scipy.linalg")):
+        from numba.core.registry import cpu_target
+
+        cpu_target.target_context.refresh()
 
 
 @contextlib.contextmanager
