@@ -266,6 +266,26 @@ def mid_scratch(apl):
             np.empty(nl, apl.dtype))  # fmt: skip
 
 
+@njit(cache=True, nogil=True)
+def _median_prefix_apart(buf, n):
+    """:func:`median_prefix` compiled on its own (see :func:`median_function`)."""
+    return median_prefix(buf, n)
+
+
+_MEDIAN_FUNCTION: list[FunctionArg] = []
+
+
+def median_function() -> FunctionArg:
+    """:func:`median_prefix` of a float64 C array's first ``n`` values as a function-pointer
+    argument (``median(buf, n) -> float64``): the median networks and the sort it calls are
+    compiled once, on their own, instead of being linked into every kernel that calls them
+    and optimised again there."""
+    if not _MEDIAN_FUNCTION:
+        sig = signature(types.float64, types.Array(types.float64, 1, "C"), types.int64)
+        _MEDIAN_FUNCTION.append(FunctionArg(_median_prefix_apart, sig))
+    return _MEDIAN_FUNCTION[0]
+
+
 LANE_MEDIAN_MAX = 64
 """Largest number of values per lane whose middle pair :func:`nanmedian_lanes` finds."""
 _LM_OFF, _LM_A, _LM_B = pair_tables(median_pairs, LANE_MEDIAN_MAX)

@@ -40,7 +40,7 @@ import numpy as np
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
-from stcal_dask.kernels._median_numba import SORT_MAX, median_prefix, mid_scratch
+from stcal_dask.kernels._median_numba import SORT_MAX, FunctionArg, median_function, mid_scratch
 from stcal_dask.kernels.numba_cache import lock_cache_writes
 
 LARGE_VARIANCE_THRESHOLD = 1.0e6
@@ -52,6 +52,10 @@ _PERS, _CHARGELOSS, _NO_GAIN = dqflags.PERSISTENCE, dqflags.CHARGELOSS, dqflags.
 _INVALID = _DNU | _SAT
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+# what the row fitters (:func:`_lane_row`, :func:`_pixel_row`) return: called through function
+# pointers, they cannot raise (an exception is only printed, and 0 returned)
+_ROW_OK, _ROW_FEW_SEGMENTS, _ROW_FEW_CRMAG = 1, 2, 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -603,7 +607,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     i_sci, i_err, i_dq, i_vp, i_vr = (rateints.sci, rateints.err, rateints.dq,
                                       rateints.var_poisson, rateints.var_rnoise)
     if _lane_pixels(inp, y, done) == 0:
-        return
+        return _ROW_OK
     g_l = np.empty(nx, dtype=np.float64)
     rn_l = np.empty(nx, dtype=np.float64)
     dk_l = np.empty(nx, dtype=np.float64)
@@ -775,6 +779,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         r_vp[y, x] = np.float32(vp)
         r_vr[y, x] = np.float32(vr)
         r_err[y, x] = np.float32(err)
+    return _ROW_OK
 
 
 # ------------------------------------------------------------------------------------------------
@@ -857,7 +862,7 @@ def pixel_scratch(nints, ngroups):
 
 
 @numba.njit(**_JIT)
-def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
+def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done, median):
     """Fit the pixels of row ``y`` that are not ``done``, one at a time, in five phases: set-up
     and one pass over the groups (suppression, ZEROFRAME, counts), the median rate, the
     segments and integrations, the exposure, the CHARGELOSS read-noise recomputation.
@@ -945,7 +950,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                         ns += 1
                     if save_opt and gg > 0 and (qq & _JUMP):
                         if ncr >= max_cr_slots:
-                            raise ValueError("n_crmag is smaller than this tile needs")
+                            return _ROW_FEW_CRMAG
                         o_crmag[i, ncr, y, x] = np.float32(d[k] - d[k - 1])
                         ncr += 1
                 if suppress == 1 and ngood == 1:
@@ -1016,7 +1021,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                     if nm == 0:
                         mi = r0
                     else:
-                        mi = median_prefix(mbuf, nm)
+                        mi = median(mbuf, nm)
                 if math.isnan(mi):
                     mi = 0.0
                 acc += mi
@@ -1044,7 +1049,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
                 idq[i] |= np.uint32(_INVALID)
                 islope[i] = np.nan
             if save_opt and nrep > max_seg_slots:
-                raise ValueError("n_segments is smaller than this tile needs")
+                return _ROW_FEW_SEGMENTS
             if cnt_dnu_sat[i] == ngroups:
                 idq[i] |= np.uint32(_DNU)
                 if cnt_sat[i] == ngroups:
@@ -1166,6 +1171,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done):
             i_vp[i, y, x] = np.float32(ivp[i])
             i_vr[i, y, x] = np.float32(ivr[i])
             i_err[i, y, x] = np.float32(ierr[i])
+    return _ROW_OK
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1187,7 +1193,7 @@ def tile_times(st):
 
 
 @numba.njit(**_JIT)
-def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid):
+def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid, lane_row, pixel_row, median):
     """Fit every pixel of the tile ``inp`` (:class:`RampInputs`) with the settings ``st``
     (:class:`RampSettings`), writing every pixel of ``rate`` and ``rateints`` (named tuples of
     arrays with the fields sci, err, dq, var_poisson, var_rnoise: 2-D, and 3-D with the
@@ -1196,11 +1202,12 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid):
     be large enough: ValueError otherwise). ``sc``: the :func:`pixel_scratch` of the tile's
     ramps.
 
-    Row by row: first the pixels with no flag but JUMP_DET together (:func:`_lane_row`), then
-    the others one at a time (:func:`_pixel_row`). ``mid`` is the float64 lane function
+    Row by row: first the pixels with no flag but JUMP_DET together (``lane_row``:
+    :func:`_lane_row`), then the others one at a time (``pixel_row``: :func:`_pixel_row`); both
+    are function-pointer arguments (:func:`row_fitters`), compiled apart from this function
+    and from each other. ``mid`` is the float64 lane function
     (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of ``ngroups - 1`` values keeping every
-    value, called by :func:`_lane_row` only (a function-pointer argument, compiled apart from
-    this function).
+    value, called by :func:`_lane_row` only (a function-pointer argument too).
     """
     nints, ngroups, ny, nx = inp.data.shape
     times = tile_times(st)
@@ -1208,9 +1215,44 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid):
     rows = (not st.save_opt) and 2 <= ngroups <= SORT_MAX + 1
     done = np.zeros(nx, dtype=np.bool_)
     for y in range(ny):
+        status = _ROW_OK
         if rows:
-            _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid)
-        _pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, done)
+            status = lane_row(inp, st, times, y, wtab, rate, rateints, done, mid)
+        if status == _ROW_OK:
+            status = pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, done,
+                               median)
+        if status == _ROW_FEW_SEGMENTS:
+            raise ValueError("n_segments is smaller than this tile needs")
+        if status == _ROW_FEW_CRMAG:
+            raise ValueError("n_crmag is smaller than this tile needs")
+        if status != _ROW_OK:
+            raise RuntimeError("the ramp fit of a row failed (the error is printed above)")
+
+
+_ROW_FITTERS: dict = {}
+
+
+def row_fitters(inp, st, rate, rateints, fitopt, sc, mid):
+    """The ``lane_row`` and ``pixel_row`` arguments of :func:`fit_tile_core` for arguments of
+    these types (:class:`~stcal_dask.kernels._median_numba.FunctionArg` of :func:`_lane_row` and
+    :func:`_pixel_row`: each compiled once, on its own, instead of being linked into
+    :func:`fit_tile_core` and optimised again there)."""
+    key = tuple(numba.typeof(a) for a in (inp, st, rate, rateints, fitopt, sc, mid))
+    found = _ROW_FITTERS.get(key)
+    if found is None:
+        tin, tst, trate, tints, topt, tsc, tmid = key
+        times = numba.typeof(TileTimes(0.0, 0.0, 0.0, 0.0, 0.0))
+        f64_3 = numba.types.Array(numba.types.float64, 3, "C")
+        done = numba.types.Array(numba.types.boolean, 1, "C")
+        i64 = numba.types.int64
+        lane = numba.core.typing.signature(i64, tin, tst, times, i64, f64_3, trate,
+                                           tints, done, tmid)
+        median = median_function()
+        pixel = numba.core.typing.signature(i64, tin, tst, times, i64, f64_3, tsc,
+                                            trate, tints, topt, done, numba.typeof(median))
+        found = _ROW_FITTERS[key] = (FunctionArg(_lane_row, lane), FunctionArg(_pixel_row, pixel),
+                                     median)
+    return found
 
 
 lock_cache_writes(globals())  # one process at a time adds to a function's cache entries

@@ -440,8 +440,9 @@ def fit_ramps_tile(
         # the lane median of the flag-free rows (ngroups - 1 first differences; unused with
         # save_opt)
         mid = _mn.lane_mid(np.float64, 0 if settings.save_opt else ngroups - 1, keep_all=True)
-        _rn.fit_tile_core(inputs, settings, rate, rateints, fitopt,
-                          _rn.pixel_scratch(nints, ngroups), mid)
+        sc = _rn.pixel_scratch(nints, ngroups)
+        _rn.fit_tile_core(inputs, settings, rate, rateints, fitopt, sc, mid,
+                          *_rn.row_fitters(inputs, settings, rate, rateints, fitopt, sc, mid))
     return RampFitResult(rate, rateints, fitopt if settings.save_opt else None)
 
 
