@@ -166,17 +166,20 @@ def compile_kernels(every: bool = False, parts: tuple[str, ...] = PARTS,
     # nints x ngroups: the iterative path (2 differences: the smallest lane median), the
     # skipped exposure (one group); with ``every`` also the single-pass path and the sigma-clip
     # path (>= 100 groups in all, JWST's minimum_sigclip_groups); 34 groups: no lane median in
-    # the ramp fit (more than its row-wise fit takes) nor, beyond the iterative path, the jump
-    shapes = ((1, 3), (1, 34), (5, 34), (1, 1)) if every else ((1, 3), (1, 1))
+    # the ramp fit (more than its row-wise fit takes) nor, beyond the iterative path, the jump.
+    # The usual run's ramp fit is compiled at 34 groups only: a run compiles the lane median of
+    # its exposure's count (``exposures``), so one of 2 differences would be compiled for nothing
+    shapes = ((1, 3), (1, 34), (5, 34), (1, 1)) if every else ((1, 3), (1, 34), (1, 1))
     for nints, ngroups in shapes:
         data = ramp(nints, ngroups)
         gdq = np.zeros(data.shape, np.uint8)
-        if "jump" in parts:
+        jump = "jump" in parts and (every or ngroups < 34)
+        if jump:
             res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.0)
             gdq, pdq_out = res.groupdq, res.pixeldq
         else:
             pdq_out = pdq
-        if ngroups > 1 and "ramp" in parts:
+        if ngroups > 1 and "ramp" in parts and (every or ngroups == 34):
             for save_opt in (False, True) if every else (False,):
                 fit(data, gdq, pdq_out, save_opt)
     for nints, ngroups, paths, save_opt in exposures:
@@ -238,10 +241,16 @@ def _helper(parts: tuple[str, ...], every: bool, exposures: tuple):
 
 def _compile_all(every: bool, exposures: tuple) -> None:
     """Compile the kernel variants (:func:`compile_kernels`), the ramp-fit kernels in a helper
-    process (:func:`_helper`) while this one compiles the jump kernels, where two cores are
-    there: they are about as much work."""
+    process (:func:`_helper`) while this one compiles the code both call
+    (:func:`stcal_dask.kernels.common.compile_shared`), then the jump kernels, where two cores
+    are there: they are about as much work."""
+    from stcal_dask.kernels.common import compile_shared
+
     helper = _helper(("ramp",), every, exposures)
     try:
+        if helper is not None:
+            # what both parts call, once, here, while the helper starts (it loads it)
+            compile_shared()
         compile_kernels(every=every, parts=("jump",) if helper else PARTS, exposures=exposures)
     finally:
         if helper is not None:

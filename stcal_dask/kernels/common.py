@@ -1,5 +1,6 @@
 """What the kernels' public modules share: lazy loading of their numba modules and the
-conversion of inputs to what the compiled code takes (no numba here)."""
+conversion of inputs to what the compiled code takes (numba is loaded only by
+:func:`compile_shared`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib
 
 import numpy as np
 
-__all__ = ["LazyModule", "readonly_c"]
+__all__ = ["LazyModule", "compile_shared", "readonly_c"]
 
 
 class LazyModule:
@@ -28,6 +29,20 @@ class LazyModule:
 
     def __getattr__(self, attr: str):
         return getattr(importlib.import_module(self._name), attr)
+
+
+def compile_shared() -> None:
+    """Compile (or load from the compiled-kernel cache) in this process the numba code that the
+    jump and the ramp-fit kernels share: the median of a few values per pixel (the median
+    networks and the sort behind ``_median_numba.median_function``).
+
+    Two processes compiling the two kernels at once (see
+    :func:`stcal_dask.engine.warmup.compile_kernels`) would otherwise both compile it: done
+    first in one of them, the other loads it from the cache (it waits while it is compiled) and
+    this one reuses it in place.
+    """
+    importlib.import_module("stcal_dask.kernels._median_numba").median_function(
+    ).__wrapper_address__()
 
 
 def readonly_c(a, dtype=None) -> np.ndarray:
