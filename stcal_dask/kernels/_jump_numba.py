@@ -1,10 +1,11 @@
 """Numba internals of the two-point-difference jump kernel (see :mod:`stcal_dask.kernels.jump`).
 
 :func:`run_frame` streams the frame row by row through small buffers (three rows of group DQ,
-float64 first differences and neighbour-centre flags, pixel-major; one row of electrons,
-group-major), so memory beyond the inputs and outputs is O(nx * nints * ngroups). Row y is
-detected, then post-processed (neighbour flags, after-jump flags, redundant-bit removal) once
-row y + 1 has been detected, and written out.
+float64 first differences and neighbour-centre flags, and one row of electrons, all group-major
+as the frame is: the loops run along a row's pixels, unit-stride), so memory beyond the inputs
+and outputs is O(nx * nints * ngroups). Row y is detected, then post-processed (neighbour
+flags, after-jump flags, redundant-bit removal) once row y + 1 has been detected, and written
+out.
 
 Detection on the iterative path (fewer differences per pixel than ``min_diffs_single_pass``:
 the usual JWST case) runs across the pixels of a row at once (:func:`_iterative_row`): round 1
@@ -215,8 +216,9 @@ def _nanmedian_apart(vals, n, buf):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf):
-    """Sigma-clip detection (``PATH_SIGCLIP``) and plane reset of one pixel (row buffers)."""
+def _sigclip_pixel(grow, dcol, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf):
+    """Sigma-clip detection (``PATH_SIGCLIP``) and plane reset of pixel ``x`` (``grow`` its
+    row's group DQ, ``dcol`` its differences)."""
     nd = ngroups - 1
     if path == PATH_SIGCLIP:
         # astropy sigma_clip(sigma=rej, maxiters=5) across the integrations of each difference
@@ -229,7 +231,7 @@ def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes
                 for k in range(nd):
                     if only_use_ints and k != lane:
                         continue
-                    v = drow[x, i * nd + k]
+                    v = dcol[i * nd + k]
                     if math.isfinite(v):
                         buf[count] = v
                         count += 1
@@ -238,28 +240,28 @@ def _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes
                 for k in range(nd):
                     if only_use_ints and k != lane:
                         continue
-                    v = drow[x, i * nd + k]
+                    v = dcol[i * nd + k]
                     q = i * ngroups + k + 1
-                    if math.isfinite(v) and (v < blo or v > bhi) and (grow[x, q] & _SAT_DNU) == 0:
-                        grow[x, q] |= _JUMP
+                    if math.isfinite(v) and (v < blo or v > bhi) and (grow[q, x] & _SAT_DNU) == 0:
+                        grow[q, x] |= _JUMP
     for i in range(nints):
         for k in range(ngroups):
-            if reset_planes[i, k] and grow[x, i * ngroups + k] == _JUMP:
-                grow[x, i * ngroups + k] = 0
+            if reset_planes[i, k] and grow[i * ngroups + k, x] == _JUMP:
+                grow[i * ngroups + k, x] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _detect_pixel(
     grow, erow, drow, rnterm, nints, ngroups, path, only_use_ints, reset_planes, x,
-    rej, thr_3diff, thr_2diff, absd, ratio, buf,
+    rej, thr_3diff, thr_2diff, absd, ratio, buf, dcol,
 ):  # fmt: skip
-    """Detection for one pixel held in row buffers.
+    """Detection for pixel ``x`` of the row held in the row buffers.
 
-    Row buffers are pixel-major and indexed ``[x, ...]`` (no per-pixel views, which would cost
-    reference counting): ``grow[x]`` (nints * ngroups,) the pixel's group DQ (updated in place),
-    ``erow[:, x]`` its electrons in the inputs' product dtype (NaN on SAT/DNU groups; the electron
-    rows are group-major, ``(nints * ngroups, nx)``); fills
-    ``drow[x]`` (nints * (ngroups - 1),) with the float64 differences.
+    The row buffers are group-major, indexed ``[q, x]`` (no per-pixel views, which would cost
+    reference counting): ``grow[:, x]`` (nints * ngroups,) the pixel's group DQ (updated in
+    place), ``erow[:, x]`` its electrons in the inputs' product dtype (NaN on SAT/DNU groups);
+    fills ``drow[:, x]`` (nints * (ngroups - 1),) with the float64 differences, and the
+    contiguous scratch ``dcol`` with them too (the pixel's medians are taken from it).
 
     Returns ``(m, sigma, have_m)``: the signed median of the differences and its read-noise sigma
     when already computed (``have_m``); they are needed later only for pixels carrying JUMP
@@ -270,29 +272,29 @@ def _detect_pixel(
     for i in range(nints):
         for k in range(nd):
             # difference in the product dtype (float32 for JWST), then widened
-            drow[x, i * nd + k] = np.float64(
-                erow[i * ngroups + k + 1, x] - erow[i * ngroups + k, x]
-            )
+            d = np.float64(erow[i * ngroups + k + 1, x] - erow[i * ngroups + k, x])
+            dcol[i * nd + k] = d
+            drow[i * nd + k, x] = d
     m = np.nan
     sig = np.nan
     have_m = False
 
     if path == PATH_SIGCLIP or path == PATH_RESET_ONLY:
-        _sigclip_pixel(grow, drow, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf)
+        _sigclip_pixel(grow, dcol, nints, ngroups, path, only_use_ints, reset_planes, x, rej, buf)
     elif path == PATH_SINGLE:
-        m, sig = _median_sigma(drow[x], ntot, buf, rnterm)
+        m, sig = _median_sigma(dcol, ntot, buf, rnterm)
         have_m = True
         # |d - m| <= lim guarantees |d - m| / sig <= rej, so most divisions are skipped
         lim = rej * sig * (1.0 - 1e-9)
         for i in range(nints):
             for k in range(nd):
-                d = drow[x, i * nd + k]
+                d = dcol[i * nd + k]
                 a = abs(d - m)
                 if a > lim and math.isfinite(d) and a / sig > rej:
-                    grow[x, i * ngroups + k + 1] |= _JUMP
+                    grow[i * ngroups + k + 1, x] |= _JUMP
     elif path == PATH_ITERATIVE:
         for j in range(ntot):
-            absd[j] = abs(drow[x, j])
+            absd[j] = abs(dcol[j])
         first = True
         for _round in range(ntot):
             c, n_use, amax, amin = _clipped_median(absd, ntot, buf)
@@ -331,24 +333,24 @@ def _detect_pixel(
                 for k in range(nd):
                     j = i * nd + k
                     if ratio[j] == gmax:
-                        grow[x, i * ngroups + k + 1] |= _JUMP
+                        grow[i * ngroups + k + 1, x] |= _JUMP
                         absd[j] = np.nan
     return m, sig, have_m
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def detect_pixels(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, reset_planes,
-                  rej, thr_3diff, thr_2diff, absd, ratio, buf, mrow, srow, have):
+                  rej, thr_3diff, thr_2diff, absd, ratio, buf, dcol, mrow, srow, have):
     """Detection pixel by pixel (:func:`_detect_pixel`) for every pixel ``x`` of a row held in
-    the row buffers (``grow`` (nx, nints * ngroups), ``drow`` (nx, ntot), ``rnt`` (nx,) the
+    the row buffers (``grow`` (nints * ngroups, nx), ``drow`` (ntot, nx), ``rnt`` (nx,) the
     read-noise terms, ``erow`` (nints * ngroups, nx)), with ``mrow[x]``, ``srow[x]``,
     ``have[x]`` its ``(m, sigma, have_m)``: the paths and counts the row-wise detections do
     not cover. :func:`run_frame` takes it as a function-pointer argument
     (:func:`pixel_detection`), so that it is compiled only where a tile needs it."""
-    for x in range(grow.shape[0]):
+    for x in range(grow.shape[1]):
         m, sig, have_m = _detect_pixel(
             grow, erow, drow, rnt[x], nints, ngroups, path, only_use_ints, reset_planes, x,
-            rej, thr_3diff, thr_2diff, absd, ratio, buf,
+            rej, thr_3diff, thr_2diff, absd, ratio, buf, dcol,
         )  # fmt: skip
         mrow[x] = m
         srow[x] = sig
@@ -362,7 +364,7 @@ def _single_unused(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
 
 @njit(cache=True, nogil=True)
 def _pixels_unused(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, reset_planes,
-                   rej, thr_3diff, thr_2diff, absd, ratio, buf, mrow, srow, have):
+                   rej, thr_3diff, thr_2diff, absd, ratio, buf, dcol, mrow, srow, have):
     """:func:`detect_pixels` for a frame that does not detect pixel by pixel."""
 
 
@@ -619,18 +621,19 @@ class FrameOutputs(NamedTuple):
 
 
 class RowRings(NamedTuple):
-    """The row buffers of :func:`run_frame` (pixel-major unless said otherwise); the rings hold
-    the three rows y - 1, y, y + 1 at ``row % 3``."""
+    """The row buffers of :func:`run_frame`, group-major like the frame (one row of pixels per
+    group or difference, so that the loops over a row's pixels are unit-stride and vectorise);
+    the rings hold the three rows y - 1, y, y + 1 at ``row % 3``."""
 
     erow: np.ndarray
-    """(nints * ngroups, nx) electrons of the row being detected, group-major, NaN on SAT/DNU."""
+    """(nints * ngroups, nx) electrons of the row being detected, NaN on SAT/DNU."""
     gring: np.ndarray
-    """(3, nx, nints * ngroups) group DQ."""
+    """(3, nints * ngroups, nx) group DQ."""
     centre: np.ndarray
-    """(3, nx, nints * ngroups) bool: the difference ending at that group is a
+    """(3, nints * ngroups, nx) bool: the difference ending at that group is a
     neighbour-flagging centre (the group DQ's layout; False at each integration's group 0)."""
     dring: np.ndarray
-    """(3, nx, max(ntot, 1)) float64 first differences (electrons)."""
+    """(3, max(ntot, 1), nx) float64 first differences (electrons)."""
     mring: np.ndarray
     """(3, nx) float64 signed median of the differences, where ``mvalid``."""
     mvalid: np.ndarray
@@ -639,22 +642,24 @@ class RowRings(NamedTuple):
     """(ngroups,) bool after-jump scratch."""
     rnt: np.ndarray
     """(nx,) float64 read-noise terms of the row."""
-    dpl: np.ndarray
-    """(ntot, nx) float64 differences from :func:`_iterative_row` ((ntot, 0) off that path)."""
     jmask: np.ndarray
-    """(nx,) int64 JUMP bits from :func:`_iterative_row` ((0,) off that path)."""
+    """(nx,) int64 JUMP bits from the row-wise detections ((0,) off those paths)."""
     mq: np.ndarray
     """(nx,) float64 signed medians from :func:`single_row` or :func:`detect_pixels`."""
     sq: np.ndarray
     """(nx,) float64 sigmas from :func:`single_row` or :func:`detect_pixels`."""
     hq: np.ndarray
     """(nx,) bool: :func:`detect_pixels` has set ``mq``/``sq`` of the pixel."""
+    hit: np.ndarray
+    """(nx,) bool neighbour-flag scratch."""
     absd: np.ndarray
     """(max(ntot, 1),) float64 per-pixel scratch."""
     ratio: np.ndarray
     """(max(ntot, 1),) float64 per-pixel scratch."""
     buf: np.ndarray
     """(max(ntot, nints, 1),) float64 median scratch."""
+    dcol: np.ndarray
+    """(max(ntot, 1),) float64: one pixel's differences, contiguous (for its medians)."""
 
 
 def row_rings(shape, edtype, gdtype, quick: bool) -> RowRings:
@@ -665,32 +670,32 @@ def row_rings(shape, edtype, gdtype, quick: bool) -> RowRings:
     nints, ngroups, ny, nx = shape
     ntot = nints * (ngroups - 1)
     ng_all = nints * ngroups
-    nq = nx if quick else 0
+    nd1 = max(ntot, 1)
     return RowRings(
         np.empty((ng_all, nx), dtype=edtype),
-        np.empty((3, nx, ng_all), dtype=gdtype),
-        np.zeros((3, nx, ng_all), dtype=np.bool_),
-        np.empty((3, nx, max(ntot, 1)), dtype=np.float64),
+        np.empty((3, ng_all, nx), dtype=gdtype),
+        np.zeros((3, ng_all, nx), dtype=np.bool_),
+        np.empty((3, nd1, nx), dtype=np.float64),
         np.empty((3, nx), dtype=np.float64),
         np.zeros((3, nx), dtype=np.bool_),
         np.zeros(ngroups, dtype=np.bool_),
         np.empty(nx, dtype=np.float64),
-        np.empty((ntot, nq), dtype=np.float64),
-        np.zeros(nq, dtype=np.int64),
+        np.zeros(nx if quick else 0, dtype=np.int64),
         np.empty(nx, dtype=np.float64),
         np.empty(nx, dtype=np.float64),
         np.zeros(nx, dtype=np.bool_),
-        np.empty(max(ntot, 1), dtype=np.float64),
-        np.empty(max(ntot, 1), dtype=np.float64),
+        np.zeros(nx, dtype=np.bool_),
+        np.empty(nd1, dtype=np.float64),
+        np.empty(nd1, dtype=np.float64),
         np.empty(max(ntot, nints, 1), dtype=np.float64),
+        np.empty(nd1, dtype=np.float64),
     )
 
 
 @njit(cache=True, nogil=True)
 def _load_row(inputs, yy, rings):
-    """Copy row ``yy`` in: its group DQ (pixel-major) and electrons (group-major, NaN on
-    SATURATED/DO_NOT_USE groups), reading each group plane's row contiguously (which also
-    avoids the cache-set conflicts of reading many planes a power-of-two stride apart)."""
+    """Copy row ``yy`` in: its group DQ and electrons (NaN on SATURATED/DO_NOT_USE groups),
+    one group plane's row at a time (contiguous, branch-free, vectorised)."""
     data, groupdq, gain = inputs.data, inputs.groupdq, inputs.gain
     erow = rings.erow
     nints, ngroups, ny, nx = data.shape
@@ -702,12 +707,12 @@ def _load_row(inputs, yy, rings):
             src_g = groupdq[i, g, yy]
             src_d = data[i, g, yy]
             dst = erow[q]
-            # the electrons branch-free along the row (vectorised), then the transposed copy
+            dst_g = grow[q]
             for x in range(nx):
+                v = src_g[x]
                 e = src_d[x] * gain_row[x]
-                dst[x] = e if (src_g[x] & _SAT_DNU) == 0 else np.nan
-            for x in range(nx):
-                grow[x, q] = src_g[x]
+                dst[x] = e if (v & _SAT_DNU) == 0 else np.nan
+                dst_g[x] = v
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -719,8 +724,8 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
     are kept in the rings. ``mid``, ``single``, ``pixels``: see :func:`run_frame`."""
     readnoise, gain = inputs.readnoise, inputs.gain
     path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff, _rw = detect
-    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, hq, absd, \
-        ratio, buf = rings
+    erow, gring, centre, dring, mring, mvalid, addf, rnt, jmask, mq, sq, hq, hit, absd, \
+        ratio, buf, dcol = rings
     nints, ngroups, ny, nx = inputs.data.shape
     nd = ngroups - 1
     ntot = nints * nd
@@ -733,59 +738,62 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
         rnt[x] = _rn_term(readnoise, gain, yy, x, nreads_half)
     is_single = path == PATH_SINGLE
     if quick and is_single:
-        single(erow, rnt, nints, ngroups, rej, dpl, jmask, mq, sq)
+        single(erow, rnt, nints, ngroups, rej, drow, jmask, mq, sq)
     elif quick:
-        _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask, mid)
+        _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, drow, jmask, mid)
     else:
         pixels(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, reset_planes, rej,
-               thr_3diff, thr_2diff, absd, ratio, buf, mq, sq, hq)
+               thr_3diff, thr_2diff, absd, ratio, buf, dcol, mq, sq, hq)
+    m_row = mring[ry]
+    v_row = mvalid[ry]
+    if quick:
+        # JUMP in the later group of each flagged difference (branch-free)
+        for i in range(nints):
+            for k in range(nd):
+                j = i * nd + k
+                g_q = grow[i * ngroups + k + 1]
+                for x in range(nx):
+                    g_q[x] |= _JUMP * ((jmask[x] >> j) & 1)
+        for x in range(nx):
+            m_row[x] = mq[x] if is_single else np.nan
+            v_row[x] = is_single
+    else:
+        for x in range(nx):
+            m_row[x] = mq[x]
+            v_row[x] = hq[x]
+    # each pixel's JUMP count, group by group along the row
+    p_row = primary[yy]
     for x in range(nx):
-        if quick:
-            for j in range(ntot):
-                drow[x, j] = dpl[j, x]
-            bits = jmask[x]
-            if bits:
-                # branch-free: which differences are flagged is unpredictable
-                for i in range(nints):
-                    for k in range(nd):
-                        hit = (bits >> (i * nd + k)) & 1
-                        grow[x, i * ngroups + k + 1] |= _JUMP * hit
-            if is_single:
-                m, sig, have_m = mq[x], sq[x], True
-            else:
-                m, sig, have_m = np.nan, np.nan, False
+        p_row[x] = 0
+    for q in range(ng_all):
+        g_q = grow[q]
+        for x in range(nx):
+            p_row[x] += (g_q[x] & _JUMP) != 0
+    if not do_neighbors:
+        return
+    # the centre flags: False but at the JUMP differences within (nbr_min, nbr_max)
+    for q in range(ng_all):
+        c_q = crow[q]
+        for x in range(nx):
+            c_q[x] = False
+    for x in range(nx):
+        if p_row[x] == 0:
+            continue
+        m = m_row[x]
+        if v_row[x]:
+            sig = sq[x]
         else:
-            m, sig, have_m = mq[x], sq[x], hq[x]
-        rnterm = rnt[x]
-        cnt = 0
-        for q in range(ng_all):
-            cnt += (grow[x, q] & _JUMP) != 0
-        primary[yy, x] = cnt
-        if do_neighbors:
-            # every group of the row gets its centre flag (False without a JUMP)
-            if cnt == 0:
-                for q in range(ng_all):
-                    crow[x, q] = False
-            else:
-                if not have_m:
-                    m = _nanmedian_apart(drow[x], ntot, buf)
-                    sig = _sigma(m, rnterm)
-                    have_m = True
-                for i in range(nints):
-                    crow[x, i * ngroups] = False
-                    for k in range(nd):
-                        j = i * nd + k
-                        # branch-free: a neighbour centre is a JUMP difference whose
-                        # ratio is within (nbr_min, nbr_max)
-                        r0 = abs(drow[x, j] - m) / sig
-                        is_c = (
-                            ((grow[x, i * ngroups + k + 1] & _JUMP) != 0)
-                            & (r0 < nbr_max)
-                            & (r0 > nbr_min)
-                        )
-                        crow[x, i * ngroups + k + 1] = is_c
-        mring[ry, x] = m
-        mvalid[ry, x] = have_m
+            for j in range(ntot):
+                dcol[j] = drow[j, x]
+            m = _nanmedian_apart(dcol, ntot, buf)
+            sig = _sigma(m, rnt[x])
+            m_row[x] = m
+            v_row[x] = True
+        for i in range(nints):
+            for k in range(nd):
+                q = i * ngroups + k + 1
+                r0 = abs(drow[i * nd + k, x] - m) / sig
+                crow[q, x] = ((grow[q, x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
 
 
 @njit(cache=True, nogil=True)
@@ -794,66 +802,65 @@ def _finish_row(flags, y, ny, rings):
     after-jump flags and redundant-bit removal."""
     (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
      remove_redundant_bits) = flags  # fmt: skip
-    erow, gring, centre, dring, mring, mvalid, addf, rnt, dpl, jmask, mq, sq, hq, absd, \
-        ratio, buf = rings
-    nx, ng_all = gring.shape[1], gring.shape[2]
+    erow, gring, centre, dring, mring, mvalid, addf, rnt, jmask, mq, sq, hq, hit, absd, \
+        ratio, buf, dcol = rings
+    ng_all, nx = gring.shape[1], gring.shape[2]
     ngroups = addf.shape[0]
     nints = ng_all // ngroups
     nd = ngroups - 1
     ntot = nints * nd
     ry = y % 3
-    rup = (y + 2) % 3
-    rdn = (y + 1) % 3
     grow = gring[ry]
     drow = dring[ry]
     crow = centre[ry]
-    cup = centre[rup]
-    cdn = centre[rdn]
+    cup = centre[(y + 2) % 3]
+    cdn = centre[(y + 1) % 3]
     if do_neighbors:
-        # a group is flagged where the same group of a 4-neighbour is a centre: the rings'
-        # centre flags (in the group DQ's layout, False off the JUMP pixels) OR-ed along the
-        # flat rows, those above and below as they are, the pixels left and right one pixel's
-        # run of groups away, and applied where the group is neither SATURATED nor
-        # DO_NOT_USE (branch-free flat loops, vectorised)
-        n = nx * ng_all
-        cu = cup.reshape(n)
-        cd = cdn.reshape(n)
-        cr = crow.reshape(n)
-        gflat = grow.reshape(n)
-        hit = np.empty(n, dtype=np.bool_)
+        # a group is flagged where the same group of a 4-neighbour is a centre (the centre
+        # flags are False off the JUMP pixels): the rows above and below as they are, the
+        # pixels left and right shifted by one, applied where the group is neither SATURATED
+        # nor DO_NOT_USE (branch-free loops along the row, vectorised)
         up_ok = y > 0
         dn_ok = y + 1 < ny
-        for t in range(n):
-            hit[t] = (up_ok & cu[t]) | (dn_ok & cd[t])
-        # (shifted views: an index like t - ng_all would cost a negative-index check)
-        h_rt = hit[ng_all:]
-        c_lf = cr[: n - ng_all]
-        for t in range(n - ng_all):
-            h_rt[t] |= c_lf[t]
-        h_lf = hit[: n - ng_all]
-        c_rt = cr[ng_all:]
-        for t in range(n - ng_all):
-            h_lf[t] |= c_rt[t]
-        for t in range(n):
-            v = gflat[t]
-            gflat[t] = v | (_JUMP * (hit[t] & ((v & _SAT_DNU) == 0)))
-    for x in range(nx):
-        any_jump = False
-        if do_after:
+        for q in range(ng_all):
+            cu = cup[q]
+            cd = cdn[q]
+            cr = crow[q]
+            for x in range(nx):
+                hit[x] = (up_ok & cu[x]) | (dn_ok & cd[x])
+            # (shifted views: an index like x - 1 would cost a negative-index check)
+            h_rt = hit[1:]
+            c_lf = cr[: nx - 1]
+            for t in range(nx - 1):
+                h_rt[t] |= c_lf[t]
+            h_lf = hit[: nx - 1]
+            c_rt = cr[1:]
+            for t in range(nx - 1):
+                h_lf[t] |= c_rt[t]
+            g_q = grow[q]
+            for x in range(nx):
+                v = g_q[x]
+                g_q[x] = v | (_JUMP * (hit[x] & ((v & _SAT_DNU) == 0)))
+    if do_after:
+        for x in range(nx):
+            any_jump = False
             for i in range(nints):
                 for g in range(1, ngroups):
-                    if grow[x, i * ngroups + g] & _JUMP:
+                    if grow[i * ngroups + g, x] & _JUMP:
                         any_jump = True
-        if any_jump:
+            if not any_jump:
+                continue
             m = mring[ry, x]
             if not mvalid[ry, x]:
-                m = _nanmedian_apart(drow[x], ntot, buf)
+                for j in range(ntot):
+                    dcol[j] = drow[j, x]
+                m = _nanmedian_apart(dcol, ntot, buf)
             for i in range(nints):
                 for g in range(ngroups):
                     addf[g] = False
                 for g in range(1, ngroups):
-                    if grow[x, i * ngroups + g] & _JUMP:
-                        ej = drow[x, i * nd + g - 1] - m
+                    if grow[i * ngroups + g, x] & _JUMP:
+                        ej = drow[i * nd + g - 1, x] - m
                         if ej >= e1:
                             for h in range(g, min(g + jmax1, ngroups - 1) + 1):
                                 addf[h] = True
@@ -862,13 +869,15 @@ def _finish_row(flags, y, ny, rings):
                                 addf[h] = True
                 for g in range(ngroups):
                     q = i * ngroups + g
-                    if addf[g] and (grow[x, q] & _SAT_DNU) == 0:
-                        grow[x, q] |= _JUMP
-        if remove_redundant_bits:
-            for q in range(ng_all):
-                v = grow[x, q]
+                    if addf[g] and (grow[q, x] & _SAT_DNU) == 0:
+                        grow[q, x] |= _JUMP
+    if remove_redundant_bits:
+        for q in range(ng_all):
+            g_q = grow[q]
+            for x in range(nx):
+                v = g_q[x]
                 bad = ((v & _JUMP) != 0) & ((v & _SAT_DNU) != 0)
-                grow[x, q] = v ^ (_JUMP * bad)
+                g_q[x] = v ^ (_JUMP * bad)
 
 
 @njit(cache=True, nogil=True)
@@ -879,10 +888,10 @@ def _write_row(rings, y, gdq_out):
     nx = gdq_out.shape[3]
     for i in range(nints):
         for g in range(ngroups):
-            q = i * ngroups + g
+            src = grow[i * ngroups + g]
             dst = gdq_out[i, g, y]
             for x in range(nx):
-                dst[x] = grow[x, q]
+                dst[x] = src[x]
 
 
 @njit(cache=True, nogil=True)
@@ -928,7 +937,7 @@ def pixel_detection(edtype, gdtype, used: bool = True) -> FunctionArg:
         sig = signature(
             types.void, _arr(gdtype, 2), _arr(edtype, 2), _F64_2D, _F64, types.int64,
             types.int64, types.int64, types.boolean, types.Array(types.boolean, 2, "C"),
-            types.float64, types.float64, types.float64, _F64, _F64, _F64, _F64, _F64,
+            types.float64, types.float64, types.float64, _F64, _F64, _F64, _F64, _F64, _F64,
             types.Array(types.boolean, 1, "C"),
         )  # fmt: skip
         found = _ROW_DETECTIONS[key] = FunctionArg(detect_pixels if used else _pixels_unused,
@@ -954,7 +963,7 @@ def run_frame(inputs, detect, flags, out, rings, mid, single, pixels):
     the pixel-by-pixel detection (:func:`pixel_detection`), called where
     :func:`detects_rowwise` is False.
 
-    Rows are streamed through small pixel-major buffers (:class:`RowRings`): row y is copied in
+    Rows are streamed through small group-major buffers (:class:`RowRings`): row y is copied in
     (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
     been detected (:func:`_finish_row`), then written out (:func:`_write_row`). Only three rows
     of group DQ, differences and neighbour centres are held.
