@@ -14,6 +14,7 @@ identical bit for bit.
 
     git worktree add --detach /tmp/ref main
     python benchmarks/bench_kernels_ab.py --ref /tmp/ref [--rounds 5] [--shape 1x10x512x512 ...]
+                                          [--cr-rate 0.2]
 """
 
 from __future__ import annotations
@@ -78,14 +79,15 @@ def child(tile: Path, out: Path, calls: int) -> dict:
     return {"jump": min(tj), "ramp": min(tr), "jump wall": min(wj), "ramp wall": min(wr)}
 
 
-def _simulate(shape: str, seed: int, path: Path) -> None:
+def _simulate(shape: str, seed: int, path: Path, cr_rate: float | None = None) -> None:
     import numpy as np
 
     from stcal_dask.sim.ramp import SimulationConfig, simulate_exposure
 
     nints, ngroups, ny, nx = (int(v) for v in shape.split("x"))
+    extra = {} if cr_rate is None else {"cr_rate": cr_rate}
     exp = simulate_exposure(SimulationConfig(nints=nints, ngroups=ngroups, ny=ny, nx=nx,
-                                             seed=seed))
+                                             seed=seed, **extra))
     np.savez(path, data=exp.data, groupdq=exp.groupdq, pixeldq=exp.pixeldq, gain=exp.gain,
              readnoise=exp.readnoise)
 
@@ -106,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=3, help="timed calls per child (best kept)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cr-rate", type=float, default=None,
+                    help="cosmic-ray rate of the simulated tile (default: the simulator's; "
+                         "bench_batch's heavy exposures use 0.2)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="stcal-dask-ab-") as tmp:
         for shape in args.shape or ["1x10x512x512"]:
             tile = Path(tmp) / f"{shape}.npz"
-            _simulate(shape, args.seed, tile)
+            _simulate(shape, args.seed, tile, args.cr_rate)
             kinds = ("jump", "ramp", "jump wall", "ramp wall")
             times = {name: {k: [] for k in kinds} for name in sides}
             load = []
@@ -138,7 +143,8 @@ def main(argv=None) -> int:
                 load.append(os.getloadavg()[0])
             bad = _same(Path(tmp) / "this.npz", Path(tmp) / "ref.npz")
             ok = ok and not bad
-            print(f"{shape}: {args.rounds} rounds x {args.calls} calls, load average "
+            rate = "" if args.cr_rate is None else f", cr-rate {args.cr_rate:g}"
+            print(f"{shape}{rate}: {args.rounds} rounds x {args.calls} calls, load average "
                   f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores; outputs "
                   f"{'identical' if not bad else 'DIFFER: ' + ', '.join(bad)}")
             for kernel in kinds:

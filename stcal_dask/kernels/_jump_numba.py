@@ -447,7 +447,10 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     thv = np.empty(nx, dtype=np.float64)
     gmx = np.empty(nx, dtype=np.float64)
     go = np.empty(nx, dtype=np.bool_)
+    over = np.empty(nx, dtype=np.bool_)
+    bl = np.empty(nx, dtype=np.int64)
     lane = np.empty(nx, dtype=np.int64)
+    nan_e = apl.dtype.type(np.nan)
     _row_differences(erow, nints, ngroups, dpl, apl, True)
     for x in range(nx):
         jmask[x] = 0
@@ -491,23 +494,35 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
                 # NaN-skipping maximum, branch-free (bitwise, not short-circuit) so that the
                 # loop vectorises
                 gmx[n] = r if ((r == r) & ((g != g) | (r > g))) else g
-        # flag every difference at the maximum where it exceeds the threshold; compact
+        # flag every difference at the maximum where it exceeds the threshold (it does in every
+        # lane that went on: the maximum ratio is at least that of the largest or the smallest
+        # value, one of which exceeded it), difference by difference across the lanes
+        # (branch-free, vectorised), and leave it out of the next rounds
+        for n in range(nl):
+            bl[n] = 0
+            over[n] = gmx[n] > thv[n]
+        for j in range(ntot):
+            aj = apl[j]
+            rj = rpl[j]
+            bit = np.int64(1) << j
+            for n in range(nl):
+                hit = (rj[n] == gmx[n]) & over[n]
+                bl[n] |= bit * hit
+                aj[n] = nan_e if hit else aj[n]
         w = 0
         for n in range(nl):
-            g = gmx[n]
-            if g > thv[n]:
-                x = lane[n]
-                bits = jmask[x]
-                for j in range(ntot):
-                    a = apl[j, n]
-                    if rpl[j, n] == g:
-                        bits |= np.int64(1) << j
-                        a = np.nan
-                    apl[j, w] = a
-                jmask[x] = bits
-                lane[w] = x
-                rnt_l[w] = rnt_l[n]
-                w += 1
+            jmask[lane[n]] |= bl[n]
+            w += over[n]
+        if w < nl:
+            # (never taken, see above; kept so that the flags never depend on that argument)
+            w = 0
+            for n in range(nl):
+                if over[n]:
+                    for j in range(ntot):
+                        apl[j, w] = apl[j, n]
+                    lane[w] = lane[n]
+                    rnt_l[w] = rnt_l[n]
+                    w += 1
         nl = w
 
 
