@@ -50,6 +50,8 @@ from stcal_dask.errors import UserInputError
 __all__ = ["Outcome", "expand_inputs", "is_batch", "record_path", "run_batch"]
 
 RECORD_VERSION = 1
+BATCH_TILES_PER_THREAD = 2
+"""Automatic tiles per thread of each exposure of a batch with several exposures in flight."""
 _GLOB_CHARS = set("*?[")
 
 
@@ -279,6 +281,11 @@ def _prepare(args: argparse.Namespace, path: str, claimed: dict[str, str]):
     a = copy.copy(args)
     a.input = path
     a.quiet = True
+    if args.max_in_flight > 1:
+        # automatic tiles: 2 per thread, not a single run's 4 (half the tasks, whose fixed cost
+        # in the scheduler and the worker's event loop is a fifth of a batch's CPU at 4); the
+        # next exposure's tiles fill the threads that one exposure's last tiles leave idle
+        a.tiles_per_thread = BATCH_TILES_PER_THREAD
     record = record_path(a, path)
     try:
         if not args.overwrite:
@@ -368,7 +375,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     from stcal_dask.cli.steps import make_output_dir
     from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS, BackgroundClient
-    from stcal_dask.engine.startup import import_for_graph, import_for_workers
+    from stcal_dask.engine.startup import freeze_loaded, import_for_graph, import_for_workers
 
     out_dir = Path(args.output_dir).expanduser()
     if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
@@ -420,6 +427,7 @@ def run_batch(args: argparse.Namespace) -> int:
                     BackgroundClient(**kwargs) as background:
                 if fork and lean:
                     import_for_graph()
+                freeze_loaded()  # what is loaded stays: no longer walked by every collection
                 futures = {}
                 queue = list(work)
                 n_started = 0

@@ -166,12 +166,20 @@ def tile_of(ramp) -> tuple[int, int]:
     return (max(sci.chunks[2]), max(sci.chunks[3]))
 
 
+TILES_PER_THREAD = 4
+"""Automatic tiles per thread of a single exposure's run (:func:`~stcal_dask.engine.dataflow.
+auto_tile`); a batch with several exposures in flight sets ``args.tiles_per_thread`` lower."""
+
+
 def _retile(args, ramp, n_threads: int):
-    """Smaller tiles when the input's would leave workers idle (FITS: reopened with them)."""
+    """Smaller tiles when the input's would leave workers idle (FITS: reopened with them);
+    ``args.tiles_per_thread`` tiles per thread (default :data:`TILES_PER_THREAD`)."""
     from stcal_dask.engine import dataflow
 
     nints, ngroups, ny, nx = ramp["sci"].shape
-    want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads)
+    per_thread = getattr(args, "tiles_per_thread", None) or TILES_PER_THREAD
+    want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads,
+                              tiles_per_worker=per_thread)
     have = tile_of(ramp)
     if want[0] * want[1] >= have[0] * have[1]:
         return ramp

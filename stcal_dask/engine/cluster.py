@@ -266,6 +266,9 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
     if trim:
         _trim_malloc()
     _warm_kernels(quiet)
+    from stcal_dask.engine.startup import freeze_loaded
+
+    freeze_loaded()  # the libraries and kernels just loaded: no longer walked by every collection
     # Once the worker has closed, skip the interpreter's finalisation of all these libraries
     # (a large part of a LocalCluster's close): every output was committed by its own task, and the
     # worker's directory was removed by its close. Registered last, so it runs first.

@@ -164,15 +164,24 @@ def auto_tile(
     Four tiles per thread: every distributed task has a fixed CPU cost (scheduler and worker
     together) and a jump + ramp-fit run makes about a dozen tasks per tile, so fewer, larger
     tiles save wall time, at the price of more peak memory per tile; four per thread keeps the
-    threads busy to the end.
+    threads busy to the end of a single exposure (a batch, whose next exposure fills the
+    threads one leaves idle, takes fewer). Where the budget's tile already gives enough tiles,
+    the strip heights are evened out (e.g. 4 x 512 rows rather than 3 x 624 + 176), so that no
+    tile holds a thread much longer than the others.
     """
     from stcal_dask.engine.datamodel import DEFAULT_MEMORY_BUDGET, choose_tile_size
 
     ty, tx = choose_tile_size(nints, ngroups, ny, nx, memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
     want = max(1, int(n_workers) * int(tiles_per_worker))
-    ntiles = -(-ny // ty) * -(-nx // tx)
+    rows = -(-ny // ty)
+    ntiles = rows * -(-nx // tx)
     if ntiles >= want:
-        return ty, tx
+        even = -(-ny // rows)
+        if even > align:
+            even = -(-even // align) * align
+        if even < ty and -(-ny // even) == rows:
+            ty = even
+        return int(ty), int(tx)
     per_row = -(-nx // tx)
     rows_needed = -(-want // per_row)
     new_ty = -(-ny // rows_needed)
