@@ -56,6 +56,9 @@ _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 # what the row fitters (:func:`_lane_row`, :func:`_pixel_row`) return: called through function
 # pointers, they cannot raise (an exception is only printed, and 0 returned)
 _ROW_OK, _ROW_FEW_SEGMENTS, _ROW_FEW_CRMAG = 1, 2, 3
+# ... and they are compiled without the wrapper that Python calls go through (it would unbox
+# every array of their named tuples: much code to compile for nothing)
+_ROW_JIT = {**_JIT, "no_cpython_wrapper": True}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -577,7 +580,7 @@ def _jump_segments(q, ngroups, starts, ends):
     return np.int64(first), n_s
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_ROW_JIT)
 def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     """Fit every pixel of row ``y`` that needs no flag rule but the JUMP_DET segmentation
     (:func:`_lane_pixels`: flag-free pixels and those whose only group DQ bit is JUMP_DET, by
@@ -861,7 +864,7 @@ def pixel_scratch(nints, ngroups):
     )
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_ROW_JIT)
 def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done, median):
     """Fit the pixels of row ``y`` that are not ``done``, one at a time, in five phases: set-up
     and one pass over the groups (suppression, ZEROFRAME, counts), the median rate, the
