@@ -731,6 +731,34 @@ def _load_row(inputs, yy, rings):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _row_medians(erow, nints, ngroups, rnt, mrow, srow):
+    """Every pixel's signed median of its first differences (NaN-skipping) and its sigma
+    (:func:`_sigma`) across a row at once: ``mrow``/``srow`` (nx,). The differences are taken
+    in the electrons' dtype as the detections take them (their float64 values are these,
+    widened) and their medians found by one median network across the pixels
+    (:func:`~stcal_dask.kernels._median_numba.nanmedian_lanes`), an even count's middle pair
+    averaged in float64: the value of the pixel's own median, bit for bit."""
+    nx = erow.shape[1]
+    nd = ngroups - 1
+    apl = np.empty((nints * nd, nx), dtype=erow.dtype)
+    spl, cnt, left, lo, hi = lane_median_scratch(nints * nd, nx, apl)
+    for i in range(nints):
+        for k in range(nd):
+            e1 = erow[i * ngroups + k + 1]
+            e0 = erow[i * ngroups + k]
+            aj = apl[i * nd + k]
+            for x in range(nx):
+                aj[x] = e1[x] - e0[x]
+    nanmedian_lanes(apl, nx, spl, cnt, left, lo, hi)
+    for x in range(nx):
+        lo64 = np.float64(lo[x])
+        m = lo64 if (cnt[x] & 1) == 1 else (lo64 + np.float64(hi[x])) / 2.0
+        sig = math.sqrt(abs(m) + rnt[x])
+        mrow[x] = m
+        srow[x] = np.nan if sig == 0.0 else sig
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid,
                 single, pixels):
     """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
@@ -791,6 +819,31 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
         c_q = crow[q]
         for x in range(nx):
             c_q[x] = False
+    if quick:
+        n_jump = 0
+        for x in range(nx):
+            n_jump += p_row[x] != 0
+        if n_jump == 0:
+            return
+        if not is_single:
+            # every pixel's signed median and sigma across the row at once (vectorised: a
+            # median network across the pixels, as the single-pass path's), the values that
+            # the pixel's own median of its differences would give, bit for bit
+            _row_medians(erow, nints, ngroups, rnt, m_row, sq)
+            for x in range(nx):
+                v_row[x] = True
+        # (m_row, sq: every pixel's median and sigma) branch-free along the row; a pixel
+        # without JUMP is never a centre
+        for i in range(nints):
+            for k in range(nd):
+                q = i * ngroups + k + 1
+                c_q = crow[q]
+                g_q = grow[q]
+                d_j = drow[i * nd + k]
+                for x in range(nx):
+                    r0 = abs(d_j[x] - m_row[x]) / sq[x]
+                    c_q[x] = ((g_q[x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
+        return
     for x in range(nx):
         if p_row[x] == 0:
             continue
