@@ -731,17 +731,18 @@ def _load_row(inputs, yy, rings):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_medians(erow, nints, ngroups, rnt, mrow, srow):
+def _row_medians(erow, nints, ngroups, rnt, mrow, srow, allmid):
     """Every pixel's signed median of its first differences (NaN-skipping) and its sigma
     (:func:`_sigma`) across a row at once: ``mrow``/``srow`` (nx,). The differences are taken
     in the electrons' dtype as the detections take them (their float64 values are these,
-    widened) and their medians found by one median network across the pixels
-    (:func:`~stcal_dask.kernels._median_numba.nanmedian_lanes`), an even count's middle pair
-    averaged in float64: the value of the pixel's own median, bit for bit."""
+    widened) and their middle pair found by ``allmid``, the lane function of ``ntot`` values
+    keeping every usable one (:func:`~stcal_dask.kernels._median_numba.lane_mid` with
+    ``keep_all``: a network across the pixels), averaged in float64 for an even count: the
+    value of the pixel's own median, bit for bit."""
     nx = erow.shape[1]
     nd = ngroups - 1
     apl = np.empty((nints * nd, nx), dtype=erow.dtype)
-    spl, cnt, left, lo, hi = lane_median_scratch(nints * nd, nx, apl)
+    spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
     for i in range(nints):
         for k in range(nd):
             e1 = erow[i * ngroups + k + 1]
@@ -749,10 +750,11 @@ def _row_medians(erow, nints, ngroups, rnt, mrow, srow):
             aj = apl[i * nd + k]
             for x in range(nx):
                 aj[x] = e1[x] - e0[x]
-    nanmedian_lanes(apl, nx, spl, cnt, left, lo, hi)
+    allmid(apl, spl, nx, nuse, mxv, mnv, cnt, lo, hi)
     for x in range(nx):
         lo64 = np.float64(lo[x])
-        m = lo64 if (cnt[x] & 1) == 1 else (lo64 + np.float64(hi[x])) / 2.0
+        m = (lo64 + np.float64(hi[x])) / 2.0 if cnt[x] > 0 else np.nan
+        m = lo64 if (cnt[x] & 1) == 1 else m
         sig = math.sqrt(abs(m) + rnt[x])
         mrow[x] = m
         srow[x] = np.nan if sig == 0.0 else sig
@@ -760,11 +762,11 @@ def _row_medians(erow, nints, ngroups, rnt, mrow, srow):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid,
-                single, pixels):
+                allmid, single, pixels):
     """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
     ``primary[yy]`` the JUMP counts; with ``do_neighbors`` the neighbour-flagging centres
     (differences whose ratio is within (``nbr_min``, ``nbr_max``)) and the medians they need
-    are kept in the rings. ``mid``, ``single``, ``pixels``: see :func:`run_frame`."""
+    are kept in the rings. ``mid``, ``allmid``, ``single``, ``pixels``: see :func:`run_frame`."""
     readnoise, gain = inputs.readnoise, inputs.gain
     path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff, _rw = detect
     erow, gring, centre, dring, mring, mvalid, addf, rnt, jmask, mq, sq, hq, hit, absd, \
@@ -829,7 +831,7 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
             # every pixel's signed median and sigma across the row at once (vectorised: a
             # median network across the pixels, as the single-pass path's), the values that
             # the pixel's own median of its differences would give, bit for bit
-            _row_medians(erow, nints, ngroups, rnt, m_row, sq)
+            _row_medians(erow, nints, ngroups, rnt, m_row, sq, allmid)
             for x in range(nx):
                 v_row[x] = True
         # (m_row, sq: every pixel's median and sigma) branch-free along the row; a pixel
@@ -1014,7 +1016,7 @@ def pixel_detection(edtype, gdtype, used: bool = True) -> FunctionArg:
 
 
 @njit(cache=True, nogil=True)
-def run_frame(inputs, detect, flags, out, rings, mid, single, pixels):
+def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels):
     """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
 
     Reads ``inputs`` (:class:`FrameInputs`, never modified), detects with ``detect``
@@ -1023,13 +1025,14 @@ def run_frame(inputs, detect, flags, out, rings, mid, single, pixels):
     JUMP count right after detection. ``rings``: the frame's :class:`RowRings`
     (:func:`row_rings`), used as scratch.
 
-    Three function-pointer arguments (each compiled apart from this function, and only where a
+    Four function-pointer arguments (each compiled apart from this function, and only where a
     frame calls it: see :class:`~stcal_dask.kernels._median_numba.FunctionArg`) detect the rows:
     ``mid`` the lane function (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of
     ``nints * (ngroups - 1)`` values in the electrons' dtype, called on the row-wise iterative
-    path; ``single`` the row-wise single-pass detection (:func:`single_detection`); ``pixels``
-    the pixel-by-pixel detection (:func:`pixel_detection`), called where
-    :func:`detects_rowwise` is False.
+    path; ``allmid`` the one of as many values keeping every usable value (``keep_all``),
+    called there for the neighbour centres' medians; ``single`` the row-wise single-pass
+    detection (:func:`single_detection`); ``pixels`` the pixel-by-pixel detection
+    (:func:`pixel_detection`), called where :func:`detects_rowwise` is False.
 
     Rows are streamed through small group-major buffers (:class:`RowRings`): row y is copied in
     (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
@@ -1046,7 +1049,7 @@ def run_frame(inputs, detect, flags, out, rings, mid, single, pixels):
         if yy < ny:
             _load_row(inputs, yy, rings)
             _detect_row(inputs, detect, flags.neighbors, flags.nbr_min, flags.nbr_max, yy, quick,
-                        rings, out.primary, mid, single, pixels)  # fmt: skip
+                        rings, out.primary, mid, allmid, single, pixels)  # fmt: skip
         if yy == 0:
             continue
         _finish_row(flags, yy - 1, ny, rings)

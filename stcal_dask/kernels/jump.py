@@ -667,6 +667,9 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
             _nb.row_rings(data.shape, eproto.dtype, groupdq.dtype, rowwise),
             # the lane median of the iterative path's count (another path calls none)
             _mn.lane_mid(eproto.dtype, ntot if path == "iterative" and rowwise else 0),
+            # and its median of all usable values, for the neighbour centres
+            _mn.lane_mid(eproto.dtype, ntot if path == "iterative" and rowwise and neighbors
+                         and params.flag_4_neighbors else 0, keep_all=True),
             _nb.single_detection(eproto.dtype, used=rowwise and path == "single"),
             _nb.pixel_detection(eproto.dtype, groupdq.dtype, used=not rowwise),
         )
