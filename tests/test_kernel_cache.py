@@ -295,3 +295,21 @@ PROBE_STATS = """
 stats = m.mid_scratch.stats
 print("hits", sum(stats.cache_hits.values()), "misses", sum(stats.cache_misses.values()))
 """
+
+
+def test_the_compile_helper_runs_this_package_whatever_its_start_directory(tmp_path,
+                                                                           monkeypatch):
+    """The helper process that compiles half of the kernels imports the package its parent
+    runs, not another copy in the directory it starts in ("python -c" puts that first on its
+    path: numba would file that copy's code apart, and the parent would compile it all again).
+    Here that directory holds a copy that cannot be imported."""
+    from stcal_dask.engine import warmup
+
+    decoy = tmp_path / "stcal_dask"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the copy in the start directory')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    helper = warmup._helper((), False, ())  # compiles nothing: imports, then exits
+    assert helper is not None
+    assert helper.wait(timeout=120) == 0

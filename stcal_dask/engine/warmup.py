@@ -220,8 +220,13 @@ def _helper(parts: tuple[str, ...], every: bool, exposures: tuple):
         cores = os.cpu_count() or 1
     if cores < 2:
         return None
+    # the package this process runs, first on the helper's path: else the directory it starts
+    # in (first on a "python -c" path) could hold another copy, whose compiled code numba files
+    # under that copy's directory, where this process would never find it
+    root = str(Path(__file__).parents[2])
     code = (
         "import os, sys, threading, time\n"
+        f"sys.path.insert(0, {root!r})\n"
         "parent = os.getppid()\n"
         "def watch():\n"
         "    while os.getppid() == parent:\n"
