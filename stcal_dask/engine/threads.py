@@ -2,15 +2,19 @@
 
 The client side (:mod:`stcal_dask.engine.cluster`) gives :data:`THREAD_ENV` to the worker
 processes it starts; the worker side (:mod:`stcal_dask.engine.tasks`) calls
-:func:`limit_threads` at the start of every tile task. Nothing here imports numba or numpy, so
-the start-up sequence can load it before forking workers.
+:func:`limit_threads` at the start of every tile task. Tasks that allocate and free large
+arrays call :func:`lean_memory` at their start and :func:`trim_heap` at their end. Nothing here
+imports numba or numpy, so the start-up sequence can load it before forking workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
-__all__ = ["THREAD_ENV", "limit_threads"]
+__all__ = ["HEAP_TOP_KEPT", "THREAD_ENV", "lean_memory", "limit_threads", "small_pages",
+           "trim_heap"]
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -69,3 +73,86 @@ def _pin_blas() -> None:
             if setter is not None:
                 setter(1)
                 break
+
+
+_LEAN: list = []
+"""(process id, glibc's ``malloc_trim`` or None) once :func:`lean_memory` ran in a process."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+HEAP_TOP_KEPT = 8 * 2**20
+"""Free memory glibc may keep at the top of a heap (its trim threshold, fixed by
+:func:`lean_memory`); blocks from this size up are mappings of their own, unmapped when
+freed."""
+
+
+def lean_memory() -> None:
+    """Fix glibc's thresholds in this process (once per process; cheap afterwards; unless the
+    environment sets them), so that a task's freed memory can go back to the system. Called at
+    the start of tasks that allocate and free large arrays, and by :func:`trim_heap`.
+
+    By default the thresholds grow with the blocks freed, up to 32 MiB blocks served from the
+    heaps and 64 MiB kept free at the top of a heap, and ``malloc_trim`` does not shrink the
+    top of the heaps of threads other than the main one (a worker runs its tasks in one), so
+    freed task temporaries stayed resident there. Fixed at :data:`HEAP_TOP_KEPT`, a large array
+    is a mapping of its own (given back when freed; zero pages allocated only where written)
+    and a heap keeps at most that much free memory at its top.
+    """
+    import os
+
+    if _LEAN and _LEAN[0][0] == os.getpid():
+        return
+    trim = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None)  # the process's C library (glibc)
+            trim = libc.malloc_trim
+            trim.argtypes = [ctypes.c_size_t]
+            if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+                libc.mallopt(_M_MMAP_THRESHOLD, HEAP_TOP_KEPT)
+            if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+                libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TOP_KEPT)
+        except (OSError, AttributeError):
+            trim = None
+    _LEAN[:] = [(os.getpid(), trim)]
+
+
+@contextlib.contextmanager
+def small_pages() -> Iterator[None]:
+    """Within the block, numpy allocates without asking the kernel for transparent huge pages.
+
+    numpy advises 2 MiB pages for every array of 4 MiB or more; for a large zero-filled array
+    of which only a window is ever written (a drizzle's output arrays over the mosaic) each
+    page written then costs 2 MiB of memory instead of 4 KiB. Dense arrays keep the advice
+    (fewer page faults). Only advice: another thread allocating meanwhile is unaffected in
+    what it computes.
+    """
+    np = sys.modules.get("numpy")
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is None:
+        yield
+        return
+    previous = setter(False)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def trim_heap() -> None:
+    """Return the memory this process's allocator holds free to the system (glibc's
+    ``malloc_trim(0)``; nothing where the C library has no such call).
+
+    Called at the end of a task that freed large temporaries: glibc keeps freed blocks in its
+    heaps, so without it a worker's resident memory, what its memory limit and a user's
+    monitor see, stays at the high-water mark of the tasks it ran while that memory is free.
+    One pass per task costs far less than a low trim threshold, which unmaps every temporary
+    as it is freed (the next task then faults its pages in again).
+    """
+    lean_memory()
+    trim = _LEAN[0][1]
+    if trim is not None:
+        trim(0)

@@ -72,25 +72,33 @@ class MosaicResult(NamedTuple):
 
 def index_input(path: str, index: int, out_wcs) -> tuple[rs.InputExposure, tuple]:
     """One index task: the input's metadata/readers and its coarse grid mapped to the output."""
-    from stcal_dask.engine.threads import limit_threads
+    from stcal_dask.engine.threads import limit_threads, trim_heap
 
     limit_threads()
     exp = rs.read_input_exposure(path, index)
-    return exp, rs.input_reach(exp.wcs, out_wcs, exp.shape)
+    reach = rs.input_reach(exp.wcs, out_wcs, exp.shape)
+    trim_heap()
+    return exp, reach
 
 
 def write_tile(job: rs.TileJob, exposures, out_wcs, params, psr: float, variances, store: str,
-               pixmaps: dict | None = None):
+               pixmaps: dict | None = None, after=None):
     """One tile task: drizzle the tile and write its block of every array; returns counts.
-    ``pixmaps``: input index -> its pixel-map file (:func:`.resample.write_pixmap`)."""
+    ``pixmaps``: input index -> its pixel-map file (:func:`.resample.write_pixmap`).
+    ``after``: ignored (the result of a task this one must follow in the graph)."""
     import zarr
+
+    from stcal_dask.engine.threads import trim_heap
 
     out = rs.drizzle_tile(job, exposures, out_wcs, params, psr, variances, pixmaps)
     y0, y1, x0, x1 = job.tile
     group = zarr.open_group(store, mode="r+")
-    for name, arr in out.items():
-        group[name][..., y0:y1, x0:x1] = arr
-    return int(np.count_nonzero(out["wht"] > 0)), len(job.regions)
+    for name in list(out):
+        group[name][..., y0:y1, x0:x1] = out[name]
+    covered = int(np.count_nonzero(out["wht"] > 0))
+    del out
+    trim_heap()  # the task's temporaries go back to the system, not into the worker's heap
+    return covered, len(job.regions)
 
 
 def _units(plan: rs.MosaicPlan) -> dict[str, str]:
@@ -303,6 +311,7 @@ def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, ma
         )
     for w in caught:
         warnings.warn(str(w.message), w.category, stacklevel=3)
+    del indexed, exposures, cells  # the index grids (~1 MiB per input) are in the plan's jobs
     _create_store(partial, plan, {})
     shared_exps = dask.delayed(plan.exposures, traverse=False)
     shared_wcs = dask.delayed(out_wcs, traverse=False)
@@ -314,14 +323,23 @@ def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, ma
         )
         for k in sorted({k for job in plan.jobs for k, _ in job.regions})
     }
-    tasks = [
-        dask.delayed(write_tile, pure=False)(
+    tasks = []
+    previous_whole = None
+    for i, job in enumerate(plan.jobs):
+        task = dask.delayed(write_tile, pure=False)(
             job, shared_exps, shared_wcs, plan.params, plan.pixel_scale_ratio,
             plan.variances, str(partial), {k: maps[k] for k, _ in job.regions},
+            # the tiles that drizzle an input with its whole clip hold its whole pixel map:
+            # one after the other, never two at once in the cluster
+            after=previous_whole if job.whole else None,
             dask_key_name=f"mosaic-tile-{i}-{token}",
         )
-        for i, job in enumerate(plan.jobs)
-    ]
+        if job.whole:
+            previous_whole = task
+        tasks.append(task)
+    from stcal_dask.engine.threads import trim_heap
+
+    trim_heap()  # what the index and the plan freed, before the tiles run
     try:
         counts = compute(*tasks, quiet=quiet, client=client)
     finally:

@@ -574,19 +574,22 @@ class _TileState:
         window initialised to ``fill`` (pixels outside it are cropped away, never read)."""
         from drizzle.resample import Drizzle
 
+        from stcal_dask.engine.threads import small_pages
+
         img = (_lazy_zeros if self.lazy else np.zeros)(self.wshape, np.float32)
         img[self.window] = fill
         # weights and context: drizzle's own np.zeros (calloc: large ones are fresh, lazily
-        # zero-filled mappings too); given arrays of them, it would check their consistency
-        # with whole-array temporaries
-        return Drizzle(
-            kernel=self.kernel,
-            fillval="INDEF",  # the image given is used as it is
-            out_img=img,
-            begin_ctx_id=0,
-            max_ctx_id=max(ctx_planes * 32 - 1, 0),
-            disable_ctx=not ctx_planes,
-        )
+        # zero-filled mappings too, in 4 KiB pages); given arrays of them, it would check their
+        # consistency with whole-array temporaries
+        with small_pages():
+            return Drizzle(
+                kernel=self.kernel,
+                fillval="INDEF",  # the image given is used as it is
+                out_img=img,
+                begin_ctx_id=0,
+                max_ctx_id=max(ctx_planes * 32 - 1, 0),
+                disable_ctx=not ctx_planes,
+            )
 
 
 class PixelMapFile(NamedTuple):
@@ -610,7 +613,7 @@ def _clip_values(exp: InputExposure, out_shape, fetch):
     return None if full is None else full._replace(sides=exp.clip.sides)
 
 
-def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> PixelMapFile:
+def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 32) -> PixelMapFile:
     """One input's whole pixel map, computed once, into a ``.npy`` file (float64,
     (ny, nx, 2)) that tile tasks read their rectangles of (:func:`drizzle_tile`'s ``pixmaps``).
 
@@ -619,7 +622,7 @@ def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> PixelMap
     output side clips the input, the values drizzle's clip of the whole input reads are taken
     from the file too (:func:`stcal_dask.mosaic.drizzle_clip.clip_reads`).
     """
-    from stcal_dask.engine.threads import limit_threads
+    from stcal_dask.engine.threads import limit_threads, trim_heap
 
     limit_threads()  # astropy's affine transforms are matrix products: one BLAS thread
     out_shape = output_shape(out_wcs)
@@ -632,7 +635,10 @@ def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 128) -> PixelMap
             y1 = min(ny, y0 + rows)
             block = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(y0, y1, 0, nx))
             f.write(np.ascontiguousarray(block, dtype="<f8").tobytes())
-    return PixelMapFile(str(path), _clip_values(exp, out_shape, _file_values(str(path))))
+            del block
+    result = PixelMapFile(str(path), _clip_values(exp, out_shape, _file_values(str(path))))
+    trim_heap()
+    return result
 
 
 def _file_values(path: str):
@@ -650,14 +656,26 @@ def _file_values(path: str):
 
 
 def _read_pixmap(path: str, region: tuple[int, int, int, int]) -> np.ndarray:
-    """The rectangle ``(y0, y1, x0, x1)`` of a :func:`write_pixmap` file (read, not kept
-    mapped)."""
+    """The rectangle ``(y0, y1, x0, x1)`` of a :func:`write_pixmap` file, read row by row into
+    one array (a memory map of the file would also map, for every row touched, the pages
+    around the rectangle's part of it: about the whole width of those rows)."""
     y0, y1, x0, x1 = region
-    mapped = np.load(path, mmap_mode="r")
-    try:
-        return np.array(mapped[y0:y1, x0:x1], dtype=np.float64)
-    finally:
-        del mapped
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran or np.dtype(dtype) != np.dtype("<f8") or len(shape) != 3:
+            raise ValueError(f"{path}: not a pixel-map file")
+        start = f.tell()
+        nx = int(shape[1])
+        out = np.empty((y1 - y0, x1 - x0, 2), dtype=np.float64)
+        row_bytes = (x1 - x0) * 16
+        for r in range(y1 - y0):
+            f.seek(start + ((y0 + r) * nx + x0) * 16)
+            if f.readinto(out[r]) != row_bytes:
+                raise ValueError(f"{path}: pixel-map file is truncated")
+    return out
 
 
 def _as_drizzled(a: np.ndarray) -> np.ndarray:
@@ -745,9 +763,10 @@ def drizzle_tile(
     (planes, ny_t, nx_t)) when ``enable_ctx``; each variance (float32) when drizzled; ``err``
     (float32) when ``compute_err`` is set.
     """
-    from stcal_dask.engine.threads import limit_threads
+    from stcal_dask.engine.threads import lean_memory, limit_threads
 
     limit_threads()
+    lean_memory()  # large temporaries are given back when freed
     out_shape = output_shape(out_wcs)
     out_wcs = al.without_bounding_box(out_wcs)
     state = _TileState(job, params, len(exposures), variances, out_shape)
@@ -849,11 +868,29 @@ def _add_variances(state: _TileState, exp, var: dict, params, kwargs, frame) -> 
     for name, v in var.items():
         d = state.drizzle(np.float32(np.nan))
         d.add_image(data=frame(np.sqrt(v)), **kwargs)
-        drizzled[name] = d.out_img[state.crop]
+        # the tile's part copied out and the drizzle's window-sized arrays freed at once
+        drizzled[name] = np.array(d.out_img[state.crop])
+        del d
         box = _union_box(box, _finite_box(drizzled[name]))
     if box is None:
         return
-    driz_var = {name: img[box] ** 2 for name, img in drizzled.items()}
+    # every step is pixel by pixel: combined in blocks of rows, the float64 temporaries stay a
+    # few MiB (the values are those of the whole rectangle at once)
+    rows = range(box[0].start, box[0].stop)
+    for r0 in range(0, len(rows), _COMBINE_ROWS):
+        block = (slice(rows[r0], rows[min(r0 + _COMBINE_ROWS, len(rows)) - 1] + 1), box[1])
+        _combine_variances(state, exp, {n: img[block] for n, img in drizzled.items()}, params,
+                           block)
+
+
+_COMBINE_ROWS = 64
+"""Rows of a tile combined at a time by :func:`_add_variances`."""
+
+
+def _combine_variances(state: _TileState, exp, drizzled: dict, params, box) -> None:
+    """Add one input's drizzled standard deviations (``drizzled``: name -> the ``box`` of the
+    tile) into the tile's weighted variance sums, as stcal's ``resample_variance_arrays``."""
+    driz_var = {name: img ** 2 for name, img in drizzled.items()}
     tshape = driz_var[next(iter(driz_var))].shape
     if params.weight_type == "ivm":
         rn = driz_var.get("var_rnoise")
