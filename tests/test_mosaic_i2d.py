@@ -4,6 +4,7 @@ lazily openable, FITS product stdatamodels opens, quicklooks, and the one-line e
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -354,3 +355,49 @@ def test_fits_product_written_block_by_block(client, field, tmp_path):
     all_arrays = 6 * 1200 * 1300 * 4
     assert peaks[1200] < 1.5 * peaks[600] + 2**20, peaks
     assert peaks[1200] < all_arrays / 4, (peaks, all_arrays)
+
+
+def test_small_pages_turns_numpy_huge_page_advice_off_and_back():
+    """Drizzle's mosaic-wide output arrays are allocated without numpy's huge-page advice (a
+    2 MiB page per few rows written); the advice is restored afterwards."""
+    from stcal_dask.engine.threads import small_pages
+
+    setter = np._core.multiarray._set_madvise_hugepage
+    before = setter(True)
+    try:
+        with small_pages():
+            assert setter(False) is False  # off inside the block
+        assert setter(True) is True  # back on after it
+    finally:
+        setter(before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_heap_gives_a_task_threads_freed_memory_back():
+    """A worker runs its tasks in a thread of its own: blocks freed there between live ones
+    stay resident until trim_heap (malloc_trim) gives them back."""
+    import threading
+
+    import psutil
+
+    from stcal_dask.engine.threads import lean_memory, trim_heap
+
+    proc = psutil.Process()
+    found = {}
+
+    def task():
+        lean_memory()
+        big, keep = [], []
+        for _ in range(160):  # 160 x 512 KiB, each followed by a small block that stays
+            big.append(np.ones(2**16))
+            keep.append(np.ones(2048))
+        del big
+        found["freed"] = proc.memory_info().rss
+        trim_heap()
+        found["trimmed"] = proc.memory_info().rss
+        del keep
+
+    t = threading.Thread(target=task)
+    t.start()
+    t.join()
+    assert found["freed"] - found["trimmed"] > 40 * 2**20, found
