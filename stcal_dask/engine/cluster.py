@@ -52,7 +52,7 @@ from stcal_dask.engine.logs import (
     quiet_distributed,
     silence_distributed_logs,
 )
-from stcal_dask.engine.threads import THREAD_ENV, limit_threads
+from stcal_dask.engine.threads import M_TRIM_THRESHOLD, THREAD_ENV, glibc, limit_threads
 from stcal_dask.errors import UserInputError
 
 __all__ = [
@@ -224,18 +224,11 @@ def _trim_malloc() -> None:
 
     Used only for workers with an explicit memory limit: it costs CPU in the tile tasks (every
     large temporary array is then a fresh ``mmap`` whose pages fault in again)."""
-    import ctypes
-    import ctypes.util
-
     value = os.environ.get("MALLOC_TRIM_THRESHOLD_", THREAD_ENV["MALLOC_TRIM_THRESHOLD_"])
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-1, int(value))  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError, ValueError):
-        pass
+    libc = glibc()
+    if libc is not None:
+        with contextlib.suppress(ValueError):
+            libc.mallopt(M_TRIM_THRESHOLD, int(value))
 
 
 def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,

@@ -13,8 +13,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-__all__ = ["HEAP_TOP_KEPT", "THREAD_ENV", "lean_memory", "limit_threads", "small_pages",
-           "trim_heap"]
+__all__ = ["HEAP_TOP_KEPT", "M_TRIM_THRESHOLD", "THREAD_ENV", "glibc", "lean_memory",
+           "limit_threads", "small_pages", "trim_heap"]
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -78,12 +78,29 @@ def _pin_blas() -> None:
 _LEAN: list = []
 """(process id, glibc's ``malloc_trim`` or None) once :func:`lean_memory` ran in a process."""
 
-_M_TRIM_THRESHOLD = -1
+M_TRIM_THRESHOLD = -1
+"""glibc's ``mallopt`` parameter of the free memory kept at the top of a heap."""
 _M_MMAP_THRESHOLD = -3
 HEAP_TOP_KEPT = 8 * 2**20
 """Free memory glibc may keep at the top of a heap (its trim threshold, fixed by
 :func:`lean_memory`); blocks from this size up are mappings of their own, unmapped when
 freed."""
+
+
+def glibc():
+    """This process's C library as a :class:`ctypes.CDLL` when it is glibc on Linux (with
+    ``malloc_trim`` and ``mallopt``), else None: the one place the allocator calls load it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)  # the process's C library
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.mallopt  # noqa: B018 - present in glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def lean_memory() -> None:
@@ -102,20 +119,13 @@ def lean_memory() -> None:
 
     if _LEAN and _LEAN[0][0] == os.getpid():
         return
-    trim = None
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None)  # the process's C library (glibc)
-            trim = libc.malloc_trim
-            trim.argtypes = [ctypes.c_size_t]
-            if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-                libc.mallopt(_M_MMAP_THRESHOLD, HEAP_TOP_KEPT)
-            if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-                libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TOP_KEPT)
-        except (OSError, AttributeError):
-            trim = None
+    libc = glibc()
+    trim = None if libc is None else libc.malloc_trim
+    if libc is not None:
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            libc.mallopt(_M_MMAP_THRESHOLD, HEAP_TOP_KEPT)
+        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+            libc.mallopt(M_TRIM_THRESHOLD, HEAP_TOP_KEPT)
     _LEAN[:] = [(os.getpid(), trim)]
 
 
