@@ -337,9 +337,14 @@ def test_output_names_are_claimed_before_any_work(expo, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def big_expo(tmp_path_factory):
-    """A ramp whose run lasts long enough to be interrupted at any of the delays below."""
-    ramp = tmp_path_factory.mktemp("big") / "big_ramp.fits"
+    """A ramp whose run lasts long enough to be interrupted at any of the delays below; the
+    kernel variants its runs use are compiled here (a run on a cold cache says so on stderr:
+    that case is tests/test_interrupts.py's)."""
+    d = tmp_path_factory.mktemp("big")
+    ramp = d / "big_ramp.fits"
     assert main(["simulate", str(ramp), "--shape", "2x10x512x512", "--seed", "1", *LOCAL]) == 0
+    assert main(["run", str(ramp), "-o", str(d / "warm"), "--format", "fits", "--save-jump",
+                 "--tile", "64", *LOCAL]) == 0
     return ramp
 
 

@@ -44,8 +44,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from stcal_dask.cli.common import PROG, Terminated, client_kwargs, is_fits, is_zarr
-from stcal_dask.errors import UserInputError
+from stcal_dask.cli.common import PROG, client_kwargs, is_fits, is_zarr
+from stcal_dask.errors import Terminated, UserInputError, signalled
 
 __all__ = ["Outcome", "expand_inputs", "is_batch", "record_path", "run_batch"]
 
@@ -322,7 +322,7 @@ def _process(a, plan_, expected, record: Path, background, stop: threading.Event
         targets, count = execute(a, plan_, background)
     except BaseException as exc:  # noqa: BLE001 - one exposure's failure stays its own
         out.seconds = time.perf_counter() - t0
-        if stop.is_set():
+        if stop.is_set() or signalled() is not None:  # (its commit refused after a signal)
             out.status, out.reason = "interrupted", "stopped while in flight; nothing committed"
             return out
         out.status, out.reason = "failed", _one_line(exc)

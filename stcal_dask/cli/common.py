@@ -22,7 +22,13 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from stcal_dask.errors import UserInputError
+from stcal_dask.errors import (
+    Terminated,
+    UserInputError,
+    clear_signals,
+    raise_if_signalled,
+    record_signal,
+)
 
 __all__ = [
     "EPILOG_ERRORS",
@@ -48,7 +54,6 @@ __all__ = [
     "say",
     "sigterm_unwinds",
     "step_params",
-    "Terminated",
     "warn",
 ]
 
@@ -473,39 +478,42 @@ def compute(args: argparse.Namespace, *collections) -> list:
 # errors
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that the run unwinds as after Ctrl-C: outputs
-    aborted, temporaries removed, the cluster's workers stopped."""
-
-
 @contextlib.contextmanager
 def sigterm_unwinds() -> typing.Iterator[None]:
     """Within the block, SIGTERM (what SLURM, Kubernetes, ``timeout`` and systemd send) raises
-    :class:`Terminated` in the main thread and Ctrl-C raises :class:`KeyboardInterrupt`, so the
-    run unwinds either way; a second SIGTERM during the cleanup is ignored.
+    :class:`~stcal_dask.errors.Terminated` in the main thread and Ctrl-C raises
+    :class:`KeyboardInterrupt`, so the run unwinds either way; a second SIGTERM during the
+    cleanup is ignored. Each signal is also recorded (:func:`stcal_dask.errors.record_signal`),
+    so that no output is committed after it even where its exception got lost.
 
     Python drops an exception raised where it cannot propagate (a garbage-collector callback,
     such as the one ``distributed``'s scheduler installs, or a ``__del__``): it only reports
     it through :data:`sys.unraisablehook`. An interruption swallowed that way would let the
-    run go on and finish. Within the block, such a swallowed interruption is delivered again
-    (:func:`_thread.interrupt_main`, from a timer thread) until it lands where it propagates,
-    and once a signal has arrived the reports of what it broke in passing go to the cluster's
-    log file, not to the terminal. Outside the main thread (where Python cannot set handlers)
-    nothing changes."""
+    run go on. Within the block, such a swallowed interruption is delivered again, as a real
+    signal to the main thread (from a timer thread: a blocked wait, such as joining the thread
+    that starts the cluster, returns to take it), until it lands where it propagates; once a
+    signal has arrived the reports of what it broke in passing go to the cluster's log file,
+    not to the terminal. Outside the main thread (where Python cannot set handlers) nothing
+    changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    import _thread
 
     fired: list[int] = []
     unwinding: list[bool] = []
+    main_ident = threading.main_thread().ident
 
     def handler(signum, frame):
         if signum == signal.SIGTERM and unwinding:
             return  # a second SIGTERM while cleaning up
+        record_signal(signum)
         fired.append(signum)
         unwinding.append(True)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def deliver_again(signum: int) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the process is ending
+            signal.pthread_kill(main_ident, signum)
 
     def hook(unraisable) -> None:
         if not fired:
@@ -513,12 +521,13 @@ def sigterm_unwinds() -> typing.Iterator[None]:
             return
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             unwinding.clear()  # swallowed: deliver it again, from outside this callback
-            again = threading.Timer(0.01, _thread.interrupt_main, (fired[-1],))
+            again = threading.Timer(0.01, deliver_again, (fired[-1],))
             again.daemon = True
             again.start()
         _log_unraisable(unraisable)
 
     previous_hook = sys.unraisablehook
+    clear_signals()
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     sys.unraisablehook = hook
     try:
@@ -527,6 +536,7 @@ def sigterm_unwinds() -> typing.Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         sys.unraisablehook = previous_hook
+        clear_signals()
 
 
 def _log_unraisable(unraisable) -> None:
@@ -553,7 +563,9 @@ def exit_status(command: Callable[[], int]) -> int:
     before = _log_state()
     try:
         with sigterm_unwinds():
-            return int(command() or 0)
+            status = int(command() or 0)
+            raise_if_signalled()  # a signal whose exception got lost: still an interruption
+            return status
     except UserInputError as exc:
         print(f"{PROG}: error: {exc}{_log_note(before)}", file=sys.stderr)
         return 2

@@ -190,8 +190,8 @@ def compile_on_workers(client, announce: bool = True, exposures: tuple = ()) -> 
         client.run(_compile_in_thread, True, exposures)
     except UserInputError:
         raise
-    except Exception:  # noqa: S110 - a worker died: reported by the computation
-        pass
+    except Exception:  # noqa: BLE001 - a worker died or the client closed: reported elsewhere
+        return
     if cold and announce:
         print(f"stcal-dask: kernels compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
               flush=True)
@@ -643,6 +643,7 @@ class BackgroundClient:
         self._value: Any = None
         self._error: BaseException | None = None
         self._entered = False
+        self._leaving = threading.Event()  # the caller leaves the block: no warm-up to start
         fork_here = (opts["start_method"] == "fork" and opts["processes"]
                      and resolve_scheduler(opts["scheduler"]) is None)
         self._warm_after = fork_here
@@ -670,10 +671,22 @@ class BackgroundClient:
         try:
             self._value = self._cm.__enter__()
             self._entered = True
-            if self._warm_after:
+            if self._warm_after and not self._leaving.is_set():
                 warm_workers(self._value, self._limit, self._imports, self._announce)
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
+
+    def _stop_warm_up(self) -> None:
+        """Leaving on an error or an interruption: the workers' warm-up (minutes of compiling
+        on a cold cache) is not waited for; the client is closed under it, which ends it."""
+        self._leaving.set()
+        closed = False
+        while self._thread.is_alive():
+            if self._entered and not closed and self._value is not None:
+                closed = True
+                with quiet_distributed(), contextlib.suppress(Exception):
+                    self._value.close()
+            self._thread.join(0.05)
 
     def client(self):
         self._thread.join()
@@ -685,6 +698,8 @@ class BackgroundClient:
         return self
 
     def __exit__(self, *exc_info):
+        if exc_info[0] is not None:
+            self._stop_warm_up()
         self._thread.join()
         if self._entered:  # started: close it
             return self._cm.__exit__(*exc_info)

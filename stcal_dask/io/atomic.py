@@ -62,7 +62,7 @@ from typing import Any
 
 import dask
 
-from stcal_dask.errors import UserInputError
+from stcal_dask.errors import UserInputError, raise_if_signalled
 
 __all__ = [
     "Outputs",
@@ -316,7 +316,9 @@ def commit(partial, path, overwrite: bool, *_deps: Any) -> str:
 def _commit_all(members: tuple[ReservedOutput, ...], *_deps: Any) -> str:
     """Rename every member into place (all or none); the first member's final path. Members
     already renamed by an earlier run of the same task are left as they are (a temporary that
-    tasks run again recreated meanwhile is removed)."""
+    tasks run again recreated meanwhile is removed). Nothing is renamed once the command was
+    interrupted (:func:`stcal_dask.errors.raise_if_signalled`)."""
+    raise_if_signalled()
     done: list[ReservedOutput] = []
     try:
         for m in members:

@@ -1,0 +1,151 @@
+"""Interruptions that must not get lost: Ctrl-C/SIGTERM while the kernels compile on a cold
+cache stops the run at once (not after minutes of compiling); an interrupt whose exception a
+library swallowed still ends the command with status 130 and commits nothing; one swallowed in
+a finaliser while the main thread is blocked in a wait is delivered again at once."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stcal_dask.cli import main
+from stcal_dask.cli.common import exit_status
+from stcal_dask.errors import Terminated, clear_signals, record_signal, signalled
+from stcal_dask.io.atomic import atomic_outputs
+
+EXE = shutil.which("stcal-dask") or str(Path(sys.executable).parent / "stcal-dask")
+
+
+def _swallowing_command(signum: int, out: Path):
+    """A command that receives ``signum`` where a library swallows its exception, then writes
+    an output as if nothing had happened."""
+
+    def command() -> int:
+        try:
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                time.sleep(0.001)
+        except KeyboardInterrupt:  # what some library code does with it
+            pass
+        with atomic_outputs() as outputs:
+            outputs.reserve(out / "product_rate.fits").write_text("looks complete")
+        return 0
+
+    return command
+
+
+@pytest.mark.parametrize(("signum", "status", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                        (signal.SIGTERM, 143, "terminated")])
+def test_a_swallowed_interrupt_still_ends_the_command_and_commits_nothing(
+        tmp_path, capsys, signum, status, word):
+    rc = exit_status(_swallowing_command(signum, tmp_path))
+    assert rc == status
+    assert capsys.readouterr().err.strip() == f"stcal-dask: {word}"
+    assert list(tmp_path.iterdir()) == []
+    assert signalled() is None  # forgotten when the command ends
+
+
+def test_commit_refused_after_a_recorded_signal(tmp_path):
+    """The one output mechanism commits nothing once a signal was recorded, in any thread."""
+    errors = []
+
+    def write() -> None:
+        try:
+            with atomic_outputs() as outputs:
+                outputs.reserve(tmp_path / "x_rate.fits").write_text("data")
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    record_signal(signal.SIGTERM)
+    try:
+        t = threading.Thread(target=write)
+        t.start()
+        t.join()
+    finally:
+        clear_signals()
+    assert len(errors) == 1 and isinstance(errors[0], Terminated)
+    assert list(tmp_path.iterdir()) == []
+    write()  # without a signal the same block commits
+    assert [p.name for p in tmp_path.iterdir()] == ["x_rate.fits"]
+
+
+class _RaisesInFinaliser:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the KeyboardInterrupt is raised (and swallowed) in here
+            time.sleep(0.001)
+
+
+def test_interrupt_swallowed_in_a_finaliser_reaches_a_blocked_main_thread(capsys):
+    """Python drops the KeyboardInterrupt of a ``__del__``; it is delivered again as a signal,
+    which also ends a wait the main thread is blocked in (a thread join, an event) at once."""
+
+    def command() -> int:
+        obj = _RaisesInFinaliser()
+        del obj
+        gc.collect()
+        threading.Event().wait(30)  # blocked: only a real signal ends this wait early
+        return 0
+
+    t0 = time.perf_counter()
+    assert exit_status(command) == 130
+    assert time.perf_counter() - t0 < 10
+    assert capsys.readouterr().err.strip() == "stcal-dask: interrupted"
+
+
+@pytest.fixture(scope="module")
+def ramp(tmp_path_factory):
+    path = tmp_path_factory.mktemp("interrupts") / "big_ramp.fits"
+    assert main(["simulate", str(path), "--shape", "2x10x256x256", "--seed", "1",
+                 "--scheduler", "threads", "--quiet"]) == 0
+    return path
+
+
+def test_ctrl_c_while_the_kernels_compile_stops_at_once(ramp, tmp_path):
+    """A first run on a cold kernel cache compiles for minutes; Ctrl-C then stops it within
+    seconds (the workers' compile is not waited for): status 130, the compile message and then
+    only ``stcal-dask: interrupted``, no worker left, nothing in the output folder, and the
+    cache holds no stamp of a compile that did not finish."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("STCAL_DASK_WORKER_START",
+                                                          "NUMBA_CACHE_DIR")}
+    env["STCAL_DASK_CACHE_DIR"] = str(cache)
+    proc = subprocess.Popen([EXE, "run", str(ramp), "-o", str(out), "--format", "fits",
+                             "--quiet", "--n-workers", "2", "--threads-per-worker", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stderr.readline()  # the workers have started compiling
+        assert "compiling the numba kernels" in first, first
+        time.sleep(1.0)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert elapsed < 20, (elapsed, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("stcal-dask: interrupted"), err
+    assert list(out.iterdir()) == []
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], alive
+    stamp = subprocess.run([sys.executable, "-c", "from stcal_dask.engine.warmup import "
+                            "stamp_path; print(stamp_path())"], env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert Path(stamp).parent == cache and not Path(stamp).exists()
