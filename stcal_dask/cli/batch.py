@@ -454,6 +454,7 @@ def run_batch(args: argparse.Namespace) -> int:
                     _say(args, "interrupted: stopping the exposures in flight ...")
                     for fut in futures:
                         fut.cancel()
+                    background.stop_warm_up()  # a cold cache's compile: not waited for
                 # leaving the with-block closes the client and cluster: computations still in
                 # flight fail and remove their temporaries
         finally:

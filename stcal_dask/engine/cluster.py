@@ -676,9 +676,11 @@ class BackgroundClient:
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
 
-    def _stop_warm_up(self) -> None:
-        """Leaving on an error or an interruption: the workers' warm-up (minutes of compiling
-        on a cold cache) is not waited for; the client is closed under it, which ends it."""
+    def stop_warm_up(self) -> None:
+        """Give up the workers' warm-up (minutes of compiling on a cold cache) instead of
+        waiting for it: the client is closed under it, which ends it (done when the block is
+        left on an error or an interruption; a caller that catches its interruption inside the
+        block calls it itself). No new computation can run on the client afterwards."""
         self._leaving.set()
         closed = False
         while self._thread.is_alive():
@@ -699,7 +701,7 @@ class BackgroundClient:
 
     def __exit__(self, *exc_info):
         if exc_info[0] is not None:
-            self._stop_warm_up()
+            self.stop_warm_up()
         self._thread.join()
         if self._entered:  # started: close it
             return self._cm.__exit__(*exc_info)
