@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +230,23 @@ def test_a_child_forked_while_the_compile_lock_is_held_does_not_keep_it(tmp_path
 
 
 def test_two_warmups_at_once_compile_once(tmp_path):
-    """Two 'stcal-dask warmup' started together on an empty cache directory: one compiles, the
-    other waits for it and then only loads; both succeed."""
+    """Two 'stcal-dask warmup' started together on a cache directory without its stamps: one
+    compiles, the other waits for it and then only loads; both succeed. The cache directory is
+    a copy of this machine's warm one without its stamps (as in test_cluster's cold-cache
+    test): both go through the compile path, whose lock is what this test is about, but the
+    one that compiles loads the machine code instead of generating it all again (the
+    fresh-venv install test of test_deploy compiles everything from nothing)."""
+    from numba.core.caching import _CacheLocator
+
+    from stcal_dask import kernels
+    from stcal_dask.engine.warmup import cache_dir, ensure_compiled
+
+    ensure_compiled(quiet=True, every=True)
+    sub = _CacheLocator.get_suitable_cache_subpath(kernels.__file__)
     exe = str(Path(sys.executable).parent / "stcal-dask")
     cache = tmp_path / "cache"
+    shutil.copytree(cache_dir() / sub, cache / sub)
+    assert not list(cache.glob("stcal-dask-*"))  # no stamp: the warm-ups must take the lock
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR",)}
     env.update({"PYTHONPATH": str(Path(stcal_dask.__file__).parents[1]),
                 "STCAL_DASK_CACHE_DIR": str(cache)})
@@ -276,11 +290,14 @@ def test_a_variant_is_stored_under_its_functions_lock(tmp_path):
     with file_lock(lock):
         proc = subprocess.Popen([sys.executable, "-c", COMPILE_ONE], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            proc.wait(timeout=20)  # compiles, then waits for the lock
-        except subprocess.TimeoutExpired:
-            pass
+        # compiles, then waits for the lock: the kernel lists it as a blocked request
+        deadline = time.monotonic() + 300
+        while not _waits_for_lock(proc.pid, lock) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the process never asked for the lock"
+            time.sleep(0.2)
+        time.sleep(0.5)
         assert proc.poll() is None, proc.stderr.read()
+        assert _waits_for_lock(proc.pid, lock)
         assert not list(cache.rglob("*mid_scratch*.nbi"))  # nothing stored while locked
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "stored" in out, err
@@ -289,6 +306,17 @@ def test_a_variant_is_stored_under_its_functions_lock(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "hits 1 misses 0" in again.stdout, again.stdout
+
+
+def _waits_for_lock(pid: int, lock: Path) -> bool:
+    """Whether process ``pid`` is blocked asking for a record lock on the file ``lock`` (the
+    kernel's table of locks lists a blocked request as ``->``)."""
+    ino = lock.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and str(pid) in fields and fields[-3].endswith(f":{ino}"):
+            return True
+    return False
 
 
 PROBE_STATS = """
