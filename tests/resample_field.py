@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from pathlib import Path
 
 import gwcs
 import numpy as np
@@ -124,10 +125,24 @@ def oracle(exps, out_wcs, params: rs.ResampleParams):
     return r.output_model
 
 
-def tiled(exps, out_wcs, params, tile, output_pixel_scale=PSCALE):
+def pixmap_files(exps, out_wcs, folder) -> dict:
+    """Every input's whole pixel map written once into ``folder`` (:func:`rs.write_pixmap`, as
+    the mosaic command does before its tiles run): input index -> its file, for
+    :func:`tiled`'s ``pixmaps``. They depend on the inputs and the output WCS only, so one set
+    serves every kernel, weight type and tiling of a field."""
+    plan = rs.plan_mosaic(exposures(exps), out_wcs, rs.ResampleParams(),
+                          output_pixel_scale=PSCALE)
+    return {e.index: rs.write_pixmap(e, out_wcs, Path(folder) / f"{e.index}.npy")
+            for e in plan.exposures}
+
+
+def tiled(exps, out_wcs, params, tile, output_pixel_scale=PSCALE, pixmaps=None):
     """Our tile tasks run one after the other, assembled into full arrays (tests only).
 
     ``output_pixel_scale`` (arcsec) is the oracle's by default; None measures the output WCS.
+    ``pixmaps`` (:func:`pixmap_files`): the tiles read the inputs' pixel maps (and the values
+    drizzle's clip of a whole input reads) from those files, as the mosaic command's tiles do;
+    None: each tile evaluates the WCSs itself.
     """
     ins = exposures(exps)
     plan = rs.plan_mosaic(ins, out_wcs, params, tile=tile,
@@ -136,7 +151,7 @@ def tiled(exps, out_wcs, params, tile, output_pixel_scale=PSCALE):
     res = {}
     for job in plan.jobs:
         out = rs.drizzle_tile(job, plan.exposures, out_wcs, params, plan.pixel_scale_ratio,
-                              plan.variances)
+                              plan.variances, pixmaps=pixmaps)
         y0, y1, x0, x1 = job.tile
         for name, v in out.items():
             if name not in res:

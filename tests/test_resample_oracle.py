@@ -14,6 +14,11 @@ give drizzle the whole exposure's rectangle (``resample.TileJob.whole``,
 stcal visits them (``test_outer_edge_clip_identical`` puts rows and columns of an input there).
 
 The same holds at large output coordinates (a ~1100 x 1100 output in 256-pixel tiles).
+
+The tiles read the inputs' pixel maps from files written once per input, as the mosaic
+command's tiles do (``resample.write_pixmap``); every geometry and edge case is also run once
+through tiles that evaluate the WCSs themselves (no pixel-map file, ``pixmaps=None``), which
+costs several times more per tile.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import warnings
 
 import numpy as np
 import pytest
-from resample_field import PSCALE, make_field, mosaic_wcs, oracle, tiled, ulp_diff
+from resample_field import PSCALE, make_field, mosaic_wcs, oracle, pixmap_files, tiled, ulp_diff
 
 from stcal_dask.mosaic import resample as rs
 
@@ -64,9 +69,15 @@ def plain_field():
     return make_field(4, roll_step=0.0)
 
 
+@pytest.fixture(scope="module")
+def plain_pixmaps(plain_field, tmp_path_factory):
+    """The plain field's pixel-map files (its mosaic WCS)."""
+    return pixmap_files(plain_field, mosaic_wcs(plain_field), tmp_path_factory.mktemp("pm"))
+
+
 @pytest.mark.parametrize("kernel", rs.KERNELS)
 @pytest.mark.parametrize("pixfrac", [1.0, 0.5])
-def test_every_kernel_and_tiling(plain_field, kernel, pixfrac):
+def test_every_kernel_and_tiling(plain_field, plain_pixmaps, kernel, pixfrac):
     exps = plain_field
     out = mosaic_wcs(exps)
     params = rs.ResampleParams(kernel=kernel, pixfrac=pixfrac)
@@ -74,7 +85,9 @@ def test_every_kernel_and_tiling(plain_field, kernel, pixfrac):
         warnings.simplefilter("ignore", UserWarning)  # flux-conservation warning
         ref = oracle(exps, out, params)
         for tile in TILINGS:
-            res, plan = tiled(exps, out, params, tile)
+            # the single tile evaluates the WCSs itself, the smaller ones read the files
+            maps = None if tile == TILINGS[2] else plain_pixmaps
+            res, plan = tiled(exps, out, params, tile, pixmaps=maps)
             assert len(plan.jobs) >= (2 if tile[0] < 100 else 1)
             _compare(res, ref, params)
 
@@ -89,9 +102,10 @@ def test_every_kernel_and_tiling(plain_field, kernel, pixfrac):
     ids=["rotated", "distorted", "small-bbox"],
 )
 @pytest.mark.parametrize("weight_type", ["ivm", "exptime"])
-def test_geometries_and_weights(case, weight_type):
+def test_geometries_and_weights(case, weight_type, tmp_path):
     exps = make_field(5, seed=3, **case)
     out = mosaic_wcs(exps)
+    maps = pixmap_files(exps, out, tmp_path)
     for kernel in ("square", "gaussian"):
         params = rs.ResampleParams(kernel=kernel, pixfrac=0.5 if kernel == "square" else 1.0,
                                    weight_type=weight_type)
@@ -99,11 +113,16 @@ def test_geometries_and_weights(case, weight_type):
             warnings.simplefilter("ignore", UserWarning)
             ref = oracle(exps, out, params)
             for tile in TILINGS[:2]:
-                res, _ = tiled(exps, out, params, tile)
+                res, _ = tiled(exps, out, params, tile, pixmaps=maps)
+                _compare(res, ref, params)
+            if kernel == "square" and weight_type == "ivm":
+                # tiles that evaluate the WCSs themselves (the pixel maps do not depend on the
+                # weights: once per geometry)
+                res, _ = tiled(exps, out, params, TILINGS[1])
                 _compare(res, ref, params)
 
 
-def test_inputs_partly_outside_the_output():
+def test_inputs_partly_outside_the_output(tmp_path):
     exps = make_field(4, seed=5, roll_step=4.0)
     full = mosaic_wcs(exps)
     ny, nx = full.array_shape
@@ -111,9 +130,12 @@ def test_inputs_partly_outside_the_output():
     out = mosaic_wcs(exps, shape=(ny * 2 // 3, nx * 2 // 3))
     params = rs.ResampleParams()
     ref = oracle(exps, out, params)
+    maps = pixmap_files(exps, out, tmp_path)
     for tile in TILINGS:
-        res, _ = tiled(exps, out, params, tile)
+        res, _ = tiled(exps, out, params, tile, pixmaps=maps)
         _compare(res, ref, params)
+    res, _ = tiled(exps, out, params, TILINGS[1])  # tiles that evaluate the WCSs themselves
+    _compare(res, ref, params)
 
 
 def _shifted(w, dx, dy):
@@ -152,7 +174,7 @@ def _edge_case(side, eps):
 
 @pytest.mark.parametrize("eps", [0.03, 0.045])
 @pytest.mark.parametrize("side", ["far", "near"])
-def test_outer_edge_clip_identical(side, eps):
+def test_outer_edge_clip_identical(side, eps, tmp_path):
     """A row and a column of input pixels centred ``eps`` pixel beyond the output's outer edges
     (inputs aligned with the output, the output cutting through them): whether drizzle visits
     them hangs on its clip polygon, which stcal computes from the whole exposure. Before tiles
@@ -161,8 +183,11 @@ def test_outer_edge_clip_identical(side, eps):
     exps, out = _edge_case(side, eps)
     params = rs.ResampleParams()
     ref = oracle(exps, out, params)
-    for tile in [TILINGS[0], (40, 37), TILINGS[2]]:
-        res, plan = tiled(exps, out, params, tile)
+    maps = pixmap_files(exps, out, tmp_path)
+    # from the pixel-map files (the clip's values too), and with the WCSs evaluated by the tiles
+    for tile, tile_maps in [(TILINGS[0], maps), ((40, 37), maps), (TILINGS[2], maps),
+                            ((40, 37), None)]:
+        res, plan = tiled(exps, out, params, tile, pixmaps=tile_maps)
         assert any(j.whole for j in plan.jobs)
         _compare(res, ref, params)
 
@@ -177,12 +202,12 @@ def test_outer_edge_clip_identical(side, eps):
     ],
     ids=["driz_err", "no-ctx-no-var", "fill-0-goodbits", "all-flags-bad"],
 )
-def test_options(plain_field, kwargs):
+def test_options(plain_field, plain_pixmaps, kwargs):
     exps = plain_field
     out = mosaic_wcs(exps)
     params = rs.ResampleParams(**kwargs)
     ref = oracle(exps, out, params)
-    res, _ = tiled(exps, out, params, (33, 47))
+    res, _ = tiled(exps, out, params, (33, 47), pixmaps=plain_pixmaps)
     _compare(res, ref, params)
     if not params.enable_ctx:
         assert "con" not in res
@@ -190,14 +215,14 @@ def test_options(plain_field, kwargs):
         assert "err" not in res and ref.get("err") is None
 
 
-def test_context_ids_are_global_with_many_inputs():
+def test_context_ids_are_global_with_many_inputs(tmp_path):
     """40 inputs: two context planes; bits follow the global order in every tile."""
     exps = make_field(40, shape=(40, 36), seed=9)
     out = mosaic_wcs(exps)
     params = rs.ResampleParams()
     ref = oracle(exps, out, params)
     assert ref["con"].shape[0] == 2
-    res, plan = tiled(exps, out, params, (25, 25))
+    res, plan = tiled(exps, out, params, (25, 25), pixmaps=pixmap_files(exps, out, tmp_path))
     assert any(len(j.regions) < 40 for j in plan.jobs)  # tiles skip inputs
     _compare(res, ref, params)
 
