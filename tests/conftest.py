@@ -71,3 +71,33 @@ def dask_processes(work, *, workers: int = 1, threads: int = 2, env=None):
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+def waits_for_lock(pid: int, lock, timeout: float = 300.0) -> bool:
+    """Wait until process ``pid`` is blocked asking for a record lock (``fcntl.lockf``) on the
+    file ``lock`` (the kernel's table of locks, /proc/locks, lists a blocked request as
+    ``->``); False if the process ends first. Raises AssertionError after ``timeout`` s."""
+    import time
+    from pathlib import Path
+
+    ino = Path(lock).stat().st_ino
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" in fields and str(pid) in fields and fields[-3].endswith(f":{ino}"):
+                return True
+        if not Path(f"/proc/{pid}").exists() or _ended(pid):
+            return False
+        assert time.monotonic() < deadline, f"process {pid} never asked for the lock {lock}"
+        time.sleep(0.2)
+
+
+def _ended(pid: int) -> bool:
+    """Whether ``pid`` is a zombie (ended, not yet waited for)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import waits_for_lock
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -248,8 +249,9 @@ def test_install_script_in_a_fresh_venv_warms_a_read_only_install(tmp_path):
             fcntl.lockf(lock, fcntl.LOCK_EX)
             waiter = subprocess.Popen([*as_user, exe, "warmup"], env=user2, cwd=home,
                                       stderr=subprocess.PIPE, text=True)
-            time.sleep(8)
-            assert waiter.poll() is None, waiter.stderr.read()  # still waiting for the lock
+            # still waiting for the lock (blocked in the kernel's table of locks)
+            assert waits_for_lock(waiter.pid, lock.name), waiter.stderr.read()
+            assert waiter.poll() is None, waiter.stderr.read()
         assert waiter.wait(600) == 0
         err = waiter.stderr.read()
         assert "waiting for another process" in err, err

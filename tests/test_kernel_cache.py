@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import waits_for_lock
 
 import stcal_dask
 
@@ -290,14 +291,11 @@ def test_a_variant_is_stored_under_its_functions_lock(tmp_path):
     with file_lock(lock):
         proc = subprocess.Popen([sys.executable, "-c", COMPILE_ONE], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # compiles, then waits for the lock: the kernel lists it as a blocked request
-        deadline = time.monotonic() + 300
-        while not _waits_for_lock(proc.pid, lock) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the process never asked for the lock"
-            time.sleep(0.2)
+        # compiles, then waits for the lock (blocked in the kernel's table of locks)
+        assert waits_for_lock(proc.pid, lock), proc.stderr.read()
         time.sleep(0.5)
         assert proc.poll() is None, proc.stderr.read()
-        assert _waits_for_lock(proc.pid, lock)
+        assert waits_for_lock(proc.pid, lock, timeout=0)
         assert not list(cache.rglob("*mid_scratch*.nbi"))  # nothing stored while locked
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "stored" in out, err
@@ -306,17 +304,6 @@ def test_a_variant_is_stored_under_its_functions_lock(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "hits 1 misses 0" in again.stdout, again.stdout
-
-
-def _waits_for_lock(pid: int, lock: Path) -> bool:
-    """Whether process ``pid`` is blocked asking for a record lock on the file ``lock`` (the
-    kernel's table of locks lists a blocked request as ``->``)."""
-    ino = lock.stat().st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields and str(pid) in fields and fields[-3].endswith(f":{ino}"):
-            return True
-    return False
 
 
 PROBE_STATS = """
