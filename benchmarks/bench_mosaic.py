@@ -84,8 +84,8 @@ STCAL_SCRIPT = textwrap.dedent(
 
 
 def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, float, float]:
-    """Run ``cmd``; (wall s, peak summed RSS of its tree in MiB, {pid: (name, peak RSS MiB,
-    CPU s)},
+    """Run ``cmd``; (wall s, peak summed RSS of its tree in MiB, {pid: ("command: ..." or
+    "child: ...", peak RSS MiB, CPU s)},
     out, peak summed PSS of its tree in MiB, CPU seconds of its tree (user + system, each
     process's last polled value: a process living less than a poll is missed))."""
     peak = 0
@@ -107,7 +107,8 @@ def run_tree(cmd: list[str], *, cwd: Path) -> tuple[float, float, dict, str, flo
                 full = p.memory_full_info()
                 cpu = p.cpu_times()
                 if p.pid not in per:
-                    per[p.pid] = [" ".join(p.cmdline()[:3])[:60], 0, 0.0]
+                    role = "command" if p.pid == proc.pid else "child"
+                    per[p.pid] = [f"{role}: " + " ".join(p.cmdline()[:3])[:60], 0, 0.0]
                 per[p.pid][2] = cpu.user + cpu.system
             except psutil.Error:
                 continue
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                     "of a finer pixel scale: a large output the inputs only partly cover")
     ap.add_argument("--skip-stcal", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--skip-ours", action="store_true",
+                    help="skip ours at the default scale (with --skip-stcal: the big run only)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_mosaic_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -212,16 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         results["stcal"] = run_tree([sys.executable, str(script), str(wcs_file), str(out),
                                      *map(str, inputs)], cwd=work)
     ours = work / "ours_i2d.zarr"
-    shutil.rmtree(ours, ignore_errors=True)
-    results["ours"] = run_tree([exe, "mosaic", *map(str, inputs), "--wcs", str(wcs_file), "-o",
-                                str(ours), "--no-quicklook"], cwd=work)
-    print(results["ours"][3].strip().splitlines()[-2], flush=True)
+    if not args.skip_ours:
+        shutil.rmtree(ours, ignore_errors=True)
+        results["ours"] = run_tree([exe, "mosaic", *map(str, inputs), "--wcs", str(wcs_file),
+                                    "-o", str(ours), "--no-quicklook"], cwd=work)
+        print(results["ours"][3].strip().splitlines()[-2], flush=True)
     for name, (wall, peak, per, _, pss, cpu) in results.items():
         print(f"{name:6s} wall {wall:7.1f} s   CPU {cpu:7.1f} s   peak RSS (process tree) "
               f"{peak:8.0f} MiB   peak PSS {pss:8.0f} MiB; per process peak RSS MiB / CPU s: "
               + ", ".join(f"{v[1]:.0f}/{v[2]:.1f}" for v in sorted(per.values(),
                                                                key=lambda v: -v[1])))
-    if "stcal" in results:
+    if "stcal" in results and "ours" in results:
         ws, ps, _, _, qs, cs = results["stcal"]
         wo, po, _, _, qo, co = results["ours"]
         print(f"ratios: ours is {ws / wo:.2f}x faster, uses {po / ps:.2f} of stcal's peak RSS "
@@ -245,12 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         from dask.utils import parse_bytes
 
         limit = 2 * parse_bytes(args.big_memory)
-        workers = sorted((v for v in per.values() if "python" in v[0] or "dask" in v[0]),
-                         key=lambda v: -v[1])[1:3]
+        # the workers are the command's child processes (forked by its local cluster)
+        workers = sorted((v for v in per.values() if v[0].startswith("child")),
+                         key=lambda v: -v[1])
+        command = [v for v in per.values() if v[0].startswith("command")]
         print(f"big: {ds.sizes['y']} x {ds.sizes['x']} output, arrays {nbytes / 2**30:.2f} GiB"
               f" = {nbytes / limit:.2f} x the workers' total limit ({limit / 2**30:.2f} GiB); "
-              f"wall {wall:.1f} s, tree peak {peak:.0f} MiB; largest worker-process peaks "
-              + ", ".join(f"{v[1]:.0f} MiB" for v in workers))
+              f"wall {wall:.1f} s, tree peak {peak:.0f} MiB; worker-process peaks "
+              + ", ".join(f"{v[1]:.0f} MiB ({v[2]:.0f} CPU s)" for v in workers)
+              + f"; the command's own peak {command[0][1]:.0f} MiB; load average now "
+              f"{os.getloadavg()[0]:.1f}")
         print(out.strip().splitlines()[-2])
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

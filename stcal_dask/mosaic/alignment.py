@@ -61,6 +61,7 @@ __all__ = [
     "WCSINFO_KEYS",
     "calc_pixmap",
     "map_pixels",
+    "pixel_mapper",
     "calc_rotation_matrix",
     "compute_fiducial",
     "compute_scale",
@@ -526,6 +527,7 @@ def calc_pixmap(
     *,
     use_bounding_box: bool = True,
     region: Sequence[int] | None = None,
+    mapper=None,
 ) -> np.ndarray:
     """Output-pixel coordinates of every input pixel centre (for drizzling).
 
@@ -544,6 +546,9 @@ def calc_pixmap(
     region : (y0, y1, x0, x1), optional
         Compute only the input pixels ``[y0:y1, x0:x1]`` (absolute 0-based indices, ends
         exclusive); each value equals the full map's value for the same pixel.
+    mapper : callable, optional
+        :func:`pixel_mapper` of these two WCSs (and ``use_bounding_box``), built once by a
+        caller computing a map region by region; default: built here.
 
     Returns
     -------
@@ -564,7 +569,9 @@ def calc_pixmap(
         yy += y0
     if x0:
         xx += x0
-    return np.dstack(map_pixels(wcs_from, wcs_to, xx, yy, use_bounding_box=use_bounding_box))
+    if mapper is None:
+        mapper = pixel_mapper(wcs_from, wcs_to, use_bounding_box=use_bounding_box)
+    return np.dstack(mapper(xx, yy))
 
 
 def map_pixels(
@@ -575,14 +582,63 @@ def map_pixels(
     ``x``, ``y``: float64 arrays of one shape (0-based input pixel coordinates). Returns the
     output-pixel ``(x, y)`` arrays of that shape, computed by the same calls as
     :func:`calc_pixmap` (the value at a pixel does not depend on which other pixels are mapped
-    with it; NaN outside the input's bounding box unless ``use_bounding_box=False``).
+    with it; NaN outside the input's bounding box unless ``use_bounding_box=False``). To map
+    many batches of pixels between the same two WCSs, build :func:`pixel_mapper` once.
+    """
+    return pixel_mapper(wcs_from, wcs_to, use_bounding_box=use_bounding_box)(x, y)
+
+
+def pixel_mapper(wcs_from: Any, wcs_to: Any, *, use_bounding_box: bool = True):
+    """:func:`map_pixels` for one pair of WCSs, as a function ``f(x, y) -> (ox, oy)`` to call
+    on many batches of pixels.
+
+    For two gwcs without units (what stcal's ``calc_pixmap`` sees), the input's forward
+    transform (with its bounding box: NaN outside) and the output's backward transform are
+    built once here, and each call evaluates them as gwcs's ``pixel_to_world_values`` and
+    ``world_to_pixel_values`` do (the same models, arguments and keywords, so the same
+    values); gwcs builds both compound models anew on every call, a fixed cost that dominates
+    when a map is computed a few rows at a time. Any other pair (quantities, no analytic
+    inverse, FITS WCSs, models) goes through the WCS objects' own calls each time.
     """
     if use_bounding_box and _kind(wcs_from) == "gwcs" and _kind(wcs_to) == "gwcs":
         # the same calls as stcal: the input's box applies (NaN outside), the output's does not
         to = without_bounding_box(wcs_to)
-        ox, oy = to.world_to_pixel_values(*wcs_from.pixel_to_world_values(x, y))
-        return np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
-    return reproject(wcs_from, wcs_to)(x, y)
+        fast = _prebuilt_transforms(wcs_from, to)
+        if fast is not None:
+            forward, backward = fast
+
+            def _mapped(x, y):
+                ox, oy = backward(*forward(x, y, with_bounding_box=True, fill_value=np.nan),
+                                  with_bounding_box=True, fill_value=np.nan)
+                return np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
+
+            return _mapped
+
+        def _generic(x, y):
+            ox, oy = to.world_to_pixel_values(*wcs_from.pixel_to_world_values(x, y))
+            return np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
+
+        return _generic
+    return reproject(wcs_from, wcs_to)
+
+
+def _prebuilt_transforms(wcs_from: Any, wcs_to: Any):
+    """(forward of ``wcs_from``, backward of ``wcs_to``) when evaluating them directly is what
+    gwcs's ``pixel_to_world_values`` / ``world_to_pixel_values`` do for plain float arrays:
+    2-D frames, no units anywhere, an analytic inverse and no bounding box on ``wcs_to``
+    (which gwcs would apply to the world coordinates first); else None."""
+    try:
+        frames = (wcs_from.input_frame, wcs_from.output_frame, wcs_to.input_frame,
+                  wcs_to.output_frame)
+        if any(f is None or f.naxes != 2 for f in frames) or wcs_to.bounding_box is not None:
+            return None
+        forward = wcs_from.forward_transform
+        backward = wcs_to.backward_transform
+    except NotImplementedError:  # no analytic inverse: gwcs inverts numerically
+        return None
+    if forward.uses_quantity or backward.uses_quantity:
+        return None
+    return forward, backward
 
 
 def without_bounding_box(w: Any) -> Any:

@@ -406,7 +406,7 @@ def input_reach(in_wcs, out_wcs, shape, step: int = _INDEX_STEP) -> InputReach:
             reach = (ob[:, 2].min() < 0.5, ob[:, 3].max() > oshape[1] - 1.5,
                      ob[:, 0].min() < 0.5, ob[:, 1].max() > oshape[0] - 1.5)
         clip = clip_reads(
-            lambda x, y: al.map_pixels(in_wcs, to, x, y),
+            al.pixel_mapper(in_wcs, to),
             tuple(shape), _resample_range(tuple(shape), _bbox_f(in_wcs)), oshape,
             unclipped_sides=reach, sides_only=True,
         )
@@ -417,7 +417,7 @@ def build_tile_index(
     cells: Sequence[tuple],
     shapes: Sequence[tuple[int, int]],
     out_shape: tuple[int, int],
-    tiles: Sequence[tuple[int, int, int, int]],
+    tile: Sequence[int],
     halo: int,
     slack: float,
 ) -> list[TileJob]:
@@ -426,38 +426,65 @@ def build_tile_index(
     ``cells[k]`` is :func:`input_reach`'s result for input k; an input's grid cell is needed by
     a tile when the cell's mapped box, widened by ``slack`` output pixels (the curvature of the
     map inside a cell), meets the tile's window (tile + ``halo``, which holds the kernel's
-    reach). The rectangle is the bounding box of the needed cells.
+    reach). The rectangle is the bounding box of the needed cells. The tiles are
+    :func:`tile_grid`'s for ``tile`` (ny, nx), in its order.
+
+    The windows' edges only grow along a row (column) of tiles, so the tiles a cell meets are a
+    range of tile rows times a range of tile columns, found by binary search with the same
+    comparisons as testing each window; the rectangles are then reduced over (cell, tile) pairs
+    at once per input, not tile by tile.
     """
     ny, nx = out_shape
+    ty, tx = (int(t) for t in tile)
+    y0s, x0s = np.arange(0, ny, ty), np.arange(0, nx, tx)
+    # window edges of each tile row / column (non-decreasing), as the comparisons use them
+    wy_lo = np.maximum(0, y0s - halo) - 0.5
+    wy_hi = np.minimum(ny, np.minimum(y0s + ty, ny) + halo) - 0.5
+    wx_lo = np.maximum(0, x0s - halo) - 0.5
+    wx_hi = np.minimum(nx, np.minimum(x0s + tx, nx) + halo) - 0.5
+    ncol = len(x0s)
+    ntiles = len(y0s) * ncol
+    regions: list[list] = [[] for _ in range(ntiles)]
+    whole: list[list] = [[] for _ in range(ntiles)]
+    for k, cell in enumerate(cells):
+        in_boxes, out_boxes, valid = cell[0], cell[1], cell[2]
+        if not valid.any():
+            continue
+        ob, ib = out_boxes[valid], in_boxes[valid]
+        # a cell meets row r when ob[1] + slack >= wy_lo[r] and ob[0] - slack <= wy_hi[r]
+        r0 = np.searchsorted(wy_hi, ob[:, 0] - slack, side="left")
+        r1 = np.searchsorted(wy_lo, ob[:, 1] + slack, side="right")
+        c0 = np.searchsorted(wx_hi, ob[:, 2] - slack, side="left")
+        c1 = np.searchsorted(wx_lo, ob[:, 3] + slack, side="right")
+        nr, nc = np.maximum(r1 - r0, 0), np.maximum(c1 - c0, 0)
+        count = nr * nc
+        if not count.any():
+            continue
+        cell_of = np.repeat(np.arange(len(count)), count)
+        offset = np.arange(cell_of.size) - np.repeat(np.cumsum(count) - count, count)
+        tile_of = (r0[cell_of] + offset // nc[cell_of]) * ncol + c0[cell_of] + offset % nc[cell_of]
+        order = np.argsort(tile_of, kind="stable")
+        tile_of, cell_of = tile_of[order], cell_of[order]
+        first = np.flatnonzero(np.r_[True, tile_of[1:] != tile_of[:-1]])
+        box = ib[cell_of]
+        lo = np.minimum.reduceat(box[:, [0, 2]], first)
+        hi = np.maximum.reduceat(box[:, [1, 3]], first)
+        iy, ix = shapes[k]
+        clip = cell[4] if len(cell) > 4 else None
+        for t, (by0, bx0), (by1, bx1) in zip(tile_of[first].tolist(), lo.tolist(), hi.tolist(),
+                                             strict=True):
+            regions[t].append((k, (max(0, by0), min(iy, by1), max(0, bx0), min(ix, bx1))))
+            if clip is not None:
+                r, c = divmod(t, ncol)
+                touches = (wx_lo[c] < 0, wx_hi[c] == nx - 0.5, wy_lo[r] < 0,
+                           wy_hi[r] == ny - 0.5)
+                if any(a and b for a, b in zip(clip.sides, touches, strict=True)):
+                    whole[t].append(k)
     jobs = []
-    for tile in tiles:
-        y0, y1, x0, x1 = tile
+    for t, (y0, y1, x0, x1) in enumerate(tile_grid(out_shape, (ty, tx))):
+        r, c = divmod(t, ncol)
         win = (max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo))
-        touches = (win[2] == 0, win[3] == nx, win[0] == 0, win[1] == ny)
-        regions = []
-        whole = []
-        for k, cell in enumerate(cells):
-            in_boxes, out_boxes, valid = cell[0], cell[1], cell[2]
-            if not valid.any():
-                continue
-            ob = out_boxes[valid]
-            hit = (
-                (ob[:, 1] + slack >= win[0] - 0.5)
-                & (ob[:, 0] - slack <= win[1] - 0.5)
-                & (ob[:, 3] + slack >= win[2] - 0.5)
-                & (ob[:, 2] - slack <= win[3] - 0.5)
-            )
-            if not hit.any():
-                continue
-            ib = in_boxes[valid][hit]
-            r = (int(ib[:, 0].min()), int(ib[:, 1].max()), int(ib[:, 2].min()),
-                 int(ib[:, 3].max()))
-            iy, ix = shapes[k]
-            regions.append((k, (max(0, r[0]), min(iy, r[1]), max(0, r[2]), min(ix, r[3]))))
-            clip = cell[4] if len(cell) > 4 else None
-            if clip is not None and any(a and b for a, b in zip(clip.sides, touches, strict=True)):
-                whole.append(k)
-        jobs.append(TileJob(tile, win, tuple(regions), tuple(whole)))
+        jobs.append(TileJob((y0, y1, x0, x1), win, tuple(regions[t]), tuple(whole[t])))
     return jobs
 
 
@@ -628,12 +655,14 @@ def write_pixmap(exp: InputExposure, out_wcs, path, rows: int = 32) -> PixelMapF
     out_shape = output_shape(out_wcs)
     out_wcs = al.without_bounding_box(out_wcs)
     ny, nx = exp.shape
+    mapper = al.pixel_mapper(exp.wcs, out_wcs)  # the transforms built once, not per block
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(
             f, {"descr": "<f8", "fortran_order": False, "shape": (ny, nx, 2)})
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
-            block = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(y0, y1, 0, nx))
+            block = al.calc_pixmap(exp.wcs, out_wcs, exp.shape, region=(y0, y1, 0, nx),
+                                   mapper=mapper)
             f.write(np.ascontiguousarray(block, dtype="<f8").tobytes())
             del block
     result = PixelMapFile(str(path), _clip_values(exp, out_shape, _file_values(str(path))))
@@ -827,8 +856,7 @@ def drizzle_tile(
             if entry is not None:
                 clip = entry.clip
             else:  # no pixel-map file: the values the clip reads are evaluated here
-                clip = _clip_values(exp, out_shape, lambda x, y, e=exp: al.map_pixels(
-                    e.wcs, out_wcs, x, y))
+                clip = _clip_values(exp, out_shape, al.pixel_mapper(exp.wcs, out_wcs))
             if clip is not None:
                 frame = _WholeInput(exp, clip, (py0, py1, px0, px1), (ry0, ry1, rx0, rx1))
                 kwargs.update(frame.kwargs(pixmap, weight))
@@ -1062,9 +1090,7 @@ def plan_mosaic(
     tile = (min(int(tile[0]), out_shape[0]), min(int(tile[1]), out_shape[1]))
     if min(tile) < 1:
         raise UserInputError(f"tile must be two positive integers, got {tile}")
-    jobs = build_tile_index(
-        cells, [e.shape for e in exposures], out_shape, tile_grid(out_shape, tile), halo, slack
-    )
+    jobs = build_tile_index(cells, [e.shape for e in exposures], out_shape, tile, halo, slack)
     used = {k for j in jobs for k, _ in j.regions}
     skipped = [e.path for e in exposures if e.index not in used]
     if not used:
