@@ -59,63 +59,80 @@ def _function(n: int) -> list[str]:
     return lines
 
 
-def _lanes_function(n: int) -> list[str]:
-    """``_lanes_<n>``: for each lane (column) ``x < nl`` of ``apl`` (n rows, NaN =
-    unusable): ``nuse`` (usable count), ``mxv``/``mnv`` (their extremes), and the kept values
-    (all usable ones with ``keep_all``; else with >= 4 usable, those below the maximum): their
-    count ``cnt`` and the
-    ``(cnt - 1) // 2``-th and ``cnt // 2``-th smallest in ``lo``/``hi``, from a full sort with
-    +inf in the places of the values not kept. Counts are int32 and values stay in ``apl``'s
-    dtype: narrow lanes let the compiler put more pixels in one vector register. Inlined into
-    :func:`_lane_functions`' two functions, each with its constant ``keep_all``."""
-    pairs = batcher_pairs(n)
-    L = ["", "", '@njit(cache=True, nogil=True, inline="always")',
-         f"def _lanes_{n}(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):",
-         "    inf = apl.dtype.type(np.inf)",
-         *(["    one = np.int32(1)"] if n > 1 else []),
-         "    four = np.int32(4)",
-         "    for x in range(nl):"]
-    L += [f"        a{i} = apl[{i}, x]" for i in range(n)]
-    L.append("        u = np.int32(a0 == a0)")
-    L += [f"        u += np.int32(a{i} == a{i})" for i in range(1, n)]
-    L.append("        mx = -inf")
-    L.append("        mn = inf")
-    for i in range(n):
-        L.append(f"        mx = a{i} if a{i} > mx else mx")
-        L.append(f"        mn = a{i} if a{i} < mn else mn")
-    L.append("        few = (u < four) | keep_all")
-    for i in range(n):
-        L.append(f"        k{i} = (a{i} == a{i}) & (few | (a{i} != mx))")
-        L.append(f"        v{i} = a{i} if k{i} else inf")
-    L.append("        m = np.int32(k0)")
-    L += [f"        m += np.int32(k{i})" for i in range(1, n)]
-    for a, b in pairs:
-        L.append(f"        v{a}, v{b} = min(v{a}, v{b}), max(v{a}, v{b})")
-    if n > 1:
-        L.append("        il = (m - one) >> one")
-        L.append("        ih = m >> one")
-    L.append("        l = v0")
-    L.append("        h = v0")
-    for i in range(1, n):
-        L.append(f"        l = v{i} if il == {i} else l")
-        L.append(f"        h = v{i} if ih == {i} else h")
-    L += ["        nuse[x] = u", "        mxv[x] = mx", "        mnv[x] = mn", "        cnt[x] = m",
-          "        lo[x] = l", "        hi[x] = h"]
-    return L
-
-
 def _lane_functions(n: int) -> list[str]:
-    """``clipped_mid_<n>`` and ``all_mid_<n>``: ``_lanes_<n>`` without and with ``keep_all``,
-    as a constant (the compiler drops the clipping of the maximum where every value is kept).
-    Both take a scratch ``spl`` that they do not use: every lane function has the signature
-    ``(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)``, so that a kernel can call the one it needs
-    through a function pointer."""
+    """``clipped_mid_<n>`` and ``all_mid_<n>``: for each lane (column) ``x < nl`` of ``apl``
+    (n rows, NaN = unusable): ``nuse`` (usable count), ``mxv``/``mnv`` (their extremes), and
+    the kept values (``all_mid``: all usable ones; ``clipped_mid``: with >= 4 usable, those
+    below the maximum): their count ``cnt`` and the ``(cnt - 1) // 2``-th and ``cnt // 2``-th
+    smallest in ``lo``/``hi``, from a full sort with +inf in the places of the values not kept.
+    Counts are int32 and values stay in ``apl``'s dtype: narrow lanes let the compiler put more
+    pixels in one vector register. Both take a scratch ``spl`` that they do not use: every lane
+    function has the signature ``(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)``, so that a
+    kernel can call the one it needs through a function pointer.
+
+    Each is written out in full (a shared body inlined by numba would have its whole IR copied
+    into each caller, which costs more than compiling it) and without conditional expressions
+    (each one is a branch in numba's IR, and numba's passes slow down with the number of
+    blocks): the extremes by ``max``/``min`` (``max(m, a)`` is ``a if a > m else m``, NaN
+    leaving ``m``), the other choices by ``select`` (one LLVM ``select``). LLVM compiles the
+    same machine code from either form."""
+    pairs = batcher_pairs(n)
     L = []
-    for name, keep in (("clipped_mid", "False"), ("all_mid", "True")):
+    for name, keep_all in (("clipped_mid", False), ("all_mid", True)):
         L += ["", "", "@njit(cache=True, nogil=True)",
               f"def {name}_{n}(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):",
-              f"    _lanes_{n}(apl, nl, {keep}, nuse, mxv, mnv, cnt, lo, hi)"]
+              "    inf = apl.dtype.type(np.inf)",
+              *(["    one = np.int32(1)"] if n > 1 else []),
+              *([] if keep_all else ["    four = np.int32(4)"]),
+              "    for x in range(nl):"]
+        L += [f"        a{i} = apl[{i}, x]" for i in range(n)]
+        L.append("        u = np.int32(a0 == a0)")
+        L += [f"        u += np.int32(a{i} == a{i})" for i in range(1, n)]
+        L.append("        mx = -inf")
+        L.append("        mn = inf")
+        for i in range(n):
+            L.append(f"        mx = max(mx, a{i})")
+            L.append(f"        mn = min(mn, a{i})")
+        if not keep_all:
+            L.append("        few = u < four")
+        for i in range(n):
+            if keep_all:
+                L.append(f"        k{i} = a{i} == a{i}")
+            else:
+                L.append(f"        k{i} = (a{i} == a{i}) & (few | (a{i} != mx))")
+            L.append(f"        v{i} = select(k{i}, a{i}, inf)")
+        L.append("        m = np.int32(k0)")
+        L += [f"        m += np.int32(k{i})" for i in range(1, n)]
+        for a, b in pairs:
+            L.append(f"        v{a}, v{b} = min(v{a}, v{b}), max(v{a}, v{b})")
+        if n > 1:
+            L.append("        il = (m - one) >> one")
+            L.append("        ih = m >> one")
+        L.append("        l = v0")
+        L.append("        h = v0")
+        for i in range(1, n):
+            L.append(f"        l = select(il == {i}, v{i}, l)")
+            L.append(f"        h = select(ih == {i}, v{i}, h)")
+        L += ["        nuse[x] = u", "        mxv[x] = mx", "        mnv[x] = mn",
+              "        cnt[x] = m", "        lo[x] = l", "        hi[x] = h"]
     return L
+
+
+_SELECT = [
+    "",
+    "",
+    "@intrinsic",
+    "def select(typingctx, cond, a, b):",
+    '    """``a if cond else b`` (``a``, ``b`` of one type) as one LLVM ``select``: no branch in',
+    '    numba\'s IR."""',
+    "    if not isinstance(cond, types.Boolean) or a != b:",
+    "        return None",
+    "",
+    "    def codegen(context, builder, sig, args):",
+    "        return builder.select(args[0], args[1], args[2])",
+    "",
+    "    return a(types.boolean, a, a), codegen",
+]
 
 
 def generate_source() -> str:
@@ -139,18 +156,19 @@ def generate_source() -> str:
         '"""',
         "",
         "import numpy as np",
-        "from numba import njit",
+        "from numba import njit, types",
+        "from numba.extending import intrinsic",
         "",
         "from stcal_dask.kernels.numba_cache import lock_cache_writes",
         "",
         f"SMALL_MAX = {SMALL_MAX}",
+        *_SELECT,
     ]
     for n in range(1, SMALL_MAX + 1):
         out += _function(n)
     out += _dispatcher("median_small(buf, n)", "return _median_{n}(buf)",
                        ["    return float(\"nan\")  # n out of range: the callers never ask"])
     for n in range(1, SMALL_MAX + 1):
-        out += _lanes_function(n)
         out += _lane_functions(n)
     for name, what in (("clipped_mid", "clipping the maximum"), ("all_mid", "keeping all")):
         out += ["", "", f"{name.upper()} = (", "    None,"]

@@ -15,11 +15,25 @@ every lane median, see ``stcal_dask.kernels._median_numba.lane_mid``).
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 from stcal_dask.kernels.numba_cache import lock_cache_writes
 
 SMALL_MAX = 12
+
+
+@intrinsic
+def select(typingctx, cond, a, b):
+    """``a if cond else b`` (``a``, ``b`` of one type) as one LLVM ``select``: no branch in
+    numba's IR."""
+    if not isinstance(cond, types.Boolean) or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return a(types.boolean, a, a), codegen
 
 
 @njit(cache=True, nogil=True)
@@ -489,8 +503,8 @@ def median_small(buf, n):
     return float("nan")  # n out of range: the callers never ask
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_1(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+@njit(cache=True, nogil=True)
+def clipped_mid_1(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     four = np.int32(4)
     for x in range(nl):
@@ -498,11 +512,11 @@ def _lanes_1(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u = np.int32(a0 == a0)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         m = np.int32(k0)
         l = v0
         h = v0
@@ -515,45 +529,20 @@ def _lanes_1(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_1(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_1(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True)
 def all_mid_1(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_1(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_2(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
-    one = np.int32(1)
-    four = np.int32(4)
     for x in range(nl):
         a0 = apl[0, x]
-        a1 = apl[1, x]
         u = np.int32(a0 == a0)
-        u += np.int32(a1 == a1)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        few = (u < four) | keep_all
-        k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
-        k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
         m = np.int32(k0)
-        m += np.int32(k1)
-        v0, v1 = min(v0, v1), max(v0, v1)
-        il = (m - one) >> one
-        ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -564,16 +553,80 @@ def _lanes_2(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 @njit(cache=True, nogil=True)
 def clipped_mid_2(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_2(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    four = np.int32(4)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        few = u < four
+        k0 = (a0 == a0) & (few | (a0 != mx))
+        v0 = select(k0, a0, inf)
+        k1 = (a1 == a1) & (few | (a1 != mx))
+        v1 = select(k1, a1, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
 def all_mid_2(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_2(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_3(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+@njit(cache=True, nogil=True)
+def clipped_mid_3(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -586,19 +639,19 @@ def _lanes_3(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a2 == a2)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -609,10 +662,10 @@ def _lanes_3(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -622,17 +675,54 @@ def _lanes_3(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_3(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_3(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_3(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_3(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_3(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_4(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_4(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -647,23 +737,23 @@ def _lanes_4(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a3 == a3)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -677,12 +767,12 @@ def _lanes_4(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -692,17 +782,65 @@ def _lanes_4(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_4(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_4(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_4(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_4(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_4(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_5(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_5(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -719,27 +857,27 @@ def _lanes_5(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a4 == a4)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -758,14 +896,14 @@ def _lanes_5(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -775,17 +913,78 @@ def _lanes_5(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_5(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_5(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_5(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_5(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_5(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_6(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_6(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -804,31 +1003,31 @@ def _lanes_6(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a5 == a5)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -851,16 +1050,16 @@ def _lanes_6(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -870,17 +1069,90 @@ def _lanes_6(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_6(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_6(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_6(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_6(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_6(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_7(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_7(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -901,35 +1173,35 @@ def _lanes_7(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a6 == a6)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        mx = a6 if a6 > mx else mx
-        mn = a6 if a6 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         k6 = (a6 == a6) & (few | (a6 != mx))
-        v6 = a6 if k6 else inf
+        v6 = select(k6, a6, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -957,18 +1229,18 @@ def _lanes_7(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
-        l = v6 if il == 6 else l
-        h = v6 if ih == 6 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -978,17 +1250,103 @@ def _lanes_7(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_7(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_7(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_7(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        a6 = apl[6, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        k6 = a6 == a6
+        v6 = select(k6, a6, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v4, v6 = min(v4, v6), max(v4, v6)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v6 = min(v2, v6), max(v2, v6)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_7(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_7(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_8(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_8(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -1011,39 +1369,39 @@ def _lanes_8(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a7 == a7)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        mx = a6 if a6 > mx else mx
-        mn = a6 if a6 < mn else mn
-        mx = a7 if a7 > mx else mx
-        mn = a7 if a7 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         k6 = (a6 == a6) & (few | (a6 != mx))
-        v6 = a6 if k6 else inf
+        v6 = select(k6, a6, inf)
         k7 = (a7 == a7) & (few | (a7 != mx))
-        v7 = a7 if k7 else inf
+        v7 = select(k7, a7, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -1075,20 +1433,20 @@ def _lanes_8(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
-        l = v6 if il == 6 else l
-        h = v6 if ih == 6 else h
-        l = v7 if il == 7 else l
-        h = v7 if ih == 7 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -1098,17 +1456,115 @@ def _lanes_8(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_8(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_8(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_8(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        a6 = apl[6, x]
+        a7 = apl[7, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        k6 = a6 == a6
+        v6 = select(k6, a6, inf)
+        k7 = a7 == a7
+        v7 = select(k7, a7, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v6, v7 = min(v6, v7), max(v6, v7)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v4, v6 = min(v4, v6), max(v4, v6)
+        v5, v7 = min(v5, v7), max(v5, v7)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v6 = min(v2, v6), max(v2, v6)
+        v3, v7 = min(v3, v7), max(v3, v7)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_8(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_8(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_9(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_9(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -1133,43 +1589,43 @@ def _lanes_9(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a8 == a8)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        mx = a6 if a6 > mx else mx
-        mn = a6 if a6 < mn else mn
-        mx = a7 if a7 > mx else mx
-        mn = a7 if a7 < mn else mn
-        mx = a8 if a8 > mx else mx
-        mn = a8 if a8 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         k6 = (a6 == a6) & (few | (a6 != mx))
-        v6 = a6 if k6 else inf
+        v6 = select(k6, a6, inf)
         k7 = (a7 == a7) & (few | (a7 != mx))
-        v7 = a7 if k7 else inf
+        v7 = select(k7, a7, inf)
         k8 = (a8 == a8) & (few | (a8 != mx))
-        v8 = a8 if k8 else inf
+        v8 = select(k8, a8, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -1211,22 +1667,22 @@ def _lanes_9(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
-        l = v6 if il == 6 else l
-        h = v6 if ih == 6 else h
-        l = v7 if il == 7 else l
-        h = v7 if ih == 7 else h
-        l = v8 if il == 8 else l
-        h = v8 if ih == 8 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -1236,17 +1692,133 @@ def _lanes_9(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_9(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_9(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_9(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        a6 = apl[6, x]
+        a7 = apl[7, x]
+        a8 = apl[8, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        k6 = a6 == a6
+        v6 = select(k6, a6, inf)
+        k7 = a7 == a7
+        v7 = select(k7, a7, inf)
+        k8 = a8 == a8
+        v8 = select(k8, a8, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v6, v7 = min(v6, v7), max(v6, v7)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v4, v6 = min(v4, v6), max(v4, v6)
+        v5, v7 = min(v5, v7), max(v5, v7)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v6 = min(v2, v6), max(v2, v6)
+        v3, v7 = min(v3, v7), max(v3, v7)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v0, v8 = min(v0, v8), max(v0, v8)
+        v4, v8 = min(v4, v8), max(v4, v8)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v6, v8 = min(v6, v8), max(v6, v8)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v7, v8 = min(v7, v8), max(v7, v8)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_9(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_9(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_10(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_10(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -1273,47 +1845,47 @@ def _lanes_10(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a9 == a9)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        mx = a6 if a6 > mx else mx
-        mn = a6 if a6 < mn else mn
-        mx = a7 if a7 > mx else mx
-        mn = a7 if a7 < mn else mn
-        mx = a8 if a8 > mx else mx
-        mn = a8 if a8 < mn else mn
-        mx = a9 if a9 > mx else mx
-        mn = a9 if a9 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        mx = max(mx, a9)
+        mn = min(mn, a9)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         k6 = (a6 == a6) & (few | (a6 != mx))
-        v6 = a6 if k6 else inf
+        v6 = select(k6, a6, inf)
         k7 = (a7 == a7) & (few | (a7 != mx))
-        v7 = a7 if k7 else inf
+        v7 = select(k7, a7, inf)
         k8 = (a8 == a8) & (few | (a8 != mx))
-        v8 = a8 if k8 else inf
+        v8 = select(k8, a8, inf)
         k9 = (a9 == a9) & (few | (a9 != mx))
-        v9 = a9 if k9 else inf
+        v9 = select(k9, a9, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -1360,24 +1932,24 @@ def _lanes_10(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
-        l = v6 if il == 6 else l
-        h = v6 if ih == 6 else h
-        l = v7 if il == 7 else l
-        h = v7 if ih == 7 else h
-        l = v8 if il == 8 else l
-        h = v8 if ih == 8 else h
-        l = v9 if il == 9 else l
-        h = v9 if ih == 9 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        l = select(il == 9, v9, l)
+        h = select(ih == 9, v9, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -1387,17 +1959,146 @@ def _lanes_10(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_10(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_10(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_10(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        a6 = apl[6, x]
+        a7 = apl[7, x]
+        a8 = apl[8, x]
+        a9 = apl[9, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        u += np.int32(a9 == a9)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        mx = max(mx, a9)
+        mn = min(mn, a9)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        k6 = a6 == a6
+        v6 = select(k6, a6, inf)
+        k7 = a7 == a7
+        v7 = select(k7, a7, inf)
+        k8 = a8 == a8
+        v8 = select(k8, a8, inf)
+        k9 = a9 == a9
+        v9 = select(k9, a9, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        m += np.int32(k9)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v6, v7 = min(v6, v7), max(v6, v7)
+        v8, v9 = min(v8, v9), max(v8, v9)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v4, v6 = min(v4, v6), max(v4, v6)
+        v5, v7 = min(v5, v7), max(v5, v7)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v6 = min(v2, v6), max(v2, v6)
+        v3, v7 = min(v3, v7), max(v3, v7)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v0, v8 = min(v0, v8), max(v0, v8)
+        v1, v9 = min(v1, v9), max(v1, v9)
+        v4, v8 = min(v4, v8), max(v4, v8)
+        v5, v9 = min(v5, v9), max(v5, v9)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v6, v8 = min(v6, v8), max(v6, v8)
+        v7, v9 = min(v7, v9), max(v7, v9)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v7, v8 = min(v7, v8), max(v7, v8)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        l = select(il == 9, v9, l)
+        h = select(ih == 9, v9, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_10(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_10(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_11(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_11(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -1426,51 +2127,51 @@ def _lanes_11(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a10 == a10)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        mx = a6 if a6 > mx else mx
-        mn = a6 if a6 < mn else mn
-        mx = a7 if a7 > mx else mx
-        mn = a7 if a7 < mn else mn
-        mx = a8 if a8 > mx else mx
-        mn = a8 if a8 < mn else mn
-        mx = a9 if a9 > mx else mx
-        mn = a9 if a9 < mn else mn
-        mx = a10 if a10 > mx else mx
-        mn = a10 if a10 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        mx = max(mx, a9)
+        mn = min(mn, a9)
+        mx = max(mx, a10)
+        mn = min(mn, a10)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         k6 = (a6 == a6) & (few | (a6 != mx))
-        v6 = a6 if k6 else inf
+        v6 = select(k6, a6, inf)
         k7 = (a7 == a7) & (few | (a7 != mx))
-        v7 = a7 if k7 else inf
+        v7 = select(k7, a7, inf)
         k8 = (a8 == a8) & (few | (a8 != mx))
-        v8 = a8 if k8 else inf
+        v8 = select(k8, a8, inf)
         k9 = (a9 == a9) & (few | (a9 != mx))
-        v9 = a9 if k9 else inf
+        v9 = select(k9, a9, inf)
         k10 = (a10 == a10) & (few | (a10 != mx))
-        v10 = a10 if k10 else inf
+        v10 = select(k10, a10, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -1524,26 +2225,26 @@ def _lanes_11(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
-        l = v6 if il == 6 else l
-        h = v6 if ih == 6 else h
-        l = v7 if il == 7 else l
-        h = v7 if ih == 7 else h
-        l = v8 if il == 8 else l
-        h = v8 if ih == 8 else h
-        l = v9 if il == 9 else l
-        h = v9 if ih == 9 else h
-        l = v10 if il == 10 else l
-        h = v10 if ih == 10 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        l = select(il == 9, v9, l)
+        h = select(ih == 9, v9, h)
+        l = select(il == 10, v10, l)
+        h = select(ih == 10, v10, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -1553,17 +2254,161 @@ def _lanes_11(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_11(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_11(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
+def all_mid_11(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        a6 = apl[6, x]
+        a7 = apl[7, x]
+        a8 = apl[8, x]
+        a9 = apl[9, x]
+        a10 = apl[10, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        u += np.int32(a9 == a9)
+        u += np.int32(a10 == a10)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        mx = max(mx, a9)
+        mn = min(mn, a9)
+        mx = max(mx, a10)
+        mn = min(mn, a10)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        k6 = a6 == a6
+        v6 = select(k6, a6, inf)
+        k7 = a7 == a7
+        v7 = select(k7, a7, inf)
+        k8 = a8 == a8
+        v8 = select(k8, a8, inf)
+        k9 = a9 == a9
+        v9 = select(k9, a9, inf)
+        k10 = a10 == a10
+        v10 = select(k10, a10, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        m += np.int32(k9)
+        m += np.int32(k10)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v6, v7 = min(v6, v7), max(v6, v7)
+        v8, v9 = min(v8, v9), max(v8, v9)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v4, v6 = min(v4, v6), max(v4, v6)
+        v5, v7 = min(v5, v7), max(v5, v7)
+        v8, v10 = min(v8, v10), max(v8, v10)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v9, v10 = min(v9, v10), max(v9, v10)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v6 = min(v2, v6), max(v2, v6)
+        v3, v7 = min(v3, v7), max(v3, v7)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v9, v10 = min(v9, v10), max(v9, v10)
+        v0, v8 = min(v0, v8), max(v0, v8)
+        v1, v9 = min(v1, v9), max(v1, v9)
+        v2, v10 = min(v2, v10), max(v2, v10)
+        v4, v8 = min(v4, v8), max(v4, v8)
+        v5, v9 = min(v5, v9), max(v5, v9)
+        v6, v10 = min(v6, v10), max(v6, v10)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v6, v8 = min(v6, v8), max(v6, v8)
+        v7, v9 = min(v7, v9), max(v7, v9)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v7, v8 = min(v7, v8), max(v7, v8)
+        v9, v10 = min(v9, v10), max(v9, v10)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        l = select(il == 9, v9, l)
+        h = select(ih == 9, v9, h)
+        l = select(il == 10, v10, l)
+        h = select(ih == 10, v10, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 @njit(cache=True, nogil=True)
-def all_mid_11(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_11(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _lanes_12(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
+def clipped_mid_12(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
     inf = apl.dtype.type(np.inf)
     one = np.int32(1)
     four = np.int32(4)
@@ -1594,55 +2439,55 @@ def _lanes_12(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         u += np.int32(a11 == a11)
         mx = -inf
         mn = inf
-        mx = a0 if a0 > mx else mx
-        mn = a0 if a0 < mn else mn
-        mx = a1 if a1 > mx else mx
-        mn = a1 if a1 < mn else mn
-        mx = a2 if a2 > mx else mx
-        mn = a2 if a2 < mn else mn
-        mx = a3 if a3 > mx else mx
-        mn = a3 if a3 < mn else mn
-        mx = a4 if a4 > mx else mx
-        mn = a4 if a4 < mn else mn
-        mx = a5 if a5 > mx else mx
-        mn = a5 if a5 < mn else mn
-        mx = a6 if a6 > mx else mx
-        mn = a6 if a6 < mn else mn
-        mx = a7 if a7 > mx else mx
-        mn = a7 if a7 < mn else mn
-        mx = a8 if a8 > mx else mx
-        mn = a8 if a8 < mn else mn
-        mx = a9 if a9 > mx else mx
-        mn = a9 if a9 < mn else mn
-        mx = a10 if a10 > mx else mx
-        mn = a10 if a10 < mn else mn
-        mx = a11 if a11 > mx else mx
-        mn = a11 if a11 < mn else mn
-        few = (u < four) | keep_all
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        mx = max(mx, a9)
+        mn = min(mn, a9)
+        mx = max(mx, a10)
+        mn = min(mn, a10)
+        mx = max(mx, a11)
+        mn = min(mn, a11)
+        few = u < four
         k0 = (a0 == a0) & (few | (a0 != mx))
-        v0 = a0 if k0 else inf
+        v0 = select(k0, a0, inf)
         k1 = (a1 == a1) & (few | (a1 != mx))
-        v1 = a1 if k1 else inf
+        v1 = select(k1, a1, inf)
         k2 = (a2 == a2) & (few | (a2 != mx))
-        v2 = a2 if k2 else inf
+        v2 = select(k2, a2, inf)
         k3 = (a3 == a3) & (few | (a3 != mx))
-        v3 = a3 if k3 else inf
+        v3 = select(k3, a3, inf)
         k4 = (a4 == a4) & (few | (a4 != mx))
-        v4 = a4 if k4 else inf
+        v4 = select(k4, a4, inf)
         k5 = (a5 == a5) & (few | (a5 != mx))
-        v5 = a5 if k5 else inf
+        v5 = select(k5, a5, inf)
         k6 = (a6 == a6) & (few | (a6 != mx))
-        v6 = a6 if k6 else inf
+        v6 = select(k6, a6, inf)
         k7 = (a7 == a7) & (few | (a7 != mx))
-        v7 = a7 if k7 else inf
+        v7 = select(k7, a7, inf)
         k8 = (a8 == a8) & (few | (a8 != mx))
-        v8 = a8 if k8 else inf
+        v8 = select(k8, a8, inf)
         k9 = (a9 == a9) & (few | (a9 != mx))
-        v9 = a9 if k9 else inf
+        v9 = select(k9, a9, inf)
         k10 = (a10 == a10) & (few | (a10 != mx))
-        v10 = a10 if k10 else inf
+        v10 = select(k10, a10, inf)
         k11 = (a11 == a11) & (few | (a11 != mx))
-        v11 = a11 if k11 else inf
+        v11 = select(k11, a11, inf)
         m = np.int32(k0)
         m += np.int32(k1)
         m += np.int32(k2)
@@ -1701,28 +2546,28 @@ def _lanes_12(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
         ih = m >> one
         l = v0
         h = v0
-        l = v1 if il == 1 else l
-        h = v1 if ih == 1 else h
-        l = v2 if il == 2 else l
-        h = v2 if ih == 2 else h
-        l = v3 if il == 3 else l
-        h = v3 if ih == 3 else h
-        l = v4 if il == 4 else l
-        h = v4 if ih == 4 else h
-        l = v5 if il == 5 else l
-        h = v5 if ih == 5 else h
-        l = v6 if il == 6 else l
-        h = v6 if ih == 6 else h
-        l = v7 if il == 7 else l
-        h = v7 if ih == 7 else h
-        l = v8 if il == 8 else l
-        h = v8 if ih == 8 else h
-        l = v9 if il == 9 else l
-        h = v9 if ih == 9 else h
-        l = v10 if il == 10 else l
-        h = v10 if ih == 10 else h
-        l = v11 if il == 11 else l
-        h = v11 if ih == 11 else h
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        l = select(il == 9, v9, l)
+        h = select(ih == 9, v9, h)
+        l = select(il == 10, v10, l)
+        h = select(ih == 10, v10, h)
+        l = select(il == 11, v11, l)
+        h = select(ih == 11, v11, h)
         nuse[x] = u
         mxv[x] = mx
         mnv[x] = mn
@@ -1732,13 +2577,170 @@ def _lanes_12(apl, nl, keep_all, nuse, mxv, mnv, cnt, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def clipped_mid_12(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_12(apl, nl, False, nuse, mxv, mnv, cnt, lo, hi)
-
-
-@njit(cache=True, nogil=True)
 def all_mid_12(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi):
-    _lanes_12(apl, nl, True, nuse, mxv, mnv, cnt, lo, hi)
+    inf = apl.dtype.type(np.inf)
+    one = np.int32(1)
+    for x in range(nl):
+        a0 = apl[0, x]
+        a1 = apl[1, x]
+        a2 = apl[2, x]
+        a3 = apl[3, x]
+        a4 = apl[4, x]
+        a5 = apl[5, x]
+        a6 = apl[6, x]
+        a7 = apl[7, x]
+        a8 = apl[8, x]
+        a9 = apl[9, x]
+        a10 = apl[10, x]
+        a11 = apl[11, x]
+        u = np.int32(a0 == a0)
+        u += np.int32(a1 == a1)
+        u += np.int32(a2 == a2)
+        u += np.int32(a3 == a3)
+        u += np.int32(a4 == a4)
+        u += np.int32(a5 == a5)
+        u += np.int32(a6 == a6)
+        u += np.int32(a7 == a7)
+        u += np.int32(a8 == a8)
+        u += np.int32(a9 == a9)
+        u += np.int32(a10 == a10)
+        u += np.int32(a11 == a11)
+        mx = -inf
+        mn = inf
+        mx = max(mx, a0)
+        mn = min(mn, a0)
+        mx = max(mx, a1)
+        mn = min(mn, a1)
+        mx = max(mx, a2)
+        mn = min(mn, a2)
+        mx = max(mx, a3)
+        mn = min(mn, a3)
+        mx = max(mx, a4)
+        mn = min(mn, a4)
+        mx = max(mx, a5)
+        mn = min(mn, a5)
+        mx = max(mx, a6)
+        mn = min(mn, a6)
+        mx = max(mx, a7)
+        mn = min(mn, a7)
+        mx = max(mx, a8)
+        mn = min(mn, a8)
+        mx = max(mx, a9)
+        mn = min(mn, a9)
+        mx = max(mx, a10)
+        mn = min(mn, a10)
+        mx = max(mx, a11)
+        mn = min(mn, a11)
+        k0 = a0 == a0
+        v0 = select(k0, a0, inf)
+        k1 = a1 == a1
+        v1 = select(k1, a1, inf)
+        k2 = a2 == a2
+        v2 = select(k2, a2, inf)
+        k3 = a3 == a3
+        v3 = select(k3, a3, inf)
+        k4 = a4 == a4
+        v4 = select(k4, a4, inf)
+        k5 = a5 == a5
+        v5 = select(k5, a5, inf)
+        k6 = a6 == a6
+        v6 = select(k6, a6, inf)
+        k7 = a7 == a7
+        v7 = select(k7, a7, inf)
+        k8 = a8 == a8
+        v8 = select(k8, a8, inf)
+        k9 = a9 == a9
+        v9 = select(k9, a9, inf)
+        k10 = a10 == a10
+        v10 = select(k10, a10, inf)
+        k11 = a11 == a11
+        v11 = select(k11, a11, inf)
+        m = np.int32(k0)
+        m += np.int32(k1)
+        m += np.int32(k2)
+        m += np.int32(k3)
+        m += np.int32(k4)
+        m += np.int32(k5)
+        m += np.int32(k6)
+        m += np.int32(k7)
+        m += np.int32(k8)
+        m += np.int32(k9)
+        m += np.int32(k10)
+        m += np.int32(k11)
+        v0, v1 = min(v0, v1), max(v0, v1)
+        v2, v3 = min(v2, v3), max(v2, v3)
+        v4, v5 = min(v4, v5), max(v4, v5)
+        v6, v7 = min(v6, v7), max(v6, v7)
+        v8, v9 = min(v8, v9), max(v8, v9)
+        v10, v11 = min(v10, v11), max(v10, v11)
+        v0, v2 = min(v0, v2), max(v0, v2)
+        v1, v3 = min(v1, v3), max(v1, v3)
+        v4, v6 = min(v4, v6), max(v4, v6)
+        v5, v7 = min(v5, v7), max(v5, v7)
+        v8, v10 = min(v8, v10), max(v8, v10)
+        v9, v11 = min(v9, v11), max(v9, v11)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v9, v10 = min(v9, v10), max(v9, v10)
+        v0, v4 = min(v0, v4), max(v0, v4)
+        v1, v5 = min(v1, v5), max(v1, v5)
+        v2, v6 = min(v2, v6), max(v2, v6)
+        v3, v7 = min(v3, v7), max(v3, v7)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v9, v10 = min(v9, v10), max(v9, v10)
+        v0, v8 = min(v0, v8), max(v0, v8)
+        v1, v9 = min(v1, v9), max(v1, v9)
+        v2, v10 = min(v2, v10), max(v2, v10)
+        v3, v11 = min(v3, v11), max(v3, v11)
+        v4, v8 = min(v4, v8), max(v4, v8)
+        v5, v9 = min(v5, v9), max(v5, v9)
+        v6, v10 = min(v6, v10), max(v6, v10)
+        v7, v11 = min(v7, v11), max(v7, v11)
+        v2, v4 = min(v2, v4), max(v2, v4)
+        v3, v5 = min(v3, v5), max(v3, v5)
+        v6, v8 = min(v6, v8), max(v6, v8)
+        v7, v9 = min(v7, v9), max(v7, v9)
+        v1, v2 = min(v1, v2), max(v1, v2)
+        v3, v4 = min(v3, v4), max(v3, v4)
+        v5, v6 = min(v5, v6), max(v5, v6)
+        v7, v8 = min(v7, v8), max(v7, v8)
+        v9, v10 = min(v9, v10), max(v9, v10)
+        il = (m - one) >> one
+        ih = m >> one
+        l = v0
+        h = v0
+        l = select(il == 1, v1, l)
+        h = select(ih == 1, v1, h)
+        l = select(il == 2, v2, l)
+        h = select(ih == 2, v2, h)
+        l = select(il == 3, v3, l)
+        h = select(ih == 3, v3, h)
+        l = select(il == 4, v4, l)
+        h = select(ih == 4, v4, h)
+        l = select(il == 5, v5, l)
+        h = select(ih == 5, v5, h)
+        l = select(il == 6, v6, l)
+        h = select(ih == 6, v6, h)
+        l = select(il == 7, v7, l)
+        h = select(ih == 7, v7, h)
+        l = select(il == 8, v8, l)
+        h = select(ih == 8, v8, h)
+        l = select(il == 9, v9, l)
+        h = select(ih == 9, v9, h)
+        l = select(il == 10, v10, l)
+        h = select(ih == 10, v10, h)
+        l = select(il == 11, v11, l)
+        h = select(ih == 11, v11, h)
+        nuse[x] = u
+        mxv[x] = mx
+        mnv[x] = mn
+        cnt[x] = m
+        lo[x] = l
+        hi[x] = h
 
 
 CLIPPED_MID = (
