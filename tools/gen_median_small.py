@@ -26,10 +26,12 @@ SMALL_MAX = 12
 TARGET = REPO / "stcal_dask" / "kernels" / "_median_small.py"
 
 
-def _function(n: int) -> list[str]:
-    """``_median_<n>(buf)`` in single-assignment form with min/max (numba compiles re-assigned
-    names and conditional expressions far more slowly; LLVM turns both into the same
-    branch-free code). Outputs of a compare-exchange that nothing reads later are left out."""
+def _median_block(n: int) -> list[str]:
+    """The median of ``buf[:n]`` in single-assignment form with min/max, returned (numba
+    compiles re-assigned names and conditional expressions far more slowly; LLVM turns both
+    into the same branch-free code): the branch of ``median_small`` for ``n``, its names
+    suffixed ``_<n>`` so that no name is assigned in two branches. Outputs of a
+    compare-exchange that nothing reads later are left out."""
     pairs = median_pairs(n)
     h = n // 2
     # backward liveness: which (comparator, side) results are read later
@@ -41,22 +43,32 @@ def _function(n: int) -> list[str]:
         if any(want):
             live |= {a, b}
     keep.reverse()
-    cur = [f"v{i}" for i in range(n)]
-    lines = ["", "", "@njit(cache=True, nogil=True)", f"def _median_{n}(buf):"]
-    lines += [f"    v{i} = buf[{i}]" for i in range(n)]
+    cur = [f"v{i}_{n}" for i in range(n)]
+    lines = [f"        v{i}_{n} = buf[{i}]" for i in range(n)]
     for k, ((a, b), (need_lo, need_hi)) in enumerate(zip(pairs, keep, strict=True)):
         va, vb = cur[a], cur[b]
         if need_lo:
-            lines.append(f"    l{k} = min({va}, {vb})")
-            cur[a] = f"l{k}"
+            lines.append(f"        l{k}_{n} = min({va}, {vb})")
+            cur[a] = f"l{k}_{n}"
         if need_hi:
-            lines.append(f"    h{k} = max({va}, {vb})")
-            cur[b] = f"h{k}"
+            lines.append(f"        h{k}_{n} = max({va}, {vb})")
+            cur[b] = f"h{k}_{n}"
     if n % 2:
-        lines.append(f"    return {cur[h]}")
+        lines.append(f"        return {cur[h]}")
     else:
-        lines.append(f"    return ({cur[h - 1]} + {cur[h]}) / 2.0")
+        lines.append(f"        return ({cur[h - 1]} + {cur[h]}) / 2.0")
     return lines
+
+
+def _median_small() -> list[str]:
+    """``median_small(buf, n)``: one branch per count (:func:`_median_block`), all in one
+    function (compiled once; a function per count and one calling them cost numba twice as
+    much time and run slower)."""
+    lines = ["", "", "@njit(cache=True, nogil=True)", "def median_small(buf, n):"]
+    for n in range(1, SMALL_MAX + 1):
+        lines.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
+        lines += _median_block(n)
+    return lines + ["    return float(\"nan\")  # n out of range: the callers never ask"]
 
 
 def _lane_functions(n: int) -> list[str]:
@@ -144,7 +156,7 @@ def generate_source() -> str:
         "",
         "``median_small(buf, n)``: the median of ``buf[:n]`` (no NaN inside, 1 <= n <= "
         f"{SMALL_MAX}),",
-        "``(lo + hi) / 2`` for even n; ``buf`` is only read. Each count has its own function of",
+        "``(lo + hi) / 2`` for even n; ``buf`` is only read. Each count has its own branch of",
         "compare-exchanges on local variables (Batcher's network pruned to the middle outputs).",
         "",
         "``clipped_mid_<n>(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)`` (``CLIPPED_MID[n]``) and",
@@ -164,10 +176,7 @@ def generate_source() -> str:
         f"SMALL_MAX = {SMALL_MAX}",
         *_SELECT,
     ]
-    for n in range(1, SMALL_MAX + 1):
-        out += _function(n)
-    out += _dispatcher("median_small(buf, n)", "return _median_{n}(buf)",
-                       ["    return float(\"nan\")  # n out of range: the callers never ask"])
+    out += _median_small()
     for n in range(1, SMALL_MAX + 1):
         out += _lane_functions(n)
     for name, what in (("clipped_mid", "clipping the maximum"), ("all_mid", "keeping all")):
@@ -177,16 +186,6 @@ def generate_source() -> str:
                 '1 <= n <= SMALL_MAX)."""']
     out += ["", "lock_cache_writes(globals())"]
     return "\n".join(out) + "\n"
-
-
-def _dispatcher(signature: str, call: str, tail: list[str]) -> list[str]:
-    """``def <signature>:`` with one ``if/elif n == k:`` branch per count running ``call``
-    (``{n}`` filled in), then ``tail``."""
-    lines = ["", "", "@njit(cache=True, nogil=True)", f"def {signature}:"]
-    for n in range(1, SMALL_MAX + 1):
-        lines.append(f"    {'if' if n == 1 else 'elif'} n == {n}:")
-        lines.append("        " + call.format(n=n))
-    return lines + tail
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, types
 from numba.core.typing import signature
@@ -55,6 +56,7 @@ from stcal_dask.kernels._median_numba import SORT_MAX as _SORT_MAX
 from stcal_dask.kernels._median_numba import (
     FunctionArg,
     lane_median_scratch,
+    median_function,
     mid_scratch,
     nanmedian_lanes,
 )
@@ -208,11 +210,17 @@ def _median_sigma(diffs, ntot, buf, rnterm):
 
 
 @njit(cache=True, nogil=True)
-def _nanmedian_apart(vals, n, buf):
-    """:func:`_nanmedian` compiled once on its own, for the callers that need it for a few
-    pixels only (those with jumps): every caller of an inlined function compiles a copy of it
-    (the pixel-by-pixel detection, which needs it for every pixel, inlines it)."""
-    return _nanmedian(vals, n, buf)
+def _nanmedian_by(vals, n, buf, median):
+    """:func:`_nanmedian` with ``median`` (the function-pointer argument of :func:`run_frame`)
+    taking the median, for the callers that need it for a few pixels only (those with jumps):
+    the median networks are compiled once, on their own (the pixel-by-pixel detection, which
+    needs them for every pixel, inlines them)."""
+    m = np.int64(0)
+    for j in range(n):
+        v = vals[j]
+        buf[m] = v  # kept only if counted: no data-dependent branch
+        m += not math.isnan(v)
+    return median(buf, m)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -760,13 +768,14 @@ def _row_medians(erow, nints, ngroups, rnt, mrow, srow, allmid):
         srow[x] = np.nan if sig == 0.0 else sig
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", no_cpython_wrapper=True)
 def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings, primary, mid,
-                allmid, single, pixels):
+                allmid, single, pixels, median):
     """Detect the jumps of row ``yy`` (loaded by :func:`_load_row`): its group DQ gets JUMP,
     ``primary[yy]`` the JUMP counts; with ``do_neighbors`` the neighbour-flagging centres
     (differences whose ratio is within (``nbr_min``, ``nbr_max``)) and the medians they need
-    are kept in the rings. ``mid``, ``allmid``, ``single``, ``pixels``: see :func:`run_frame`."""
+    are kept in the rings. ``mid``, ``allmid``, ``single``, ``pixels``, ``median``: see
+    :func:`run_frame`, which calls it through a function pointer (:func:`row_phases`)."""
     readnoise, gain = inputs.readnoise, inputs.gain
     path, only_use_ints, reset_planes, nreads_half, rej, thr_3diff, thr_2diff, _rw = detect
     erow, gring, centre, dring, mring, mvalid, addf, rnt, jmask, mq, sq, hq, hit, absd, \
@@ -855,7 +864,7 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
         else:
             for j in range(ntot):
                 dcol[j] = drow[j, x]
-            m = _nanmedian_apart(dcol, ntot, buf)
+            m = _nanmedian_by(dcol, ntot, buf, median)
             sig = _sigma(m, rnt[x])
             m_row[x] = m
             v_row[x] = True
@@ -866,10 +875,11 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                 crow[q, x] = ((grow[q, x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
 
 
-@njit(cache=True, nogil=True)
-def _finish_row(flags, y, ny, rings):
+@njit(cache=True, nogil=True, no_cpython_wrapper=True)
+def _finish_row(flags, y, ny, rings, median):
     """Post-process row ``y`` once rows y - 1, y and y + 1 are detected: neighbour flags,
-    after-jump flags and redundant-bit removal."""
+    after-jump flags and redundant-bit removal (``median``: see :func:`run_frame`, which calls
+    it through a function pointer, :func:`row_phases`)."""
     (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
      remove_redundant_bits) = flags  # fmt: skip
     erow, gring, centre, dring, mring, mvalid, addf, rnt, jmask, mq, sq, hq, hit, absd, \
@@ -924,7 +934,7 @@ def _finish_row(flags, y, ny, rings):
             if not mvalid[ry, x]:
                 for j in range(ntot):
                     dcol[j] = drow[j, x]
-                m = _nanmedian_apart(dcol, ntot, buf)
+                m = _nanmedian_by(dcol, ntot, buf, median)
             for i in range(nints):
                 for g in range(ngroups):
                     addf[g] = False
@@ -1015,8 +1025,35 @@ def pixel_detection(edtype, gdtype, used: bool = True) -> FunctionArg:
     return found
 
 
+_ROW_PHASES: dict[tuple, tuple[FunctionArg, FunctionArg]] = {}
+
+
+def row_phases(inputs, detect, flags, out, rings, mid) -> tuple[FunctionArg, FunctionArg]:
+    """The ``detect_row`` and ``finish_row`` arguments of :func:`run_frame` for arguments of
+    these types: :class:`~stcal_dask.kernels._median_numba.FunctionArg` of :func:`_detect_row`
+    and :func:`_finish_row`, each compiled once, on its own (called directly, both would be
+    linked into :func:`run_frame` with all they call and optimised again there)."""
+    key = tuple(numba.typeof(a) for a in (inputs, detect, flags, out, rings, mid))
+    found = _ROW_PHASES.get(key)
+    if found is None:
+        tin, tdet, tflags, tout, trings, tmid = key
+        i64, f64 = types.int64, types.float64
+        tsingle = numba.typeof(single_detection(inputs.eproto.dtype, used=False))
+        tpixels = numba.typeof(pixel_detection(inputs.eproto.dtype, inputs.groupdq.dtype,
+                                               used=False))
+        tmedian = numba.typeof(median_function())
+        detect_sig = signature(types.void, tin, tdet, types.boolean, f64, f64, i64,
+                               types.boolean, trings, tout.types[1], tmid, tmid, tsingle,
+                               tpixels, tmedian)
+        finish_sig = signature(types.void, tflags, i64, i64, trings, tmedian)
+        found = _ROW_PHASES[key] = (FunctionArg(_detect_row, detect_sig),
+                                    FunctionArg(_finish_row, finish_sig))
+    return found
+
+
 @njit(cache=True, nogil=True)
-def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels):
+def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels, median,
+              detect_row, finish_row):
     """Detection, neighbour and after-jump flagging and redundant-bit removal of a frame.
 
     Reads ``inputs`` (:class:`FrameInputs`, never modified), detects with ``detect``
@@ -1025,14 +1062,18 @@ def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels):
     JUMP count right after detection. ``rings``: the frame's :class:`RowRings`
     (:func:`row_rings`), used as scratch.
 
-    Four function-pointer arguments (each compiled apart from this function, and only where a
-    frame calls it: see :class:`~stcal_dask.kernels._median_numba.FunctionArg`) detect the rows:
-    ``mid`` the lane function (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of
+    The other arguments are functions passed as function pointers (each compiled apart from
+    this function, and only where a frame calls it: see
+    :class:`~stcal_dask.kernels._median_numba.FunctionArg`). Four detect the rows: ``mid`` the
+    lane function (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of
     ``nints * (ngroups - 1)`` values in the electrons' dtype, called on the row-wise iterative
     path; ``allmid`` the one of as many values keeping every usable value (``keep_all``),
     called there for the neighbour centres' medians; ``single`` the row-wise single-pass
     detection (:func:`single_detection`); ``pixels`` the pixel-by-pixel detection
-    (:func:`pixel_detection`), called where :func:`detects_rowwise` is False.
+    (:func:`pixel_detection`), called where :func:`detects_rowwise` is False. ``median``
+    (:func:`~stcal_dask.kernels._median_numba.median_function`) takes the medians of the few
+    pixels that need one apart. ``detect_row`` and ``finish_row`` are :func:`_detect_row` and
+    :func:`_finish_row` (:func:`row_phases`).
 
     Rows are streamed through small group-major buffers (:class:`RowRings`): row y is copied in
     (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
@@ -1048,11 +1089,11 @@ def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels):
     for yy in range(ny + 1):
         if yy < ny:
             _load_row(inputs, yy, rings)
-            _detect_row(inputs, detect, flags.neighbors, flags.nbr_min, flags.nbr_max, yy, quick,
-                        rings, out.primary, mid, allmid, single, pixels)  # fmt: skip
+            detect_row(inputs, detect, flags.neighbors, flags.nbr_min, flags.nbr_max, yy, quick,
+                       rings, out.primary, mid, allmid, single, pixels, median)  # fmt: skip
         if yy == 0:
             continue
-        _finish_row(flags, yy - 1, ny, rings)
+        finish_row(flags, yy - 1, ny, rings, median)
         _write_row(rings, yy - 1, out.groupdq)
 
 

@@ -637,10 +637,11 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
     ntot = nints * (ngroups - 1)
     # the row detections this frame calls (only those are compiled, see run_frame)
     rowwise = bool(_nb.detects_rowwise(code, ntot, bool(rowwise)))
+    inputs = _nb.FrameInputs(data=data, groupdq=groupdq, gain=gain, readnoise=readnoise,
+                             eproto=eproto)
     with np.errstate(all="ignore"):
-        _nb.run_frame(
-            _nb.FrameInputs(data=data, groupdq=groupdq, gain=gain, readnoise=readnoise,
-                            eproto=eproto),
+        args = (
+            inputs,
             _nb.DetectSettings(
                 path=code,
                 only_use_ints=bool(params.only_use_ints),
@@ -672,7 +673,9 @@ def _run_frame(data, groupdq, gain, readnoise, *, params, path, reset, nframes=1
                          and params.flag_4_neighbors else 0, keep_all=True),
             _nb.single_detection(eproto.dtype, used=rowwise and path == "single"),
             _nb.pixel_detection(eproto.dtype, groupdq.dtype, used=not rowwise),
+            _mn.median_function(),
         )
+        _nb.run_frame(*args, *_nb.row_phases(*args[:6]))
     return gdq.astype(out_dtype, copy=False), primary
 
 
