@@ -507,3 +507,55 @@ def test_external_workers_with_a_cold_cache_say_so_on_the_client(tmp_path):
     # then the variants of this exposure's shape (its lane medians), before the first tile
     assert "compiling the numba kernels for 1x5 ramps" in errs[0], errs[0]
     assert "compil" not in errs[1], errs[1]
+
+
+def test_two_exposures_in_flight_say_once_that_they_compile(tmp_path, capfd):
+    """Two exposures of a batch in flight ask the workers (whose cache is cold) for the same
+    kernel variants at once: one call compiles and says so, the other waits for it, then finds
+    the caches warm and says nothing (each said it before). The workers' cache is a copy of this
+    machine's warm one without its stamps, as in the test above."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from conftest import dask_processes
+    from distributed import Client
+    from numba.core.caching import _CacheLocator
+
+    import stcal_dask.kernels
+    from stcal_dask.engine.cluster import compile_on_workers
+    from stcal_dask.engine.warmup import cache_dir, ensure_compiled, exposure_kernels
+    from stcal_dask.kernels.jump import JumpParams
+    from stcal_dask.kernels.ramp_fit import RampFitParams
+
+    exposure = exposure_kernels(1, 5, JumpParams(), RampFitParams())
+    ensure_compiled(quiet=True, exposures=(exposure,))
+    sub = _CacheLocator.get_suitable_cache_subpath(stcal_dask.kernels.__file__)
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir() / sub, cache / sub)
+    env = {"PYTHONPATH": str(Path(stcal_dask.kernels.__file__).parents[2]),
+           "STCAL_DASK_CACHE_DIR": str(cache)}
+    (tmp_path / "cluster").mkdir()
+    with dask_processes(tmp_path / "cluster", workers=1, threads=1, env=env) as address, \
+            Client(address, timeout="30s") as client:
+        capfd.readouterr()
+        start = threading.Barrier(2)
+        errors = []
+
+        def exposure_in_flight():
+            start.wait()
+            try:
+                compile_on_workers(client, exposures=(exposure,))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=exposure_in_flight) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        err = capfd.readouterr().err
+    assert not errors, errors
+    sys.stderr.write(err)
+    assert err.count("stcal-dask: compiling the numba kernels for 1x5 ramps") == 1, err
+    assert err.count("kernels compiled in") == 1, err

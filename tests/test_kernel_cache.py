@@ -328,3 +328,24 @@ def test_the_compile_helper_runs_this_package_whatever_its_start_directory(tmp_p
     helper = warmup._helper((), False, ())  # compiles nothing: imports, then exits
     assert helper is not None
     assert helper.wait(timeout=120) == 0
+
+
+def test_an_exposures_variants_alone_compile_without_a_helper_process(monkeypatch):
+    """Once the usual run's variants are in the cache, an exposure's (a few small functions)
+    are compiled in the process itself: a helper process would load the libraries and every
+    kernel again for them."""
+    from stcal_dask.engine import warmup
+    from stcal_dask.kernels import _median_numba
+    from stcal_dask.kernels.jump import JumpParams
+    from stcal_dask.kernels.ramp_fit import RampFitParams
+
+    warmup.ensure_compiled(quiet=True)
+    started = []
+    monkeypatch.setattr(warmup, "_helper", lambda *a: started.append(a))
+    exposure = warmup.exposure_kernels(1, 8, JumpParams(), RampFitParams())
+    warmup._compile_all(False, (exposure,), base_ready=True)
+    assert started == []
+    for fn in (_median_numba.lane_mid(np.float32, 7), _median_numba.lane_mid(np.float64, 7, True)):
+        assert fn.signature().args in fn.dispatcher.overloads, fn.dispatcher
+    warmup._compile_all(False, (exposure,))  # the usual run's too: the helper is asked for
+    assert len(started) == 1

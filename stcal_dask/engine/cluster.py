@@ -158,6 +158,9 @@ def _kernel_cache_state(exposures: tuple = ()) -> tuple[str, str, bool]:
     return socket.gethostname(), str(cache_dir()), is_warm(exposures)
 
 
+_COMPILE_ON_WORKERS = threading.Lock()
+
+
 def compile_on_workers(client, announce: bool = True, exposures: tuple = ()) -> None:
     """Make every worker of ``client`` load the compiled kernels, compiling them first where a
     machine's cache is cold (one worker per cache compiles, the others wait for it; in a thread
@@ -169,7 +172,15 @@ def compile_on_workers(client, announce: bool = True, exposures: tuple = ()) -> 
     process asks them first whether their caches are warm and, if ``announce``, says on its own
     stderr what is compiling and then how long it took, so a first run on new machines does
     not look hung. A worker that dies meanwhile is left to the computation to report.
+
+    Calls from several threads (the exposures of a batch in flight) take turns: a call waiting
+    for another that compiles the same variants then finds the caches warm and says nothing.
     """
+    with _COMPILE_ON_WORKERS:
+        _compile_on_workers(client, announce, exposures)
+
+
+def _compile_on_workers(client, announce: bool, exposures: tuple) -> None:
     try:
         states = list(client.run(_kernel_cache_state, exposures).values())
     except Exception:  # noqa: BLE001 - a worker died: reported by the computation

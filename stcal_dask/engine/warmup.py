@@ -244,13 +244,19 @@ def _helper(parts: tuple[str, ...], every: bool, exposures: tuple):
         return None
 
 
-def _compile_all(every: bool, exposures: tuple) -> None:
+def _compile_all(every: bool, exposures: tuple, base_ready: bool = False) -> None:
     """Compile the kernel variants (:func:`compile_kernels`), the ramp-fit kernels in a helper
     process (:func:`_helper`) while this one compiles the code both call
     (:func:`stcal_dask.kernels.common.compile_shared`), then the jump kernels, where two cores
-    are there: they are about as much work."""
+    are there: they are about as much work. With ``base_ready`` (the usual run's variants are
+    in the cache already: only those of ``exposures`` are left, a few small functions) all in
+    this process: a helper would cost more than it saves (its start loads the libraries and
+    every kernel again)."""
     from stcal_dask.kernels.common import compile_shared
 
+    if base_ready:
+        compile_kernels(every=every, exposures=exposures)
+        return
     helper = _helper(("ramp",), every, exposures)
     try:
         if helper is not None:
@@ -307,7 +313,8 @@ def ensure_compiled(quiet: bool = False, every: bool = False, exposures: tuple =
                  f"{stamps[0].parent}, set STCAL_DASK_CACHE_DIR to move it; 'stcal-dask warmup' "
                  "does this ahead of time) ...", quiet)
             t0 = time.perf_counter()
-            _compile_all(every, exposures)
+            base = _stamps(key, every, ())
+            _compile_all(every, exposures, base_ready=all(stamp.exists() for stamp in base))
             spent = time.perf_counter() - t0
             for stamp in stamps:
                 tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
