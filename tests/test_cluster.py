@@ -559,3 +559,42 @@ def test_two_exposures_in_flight_say_once_that_they_compile(tmp_path, capfd):
     sys.stderr.write(err)
     assert err.count("stcal-dask: compiling the numba kernels for 1x5 ramps") == 1, err
     assert err.count("kernels compiled in") == 1, err
+
+
+def _loaded_there(client, *names) -> dict:
+    """:func:`_loaded` in the (one) worker without sending it a function of this module: its
+    unpickling would import this module there, and xarray with it."""
+    probe = f"{{n: n in __import__('sys').modules for n in {names!r}}}"
+    return next(iter(client.run(eval, probe).values()))
+
+
+def test_a_restarted_worker_loads_what_the_first_workers_loaded():
+    """A worker killed mid-run is restarted by its nanny as a fresh interpreter: the
+    WarmRestarted plugin has it load the cluster's modules without the optional packages and
+    the kernels before its first task; without it, the first task's functions imported
+    dask.array with xarray, pandas and pyarrow (seconds of CPU while the batch waits)."""
+    from stcal_dask.engine.cluster import WORKER_IMPORTS_FITS
+
+    with get_client(n_workers=1, threads_per_worker=1, quiet=True, start_method="fork",
+                    warm_imports=WORKER_IMPORTS_FITS) as c:
+        first = next(iter(c.run(os.getpid).values()))
+        psutil.Process(first).kill()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                pids = list(c.run(os.getpid).values())
+            except OSError:  # the dead worker is still listed: distributed's CommClosedError
+                pids = []
+            if pids and pids[0] != first:
+                break
+            assert time.monotonic() < deadline, "the killed worker was not restarted"
+            time.sleep(0.2)
+        names = ("dask.array", "stcal_dask.engine.tasks", "stcal_dask.kernels._ramp_numba",
+                 "xarray", "pandas")
+        loaded = _loaded_there(c, *names)
+        # a task of a dask.array graph runs there and still leaves xarray and pandas out
+        total = int(c.compute(da.ones((4, 4), chunks=2).sum()).result())
+        after = _loaded_there(c, "xarray", "pandas")
+    assert loaded == {"dask.array": True, "stcal_dask.engine.tasks": True,
+                      "stcal_dask.kernels._ramp_numba": True, "xarray": False, "pandas": False}
+    assert total == 16 and after == {"xarray": False, "pandas": False}

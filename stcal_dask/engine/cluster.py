@@ -68,6 +68,7 @@ __all__ = [
     "resolve_scheduler",
     "WORKER_IMPORTS",
     "WORKER_IMPORTS_FITS",
+    "warm_restarted_worker",
     "warm_workers",
 ]
 
@@ -242,6 +243,10 @@ def _trim_malloc() -> None:
             libc.mallopt(M_TRIM_THRESHOLD, int(value))
 
 
+_WARMED = [False]
+"""Whether this (worker) process has run :func:`_warm_worker`."""
+
+
 def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
                  trim: bool = False, quiet: bool = True) -> int:
     """Prepare a worker: import what every tile task needs (as the first task would), load the
@@ -279,10 +284,26 @@ def _warm_worker(threshold: float, modules: tuple[str, ...] = WORKER_IMPORTS,
     import atexit
 
     atexit.register(_exit_fast)
+    _WARMED[0] = True
     rss = int(psutil.Process().memory_info().rss)
     if rss <= threshold:
         monitor.setLevel(level)
     return rss
+
+
+def warm_restarted_worker(modules: tuple[str, ...], trim: bool) -> None:
+    """Prepare a worker process that was not there when its cluster started (one its nanny
+    restarted after it died, a fresh interpreter) as the cluster's first workers were: the
+    libraries of ``modules`` without the optional packages they never use, the compiled
+    kernels (from the machine's cache, filled at the cluster's start), ``trim`` as
+    :func:`_trim_malloc`. A worker that has done so already does nothing.
+
+    Without it such a worker imports what its first tasks' functions come from, and dask.array
+    then loads xarray, pandas, pyarrow and scipy.sparse: seconds of CPU on the cores the
+    surviving work runs on, while the batch waits for the lost tiles (run by
+    :class:`~stcal_dask.engine.worker_plugins.WarmRestarted`)."""
+    if not _WARMED[0]:
+        _warm_worker(float("inf"), tuple(modules), trim)
 
 
 def _warm_and_check_room(client, limit: int | None,
@@ -303,6 +324,11 @@ def _warm_and_check_room(client, limit: int | None,
         if limit is None:
             return  # nothing to check; the computation will report a real failure
         rss = None
+    if rss is not None:
+        from stcal_dask.engine.worker_plugins import WarmRestarted
+
+        with contextlib.suppress(Exception):  # a worker died: reported by the computation
+            client.register_plugin(WarmRestarted(tuple(modules), limit is not None))
     if limit is None:
         return
     if rss is None or rss > threshold:

@@ -11,7 +11,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from stcal_dask.engine.logs import swap_log_handlers
 from stcal_dask.engine.threads import THREAD_ENV
 
-__all__ = ["LogToFile", "PinThreads"]
+__all__ = ["LogToFile", "PinThreads", "WarmRestarted"]
 
 
 class PinThreads(WorkerPlugin):
@@ -48,3 +48,27 @@ class LogToFile(WorkerPlugin):
 
     def setup(self, worker):  # noqa: D401 - distributed plugin hook
         swap_log_handlers(self.path)
+
+
+class WarmRestarted(WorkerPlugin):
+    """A local cluster's worker that starts after the cluster did (its nanny restarted it after
+    it died: a fresh interpreter) loads what the first workers loaded at the cluster's start,
+    before its first task: see :func:`stcal_dask.engine.cluster.warm_restarted_worker`. The
+    workers that were warmed at the start do nothing.
+
+    Parameters
+    ----------
+    modules: the modules the cluster's workers import at start.
+    trim: return freed memory to the OS promptly (workers with an explicit memory limit).
+    """
+
+    name = "stcal-dask-warm-restarted"
+
+    def __init__(self, modules: tuple[str, ...], trim: bool):
+        self.modules = tuple(modules)
+        self.trim = bool(trim)
+
+    def setup(self, worker):  # noqa: D401 - distributed plugin hook
+        from stcal_dask.engine.cluster import warm_restarted_worker
+
+        warm_restarted_worker(self.modules, self.trim)
