@@ -163,3 +163,37 @@ def test_ctrl_c_while_the_kernels_compile_stops_at_once(ramp, tmp_path, batch):
                             "stamp_path; print(stamp_path())"], env=env, capture_output=True,
                            text=True, check=True).stdout.strip()
     assert Path(stamp).parent == cache and not Path(stamp).exists()
+
+
+def test_cleanup_interrupted_is_finished_then_the_interruption_raised(tmp_path):
+    """The outputs' cleanup (temporaries, claims) runs to its end although an interruption
+    lands in it; the first interruption is raised afterwards; one that never stops is raised
+    after a few attempts."""
+    from stcal_dask.io.atomic import to_the_end
+
+    files = [tmp_path / f"f{i}" for i in range(4)]
+    for f in files:
+        f.write_text("x")
+    hits = []
+
+    def cleanup() -> None:
+        for f in files:
+            if f.exists() and not hits:
+                hits.append(f)
+                raise Terminated()  # lands after nothing was removed
+            f.unlink(missing_ok=True)
+
+    with pytest.raises(Terminated):
+        to_the_end(cleanup)
+    assert not any(f.exists() for f in files) and len(hits) == 1
+
+    calls = []
+
+    def never_done() -> None:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        to_the_end(never_done, attempts=3)
+    assert len(calls) == 3
+    to_the_end(lambda: None)  # nothing raised without an interruption

@@ -55,7 +55,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ __all__ = [
     "partial_path",
     "remove_path",
     "sweep_stale",
+    "to_the_end",
     "was_committed",
 ]
 
@@ -588,10 +589,26 @@ def atomic_outputs(inputs: Iterable = (), *, within: Outputs | None = None) -> I
         yield out
         out._commit()
     except BaseException as exc:
-        out._abort()
+        to_the_end(out._abort)
         translated = out._translate(exc)
         if translated is not None:
             raise translated from exc
         raise
     finally:
-        out._release()
+        to_the_end(out._release)
+
+
+def to_the_end(cleanup: Callable[[], None], attempts: int = 5) -> None:
+    """Run the idempotent ``cleanup`` to its end although an interruption (a second Ctrl-C, a
+    SIGTERM, or one delivered again after Python dropped it) lands in it: it is run again, and
+    the first interruption is raised once it has completed (after ``attempts`` interrupted runs
+    it is raised at once)."""
+    pending: BaseException | None = None
+    for _ in range(attempts):
+        try:
+            cleanup()
+            break
+        except KeyboardInterrupt as exc:
+            pending = pending or exc
+    if pending is not None:
+        raise pending
