@@ -28,6 +28,7 @@ from stcal_dask.errors import (
     clear_signals,
     raise_if_signalled,
     record_signal,
+    signalled,
 )
 
 __all__ = [
@@ -499,7 +500,6 @@ def sigterm_unwinds() -> typing.Iterator[None]:
         yield
         return
 
-    fired: list[int] = []
     unwinding: list[bool] = []
     main_ident = threading.main_thread().ident
 
@@ -507,7 +507,6 @@ def sigterm_unwinds() -> typing.Iterator[None]:
         if signum == signal.SIGTERM and unwinding:
             return  # a second SIGTERM while cleaning up
         record_signal(signum)
-        fired.append(signum)
         unwinding.append(True)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
@@ -516,12 +515,13 @@ def sigterm_unwinds() -> typing.Iterator[None]:
             signal.pthread_kill(main_ident, signum)
 
     def hook(unraisable) -> None:
-        if not fired:
+        signum = signalled()
+        if signum is None:
             previous_hook(unraisable)
             return
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             unwinding.clear()  # swallowed: deliver it again, from outside this callback
-            again = threading.Timer(0.01, deliver_again, (fired[-1],))
+            again = threading.Timer(0.01, deliver_again, (signum,))
             again.daemon = True
             again.start()
         _log_unraisable(unraisable)

@@ -482,7 +482,6 @@ def build_tile_index(
                     whole[t].append(k)
     jobs = []
     for t, (y0, y1, x0, x1) in enumerate(tile_grid(out_shape, (ty, tx))):
-        r, c = divmod(t, ncol)
         win = (max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo))
         jobs.append(TileJob((y0, y1, x0, x1), win, tuple(regions[t]), tuple(whole[t])))
     return jobs
