@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "MosaicResult",
     "build_mosaic",
     "index_input",
+    "map_input",
     "open_i2d",
     "quicklook_png",
     "write_i2d_fits",
@@ -79,6 +81,32 @@ def index_input(path: str, index: int, out_wcs) -> tuple[rs.InputExposure, tuple
     reach = rs.input_reach(exp.wcs, out_wcs, exp.shape)
     trim_heap()
     return exp, reach
+
+
+PIXMAP_MARGIN = 64
+"""Output pixels (plus 8 input pixels' size) beyond the output within which an input's grid
+cells must land for :func:`map_input` to compute its pixel map: more than the halo and slack
+the tile index allows (an input the index nonetheless uses without a map gets it computed by
+its tiles)."""
+
+
+def map_input(indexed: tuple, out_wcs, path: str):
+    """One pixel-map task, run as soon as the input's index task is done (while the client
+    plans): :func:`~stcal_dask.mosaic.resample.write_pixmap` of the input (with the clip reads
+    of its :class:`~stcal_dask.mosaic.resample.InputReach`, as the plan sets them), or None
+    when none of its grid cells lands within :data:`PIXMAP_MARGIN` of the output."""
+    exp, reach = indexed
+    out_shape = rs.output_shape(out_wcs)
+    if out_shape is not None:
+        ob = reach.out_boxes[reach.valid]
+        m = PIXMAP_MARGIN + 8.0 * max(float(reach.size), 1.0)
+        ny, nx = out_shape
+        near = ((ob[:, 1] >= -m) & (ob[:, 0] <= ny - 1 + m)
+                & (ob[:, 3] >= -m) & (ob[:, 2] <= nx - 1 + m))
+        if not near.any():
+            return None
+    exp = exp._replace(clip=reach[4] if len(reach) > 4 else None)
+    return rs.write_pixmap(exp, out_wcs, path)
 
 
 def write_tile(job: rs.TileJob, exposures, out_wcs, params, psr: float, variances, store: str,
@@ -265,6 +293,80 @@ def build_mosaic(
                         output if outputs is None else Path(partial))
 
 
+def _plan(indexed, out_wcs, params, client, tile, output_pixel_scale, max_output_pixels):
+    """The plan from the index tasks' results (the tile from the cluster's memory limits unless
+    given); its warnings are re-issued for the caller."""
+    exposures = [e for e, _ in indexed]
+    cells = [c for _, c in indexed]
+    budget, threads = _cluster_shape(client)
+    if tile is None and out_wcs.array_shape is not None:
+        tile = _auto_tile(out_wcs.array_shape, budget, threads, len(exposures))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        plan = rs.plan_mosaic(
+            exposures, out_wcs, params, cells=cells, tile=tile,
+            memory_budget_bytes=budget, output_pixel_scale=output_pixel_scale,
+            max_output_pixels=max_output_pixels,
+        )
+    for w in caught:
+        warnings.warn(str(w.message), w.category, stacklevel=4)
+    return plan
+
+
+def _build_pipelined(paths, out_wcs, partial, params, client, tile, output_pixel_scale,
+                     max_output_pixels, quiet, pixmaps: Path, token: str):
+    """:func:`_build` on a distributed client, with no pause between the phases: each input's
+    pixel-map task (:func:`map_input`) is submitted with its index task and runs as soon as
+    that is done, while the client gathers the index, plans and creates the store; each tile
+    task then starts as soon as the maps of its inputs are written."""
+    from stcal_dask.engine.threads import trim_heap
+    from stcal_dask.io.zarr_chunks import consolidate_store
+
+    n = len(paths)
+    wcs_future = client.scatter(out_wcs, broadcast=True)
+    index = client.map(index_input, paths, range(n), [wcs_future] * n,
+                       key=[f"mosaic-index-{i}-{token}" for i in range(n)], pure=False)
+    Path(pixmaps).mkdir()
+    maps = [client.submit(map_input, f, wcs_future, str(Path(pixmaps) / f"{k}.npy"),
+                          key=f"mosaic-pixmap-{k}-{token}", pure=False)
+            for k, f in enumerate(index)]
+    tiles: list = []
+    try:
+        indexed = client.gather(index)
+        for f in index:
+            f.release()  # the pixel-map tasks hold them until they ran
+        plan = _plan(indexed, out_wcs, params, client, tile, output_pixel_scale,
+                     max_output_pixels)
+        del indexed
+        _create_store(partial, plan, {})
+        [shared_exps] = client.scatter([plan.exposures], broadcast=True, hash=False)
+        previous_whole = None
+        for i, job in enumerate(plan.jobs):
+            task = client.submit(
+                write_tile, job, shared_exps, wcs_future, plan.params, plan.pixel_scale_ratio,
+                plan.variances, str(partial), {k: maps[k] for k, _ in job.regions},
+                # the tiles that drizzle an input with its whole clip hold its whole pixel map:
+                # one after the other, never two at once in the cluster
+                after=previous_whole if job.whole else None,
+                key=f"mosaic-tile-{i}-{token}", pure=False,
+            )
+            if job.whole:
+                previous_whole = task
+            tiles.append(task)
+        trim_heap()  # what the index and the plan freed, before the tiles run
+        if not quiet:
+            from distributed import progress
+
+            progress(tiles, notebook=False)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        counts = client.gather(tiles)
+    finally:
+        client.cancel(index + maps + tiles)
+    consolidate_store(str(partial))
+    return plan, counts
+
+
 def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, max_output_pixels,
            quiet, pixmaps: Path):
     """The index, the plan, the store's metadata, one task per input writing its whole pixel
@@ -283,35 +385,17 @@ def _build(paths, out_wcs, partial, params, client, tile, output_pixel_scale, ma
             raise UserInputError(f"input {p} does not exist")
     token = uuid.uuid4().hex[:10]
     if client is not None:
-        wcs_future = client.scatter(out_wcs, broadcast=True)
-        futures = client.map(index_input, paths, range(len(paths)), [wcs_future] * len(paths),
-                             key=[f"mosaic-index-{i}-{token}" for i in range(len(paths))],
-                             pure=False)
         try:
-            indexed = client.gather(futures)
+            return _build_pipelined(paths, out_wcs, partial, params, client, tile,
+                                    output_pixel_scale, max_output_pixels, quiet, pixmaps, token)
         finally:
-            for f in futures:
-                f.release()
-    else:
-        indexed = dask.compute(*[
-            dask.delayed(index_input, pure=False)(p, i, out_wcs)
-            for i, p in enumerate(paths)
-        ])
-    exposures = [e for e, _ in indexed]
-    cells = [c for _, c in indexed]
-    budget, threads = _cluster_shape(client)
-    if tile is None and out_wcs.array_shape is not None:
-        tile = _auto_tile(out_wcs.array_shape, budget, threads, len(exposures))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        plan = rs.plan_mosaic(
-            exposures, out_wcs, params, cells=cells, tile=tile,
-            memory_budget_bytes=budget, output_pixel_scale=output_pixel_scale,
-            max_output_pixels=max_output_pixels,
-        )
-    for w in caught:
-        warnings.warn(str(w.message), w.category, stacklevel=3)
-    del indexed, exposures, cells  # the index grids (~1 MiB per input) are in the plan's jobs
+            remove_path(pixmaps)
+    indexed = dask.compute(*[
+        dask.delayed(index_input, pure=False)(p, i, out_wcs)
+        for i, p in enumerate(paths)
+    ])
+    plan = _plan(indexed, out_wcs, params, client, tile, output_pixel_scale, max_output_pixels)
+    del indexed  # the index grids (~1 MiB per input) are in the plan's jobs
     _create_store(partial, plan, {})
     shared_exps = dask.delayed(plan.exposures, traverse=False)
     shared_wcs = dask.delayed(out_wcs, traverse=False)
