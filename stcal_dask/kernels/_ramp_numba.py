@@ -471,79 +471,27 @@ def _exposure(rate_p, rate_r, rate_num, rate_den, unusable, combined):
 
 
 @numba.njit(**_JIT, inline="always")
-def _lane_pixels(inp, y, ok):
-    """Set ``ok[x]`` for the columns of row ``y`` that the row-wise fit takes; returns how many.
-
-    Such a pixel needs none of the flag rules but the JUMP_DET segmentation: its group DQ has
-    no bit but JUMP_DET; every integration has at least two groups without any bit (so it has a
-    segment of two groups or more and keeps no one-group segment, and neither
-    suppress_one_group, the group-0 timing nor the ZEROFRAME applies); its gain is positive,
-    its pixel DQ has neither DO_NOT_USE nor SATURATED, and its samples are finite (a sum that
-    is NaN where one is not)."""
-    nints, ngroups, ny, nx = inp.data.shape
-    orr = np.zeros(nx, dtype=np.uint32)
-    bad = np.zeros(nx, dtype=np.float32)
-    few = np.zeros(nx, dtype=np.bool_)
-    ngood = np.empty(nx, dtype=np.int64)
-    for i in range(nints):
-        for x in range(nx):
-            ngood[x] = 0
-        for k in range(ngroups):
-            grow = inp.groupdq[i, k, y]
-            drow = inp.data[i, k, y]
-            for x in range(nx):
-                q = grow[x]
-                orr[x] |= q
-                ngood[x] += q == 0
-                bad[x] += drow[x] * np.float32(0.0)
-        for x in range(nx):
-            few[x] |= ngood[x] < 2
-    nl = 0
-    for x in range(nx):
-        g = inp.gain[y, x]
-        use = ((orr[x] | _JUMP) == _JUMP) & (not few[x]) & (bad[x] == 0.0) & (g > 0.0) & (
-            (inp.pixeldq[y, x] & _INVALID) == 0)
-        ok[x] = use
-        nl += use
-    return nl
+def _lane_power_index(first, last, rn, gain):
+    """:func:`_snr_power_index` of :func:`_snr` as a float (0.0 .. 5.0), branch-free for the
+    loops across a row: the same quotient, the same thresholds (NaN gives 5)."""
+    delta = last - first
+    den = rn * rn + delta * gain
+    s = delta * gain / math.sqrt(den)
+    snr = 0.0 if (den <= 0.0) | (gain == 0.0) | (s < 0.0) else s
+    p = float((snr >= 5.0) + (snr >= 10.0) + (snr >= 20.0) + (snr >= 50.0) + (snr >= 100.0))
+    return 5.0 if snr != snr else p
 
 
 @numba.njit(**_JIT, inline="always")
-def _lane_median_rate(data, groupdq, y, tg, mid):
-    """(nx,) median rate of every column of row ``y``: per integration the median of the first
-    differences of the rates whose later group has no JUMP_DET (``mid``, the float64 lane
-    function of ngroups - 1 values keeping every value, see
-    :func:`~stcal_dask.kernels._median_numba.lane_mid`, with NaN in the places of the others),
-    NaN counted as 0, averaged over the integrations (meaningful where :func:`_lane_pixels`
-    takes the pixel)."""
-    nints, ngroups, ny, nx = data.shape
-    nm = ngroups - 1
-    mpl = np.empty((nm, nx), dtype=np.float64)
-    spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(mpl)
-    mrate = np.zeros(nx, dtype=np.float64)
-    r0 = np.empty(nx, dtype=np.float64)
-    r1 = np.empty(nx, dtype=np.float64)
-    for i in range(nints):
-        a = data[i, 0, y]
-        for x in range(nx):
-            r0[x] = np.float64(a[x]) / tg
-        for k in range(nm):
-            # each group's rate is divided once, then used by both of its differences
-            b = data[i, k + 1, y]
-            jb = groupdq[i, k + 1, y]
-            out = mpl[k]
-            for x in range(nx):
-                rb = np.float64(b[x]) / tg
-                r1[x] = rb
-                out[x] = np.nan if (jb[x] & _JUMP) != 0 else rb - r0[x]
-            r0, r1 = r1, r0
-        mid(mpl, spl, nx, nuse, mxv, mnv, cnt, lo, hi)
-        for x in range(nx):
-            mi = (lo[x] + hi[x]) / 2.0
-            mrate[x] += 0.0 if math.isnan(mi) else mi
-    for x in range(nx):
-        mrate[x] = mrate[x] / float(nints)
-    return mrate
+def _lane_weight(p, w0, w1, w2, w3, w4, w5):
+    """``(w0, ..., w5)[p]`` for a power index ``p`` of :func:`_lane_power_index`, by selects
+    (no gather)."""
+    w = w0
+    w = w1 if p == 1.0 else w
+    w = w2 if p == 2.0 else w
+    w = w3 if p == 3.0 else w
+    w = w4 if p == 4.0 else w
+    return w5 if p == 5.0 else w
 
 
 @numba.njit(**_JIT, inline="always")
@@ -583,21 +531,32 @@ def _jump_segments(q, ngroups, starts, ends):
 @numba.njit(**_ROW_JIT)
 def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     """Fit every pixel of row ``y`` that needs no flag rule but the JUMP_DET segmentation
-    (:func:`_lane_pixels`: flag-free pixels and those whose only group DQ bit is JUMP_DET, by
-    far the most common flagged pixels), across the row's pixels; ngroups >= 2, without
-    ``save_opt`` only. ``done[x]`` tells which pixels those are.
+    (flag-free pixels and those whose only group DQ bit is JUMP_DET, by far the most common
+    flagged pixels), across the row's pixels; ngroups >= 2, without ``save_opt`` only. Sets
+    ``done[x]`` for every column: whether it is such a pixel.
+
+    Such a pixel needs none of the flag rules but the JUMP_DET segmentation: its group DQ has
+    no bit but JUMP_DET; every integration has at least two groups without any bit (so it has a
+    segment of two groups or more and keeps no one-group segment, and neither
+    suppress_one_group, the group-0 timing nor the ZEROFRAME applies); its gain is positive,
+    its pixel DQ has neither DO_NOT_USE nor SATURATED, and its samples are finite (a sum that
+    is NaN where one is not).
 
     Every column of the row is a lane (the loops over them are innermost and branch-light, so
-    that they vectorise): the median rates (``mid``, the float64 lane function of
-    ngroups - 1 values keeping every value, :func:`~stcal_dask.kernels._median_numba.lane_mid`),
-    the fit of every integration as one segment of all groups, each integration's and the
-    exposure's combination. An integration with JUMP_DET is segmented pixel by pixel
-    (:func:`_segments`) and the weighted sums of its segments taken there; their slopes,
-    variances and inverses are computed across a list of those segments. Outputs are written
-    for every column (:func:`_pixel_row` then writes the pixels not ``done``); the values are
-    those of the pixel-by-pixel code, operation for operation (the same arithmetic, the same
-    order of every sum; the median from ``mid`` is the value
-    :func:`~stcal_dask.kernels._median_numba.median_prefix` gives).
+    that they vectorise). One pass over each integration's groups takes, group by group while
+    the group's row is in cache, the flag tests, the first differences of the rates for the
+    median rate, and the optimal-weighting sums of the whole integration as one segment (the
+    weights picked by selects, no gather); then the lane medians (``mid``, the float64 lane
+    function of ngroups - 1 values keeping every value,
+    :func:`~stcal_dask.kernels._median_numba.lane_mid`, NaN in the places of the differences
+    whose later group has JUMP_DET) and the slopes. An integration with JUMP_DET is segmented
+    pixel by pixel (:func:`_jump_segments`) and the weighted sums of its segments taken there.
+    Once the median rates are known, the variances and inverses are computed across the row
+    (and across a list of the JUMP_DET segments), then each integration's and the exposure's
+    combination. Outputs are written for every column (:func:`_pixel_row` then writes the
+    pixels not ``done``); the values are those of the pixel-by-pixel code, operation for
+    operation (the same arithmetic, the same order of every sum; the median from ``mid`` is
+    the value :func:`~stcal_dask.kernels._median_numba.median_prefix` gives).
     """
     nints, ngroups, ny, nx = inp.data.shape
     data, groupdq = inp.data, inp.groupdq
@@ -609,8 +568,6 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                                       rate.var_rnoise)
     i_sci, i_err, i_dq, i_vp, i_vr = (rateints.sci, rateints.err, rateints.dq,
                                       rateints.var_poisson, rateints.var_rnoise)
-    if _lane_pixels(inp, y, done) == 0:
-        return _ROW_OK
     g_l = np.empty(nx, dtype=np.float64)
     rn_l = np.empty(nx, dtype=np.float64)
     dk_l = np.empty(nx, dtype=np.float64)
@@ -625,91 +582,110 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         irn2[x] = 1.0 / (rn * rn)
         rnum = rn / tg
         rn12[x] = 12.0 * rnum * rnum
-    mrate = _lane_median_rate(data, groupdq, y, tg, mid)
+
+    nm = ngroups - 1
+    mpl = np.empty((nm, nx), dtype=np.float64)
+    spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(mpl)
+    mrate = np.zeros(nx, dtype=np.float64)
+    r0 = np.empty(nx, dtype=np.float64)
+    r1 = np.empty(nx, dtype=np.float64)
+    # the flag tests: OR of every group DQ, unflagged groups (this integration), any
+    # integration with fewer than two, the samples times 0 summed (NaN where one is not finite)
+    orr = np.zeros(nx, dtype=np.uint8)
+    ngood = np.empty(nx, dtype=np.uint8)
+    few = np.zeros(nx, dtype=np.uint8)
+    bad = np.zeros(nx, dtype=np.float32)
+    # per integration: OR of its group DQ, its slope as one segment of all groups
+    orq = np.empty((nints, nx), dtype=np.uint8)
+    slope_c = np.empty((nints, nx), dtype=np.float64)
+    pidx = np.empty(nx, dtype=np.float64)
+    wrow = np.empty(nx, dtype=np.float64)
+    sums = np.empty((5, nx), dtype=np.float64)
+    sw, sx, sxx, sy, sxy = sums[0], sums[1], sums[2], sums[3], sums[4]
 
     qbuf = np.empty(ngroups, dtype=np.uint8)
     dbuf = np.empty(ngroups, dtype=np.float64)
     starts = np.empty((1, ngroups + 1), dtype=np.int64)
     ends = np.empty((1, ngroups + 1), dtype=np.int64)
-    # the segments of the integrations with JUMP_DET: their pixel; slope, length, the pixel's
-    # gain, 12 (RN / TGROUP)^2, dark and median rate; their four terms (_segment_terms)
-    cap = nx * max(1, ngroups // 2)
+    # the segments of the integrations with JUMP_DET (in integration order, from seg_at[i]):
+    # their pixel; slope, length, the pixel's gain, 12 (RN / TGROUP)^2, dark and median rate;
+    # their four terms (_segment_terms)
+    cap = nints * nx * max(1, ngroups // 2)
     f_x = np.empty(cap, dtype=np.int64)
     fin = np.empty((cap, 6), dtype=np.float64)
     tout = np.empty((cap, 4), dtype=np.float64)
-    pidx = np.empty(nx, dtype=np.uint64)
-    wrow = np.empty(nx, dtype=np.float64)
-    sw = np.empty(nx, dtype=np.float64)
-    sx = np.empty(nx, dtype=np.float64)
-    sxx = np.empty(nx, dtype=np.float64)
-    sy = np.empty(nx, dtype=np.float64)
-    sxy = np.empty(nx, dtype=np.float64)
-    s_p = np.empty(nx, dtype=np.float64)
-    s_r = np.empty(nx, dtype=np.float64)
-    s_e = np.empty(nx, dtype=np.float64)
-    s_n = np.empty(nx, dtype=np.float64)
-    orq = np.empty(nx, dtype=np.uint8)
-    rate_p = np.zeros(nx, dtype=np.float64)
-    rate_r = np.zeros(nx, dtype=np.float64)
-    rate_num = np.zeros(nx, dtype=np.float64)
-    rate_den = np.zeros(nx, dtype=np.float64)
-    rdq = np.empty(nx, dtype=np.uint32)
-    for x in range(nx):
-        rdq[x] = np.uint32(inp.pixeldq[y, x])
-    seglen = float(ngroups)
+    seg_at = np.zeros(nints + 1, dtype=np.int64)
+    nseg = 0
     for i in range(nints):
         d0 = data[i, 0, y]
         dn = data[i, ngroups - 1, y]
-        # every column as one segment of all groups (:func:`_fit_segment`'s arithmetic)
+        oi = orq[i]
         for x in range(nx):
-            orq[x] = 0
-            sw[x] = 0.0
-            sx[x] = 0.0
-            sxx[x] = 0.0
-            sy[x] = 0.0
-            sxy[x] = 0.0
-            first = np.float64(d0[x])
-            last = np.float64(dn[x])
-            pidx[x] = _snr_power_index(_snr(last - first, rn_l[x], g_l[x]))
+            pidx[x] = _lane_power_index(np.float64(d0[x]), np.float64(dn[x]), rn_l[x], g_l[x])
+        for x in range(nx):
+            oi[x] = 0
+            ngood[x] = 0
+        sums[:] = 0.0
+        # one pass over the groups; simple loops, each writing one array, so that they
+        # vectorise
         for k in range(ngroups):
-            xval = float(k) + 0.0
             dk = data[i, k, y]
             qk = groupdq[i, k, y]
-            wk = wtab[:, ngroups, k]
-            # simple loops, each writing one array, so that they vectorise
             for x in range(nx):
-                orq[x] |= qk[x]
+                oi[x] |= qk[x]
             for x in range(nx):
-                wrow[x] = wk[pidx[x]] * irn2[x]
+                ngood[x] += np.uint8(qk[x] == 0)
+            for x in range(nx):
+                bad[x] += dk[x] * np.float32(0.0)
+            # each group's rate is divided once, then used by both of its differences
+            if k == 0:
+                for x in range(nx):
+                    r0[x] = np.float64(dk[x]) / tg
+            else:
+                out = mpl[k - 1]
+                for x in range(nx):
+                    rb = np.float64(dk[x]) / tg
+                    r1[x] = rb
+                    out[x] = np.nan if (qk[x] & _JUMP) != 0 else rb - r0[x]
+                r0, r1 = r1, r0
+            # the optimal-weighting sums of the segment of all groups (_weighted_sums)
+            xval = float(k) + 0.0
+            w0, w1, w2 = wtab[0, ngroups, k], wtab[1, ngroups, k], wtab[2, ngroups, k]
+            w3, w4, w5 = wtab[3, ngroups, k], wtab[4, ngroups, k], wtab[5, ngroups, k]
+            for x in range(nx):
+                wrow[x] = _lane_weight(pidx[x], w0, w1, w2, w3, w4, w5) * irn2[x]
             for x in range(nx):
                 w = wrow[x]
                 xwt = xval * w
+                v = np.float64(dk[x])
                 sw[x] += w
                 sx[x] += xwt
                 sxx[x] += xval * xwt
-            for x in range(nx):
-                w = wrow[x]
-                v = np.float64(dk[x])
                 sy[x] += v * w
                 sxy[x] += v * (xval * w)
         for x in range(nx):
+            few[x] |= np.uint8(ngood[x] < 2)
+        for x in range(nx):
+            orr[x] |= oi[x]
+        # the median rate (NaN counted as 0)
+        mid(mpl, spl, nx, nuse, mxv, mnv, cnt, lo, hi)
+        for x in range(nx):
+            mi = (lo[x] + hi[x]) / 2.0
+            mrate[x] += 0.0 if math.isnan(mi) else mi
+        # every column as one segment of all groups (:func:`_fit_segment`'s arithmetic)
+        sc = slope_c[i]
+        for x in range(nx):
             if ngroups == 2:
-                slope = (np.float64(dn[x]) - np.float64(d0[x])) / tg
+                sc[x] = (np.float64(dn[x]) - np.float64(d0[x])) / tg
             else:
                 den = sw[x] * sxx[x] - sx[x] * sx[x]
                 num = sw[x] * sxy[x] - sx[x] * sy[x]
                 invden = 1.0 / den
-                slope = num * invden / tg
-            tr, tp, te, tn = _segment_terms(slope, seglen, g_l[x], rn12[x], dk_l[x], mrate[x],
-                                            tg, combined)  # fmt: skip
-            s_r[x] = 0.0 + tr
-            s_p[x] = 0.0 + tp
-            s_e[x] = 0.0 + te
-            s_n[x] = 0.0 + tn
-        # the integrations with JUMP_DET: segments and their weighted sums, pixel by pixel
-        nseg = 0
+                sc[x] = num * invden / tg
+        # the integrations with JUMP_DET (and no other bit, two unflagged groups or more):
+        # segments and their weighted sums, pixel by pixel
         for x in range(nx):
-            if orq[x] == 0 or not done[x]:
+            if oi[x] == 0 or (oi[x] | _JUMP) != _JUMP or ngood[x] < 2:
                 continue
             for k in range(ngroups):
                 qbuf[k] = groupdq[i, k, y, x]
@@ -733,19 +709,55 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 fin[nseg, 2] = g
                 fin[nseg, 3] = rn12[x]
                 fin[nseg, 4] = dk_l[x]
-                fin[nseg, 5] = mrate[x]
                 nseg += 1
-        # their variances and inverses across the list (one array in, one out: vectorised)
-        for j in range(nseg):
-            tr, tp, te, tn = _segment_terms(fin[j, 0], fin[j, 1], fin[j, 2], fin[j, 3],
-                                            fin[j, 4], fin[j, 5], tg, combined)  # fmt: skip
-            tout[j, 0] = tr
-            tout[j, 1] = tp
-            tout[j, 2] = te
-            tout[j, 3] = tn
-        # their sums over each pixel's segments, in order
+        seg_at[i + 1] = nseg
+
+    nl = 0
+    for x in range(nx):
+        use = (((orr[x] | _JUMP) == _JUMP) & (few[x] == 0) & (bad[x] == 0.0)
+               & (inp.gain[y, x] > 0.0) & ((inp.pixeldq[y, x] & _INVALID) == 0))
+        done[x] = use
+        nl += use
+    if nl == 0:
+        return _ROW_OK
+    for x in range(nx):
+        mrate[x] = mrate[x] / float(nints)
+    for j in range(nseg):
+        fin[j, 5] = mrate[f_x[j]]
+    # the JUMP_DET segments' variances and inverses across the list (one array in, one out:
+    # vectorised)
+    for j in range(nseg):
+        tr, tp, te, tn = _segment_terms(fin[j, 0], fin[j, 1], fin[j, 2], fin[j, 3],
+                                        fin[j, 4], fin[j, 5], tg, combined)  # fmt: skip
+        tout[j, 0] = tr
+        tout[j, 1] = tp
+        tout[j, 2] = te
+        tout[j, 3] = tn
+
+    s_p = np.empty(nx, dtype=np.float64)
+    s_r = np.empty(nx, dtype=np.float64)
+    s_e = np.empty(nx, dtype=np.float64)
+    s_n = np.empty(nx, dtype=np.float64)
+    rate_p = np.zeros(nx, dtype=np.float64)
+    rate_r = np.zeros(nx, dtype=np.float64)
+    rate_num = np.zeros(nx, dtype=np.float64)
+    rate_den = np.zeros(nx, dtype=np.float64)
+    rdq = np.empty(nx, dtype=np.uint32)
+    for x in range(nx):
+        rdq[x] = np.uint32(inp.pixeldq[y, x])
+    seglen = float(ngroups)
+    for i in range(nints):
+        sc = slope_c[i]
+        for x in range(nx):
+            tr, tp, te, tn = _segment_terms(sc[x], seglen, g_l[x], rn12[x], dk_l[x], mrate[x],
+                                            tg, combined)  # fmt: skip
+            s_r[x] = 0.0 + tr
+            s_p[x] = 0.0 + tp
+            s_e[x] = 0.0 + te
+            s_n[x] = 0.0 + tn
+        # the JUMP_DET integrations: the sums over each pixel's segments, in order
         x_prev = -1
-        for j in range(nseg):
+        for j in range(seg_at[i], seg_at[i + 1]):
             x = f_x[j]
             if x != x_prev:
                 s_r[x] = 0.0
@@ -758,6 +770,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
             s_e[x] += tout[j, 2]
             s_n[x] += tout[j, 3]
         # the integration's results, across the row
+        oi = orq[i]
         for x in range(nx):
             islope, ivp, ivr, ierr = _integration_result(s_p[x], s_r[x], s_e[x], s_n[x],
                                                          combined, False)  # fmt: skip
@@ -765,7 +778,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
             rate_r[x] += s_r[x]
             rate_num[x] += s_n[x]
             rate_den[x] += s_e[x]
-            idq = np.uint32(inp.pixeldq[y, x]) | (np.uint32(_JUMP) if orq[x] != 0 else
+            idq = np.uint32(inp.pixeldq[y, x]) | (np.uint32(_JUMP) if oi[x] != 0 else
                                                  np.uint32(0))  # fmt: skip
             rdq[x] |= idq
             i_sci[i, y, x] = np.float32(islope)
@@ -865,10 +878,11 @@ def pixel_scratch(nints, ngroups):
 
 
 @numba.njit(**_ROW_JIT)
-def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done, median):
-    """Fit the pixels of row ``y`` that are not ``done``, one at a time, in five phases: set-up
-    and one pass over the groups (suppression, ZEROFRAME, counts), the median rate, the
-    segments and integrations, the exposure, the CHARGELOSS read-noise recomputation.
+def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, todo, ntodo, median):
+    """Fit the pixels ``todo[:ntodo]`` (column indices) of row ``y``, one at a time, in five
+    phases: set-up and one pass over the groups (suppression, ZEROFRAME, counts), the median
+    rate, the segments and integrations, the exposure, the CHARGELOSS read-noise
+    recomputation.
 
     The phases stay in this one loop body on purpose: in helper functions, every array a
     helper takes (bound to an inlined helper's parameter, or passed to a compiled one) costs
@@ -895,9 +909,8 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, done, 
     dnu_chg = np.uint8(_DNU | _CHARGELOSS)
     max_seg_slots = o_slope.shape[1]
     max_cr_slots = o_crmag.shape[1]
-    for x in range(nx):
-        if done[x]:
-            continue
+    for jx in range(ntodo):
+        x = todo[jx]
         # ---------------- pixel set-up and one pass over its groups
         g = np.float64(gain[y, x])
         # stcal's in-place conversion: R = RN * gain / sqrt(2 nframes), rounded to float32
@@ -1217,13 +1230,19 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid, lane_row, pixel_row,
     wtab = _weight_table(ngroups)
     rows = (not st.save_opt) and 2 <= ngroups <= SORT_MAX + 1
     done = np.zeros(nx, dtype=np.bool_)
+    todo = np.empty(nx, dtype=np.int64)
     for y in range(ny):
         status = _ROW_OK
         if rows:
             status = lane_row(inp, st, times, y, wtab, rate, rateints, done, mid)
-        if status == _ROW_OK:
-            status = pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, done,
-                               median)
+        # the columns left to the pixel-by-pixel path, listed (branch-free)
+        ntodo = 0
+        for x in range(nx):
+            todo[ntodo] = x
+            ntodo += not done[x]
+        if status == _ROW_OK and ntodo > 0:
+            status = pixel_row(inp, st, times, y, wtab, sc, rate, rateints, fitopt, todo,
+                               ntodo, median)
         if status == _ROW_FEW_SEGMENTS:
             raise ValueError("n_segments is smaller than this tile needs")
         if status == _ROW_FEW_CRMAG:
@@ -1251,8 +1270,10 @@ def row_fitters(inp, st, rate, rateints, fitopt, sc, mid):
         lane = numba.core.typing.signature(i64, tin, tst, times, i64, f64_3, trate,
                                            tints, done, tmid)
         median = median_function()
+        todo = numba.types.Array(i64, 1, "C")
         pixel = numba.core.typing.signature(i64, tin, tst, times, i64, f64_3, tsc,
-                                            trate, tints, topt, done, numba.typeof(median))
+                                            trate, tints, topt, todo, i64,
+                                            numba.typeof(median))
         found = _ROW_FITTERS[key] = (FunctionArg(_lane_row, lane), FunctionArg(_pixel_row, pixel),
                                      median)
     return found
