@@ -734,14 +734,11 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         tout[j, 2] = te
         tout[j, 3] = tn
 
-    s_p = np.empty(nx, dtype=np.float64)
-    s_r = np.empty(nx, dtype=np.float64)
-    s_e = np.empty(nx, dtype=np.float64)
-    s_n = np.empty(nx, dtype=np.float64)
-    rate_p = np.zeros(nx, dtype=np.float64)
-    rate_r = np.zeros(nx, dtype=np.float64)
-    rate_num = np.zeros(nx, dtype=np.float64)
-    rate_den = np.zeros(nx, dtype=np.float64)
+    # an integration's sums over its segments, the exposure's over its integrations
+    s_terms = np.empty((4, nx), dtype=np.float64)
+    s_p, s_r, s_e, s_n = s_terms[0], s_terms[1], s_terms[2], s_terms[3]
+    rate_sums = np.zeros((4, nx), dtype=np.float64)
+    rate_p, rate_r, rate_num, rate_den = rate_sums[0], rate_sums[1], rate_sums[2], rate_sums[3]
     rdq = np.empty(nx, dtype=np.uint32)
     for x in range(nx):
         rdq[x] = np.uint32(inp.pixeldq[y, x])
