@@ -701,6 +701,41 @@ def test_single_pass_rows_equal_the_pixel_by_pixel_path(nints, ngroups, dtype):
     assert (row[0] & JUMP).any()
 
 
+@pytest.mark.parametrize(
+    "nints, ngroups, dtype",
+    [(1, 3, np.float32), (1, 4, np.float32), (1, 5, np.float32), (1, 10, np.float32),
+     (2, 6, np.float32), (1, 10, np.float64), (1, 13, np.float32), (3, 11, np.float32),
+     (1, 33, np.float32)],
+)  # fmt: skip
+def test_iterative_rows_equal_the_pixel_by_pixel_path(nints, ngroups, dtype):
+    """The iterative path run across each row's pixels (every round's largest ratio taken by
+    its float32 numerator) flags exactly what the pixel-by-pixel path (ratios divided out)
+    flags, with the same primary counts, on seeded ramps with many tied differences, NaN/inf
+    data, SATURATED and DO_NOT_USE groups, zero read noise and many jumps per pixel (several
+    rounds), with neighbour flagging between limits."""
+    from stcal_dask.kernels.jump import _run_frame
+
+    rng = np.random.default_rng(11 * ngroups + nints)
+    ny, nx = 12, 37
+    data, gdq, gain, rn = rough_ramps(rng, (nints, ngroups, ny, nx), dtype=dtype,
+                                      jumps=((0.2, 400.0), (0.1, -300.0), (0.1, 63.0),
+                                             (0.05, 1e30)))  # fmt: skip
+    gdq[:, :, 0, :5] = DNU  # no usable difference
+    gdq[:, 1:, 1, :5] = SAT  # at most one group usable
+    rn[2, :3] = 0.0
+    data[:, :, 2, :3] = 0.0  # median 0 and read noise 0: sigma NaN
+    params = JumpParams(min_jump_to_flag_neighbors=5.0, max_jump_to_flag_neighbors=200.0,
+                        min_diffs_single_pass=1000)
+    assert detect_jumps_globals(data, gdq, gain, params=params).path == "iterative"
+    reset = np.zeros((nints, ngroups), bool)
+    row = _run_frame(data, gdq, gain, rn, params=params, path="iterative", reset=reset)
+    pix = _run_frame(data, gdq, gain, rn, params=params, path="iterative", reset=reset,
+                     rowwise=False)  # fmt: skip
+    np.testing.assert_array_equal(row[0], pix[0])
+    np.testing.assert_array_equal(row[1], pix[1])
+    assert (row[1] > 1).any() or nints * (ngroups - 1) < 4  # flagged in several rounds
+
+
 @pytest.mark.parametrize("step, flagged", [(15.0, False), (15.000001, True), (16.0, True)])
 def test_single_pass_threshold_is_strict(step, flagged):
     # 12 groups -> 11 diffs -> single pass; median 0, sigma = rn = 5 e-, threshold 3

@@ -448,12 +448,12 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     # |d| in the electrons' dtype: the scalar path's float64 |d| widened from it, exactly
     apl = np.empty((ntot, nx), dtype=erow.dtype)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
-    rpl = np.empty((ntot, nx), dtype=np.float64)
+    rpl = np.empty((ntot, nx), dtype=np.float32)
     rnt_l = np.empty(nx, dtype=np.float64)
     cv = np.empty(nx, dtype=np.float64)
     sgv = np.empty(nx, dtype=np.float64)
     thv = np.empty(nx, dtype=np.float64)
-    gmx = np.empty(nx, dtype=np.float64)
+    gmx = np.empty(nx, dtype=np.float32)
     go = np.empty(nx, dtype=np.bool_)
     over = np.empty(nx, dtype=np.bool_)
     bl = np.empty(nx, dtype=np.int64)
@@ -488,7 +488,10 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         nl = w
         if nl == 0:
             break
-        # the ratios |f32(|d| - c)| / sigma and their NaN-skipping maximum
+        # the ratios |f32(|d| - c)| / sigma by their float32 numerators: in a lane that goes
+        # on sigma is finite and positive, and dividing distinct float32 values by it in
+        # float64 keeps them distinct and in order, so the largest ratio is that of the
+        # largest numerator and the values at it are those at that numerator
         for n in range(nl):
             gmx[n] = np.nan
         for j in range(ntot):
@@ -496,7 +499,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
             rj = rpl[j]
             for n in range(nl):
                 # stcal stores |d| - c in a float32 array
-                r = abs(np.float64(np.float32(np.float64(aj[n]) - cv[n]))) / sgv[n]
+                r = abs(np.float32(np.float64(aj[n]) - cv[n]))
                 rj[n] = r
                 g = gmx[n]
                 # NaN-skipping maximum, branch-free (bitwise, not short-circuit) so that the
@@ -508,7 +511,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         # (branch-free, vectorised), and leave it out of the next rounds
         for n in range(nl):
             bl[n] = 0
-            over[n] = gmx[n] > thv[n]
+            over[n] = np.float64(gmx[n]) / sgv[n] > thv[n]
         for j in range(ntot):
             aj = apl[j]
             rj = rpl[j]

@@ -843,7 +843,9 @@ def detect_jumps(
     exposures); :func:`detect_jumps_globals` gives the globals used.
     """
     params = JumpParams() if params is None else params
-    g, detected = _frame_globals(data, groupdq, gain, params=params)
+    # the median gain only where it is used (it costs a median of the whole frame)
+    g, detected = _frame_globals(data, groupdq, gain, params=params,
+                                 median_gain=needs_median_gain(params))
     return _detect_jumps_tile(
         data,
         groupdq,
@@ -863,12 +865,14 @@ def detect_jumps_globals(data, groupdq, gain, *, params: JumpParams) -> JumpGlob
     return _frame_globals(data, groupdq, gain, params=params)[0]
 
 
-def _frame_globals(data, groupdq, gain, *, params: JumpParams):
+def _frame_globals(data, groupdq, gain, *, params: JumpParams, median_gain: bool = True):
     """Whole-frame globals, and on the sigma-clip path the group DQ after sigma-clip detection
-    (so the detection pass is not repeated), else None."""
+    (so the detection pass is not repeated), else None. ``median_gain=False``: the median gain
+    is left NaN (see :func:`needs_median_gain`)."""
     data, groupdq = _check_cube(data, groupdq)
     gain = _check_plane("gain", gain, data.shape[2:], "fiu")
-    g = combine_jump_globals([jump_globals_partial(groupdq, gain)], params=params)
+    g = combine_jump_globals([jump_globals_partial(groupdq, gain if median_gain else None)],
+                             params=params)
     if not g.needs_sigclip_pass:
         return g, None
     detected = _sigclip_detected(data, groupdq, gain, params)
