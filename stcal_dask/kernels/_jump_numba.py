@@ -378,7 +378,7 @@ def _pixels_unused(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, r
 
 @njit(cache=True, nogil=True, inline="always")
 def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
-                   cnt, lo, hi, cv, sgv, thv, go, mid):  # fmt: skip
+                   cnt, lo, hi, cv, sgv, thv, emv, go, mid):  # fmt: skip
     """One round's clipped median, sigma and stop test for lanes ``0..nl-1`` of ``apl``
     ((ntot, >= nl) absolute differences in the electrons' dtype, NaN = unusable), pixels along
     the inner loops, branch-free so that they vectorise.
@@ -404,11 +404,15 @@ def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, 
         sig = math.sqrt(abs(c) + rnt_l[n])
         sig = np.nan if sig == 0.0 else sig
         thr = rej if n_use >= 4 else (thr_3diff if n_use == 3 else thr_2diff)
-        r_hi = abs(np.float64(np.float32(np.float64(mxv[n]) - c))) / sig
-        r_lo = abs(np.float64(np.float32(np.float64(mnv[n]) - c))) / sig
+        # stcal stores |d| - c in a float32 array
+        e_hi = abs(np.float32(np.float64(mxv[n]) - c))
+        e_lo = abs(np.float32(np.float64(mnv[n]) - c))
+        r_hi = np.float64(e_hi) / sig
+        r_lo = np.float64(e_lo) / sig
         cv[n] = c
         sgv[n] = sig
         thv[n] = thr
+        emv[n] = e_hi if e_hi >= e_lo else e_lo
         go[n] = (n_use >= 2) & ((r_hi > thr) | (r_lo > thr))
 
 
@@ -448,12 +452,11 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     # |d| in the electrons' dtype: the scalar path's float64 |d| widened from it, exactly
     apl = np.empty((ntot, nx), dtype=erow.dtype)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
-    rpl = np.empty((ntot, nx), dtype=np.float32)
     rnt_l = np.empty(nx, dtype=np.float64)
     cv = np.empty(nx, dtype=np.float64)
     sgv = np.empty(nx, dtype=np.float64)
     thv = np.empty(nx, dtype=np.float64)
-    gmx = np.empty(nx, dtype=np.float32)
+    emv = np.empty(nx, dtype=np.float32)
     go = np.empty(nx, dtype=np.bool_)
     over = np.empty(nx, dtype=np.bool_)
     bl = np.empty(nx, dtype=np.int64)
@@ -470,7 +473,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         if nl == 0:
             break
         _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
-                       cnt, lo, hi, cv, sgv, thv, go, mid)  # fmt: skip
+                       cnt, lo, hi, cv, sgv, thv, emv, go, mid)  # fmt: skip
         first = False
         # keep the lanes that go on (most stop in round 1)
         w = 0
@@ -484,42 +487,31 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
                     cv[w] = cv[n]
                     sgv[w] = sgv[n]
                     thv[w] = thv[n]
+                    emv[w] = emv[n]
                 w += 1
         nl = w
         if nl == 0:
             break
-        # the ratios |f32(|d| - c)| / sigma by their float32 numerators: in a lane that goes
-        # on sigma is finite and positive, and dividing distinct float32 values by it in
-        # float64 keeps them distinct and in order, so the largest ratio is that of the
-        # largest numerator and the values at it are those at that numerator
-        for n in range(nl):
-            gmx[n] = np.nan
-        for j in range(ntot):
-            aj = apl[j]
-            rj = rpl[j]
-            for n in range(nl):
-                # stcal stores |d| - c in a float32 array
-                r = abs(np.float32(np.float64(aj[n]) - cv[n]))
-                rj[n] = r
-                g = gmx[n]
-                # NaN-skipping maximum, branch-free (bitwise, not short-circuit) so that the
-                # loop vectorises
-                gmx[n] = r if ((r == r) & ((g != g) | (r > g))) else g
-        # flag every difference at the maximum where it exceeds the threshold (it does in every
-        # lane that went on: the maximum ratio is at least that of the largest or the smallest
-        # value, one of which exceeded it), difference by difference across the lanes
-        # (branch-free, vectorised), and leave it out of the next rounds
+        # flag every difference of the largest ratio |f32(|d| - c)| / sigma, difference by
+        # difference across the lanes (branch-free, vectorised), and leave it out of the next
+        # rounds. That ratio is at the largest or the smallest usable value (the float32
+        # numerator does not decrease away from c on either side), so its numerator is the
+        # larger of theirs (emv); in a lane that goes on sigma is finite and positive, and
+        # dividing distinct float32 numerators by it in float64 keeps them distinct, so the
+        # differences at that ratio are those at that numerator. It exceeds the threshold in
+        # every lane that went on (one of the two ratios did).
         for n in range(nl):
             bl[n] = 0
-            over[n] = np.float64(gmx[n]) / sgv[n] > thv[n]
+            over[n] = np.float64(emv[n]) / sgv[n] > thv[n]
         for j in range(ntot):
             aj = apl[j]
-            rj = rpl[j]
             bit = np.int64(1) << j
             for n in range(nl):
-                hit = (rj[n] == gmx[n]) & over[n]
+                a = aj[n]
+                # stcal stores |d| - c in a float32 array
+                hit = (abs(np.float32(np.float64(a) - cv[n])) == emv[n]) & over[n]
                 bl[n] |= bit * hit
-                aj[n] = nan_e if hit else aj[n]
+                aj[n] = nan_e if hit else a
         w = 0
         for n in range(nl):
             jmask[lane[n]] |= bl[n]
@@ -742,33 +734,36 @@ def _load_row(inputs, yy, rings):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_medians(erow, nints, ngroups, rnt, mrow, srow, allmid):
-    """Every pixel's signed median of its first differences (NaN-skipping) and its sigma
-    (:func:`_sigma`) across a row at once: ``mrow``/``srow`` (nx,). The differences are taken
-    in the electrons' dtype as the detections take them (their float64 values are these,
-    widened) and their middle pair found by ``allmid``, the lane function of ``ntot`` values
-    keeping every usable one (:func:`~stcal_dask.kernels._median_numba.lane_mid` with
-    ``keep_all``: a network across the pixels), averaged in float64 for an even count: the
+def _row_medians(erow, nints, ngroups, rnt, lane, nl, mrow, srow, vrow, allmid):
+    """The signed median of its first differences (NaN-skipping) and its sigma (:func:`_sigma`)
+    of the pixels ``lane[:nl]`` of a row at once, into ``mrow``/``srow`` (nx,), with ``vrow``
+    set True there. The differences are taken in the electrons' dtype as the detections take
+    them (their float64 values are these, widened), gathered lane by lane (pixels along the
+    inner loops), and their middle pair found by ``allmid``, the lane function of ``ntot``
+    values keeping every usable one (:func:`~stcal_dask.kernels._median_numba.lane_mid` with
+    ``keep_all``: a network across the lanes), averaged in float64 for an even count: the
     value of the pixel's own median, bit for bit."""
-    nx = erow.shape[1]
     nd = ngroups - 1
-    apl = np.empty((nints * nd, nx), dtype=erow.dtype)
+    apl = np.empty((nints * nd, nl), dtype=erow.dtype)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
     for i in range(nints):
         for k in range(nd):
             e1 = erow[i * ngroups + k + 1]
             e0 = erow[i * ngroups + k]
             aj = apl[i * nd + k]
-            for x in range(nx):
-                aj[x] = e1[x] - e0[x]
-    allmid(apl, spl, nx, nuse, mxv, mnv, cnt, lo, hi)
-    for x in range(nx):
-        lo64 = np.float64(lo[x])
-        m = (lo64 + np.float64(hi[x])) / 2.0 if cnt[x] > 0 else np.nan
-        m = lo64 if (cnt[x] & 1) == 1 else m
+            for n in range(nl):
+                x = lane[n]
+                aj[n] = e1[x] - e0[x]
+    allmid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
+    for n in range(nl):
+        x = lane[n]
+        lo64 = np.float64(lo[n])
+        m = (lo64 + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan
+        m = lo64 if (cnt[n] & 1) == 1 else m
         sig = math.sqrt(abs(m) + rnt[x])
         mrow[x] = m
         srow[x] = np.nan if sig == 0.0 else sig
+        vrow[x] = True
 
 
 @njit(cache=True, nogil=True, error_model="numpy", no_cpython_wrapper=True)
@@ -834,20 +829,21 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
         for x in range(nx):
             c_q[x] = False
     if quick:
+        # the pixels with a JUMP (branch-free)
+        lane = np.empty(nx, dtype=np.int64)
         n_jump = 0
         for x in range(nx):
+            lane[n_jump] = x
             n_jump += p_row[x] != 0
         if n_jump == 0:
             return
         if not is_single:
-            # every pixel's signed median and sigma across the row at once (vectorised: a
-            # median network across the pixels, as the single-pass path's), the values that
-            # the pixel's own median of its differences would give, bit for bit
-            _row_medians(erow, nints, ngroups, rnt, m_row, sq, allmid)
-            for x in range(nx):
-                v_row[x] = True
-        # (m_row, sq: every pixel's median and sigma) branch-free along the row; a pixel
-        # without JUMP is never a centre
+            # their signed medians and sigmas at once (vectorised: a median network across
+            # them, as the single-pass path's), the values that the pixel's own median of its
+            # differences would give, bit for bit
+            _row_medians(erow, nints, ngroups, rnt, lane, n_jump, m_row, sq, v_row, allmid)
+        # (m_row, sq: the median and sigma of every pixel with a JUMP) branch-free along the
+        # row; a pixel without JUMP is never a centre
         for i in range(nints):
             for k in range(nd):
                 q = i * ngroups + k + 1
