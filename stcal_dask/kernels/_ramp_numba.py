@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 from stcal_dask import dqflags
 from stcal_dask.kernels import _numba_setup  # noqa: F401  (numba set up without scipy)
@@ -108,6 +110,9 @@ class RampSettings(NamedTuple):
     chargeloss_rnoise: bool
     combined: bool
     """Slope weighting 1/(var_poisson + var_rnoise) (stcal < 1.19) instead of 1/var_rnoise."""
+    tg_reciprocal: bool
+    """The rates of the samples (float32 / TGROUP) may be computed by the reciprocal with one
+    correction (:func:`reciprocal_quotients_exact` of ``group_time`` holds)."""
 
 
 class TileTimes(NamedTuple):
@@ -123,6 +128,69 @@ class TileTimes(NamedTuple):
     """Pedestal factor ((nframes + 1) / 2 + drop_frames1) / (nframes + groupgap)."""
     sqrt2nf: float
     """sqrt(2 nframes): CDS read noise to single-read read noise (with the gain)."""
+    inv_tg: float
+    """1 / TGROUP where ``tg_reciprocal`` (:func:`_quotient`), else 0 (plain division)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# the samples' rates
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` of float64 values rounded once (LLVM's ``llvm.fma``)."""
+    if not all(t == types.float64 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(*args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@numba.njit(**_JIT, inline="always")
+def _quotient(a, b, inv_b):
+    """``a / b`` by the reciprocal ``inv_b`` = 1 / b with one correction step: the product's
+    exact remainder (an FMA) times ``inv_b`` added in one rounding (zeros as ``a * inv_b``, which
+    keeps their sign). Equal to the division only where verified
+    (:func:`reciprocal_quotients_exact`); it is several times cheaper across a row."""
+    q = a * inv_b
+    r = _fma(-q, b, a)
+    q1 = _fma(r, inv_b, q)
+    return q if a == 0.0 else q1
+
+
+@numba.njit(**_JIT)
+def reciprocal_quotients_exact(b):
+    """Whether :func:`_quotient` of every finite float32 value (widened) by ``b`` (a positive
+    float64) equals its quotient ``v / b``, bit for bit.
+
+    Every float32 significand in [1, 2) is tried (2**23 values). That covers all finite values:
+    the three roundings scale exactly with a power-of-two exponent (no product or remainder
+    comes near the float64 overflow or subnormal range from float32 inputs and a positive
+    ``b`` of moderate size, checked here), both are odd in the sign, and zeros are exact.
+    """
+    if not (b > 1.0e-30 and b < 1.0e30):
+        return False
+    inv_b = 1.0 / b
+    scale = 1.0 / 8388608.0
+    bad = 0
+    for m in range(8388608):
+        a = 1.0 + float(m) * scale
+        bad += _quotient(a, b, inv_b) != a / b
+    return bad == 0
+
+
+@numba.njit(**_JIT, inline="always")
+def _rates(drow, out, nx, tg, inv_tg):
+    """``out[x] = drow[x] / tg`` (float32 samples widened) for x < nx, by :func:`_quotient`
+    where ``inv_tg`` is not 0 (verified exact for ``tg``)."""
+    if inv_tg != 0.0:
+        for x in range(nx):
+            out[x] = _quotient(np.float64(drow[x]), tg, inv_tg)
+    else:
+        for x in range(nx):
+            out[x] = np.float64(drow[x]) / tg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -607,6 +675,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     dbuf = np.empty(ngroups, dtype=np.float64)
     starts = np.empty((1, ngroups + 1), dtype=np.int64)
     ends = np.empty((1, ngroups + 1), dtype=np.int64)
+    jl = np.empty(nx, dtype=np.int64)
     # the segments of the integrations with JUMP_DET (in integration order, from seg_at[i]):
     # their pixel; slope, length, the pixel's gain, 12 (RN / TGROUP)^2, dark and median rate;
     # their four terms (_segment_terms)
@@ -639,14 +708,12 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 bad[x] += dk[x] * np.float32(0.0)
             # each group's rate is divided once, then used by both of its differences
             if k == 0:
-                for x in range(nx):
-                    r0[x] = np.float64(dk[x]) / tg
+                _rates(dk, r0, nx, tg, times.inv_tg)
             else:
+                _rates(dk, r1, nx, tg, times.inv_tg)
                 out = mpl[k - 1]
                 for x in range(nx):
-                    rb = np.float64(dk[x]) / tg
-                    r1[x] = rb
-                    out[x] = np.nan if (qk[x] & _JUMP) != 0 else rb - r0[x]
+                    out[x] = np.nan if (qk[x] & _JUMP) != 0 else r1[x] - r0[x]
                 r0, r1 = r1, r0
             # the optimal-weighting sums of the segment of all groups (_weighted_sums)
             xval = float(k) + 0.0
@@ -683,10 +750,14 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 invden = 1.0 / den
                 sc[x] = num * invden / tg
         # the integrations with JUMP_DET (and no other bit, two unflagged groups or more):
-        # segments and their weighted sums, pixel by pixel
+        # segments and their weighted sums, pixel by pixel (their columns listed first,
+        # branch-free: where the jumps are is unpredictable)
+        nj = 0
         for x in range(nx):
-            if oi[x] == 0 or (oi[x] | _JUMP) != _JUMP or ngood[x] < 2:
-                continue
+            jl[nj] = x
+            nj += (oi[x] != 0) & ((oi[x] | _JUMP) == _JUMP) & (ngood[x] >= 2)
+        for j in range(nj):
+            x = jl[j]
             for k in range(ngroups):
                 qbuf[k] = groupdq[i, k, y, x]
                 dbuf[k] = np.float64(data[i, k, y, x])
@@ -901,7 +972,7 @@ def _pixel_row(inp, settings, times, y, wtab, sc, rate, rateints, fitopt, todo, 
     o_ped, o_crmag = fitopt.pedestal, fitopt.crmag
     suppress, save_opt = settings.suppress, settings.save_opt
     combined, chargeloss_rnoise = settings.combined, settings.chargeloss_rnoise
-    tf, tg, t1, ped_tmp, sqrt2nf = times
+    tf, tg, t1, ped_tmp, sqrt2nf, _ = times
     npers = np.uint8(~np.uint8(_PERS))
     dnu_chg = np.uint8(_DNU | _CHARGELOSS)
     max_seg_slots = o_slope.shape[1]
@@ -1202,6 +1273,7 @@ def tile_times(st):
         (float(nframes) + 1.0) * tf / 2.0,
         ((nframes + 1) / 2.0 + st.drop_frames1) / (nframes + st.groupgap),
         math.sqrt(2.0 * nframes),
+        1.0 / st.group_time if st.tg_reciprocal else 0.0,
     )
 
 
@@ -1260,7 +1332,7 @@ def row_fitters(inp, st, rate, rateints, fitopt, sc, mid):
     found = _ROW_FITTERS.get(key)
     if found is None:
         tin, tst, trate, tints, topt, tsc, tmid = key
-        times = numba.typeof(TileTimes(0.0, 0.0, 0.0, 0.0, 0.0))
+        times = numba.typeof(TileTimes(0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
         f64_3 = numba.types.Array(numba.types.float64, 3, "C")
         done = numba.types.Array(numba.types.boolean, 1, "C")
         i64 = numba.types.int64

@@ -63,6 +63,7 @@ in parallel threads); this module validates, converts and names.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -412,6 +413,7 @@ def fit_ramps_tile(
         save_opt=bool(params.save_opt),
         chargeloss_rnoise=bool(params.chargeloss_rnoise),
         combined=params.slope_weighting == "combined",
+        tg_reciprocal=_tg_reciprocal(float(np.float32(timing.group_time))),
     )
     if settings.save_opt:
         if n_segments is None or n_crmag is None:
@@ -462,6 +464,13 @@ def suppress_mode(params: RampFitParams, ngroups: int, suppressed: bool = False)
     if not effective_suppress(params, ngroups):
         return 0
     return 2 if suppressed else 1
+
+
+@functools.lru_cache(maxsize=32)
+def _tg_reciprocal(group_time: float) -> bool:
+    """Whether the kernel may take the samples' rates by the reciprocal of TGROUP (s): checked
+    once per value and process (a few ms)."""
+    return bool(_rn.reciprocal_quotients_exact(group_time))
 
 
 def _empty_rate(shape):
