@@ -475,20 +475,19 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
                        cnt, lo, hi, cv, sgv, thv, emv, go, mid)  # fmt: skip
         first = False
-        # keep the lanes that go on (most stop in round 1)
+        # keep the lanes that go on (most stop in round 1): every lane is copied to the next
+        # free place, which moves on past the lanes that go on (branch-free)
         w = 0
         for n in range(nl):
-            if go[n]:
-                if w != n:
-                    for j in range(ntot):
-                        apl[j, w] = apl[j, n]
-                    lane[w] = lane[n]
-                    rnt_l[w] = rnt_l[n]
-                    cv[w] = cv[n]
-                    sgv[w] = sgv[n]
-                    thv[w] = thv[n]
-                    emv[w] = emv[n]
-                w += 1
+            for j in range(ntot):
+                apl[j, w] = apl[j, n]
+            lane[w] = lane[n]
+            rnt_l[w] = rnt_l[n]
+            cv[w] = cv[n]
+            sgv[w] = sgv[n]
+            thv[w] = thv[n]
+            emv[w] = emv[n]
+            w += go[n]
         nl = w
         if nl == 0:
             break
@@ -736,14 +735,19 @@ def _load_row(inputs, yy, rings):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _row_medians(erow, nints, ngroups, rnt, lane, nl, mrow, srow, vrow, allmid):
     """The signed median of its first differences (NaN-skipping) and its sigma (:func:`_sigma`)
-    of the pixels ``lane[:nl]`` of a row at once, into ``mrow``/``srow`` (nx,), with ``vrow``
-    set True there. The differences are taken in the electrons' dtype as the detections take
-    them (their float64 values are these, widened), gathered lane by lane (pixels along the
-    inner loops), and their middle pair found by ``allmid``, the lane function of ``ntot``
-    values keeping every usable one (:func:`~stcal_dask.kernels._median_numba.lane_mid` with
-    ``keep_all``: a network across the lanes), averaged in float64 for an even count: the
-    value of the pixel's own median, bit for bit."""
+    of the pixels ``lane[:nl]`` of a row at once (of every pixel when they are more than half
+    the row: gathering them would cost more), into ``mrow``/``srow`` (nx,), with ``vrow`` set
+    True there. The differences are taken in the electrons' dtype as the detections take them
+    (their float64 values are these, widened), pixels along the inner loops, and their middle
+    pair found by ``allmid``, the lane function of ``ntot`` values keeping every usable one
+    (:func:`~stcal_dask.kernels._median_numba.lane_mid` with ``keep_all``: a network across
+    the lanes), averaged in float64 for an even count: the value of the pixel's own median,
+    bit for bit."""
     nd = ngroups - 1
+    nx = erow.shape[1]
+    dense = 2 * nl > nx
+    if dense:
+        nl = nx
     apl = np.empty((nints * nd, nl), dtype=erow.dtype)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
     for i in range(nints):
@@ -751,12 +755,16 @@ def _row_medians(erow, nints, ngroups, rnt, lane, nl, mrow, srow, vrow, allmid):
             e1 = erow[i * ngroups + k + 1]
             e0 = erow[i * ngroups + k]
             aj = apl[i * nd + k]
-            for n in range(nl):
-                x = lane[n]
-                aj[n] = e1[x] - e0[x]
+            if dense:
+                for n in range(nl):
+                    aj[n] = e1[n] - e0[n]
+            else:
+                for n in range(nl):
+                    x = lane[n]
+                    aj[n] = e1[x] - e0[x]
     allmid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
-        x = lane[n]
+        x = n if dense else lane[n]
         lo64 = np.float64(lo[n])
         m = (lo64 + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan
         m = lo64 if (cnt[n] & 1) == 1 else m
@@ -843,16 +851,24 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
             # differences would give, bit for bit
             _row_medians(erow, nints, ngroups, rnt, lane, n_jump, m_row, sq, v_row, allmid)
         # (m_row, sq: the median and sigma of every pixel with a JUMP) branch-free along the
-        # row; a pixel without JUMP is never a centre
+        # row, or only at the pixels with a JUMP where they are at most half the row (the
+        # centre flags are False elsewhere); a pixel without JUMP is never a centre
+        dense = 2 * n_jump > nx
         for i in range(nints):
             for k in range(nd):
                 q = i * ngroups + k + 1
                 c_q = crow[q]
                 g_q = grow[q]
                 d_j = drow[i * nd + k]
-                for x in range(nx):
-                    r0 = abs(d_j[x] - m_row[x]) / sq[x]
-                    c_q[x] = ((g_q[x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
+                if dense:
+                    for x in range(nx):
+                        r0 = abs(d_j[x] - m_row[x]) / sq[x]
+                        c_q[x] = ((g_q[x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
+                else:
+                    for n in range(n_jump):
+                        x = lane[n]
+                        r0 = abs(d_j[x] - m_row[x]) / sq[x]
+                        c_q[x] = ((g_q[x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
         return
     for x in range(nx):
         if p_row[x] == 0:
