@@ -9,7 +9,9 @@ out.
 
 Detection on the iterative path (fewer differences per pixel than ``min_diffs_single_pass``:
 the usual JWST case) runs across the pixels of a row at once (:func:`_iterative_row`): round 1
-over the whole row, the ratios and later rounds only over the pixels still going on, with
+over the whole row, the flags and later rounds only over the pixels still going on (a round's
+largest ratio is that of its largest or smallest value, and the differences at it are found by
+their float32 numerators, no ratio divided out per difference), with
 branch-free loops that the compiler vectorises, and the clipped medians from sorting networks
 run across pixels (straight-line ones in registers up to 12 differences, the lane function
 :func:`~stcal_dask.kernels._median_numba.lane_mid` of the pixels' count of differences,
@@ -389,8 +391,9 @@ def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, 
     values that the scalar path sorts are exactly these, widened), and the median of the
     first ``m`` sorted values is ``(s[(m - 1) // 2] + s[m // 2]) / 2`` in float64, which for
     odd ``m`` is ``s[m // 2]`` exactly. Sets ``cv`` (the centre, rounded to float32 unless
-    ``first``), ``sgv`` (sigma), ``thv`` (threshold) and ``go`` (the round goes on to the
-    ratios). ``mid`` is the lane function of ``ntot`` values clipping the maximum
+    ``first``), ``sgv`` (sigma), ``thv`` (threshold), ``emv`` (float32: the larger numerator
+    ``|f32(a - c)|`` of the largest and the smallest value, that of the largest ratio) and
+    ``go`` (the round goes on to the flags). ``mid`` is the lane function of ``ntot`` values clipping the maximum
     (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
     """
     mid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
@@ -441,7 +444,7 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     loops: ``jmask[x]`` gets bit ``j`` for each difference ``j`` that :func:`_detect_pixel`
     would flag JUMP (in its later group), ``dpl[j, x]`` the float64 differences.
 
-    Round 1 runs across the whole row; the ratios and every later round only across the
+    Round 1 runs across the whole row; the flags and every later round only across the
     pixels still going on (compacted). ``erow`` (nints * ngroups, nx) electrons, ``rnt``
     (nx,) the read-noise terms, ``mid`` the lane function of ``ntot`` values in the electrons'
     dtype (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
