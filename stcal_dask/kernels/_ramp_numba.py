@@ -16,15 +16,22 @@ Speed: flag-free integrations skip the segment search; the median of the first d
 the branch-free median networks shared with the jump kernel
 (:func:`stcal_dask.kernels._median_numba.median_prefix`); the fitopt-only quantities of a
 segment (sigslope, yint, sigyint) are computed only when the fitopt product is asked for.
+Divisions bound the row-wise fit (the divider is slow and, on a busy core, shared): the
+samples' rates (float32 / TGROUP, the bulk of them) are taken by the reciprocal of TGROUP with
+one FMA correction (:func:`_quotient`) where an exhaustive check over the float32 significands
+(:func:`reciprocal_quotients_exact`) shows it equal to the division for that TGROUP; every
+other quotient is a division, as stcal's.
 
 Layout: rows are visited in order. The pixels of a row that need none of the flag rules but
 the JUMP_DET segmentation (no group DQ bit but JUMP_DET, two unflagged groups or more per
 integration, a positive gain, no DO_NOT_USE/SATURATED pixel DQ, finite samples; 2..33 groups;
 not with ``save_opt``) are fitted first, all together (:func:`_lane_row`: loops over pixels
-innermost, the median rate from the lane medians of
-:func:`~stcal_dask.kernels._median_numba.lane_mid`, segments found pixel by pixel), with the
-same operations in the same order as the per-pixel code. The other pixels are visited in C
-order (:func:`_pixel_row`); a pixel's (nints, ngroups) samples are read straight from the cube
+innermost, one pass over each integration's groups for the flag tests, the first differences
+and the one-segment sums, the median rate from the lane medians of
+:func:`~stcal_dask.kernels._median_numba.lane_mid`, JUMP_DET segments found and summed pixel by
+pixel: tried across the lanes, that was slower), with the same operations in the same order as
+the per-pixel code. The other pixels, listed, are visited in C order (:func:`_pixel_row`, not
+called for a row without any); a pixel's (nints, ngroups) samples are read straight from the cube
 into a small per-pixel scratch (:class:`PixelScratch`): nints * ngroups sequential streams, one
 per group plane, which is faster than first transposing each row into a pixel-major buffer.
 Memory besides the outputs is O(nx * nints * ngroups).
@@ -1288,7 +1295,8 @@ def fit_tile_core(inp, st, rate, rateints, fitopt, sc, mid, lane_row, pixel_row,
     ramps.
 
     Row by row: first the pixels with no flag but JUMP_DET together (``lane_row``:
-    :func:`_lane_row`), then the others one at a time (``pixel_row``: :func:`_pixel_row`); both
+    :func:`_lane_row`), then the others, listed, one at a time (``pixel_row``:
+    :func:`_pixel_row`, only for a row with such pixels); both
     are function-pointer arguments (:func:`row_fitters`), compiled apart from this function
     and from each other. ``mid`` is the float64 lane function
     (:func:`~stcal_dask.kernels._median_numba.lane_mid`) of ``ngroups - 1`` values keeping every
