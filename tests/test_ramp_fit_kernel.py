@@ -860,14 +860,14 @@ def _mixed_clean_tile(nints, ngroups, seed):
     return data, gdq, pdq, gain, rn, dark
 
 
-@pytest.mark.parametrize("nints, ngroups", [(1, 2), (2, 2), (1, 3), (3, 4), (1, 10), (2, 13),
-                                            (1, 14), (1, 33), (1, 34)])  # fmt: skip
+@pytest.mark.parametrize("nints, ngroups", [(1, 2), (2, 2), (1, 3), (3, 4), (6, 5), (1, 10),
+                                            (2, 13), (1, 14), (1, 33), (1, 34)])  # fmt: skip
 @pytest.mark.parametrize("weighting", ["readnoise", "combined"])
 def test_flag_free_pixels_row_wise_equal_pixel_by_pixel(nints, ngroups, weighting):
     """Pixels with no flag but JUMP_DET are fitted a row at a time (not with ``save_opt``,
     whose extra products only the pixel-by-pixel code makes); both give the same rate and
     rateints bit for bit, on every kind of pixel and shape (up to 33 groups row-wise, 34 pixel
-    by pixel)."""
+    by pixel; with many integrations, the row-wise list of JUMP_DET segments grows)."""
     data, gdq, pdq, gain, rn, dark = _mixed_clean_tile(nints, ngroups, seed=nints * 100 + ngroups)
     timing = RampTiming(10.6, 21.2, 2)
     out = {}
