@@ -684,11 +684,14 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     ends = np.empty((1, ngroups + 1), dtype=np.int64)
     jl = np.empty(nx, dtype=np.int64)
     # the segments of the integrations with JUMP_DET (in integration order, from seg_at[i]):
-    # their pixel; slope, length, the pixel's gain, 12 (RN / TGROUP)^2, dark and median rate
-    # (grown as needed: at most ngroups // 2 segments per pixel and integration)
-    nslot = max(1, ngroups // 2)
-    f_x = np.empty(nx * nslot, dtype=np.int64)
-    fin = np.empty((nx * nslot, 6), dtype=np.float64)
+    # their pixel; slope, length, the pixel's gain, 12 (RN / TGROUP)^2, dark and median rate;
+    # their four terms (_segment_terms). Room for ngroups // 2 per pixel and integration, of
+    # which only the used part is ever touched (growing the list as needed instead doubled
+    # this function's compile time)
+    cap = nints * nx * max(1, ngroups // 2)
+    f_x = np.empty(cap, dtype=np.int64)
+    fin = np.empty((cap, 6), dtype=np.float64)
+    tout = np.empty((cap, 4), dtype=np.float64)
     seg_at = np.zeros(nints + 1, dtype=np.int64)
     nseg = 0
     for i in range(nints):
@@ -762,15 +765,6 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         for x in range(nx):
             jl[nj] = x
             nj += (oi[x] != 0) & ((oi[x] | _JUMP) == _JUMP) & (ngood[x] >= 2)
-        need = nseg + nj * nslot
-        if need > f_x.shape[0]:
-            grown = max(need, 2 * f_x.shape[0])
-            f_x2 = np.empty(grown, dtype=np.int64)
-            fin2 = np.empty((grown, 6), dtype=np.float64)
-            f_x2[:nseg] = f_x[:nseg]
-            fin2[:nseg] = fin[:nseg]
-            f_x = f_x2
-            fin = fin2
         for j in range(nj):
             x = jl[j]
             for k in range(ngroups):
@@ -811,8 +805,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     for j in range(nseg):
         fin[j, 5] = mrate[f_x[j]]
     # the JUMP_DET segments' variances and inverses across the list (one array in, one out:
-    # vectorised): their four terms (_segment_terms)
-    tout = np.empty((nseg, 4), dtype=np.float64)
+    # vectorised)
     for j in range(nseg):
         tr, tp, te, tn = _segment_terms(fin[j, 0], fin[j, 1], fin[j, 2], fin[j, 3],
                                         fin[j, 4], fin[j, 5], tg, combined)  # fmt: skip
