@@ -867,7 +867,7 @@ def test_flag_free_pixels_row_wise_equal_pixel_by_pixel(nints, ngroups, weightin
     """Pixels with no flag but JUMP_DET are fitted a row at a time (not with ``save_opt``,
     whose extra products only the pixel-by-pixel code makes); both give the same rate and
     rateints bit for bit, on every kind of pixel and shape (up to 33 groups row-wise, 34 pixel
-    by pixel; with many integrations, the row-wise list of JUMP_DET segments grows)."""
+    by pixel; six integrations: a long row-wise list of JUMP_DET segments)."""
     data, gdq, pdq, gain, rn, dark = _mixed_clean_tile(nints, ngroups, seed=nints * 100 + ngroups)
     timing = RampTiming(10.6, 21.2, 2)
     out = {}
