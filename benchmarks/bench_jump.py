@@ -105,8 +105,10 @@ def child_ours(d: Path, nframes: int, group_time: float, case: str = "plain") ->
         import scipy.signal  # noqa: F401
         import skimage.draw  # noqa: F401
         import skimage.measure  # noqa: F401
-    # warm up numba (loads the on-disk cache or compiles) on a tiny array
-    tiny = np.zeros((1, 4, 3, 3), np.float32)
+    # warm up numba (loads the on-disk cache or compiles) on a tiny array of the frame's
+    # (nints, ngroups): the lane medians are compiled per count of differences
+    nints, ngroups = np.load(d / "data.npy", mmap_mode="r").shape[:2]
+    tiny = np.zeros((nints, ngroups, 3, 3), np.float32)
     ones = np.ones((3, 3), np.float32)
     detect_jumps(tiny, np.zeros(tiny.shape, np.uint8), np.zeros((3, 3), np.uint32), ones, ones,
                  params=params, nframes=1)  # fmt: skip
