@@ -796,7 +796,8 @@ def drizzle_tile(
     limit_threads()
     lean_memory()  # large temporaries are given back when freed
     out_shape = output_shape(out_wcs)
-    out_wcs = al.without_bounding_box(out_wcs)
+    # (a map computed here goes through al.pixel_mapper, which leaves the output's bounding box
+    # out itself: no copy of the output WCS per tile)
     state = _TileState(job, params, len(exposures), variances, out_shape)
     good_bits = params.good_bits_int
     regions = dict(job.regions)
@@ -916,26 +917,40 @@ _COMBINE_ROWS = 64
 
 def _combine_variances(state: _TileState, exp, drizzled: dict, params, box) -> None:
     """Add one input's drizzled standard deviations (``drizzled``: name -> the ``box`` of the
-    tile) into the tile's weighted variance sums, as stcal's ``resample_variance_arrays``."""
+    tile) into the tile's weighted variance sums, as stcal's ``resample_variance_arrays``.
+
+    The same arithmetic on the pixels stcal updates (a finite, non-negative variance and a
+    positive weight): the float32 squares, the float64 weight (ivm: the float32 reciprocal of
+    the read-noise variance), the float64 term ``var * w * w`` added to the float32 sum, each
+    taken as 0 where it is NaN (stcal's ``nansum`` of the pair: the same sum, one rounding to
+    float32), and ``w`` added to the float32 weight sum (in float64, one rounding). Computed on
+    the whole block and stored where stcal updates (``np.copyto``): a few dense passes instead
+    of gathering and scattering those pixels (several times slower per pixel)."""
     driz_var = {name: img ** 2 for name, img in drizzled.items()}
-    tshape = driz_var[next(iter(driz_var))].shape
+    shape = next(iter(driz_var.values())).shape
     if params.weight_type == "ivm":
         rn = driz_var.get("var_rnoise")
-        weight = np.zeros(tshape)
-        if rn is not None:
-            mask = (rn > 0) & np.isfinite(rn)
-            weight[mask] = np.reciprocal(rn[mask])
+        if rn is None:
+            return  # zero weight everywhere: stcal updates no pixel
+        good = (rn > 0) & np.isfinite(rn)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weight = np.where(good, np.reciprocal(rn), np.float32(0)).astype(np.float64)
     else:
         t = exp.measurement_time if exp.measurement_time is not None else exp.exposure_time
-        weight = np.full(tshape, t)
+        weight = np.full(shape, t, dtype=np.float64)
+    positive = weight > 0
     for name, v in driz_var.items():
-        wsum = state.var[name]["wsum"][box]  # views: the masked assignments write through
+        update = (v >= 0) & np.isfinite(v) & positive
+        wsum = state.var[name]["wsum"][box]  # views: np.copyto writes through
         wt = state.var[name]["wt"][box]
-        mask = (v >= 0) & np.isfinite(v) & (weight > 0)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            wsum[mask] = np.nansum([wsum[mask], v[mask] * weight[mask] * weight[mask]], axis=0)
-        wt[mask] += weight[mask]
+        with np.errstate(all="ignore"):
+            term = v * weight * weight
+            term[np.isnan(term)] = 0.0
+            total = wsum.astype(np.float64)
+            total[np.isnan(total)] = 0.0
+            total += term
+            np.copyto(wsum, total, casting="same_kind", where=update)
+            np.copyto(wt, wt + weight, casting="same_kind", where=update)
 
 
 def _finish(state: _TileState, params, psr: float, variances) -> dict[str, np.ndarray]:
