@@ -323,7 +323,9 @@ def _build_pipelined(paths, out_wcs, partial, params, client, tile, output_pixel
     from stcal_dask.io.zarr_chunks import consolidate_store
 
     n = len(paths)
-    wcs_future = client.scatter(out_wcs, broadcast=True)
+    # a key of its own (hash=False): a key hashed from the WCS would be the one of an equal WCS
+    # scattered by an earlier mosaic on this client, whose release may still be under way
+    wcs_future = client.scatter(out_wcs, broadcast=True, hash=False)
     index = client.map(index_input, paths, range(n), [wcs_future] * n,
                        key=[f"mosaic-index-{i}-{token}" for i in range(n)], pure=False)
     Path(pixmaps).mkdir()
