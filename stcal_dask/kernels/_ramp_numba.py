@@ -716,14 +716,12 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
             for x in range(nx):
                 bad[x] += dk[x] * np.float32(0.0)
             # each group's rate is divided once, then used by both of its differences
-            if k == 0:
-                _rates(dk, r0, nx, tg, times.inv_tg)
-            else:
-                _rates(dk, r1, nx, tg, times.inv_tg)
+            _rates(dk, r1, nx, tg, times.inv_tg)
+            if k > 0:
                 out = mpl[k - 1]
                 for x in range(nx):
                     out[x] = np.nan if (qk[x] & _JUMP) != 0 else r1[x] - r0[x]
-                r0, r1 = r1, r0
+            r0, r1 = r1, r0
             # the optimal-weighting sums of the segment of all groups (_weighted_sums)
             xval = float(k) + 0.0
             w0, w1, w2 = wtab[0, ngroups, k], wtab[1, ngroups, k], wtab[2, ngroups, k]
