@@ -393,8 +393,8 @@ def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, 
     odd ``m`` is ``s[m // 2]`` exactly. Sets ``cv`` (the centre, rounded to float32 unless
     ``first``), ``sgv`` (sigma), ``thv`` (threshold), ``emv`` (float32: the larger numerator
     ``|f32(a - c)|`` of the largest and the smallest value, that of the largest ratio) and
-    ``go`` (the round goes on to the flags). ``mid`` is the lane function of ``ntot`` values clipping the maximum
-    (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
+    ``go`` (the round goes on to the flags). ``mid`` is the lane function of ``ntot`` values
+    clipping the maximum (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
     """
     mid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
