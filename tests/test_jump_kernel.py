@@ -667,6 +667,29 @@ def test_network_median_matches_numpy():
             np.testing.assert_equal(nb._median_prefix(buf, n), np.median(v))
 
 
+def _add_edge_pixels(data, gdq, rn):
+    """Edge cases written into seeded ramps (in place): row 0 has no usable difference, row 1
+    at most one usable group, row 2 a median of 0 with zero read noise (sigma NaN)."""
+    gdq[:, :, 0, :5] = DNU
+    gdq[:, 1:, 1, :5] = SAT
+    rn[2, :3] = 0.0
+    data[:, :, 2, :3] = 0.0
+
+
+def _rows_equal_pixels(data, gdq, gain, rn, params, path):
+    """Run ``path`` across rows and pixel by pixel, assert the flags and primary counts are
+    equal, and return the row-wise result."""
+    from stcal_dask.kernels.jump import _run_frame
+
+    reset = np.zeros(data.shape[:2], bool)
+    row = _run_frame(data, gdq, gain, rn, params=params, path=path, reset=reset)
+    pix = _run_frame(data, gdq, gain, rn, params=params, path=path, reset=reset,
+                     rowwise=False)  # fmt: skip
+    np.testing.assert_array_equal(row[0], pix[0])
+    np.testing.assert_array_equal(row[1], pix[1])
+    return row
+
+
 @pytest.mark.parametrize(
     "nints, ngroups, dtype",
     [(1, 3, np.float32), (2, 3, np.float32), (1, 11, np.float32), (1, 12, np.float32),
@@ -679,25 +702,15 @@ def test_single_pass_rows_equal_the_pixel_by_pixel_path(nints, ngroups, dtype):
     jumps, on seeded ramps with NaN/inf data, SATURATED and DO_NOT_USE groups, pixels with no
     or one usable difference, zero read noise and neighbour flagging between limits; beyond 64
     differences both run pixel by pixel."""
-    from stcal_dask.kernels.jump import _run_frame
-
     rng = np.random.default_rng(7 * ngroups + nints)
     ny, nx = 9, 41
     data, gdq, gain, rn = rough_ramps(rng, (nints, ngroups, ny, nx), dtype=dtype,
                                       jumps=((0.05, 400.0), (0.03, -300.0), (0.03, 60.0)))
-    gdq[:, :, 0, :5] = DNU  # no usable difference
-    gdq[:, 1:, 1, :5] = SAT  # at most one group usable
-    rn[2, :3] = 0.0
-    data[:, :, 2, :3] = 0.0  # median 0 and read noise 0: sigma NaN
+    _add_edge_pixels(data, gdq, rn)
     params = JumpParams(min_diffs_single_pass=1, min_jump_to_flag_neighbors=5.0,
                         max_jump_to_flag_neighbors=200.0)  # fmt: skip
     assert detect_jumps_globals(data, gdq, gain, params=params).path == "single"
-    reset = np.zeros((nints, ngroups), bool)
-    row = _run_frame(data, gdq, gain, rn, params=params, path="single", reset=reset)
-    pix = _run_frame(data, gdq, gain, rn, params=params, path="single", reset=reset,
-                     rowwise=False)  # fmt: skip
-    np.testing.assert_array_equal(row[0], pix[0])
-    np.testing.assert_array_equal(row[1], pix[1])
+    row = _rows_equal_pixels(data, gdq, gain, rn, params, "single")
     assert (row[0] & JUMP).any()
 
 
@@ -713,26 +726,16 @@ def test_iterative_rows_equal_the_pixel_by_pixel_path(nints, ngroups, dtype):
     flags, with the same primary counts, on seeded ramps with many tied differences, NaN/inf
     data, SATURATED and DO_NOT_USE groups, zero read noise and many jumps per pixel (several
     rounds), with neighbour flagging between limits."""
-    from stcal_dask.kernels.jump import _run_frame
-
     rng = np.random.default_rng(11 * ngroups + nints)
     ny, nx = 12, 37
     data, gdq, gain, rn = rough_ramps(rng, (nints, ngroups, ny, nx), dtype=dtype,
                                       jumps=((0.2, 400.0), (0.1, -300.0), (0.1, 63.0),
                                              (0.05, 1e30)))  # fmt: skip
-    gdq[:, :, 0, :5] = DNU  # no usable difference
-    gdq[:, 1:, 1, :5] = SAT  # at most one group usable
-    rn[2, :3] = 0.0
-    data[:, :, 2, :3] = 0.0  # median 0 and read noise 0: sigma NaN
+    _add_edge_pixels(data, gdq, rn)
     params = JumpParams(min_jump_to_flag_neighbors=5.0, max_jump_to_flag_neighbors=200.0,
                         min_diffs_single_pass=1000)
     assert detect_jumps_globals(data, gdq, gain, params=params).path == "iterative"
-    reset = np.zeros((nints, ngroups), bool)
-    row = _run_frame(data, gdq, gain, rn, params=params, path="iterative", reset=reset)
-    pix = _run_frame(data, gdq, gain, rn, params=params, path="iterative", reset=reset,
-                     rowwise=False)  # fmt: skip
-    np.testing.assert_array_equal(row[0], pix[0])
-    np.testing.assert_array_equal(row[1], pix[1])
+    row = _rows_equal_pixels(data, gdq, gain, rn, params, "iterative")
     assert (row[1] > 1).any() or nints * (ngroups - 1) < 4  # flagged in several rounds
 
 
