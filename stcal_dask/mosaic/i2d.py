@@ -105,7 +105,7 @@ def map_input(indexed: tuple, out_wcs, path: str):
                 & (ob[:, 3] >= -m) & (ob[:, 2] <= nx - 1 + m))
         if not near.any():
             return None
-    exp = exp._replace(clip=reach[4] if len(reach) > 4 else None)
+    exp = exp._replace(clip=reach.clip)
     return rs.write_pixmap(exp, out_wcs, path)
 
 
