@@ -28,12 +28,14 @@ integration, a positive gain, no DO_NOT_USE/SATURATED pixel DQ, finite samples; 
 not with ``save_opt``) are fitted first, all together (:func:`_lane_row`: loops over pixels
 innermost, one pass over each integration's groups for the flag tests, the first differences
 and the one-segment sums, the median rate from the lane medians of
-:func:`~stcal_dask.kernels._median_numba.lane_mid`, JUMP_DET segments found and summed pixel by
-pixel: tried across the lanes, that was slower), with the same operations in the same order as
-the per-pixel code. The other pixels, listed, are visited in C order (:func:`_pixel_row`, not
-called for a row without any); a pixel's (nints, ngroups) samples are read straight from the cube
-into a small per-pixel scratch (:class:`PixelScratch`): nints * ngroups sequential streams, one
-per group plane, which is faster than first transposing each row into a pixel-major buffer.
+:func:`~stcal_dask.kernels._median_numba.lane_mid`; the JUMP_DET segments found from bit masks
+of the unflagged groups, listed, and summed segment by segment sorted by length and weighting
+exponent, :func:`_jump_lanes`: summed across the lanes group by group instead, that was
+slower), with the same operations in the same order as the per-pixel code. The other
+pixels, listed, are visited in C order (:func:`_pixel_row`, not called for a row without any);
+a pixel's (nints, ngroups) samples are read straight from the cube into a small per-pixel
+scratch (:class:`PixelScratch`): nints * ngroups sequential streams, one per group plane, which
+is faster than first transposing each row into a pixel-major buffer.
 Memory besides the outputs is O(nx * nints * ngroups).
 """
 
@@ -44,6 +46,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
@@ -582,26 +585,141 @@ def _segment_terms(slope, seglen, g, rnum12, dark, mrate, tg, combined):
     return 1.0 / vrs, ip if vps > 0.0 else 0.0, 1.0 / ves, slope / (ves if combined else vrs)
 
 
-@numba.njit(**_JIT, inline="always")
-def _jump_segments(q, ngroups, starts, ends):
-    """:func:`_segments` of an integration whose group DQ ``q[:ngroups]`` has no bit but
-    JUMP_DET and at least two groups without it, branch-free (where the jumps are is
-    unpredictable): a segment per run of unflagged groups, starting one group early after a
-    JUMP_DET group; the only possible one-group segment, ``[0, 1)``, is dropped (a longer one
-    exists). Returns ``(first, n)``: the kept segments are ``starts/ends[0, first:n]``."""
-    n_s = 0
-    n_e = 0
-    for g in range(ngroups):
-        good = q[g] == 0
-        prev = g > 0 and q[g - 1] == 0
-        nxt = g + 1 < ngroups and q[g + 1] == 0
-        starts[0, n_s] = g - (g > 0)
-        n_s += good & (not prev)
-        ends[0, n_e] = g + 1
-        n_e += good & (not nxt)
-    first = (starts[0, 0] == 0) & (ends[0, 0] == 1)
-    return np.int64(first), n_s
+@intrinsic
+def _ctz(typingctx, v):
+    """The number of trailing zero bits of a uint64 (LLVM's ``cttz``; 64 for 0)."""
+    if v != types.uint64:
+        return None
 
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.uint64(types.uint64), codegen
+
+
+@numba.njit(**_JIT)
+def _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab, sc_r, sc_t,
+                lst, lst2, s_st, s_key, bkt, perm, f_x, fin, nseg):
+    """The JUMP_DET segments of integration ``i`` of row ``y`` for :func:`_lane_row`: of the
+    pixels ``jl[:nj]`` (group DQ bits JUMP_DET only, two unflagged groups or more; ``good[x]``:
+    bit g set where group g is unflagged), appended to the segment list from ``nseg``
+    (``f_x`` the pixel, ``fin[:, 0:5]`` slope, length, gain, 12 (RN / TGROUP)^2, dark): every
+    pixel's first segment, then the second ones, and so on (a pixel's in their order). Returns
+    the new length of the list.
+
+    The segments are those of :func:`_segments` and their slopes those of
+    :func:`_fit_segment` (the same operations on the same values in the same order), without
+    branches that depend on where the jumps are: (1) from the bit masks, the runs of
+    unflagged groups (their first and last groups as bits; a run not at group 0 starts one
+    group earlier, a one-group run at group 0 -- the segment [0, 1) -- is dropped), taken
+    lowest first (``_ctz``), ordinal by ordinal over the pixels that have one more (``lst``,
+    ``lst2``: positions in ``jl``; ``sc_r``, ``sc_t`` the runs' bits not yet taken); (2) each
+    segment's exponent of the optimal weighting (its first and last samples) and length, and
+    the difference of those samples (the slope of a two-group segment); (3) the segments of
+    three groups or more sorted by length and exponent (a counting sort, ``s_key``, ``bkt``,
+    ``perm``), so that their weighted sums (:func:`_weighted_sums`) run with the same weights
+    and number of samples segment after segment (no mispredicted loop exits); (4) the slopes.
+    ``s_st``, ``s_key``, ``perm``: room for ``nj * (ngroups // 2)`` entries; ``bkt``:
+    ``6 * (ngroups + 1) + 1``.
+    """
+    ngroups = data.shape[1]
+    nk = 6 * (ngroups + 1)
+    first_at = nseg
+    # (1) the runs, then the segments ordinal by ordinal
+    for j in range(nj):
+        gm = good[jl[j]]
+        lone0 = (gm & np.uint64(3)) == np.uint64(1)
+        keep = ~np.uint64(lone0)
+        sc_r[j] = gm & ~(gm << np.uint64(1)) & keep
+        sc_t[j] = gm & ~(gm >> np.uint64(1)) & keep
+        lst[j] = j
+    nl = nj
+    lanes, spare = lst, lst2
+    while nl > 0:
+        m = 0
+        for jj in range(nl):
+            j = lanes[jj]
+            r = sc_r[j]
+            t = sc_t[j]
+            st = np.int64(_ctz(r))
+            f_x[nseg] = jl[j]
+            s_st[nseg - first_at] = st - (st > 0)
+            fin[nseg, 1] = float(np.int64(_ctz(t)) + 1 - (st - (st > 0)))
+            nseg += 1
+            r &= r - np.uint64(1)
+            sc_r[j] = r
+            sc_t[j] = t & (t - np.uint64(1))
+            spare[m] = j
+            m += r != 0
+        lanes, spare = spare, lanes
+        nl = m
+    # (2) each segment's exponent and the difference of its first and last samples (a
+    # two-group segment's slope, times TGROUP); the sort key: length and exponent, 0 for two
+    # groups
+    for n in range(first_at, nseg):
+        x = f_x[n]
+        st = s_st[n - first_at]
+        ln = np.int64(fin[n, 1])
+        first = np.float64(data[i, st, y, x])
+        last = np.float64(data[i, st + ln - 1, y, x])
+        p = np.int64(_lane_power_index(first, last, rn_l[x], g_l[x]))
+        fin[n, 0] = last - first
+        s_key[n - first_at] = (ln * 6 + p) if ln > 2 else 0
+    # (3) the segments of three groups or more, listed (``s_idx``, allocated here: one more
+    # array in :func:`_lane_row` moved its others and slowed its loops), then sorted by their
+    # key (a counting sort, ``perm``)
+    s_idx = np.empty(nseg - first_at, dtype=np.int64)
+    m = 0
+    for n in range(nseg - first_at):
+        s_idx[m] = n
+        m += s_key[n] != 0
+    for k in range(nk + 1):
+        bkt[k] = 0
+    for idx in range(m):
+        bkt[s_key[s_idx[idx]] + 1] += 1
+    for k in range(nk):
+        bkt[k + 1] += bkt[k]
+    for idx in range(m):
+        n = s_idx[idx]
+        k = s_key[n]
+        perm[bkt[k]] = n
+        bkt[k] += 1
+    # ... and their weighted sums (_weighted_sums) and slopes (times TGROUP), key by key
+    # (bkt[k] is now the end of key k's entries)
+    for k in range(6 * 3, nk):
+        ln = k // 6
+        wrow = wtab[k % 6, ln]
+        for idx in range(bkt[k - 1], bkt[k]):
+            n = perm[idx] + first_at
+            x = f_x[n]
+            st = s_st[n - first_at]
+            invrn2 = irn2[x]
+            sumw = 0.0
+            sumx = 0.0
+            sumxx = 0.0
+            sumy = 0.0
+            sumxy = 0.0
+            for kk in range(ln):
+                w = wrow[kk] * invrn2
+                xval = float(kk) + float(st)
+                v = np.float64(data[i, st + kk, y, x])
+                xwt = xval * w
+                sumw += w
+                sumx += xwt
+                sumxx += xval * xwt
+                sumy += v * w
+                sumxy += v * xwt
+            num = sumw * sumxy - sumx * sumy
+            invden = 1.0 / (sumw * sumxx - sumx * sumx)
+            fin[n, 0] = num * invden
+    # (4) the slopes, and the other columns of the list
+    for n in range(first_at, nseg):
+        x = f_x[n]
+        fin[n, 0] = fin[n, 0] / tg
+        fin[n, 2] = g_l[x]
+        fin[n, 3] = rn12[x]
+        fin[n, 4] = dk_l[x]
+    return nseg
 
 @numba.njit(**_ROW_JIT)
 def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
@@ -678,11 +796,19 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     sums = np.empty((5, nx), dtype=np.float64)
     sw, sx, sxx, sy, sxy = sums[0], sums[1], sums[2], sums[3], sums[4]
 
-    qbuf = np.empty(ngroups, dtype=np.uint8)
-    dbuf = np.empty(ngroups, dtype=np.float64)
-    starts = np.empty((1, ngroups + 1), dtype=np.int64)
-    ends = np.empty((1, ngroups + 1), dtype=np.int64)
     jl = np.empty(nx, dtype=np.int64)
+    # the JUMP_DET segmentation (_jump_lanes): per pixel, bit g set where group g is unflagged;
+    # scratch of at most ngroups // 2 segments per pixel
+    good = np.empty(nx, dtype=np.uint64)
+    sc_r = np.empty(nx, dtype=np.uint64)
+    sc_t = np.empty(nx, dtype=np.uint64)
+    lst = np.empty(nx, dtype=np.int64)
+    lst2 = np.empty(nx, dtype=np.int64)
+    nrow = nx * max(1, ngroups // 2)
+    s_st = np.empty(nrow, dtype=np.int64)
+    s_key = np.empty(nrow, dtype=np.int64)
+    perm = np.empty(nrow, dtype=np.int64)
+    bkt = np.empty(6 * (ngroups + 1) + 1, dtype=np.int64)
     # the segments of the integrations with JUMP_DET (in integration order, from seg_at[i]):
     # their pixel; slope, length, the pixel's gain, 12 (RN / TGROUP)^2, dark and median rate;
     # their four terms (_segment_terms). Room for ngroups // 2 per pixel and integration, of
@@ -693,6 +819,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     fin = np.empty((cap, 6), dtype=np.float64)
     tout = np.empty((cap, 4), dtype=np.float64)
     seg_at = np.zeros(nints + 1, dtype=np.int64)
+    seg1_at = np.zeros(nints, dtype=np.int64)
     nseg = 0
     for i in range(nints):
         d0 = data[i, 0, y]
@@ -703,6 +830,7 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         for x in range(nx):
             oi[x] = 0
             ngood[x] = 0
+            good[x] = 0
         sums[:] = 0.0
         # one pass over the groups; simple loops, each writing one array, so that they
         # vectorise
@@ -713,6 +841,8 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 oi[x] |= qk[x]
             for x in range(nx):
                 ngood[x] += np.uint8(qk[x] == 0)
+            for x in range(nx):
+                good[x] |= np.uint64(qk[x] == 0) << np.uint64(k)
             for x in range(nx):
                 bad[x] += dk[x] * np.float32(0.0)
             # each group's rate is divided once, then used by both of its differences
@@ -757,37 +887,17 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 invden = 1.0 / den
                 sc[x] = num * invden / tg
         # the integrations with JUMP_DET (and no other bit, two unflagged groups or more):
-        # segments and their weighted sums, pixel by pixel (their columns listed first,
+        # their segments and slopes, listed (_jump_lanes; their columns listed first,
         # branch-free: where the jumps are is unpredictable)
         nj = 0
         for x in range(nx):
             jl[nj] = x
             nj += (oi[x] != 0) & ((oi[x] | _JUMP) == _JUMP) & (ngood[x] >= 2)
-        for j in range(nj):
-            x = jl[j]
-            for k in range(ngroups):
-                qbuf[k] = groupdq[i, k, y, x]
-                dbuf[k] = np.float64(data[i, k, y, x])
-            first, nk = _jump_segments(qbuf, ngroups, starts, ends)
-            g = g_l[x]
-            for s in range(first, nk):
-                sg = starts[0, s]
-                ln = ends[0, s] - sg
-                f_x[nseg] = x
-                if ln == 2:
-                    slope = (dbuf[sg + 1] - dbuf[sg]) / tg
-                else:
-                    a_w, a_x, a_xx, a_y, a_xy = _weighted_sums(dbuf, 0, sg, ln, rn_l[x], g,
-                                                               irn2[x], wtab)  # fmt: skip
-                    num = a_w * a_xy - a_x * a_y
-                    invden = 1.0 / (a_w * a_xx - a_x * a_x)
-                    slope = num * invden / tg
-                fin[nseg, 0] = slope
-                fin[nseg, 1] = float(ln)
-                fin[nseg, 2] = g
-                fin[nseg, 3] = rn12[x]
-                fin[nseg, 4] = dk_l[x]
-                nseg += 1
+        seg1_at[i] = nseg + nj
+        if nj > 0:
+            nseg = _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab,
+                               sc_r, sc_t, lst, lst2, s_st, s_key, bkt, perm, f_x, fin,
+                               nseg)  # fmt: skip
         seg_at[i + 1] = nseg
 
     nl = 0
@@ -830,16 +940,16 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
             s_p[x] = 0.0 + tp
             s_e[x] = 0.0 + te
             s_n[x] = 0.0 + tn
-        # the JUMP_DET integrations: the sums over each pixel's segments, in order
-        x_prev = -1
-        for j in range(seg_at[i], seg_at[i + 1]):
+        # the JUMP_DET integrations: the sums over each pixel's segments, in order (the
+        # list holds every such pixel's first segment, then the second ones, ...)
+        for j in range(seg_at[i], seg1_at[i]):
             x = f_x[j]
-            if x != x_prev:
-                s_r[x] = 0.0
-                s_p[x] = 0.0
-                s_e[x] = 0.0
-                s_n[x] = 0.0
-                x_prev = x
+            s_r[x] = 0.0 + tout[j, 0]
+            s_p[x] = 0.0 + tout[j, 1]
+            s_e[x] = 0.0 + tout[j, 2]
+            s_n[x] = 0.0 + tout[j, 3]
+        for j in range(seg1_at[i], seg_at[i + 1]):
+            x = f_x[j]
             s_r[x] += tout[j, 0]
             s_p[x] += tout[j, 1]
             s_e[x] += tout[j, 2]
