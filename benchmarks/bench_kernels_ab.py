@@ -5,7 +5,9 @@ checkouts run the same seeded tile (default 1 x 10 x 512 x 512, the JWST case of
 optionally more shapes), each in its own fresh subprocess with ``PYTHONPATH`` pointing at it,
 alternately (A B A B ...), so that the load of a shared machine falls on both alike. Each child
 loads the kernels (from the compiled cache: a first call on a tiny tile, not timed), then times
-``detect_jumps`` and ``fit_ramps_tile`` (one core) ``--calls`` times each and keeps its best, in
+``detect_jumps`` and ``fit_ramps_tile`` (one core; by default on the jump step's output, the
+case of a pipeline run, where most pixels carry JUMP_DET: ``--fit-input raw`` fits the simulated
+group DQ instead) ``--calls`` times each and keeps its best, in
 CPU time of the calling thread (``time.thread_time``: on a shared, busy machine the wall time
 mostly measures the others' load) and in wall time; the parent prints the median over the rounds
 of each side's best, the ratio (this / other; also of the best rounds), the load average, and
@@ -14,7 +16,7 @@ identical bit for bit.
 
     git worktree add --detach /tmp/ref main
     python benchmarks/bench_kernels_ab.py --ref /tmp/ref [--rounds 5] [--shape 1x10x512x512 ...]
-                                          [--cr-rate 0.2]
+                                          [--cr-rate 0.2] [--fit-input raw]
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 REPO = Path(__file__).resolve().parents[1]
 
 
-def child(tile: Path, out: Path, calls: int) -> dict:
-    """Time the kernels on ``tile`` (an .npz) in this process; write their outputs to ``out``."""
+def child(tile: Path, out: Path, calls: int, fit_input: str = "jump") -> dict:
+    """Time the kernels on ``tile`` (an .npz) in this process; write their outputs to ``out``.
+    ``fit_input``: the ramp fit's group and pixel DQ, "jump" (the jump step's) or "raw" (the
+    tile's own)."""
     import numpy as np
 
     from stcal_dask.kernels import jump as jk
@@ -46,25 +50,23 @@ def child(tile: Path, out: Path, calls: int) -> dict:
     data, gdq, pdq, gain, rn = (z[k] for k in ("data", "groupdq", "pixeldq", "gain", "readnoise"))
     timing = rk.RampTiming(10.73677, 10.73677, 1)
 
-    def run():
-        res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.73677)
-        fit = rk.fit_ramps_tile(data, res.groupdq, res.pixeldq, gain, rn,
-                                params=rk.RampFitParams(), timing=timing)
-        return res, fit
+    def fit_dq(res, raw_gdq, raw_pdq):
+        return (res.groupdq, res.pixeldq) if fit_input == "jump" else (raw_gdq, raw_pdq)
 
     # load (or compile) every kernel and lane function this tile uses, on a corner of it
     corner = (slice(None), slice(None), slice(0, 4), slice(0, 4))
     r0 = jk.detect_jumps(data[corner], gdq[corner], pdq[:4, :4], gain[:4, :4], rn[:4, :4],
                          nframes=1, group_time=10.73677)
-    rk.fit_ramps_tile(data[corner], r0.groupdq, r0.pixeldq, gain[:4, :4], rn[:4, :4],
+    fg, fp = fit_dq(r0, gdq[corner], pdq[:4, :4])
+    rk.fit_ramps_tile(data[corner], fg, fp, gain[:4, :4], rn[:4, :4],
                       params=rk.RampFitParams(), timing=timing)
     tj, tr, wj, wr = [], [], [], []
     for _ in range(calls):
         w0, t0 = time.perf_counter(), time.thread_time()
         res = jk.detect_jumps(data, gdq, pdq, gain, rn, nframes=1, group_time=10.73677)
+        fg, fp = fit_dq(res, gdq, pdq)
         w1, t1 = time.perf_counter(), time.thread_time()
-        fit = rk.fit_ramps_tile(data, res.groupdq, res.pixeldq, gain, rn,
-                                params=rk.RampFitParams(), timing=timing)
+        fit = rk.fit_ramps_tile(data, fg, fp, gain, rn, params=rk.RampFitParams(), timing=timing)
         w2, t2 = time.perf_counter(), time.thread_time()
         tj.append(t1 - t0)
         tr.append(t2 - t1)
@@ -111,10 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cr-rate", type=float, default=None,
                     help="cosmic-ray rate of the simulated tile (default: the simulator's; "
                          "bench_batch's heavy exposures use 0.2)")
+    ap.add_argument("--fit-input", choices=("jump", "raw"), default="jump",
+                    help="group/pixel DQ the ramp fit is timed on: the jump step's output "
+                         "(default; most pixels then carry JUMP_DET) or the simulated tile's")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]), args.calls)))
+        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]), args.calls,
+                               args.fit_input)))
         return 0
     ref = Path(args.ref).resolve()
     sides = {"this": REPO, "ref": ref}
@@ -133,7 +139,8 @@ def main(argv=None) -> int:
                     env = {**os.environ, "PYTHONPATH": str(sides[name])}
                     got = subprocess.run(
                         [sys.executable, str(Path(__file__).resolve()), "--ref", str(ref),
-                         "--calls", str(args.calls), "--child", str(tile), str(out)],
+                         "--calls", str(args.calls), "--fit-input", args.fit_input,
+                         "--child", str(tile), str(out)],
                         env=env, capture_output=True, text=True, cwd=str(sides[name]))
                     if got.returncode != 0:
                         sys.exit(f"{name} failed:\n{got.stderr[-3000:]}")
@@ -144,6 +151,7 @@ def main(argv=None) -> int:
             bad = _same(Path(tmp) / "this.npz", Path(tmp) / "ref.npz")
             ok = ok and not bad
             rate = "" if args.cr_rate is None else f", cr-rate {args.cr_rate:g}"
+            rate += f", ramp fit on the {args.fit_input} group DQ"
             print(f"{shape}{rate}: {args.rounds} rounds x {args.calls} calls, load average "
                   f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores; outputs "
                   f"{'identical' if not bad else 'DIFFER: ' + ', '.join(bad)}")
