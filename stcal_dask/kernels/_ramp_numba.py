@@ -552,7 +552,13 @@ def _exposure(rate_p, rate_r, rate_num, rate_den, unusable, combined):
 def _lane_power_index(first, last, rn, gain):
     """:func:`_snr_power_index` of :func:`_snr` as a float (0.0 .. 5.0), branch-free for the
     loops across a row: the same quotient, the same thresholds (NaN gives 5)."""
-    delta = last - first
+    return _delta_power_index(last - first, rn, gain)
+
+
+@numba.njit(**_JIT, inline="always")
+def _delta_power_index(delta, rn, gain):
+    """:func:`_lane_power_index` of a segment whose last sample exceeds its first by
+    ``delta``."""
     den = rn * rn + delta * gain
     s = delta * gain / math.sqrt(den)
     snr = 0.0 if (den <= 0.0) | (gain == 0.0) | (s < 0.0) else s
@@ -653,26 +659,26 @@ def _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab,
             m += r != 0
         lanes, spare = spare, lanes
         nl = m
-    # (2) each segment's exponent and the difference of its first and last samples (a
-    # two-group segment's slope, times TGROUP); the sort key: length and exponent, 0 for two
-    # groups
+    # (2) each segment's last sample minus its first (a two-group segment's slope, times
+    # TGROUP); the segments of three groups or more listed (``s_idx``, allocated here: one more
+    # array in :func:`_lane_row` moved its others and slowed its loops), their sort key: length
+    # and exponent of the optimal weighting (from that difference)
     for n in range(first_at, nseg):
         x = f_x[n]
         st = s_st[n - first_at]
         ln = np.int64(fin[n, 1])
-        first = np.float64(data[i, st, y, x])
-        last = np.float64(data[i, st + ln - 1, y, x])
-        p = np.int64(_lane_power_index(first, last, rn_l[x], g_l[x]))
-        fin[n, 0] = last - first
-        s_key[n - first_at] = (ln * 6 + p) if ln > 2 else 0
-    # (3) the segments of three groups or more, listed (``s_idx``, allocated here: one more
-    # array in :func:`_lane_row` moved its others and slowed its loops), then sorted by their
-    # key (a counting sort, ``perm``)
+        fin[n, 0] = np.float64(data[i, st + ln - 1, y, x]) - np.float64(data[i, st, y, x])
     s_idx = np.empty(nseg - first_at, dtype=np.int64)
     m = 0
     for n in range(nseg - first_at):
         s_idx[m] = n
-        m += s_key[n] != 0
+        m += fin[first_at + n, 1] > 2.0
+    for idx in range(m):
+        n = s_idx[idx]
+        x = f_x[first_at + n]
+        p = np.int64(_delta_power_index(fin[first_at + n, 0], rn_l[x], g_l[x]))
+        s_key[n] = np.int64(fin[first_at + n, 1]) * 6 + p
+    # (3) those segments sorted by their key (a counting sort, ``perm``)
     for k in range(nk + 1):
         bkt[k] = 0
     for idx in range(m):
