@@ -380,7 +380,7 @@ def _pixels_unused(grow, erow, drow, rnt, nints, ngroups, path, only_use_ints, r
 
 @njit(cache=True, nogil=True, inline="always")
 def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
-                   cnt, lo, hi, cv, sgv, thv, emv, go, mid):  # fmt: skip
+                   cnt, lo, hi, cv, emv, go, mid):  # fmt: skip
     """One round's clipped median, sigma and stop test for lanes ``0..nl-1`` of ``apl``
     ((ntot, >= nl) absolute differences in the electrons' dtype, NaN = unusable), pixels along
     the inner loops, branch-free so that they vectorise.
@@ -391,10 +391,17 @@ def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, 
     values that the scalar path sorts are exactly these, widened), and the median of the
     first ``m`` sorted values is ``(s[(m - 1) // 2] + s[m // 2]) / 2`` in float64, which for
     odd ``m`` is ``s[m // 2]`` exactly. Sets ``cv`` (the centre, rounded to float32 unless
-    ``first``), ``sgv`` (sigma), ``thv`` (threshold), ``emv`` (float32: the larger numerator
-    ``|f32(a - c)|`` of the largest and the smallest value, that of the largest ratio) and
-    ``go`` (the round goes on to the flags). ``mid`` is the lane function of ``ntot`` values
-    clipping the maximum (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
+    ``first``), ``emv`` (float32: the larger numerator ``|f32(a - c)|`` of the largest and the
+    smallest value, that of the largest ratio) and ``go`` (the round goes on to the flags: that
+    ratio exceeds the threshold). ``mid`` is the lane function of ``ntot`` values clipping the
+    maximum (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
+
+    One ratio is divided out per lane, not the two of the extremes: rounded division by the
+    same sigma (> 0, or NaN: no ratio exceeds anything) does not decrease as the numerator
+    grows, so the larger ratio is that of the larger numerator. A NaN numerator is that of
+    the largest value only when the smallest one's is NaN too (the values are >= 0: the
+    smallest one's is NaN only when it and the centre are +inf, and then so is the largest),
+    and the selection below keeps the other numerator then, as the two-ratio test would.
     """
     mid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
@@ -410,13 +417,10 @@ def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, 
         # stcal stores |d| - c in a float32 array
         e_hi = abs(np.float32(np.float64(mxv[n]) - c))
         e_lo = abs(np.float32(np.float64(mnv[n]) - c))
-        r_hi = np.float64(e_hi) / sig
-        r_lo = np.float64(e_lo) / sig
+        em = e_hi if e_hi >= e_lo else e_lo
         cv[n] = c
-        sgv[n] = sig
-        thv[n] = thr
-        emv[n] = e_hi if e_hi >= e_lo else e_lo
-        go[n] = (n_use >= 2) & ((r_hi > thr) | (r_lo > thr))
+        emv[n] = em
+        go[n] = (n_use >= 2) & (np.float64(em) / sig > thr)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -445,25 +449,25 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     would flag JUMP (in its later group), ``dpl[j, x]`` the float64 differences.
 
     Round 1 runs across the whole row; the flags and every later round only across the
-    pixels still going on (compacted). ``erow`` (nints * ngroups, nx) electrons, ``rnt``
+    pixels still going on (gathered). ``erow`` (nints * ngroups, nx) electrons, ``rnt``
     (nx,) the read-noise terms, ``mid`` the lane function of ``ntot`` values in the electrons'
     dtype (:func:`~stcal_dask.kernels._median_numba.lane_mid`).
     """
     nd = ngroups - 1
     ntot = nints * nd
     nx = erow.shape[1]
-    # |d| in the electrons' dtype: the scalar path's float64 |d| widened from it, exactly
+    # |d| in the electrons' dtype: the scalar path's float64 |d| widened from it, exactly;
+    # apl holds the lanes of a round, bpl receives those of the next (they swap each round)
     apl = np.empty((ntot, nx), dtype=erow.dtype)
+    bpl = np.empty_like(apl)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
     rnt_l = np.empty(nx, dtype=np.float64)
     cv = np.empty(nx, dtype=np.float64)
-    sgv = np.empty(nx, dtype=np.float64)
-    thv = np.empty(nx, dtype=np.float64)
     emv = np.empty(nx, dtype=np.float32)
     go = np.empty(nx, dtype=np.bool_)
-    over = np.empty(nx, dtype=np.bool_)
     bl = np.empty(nx, dtype=np.int64)
     lane = np.empty(nx, dtype=np.int64)
+    idx = np.empty(nx, dtype=np.int64)
     nan_e = apl.dtype.type(np.nan)
     _row_differences(erow, nints, ngroups, dpl, apl, True)
     for x in range(nx):
@@ -476,58 +480,46 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         if nl == 0:
             break
         _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, mxv, mnv,
-                       cnt, lo, hi, cv, sgv, thv, emv, go, mid)  # fmt: skip
+                       cnt, lo, hi, cv, emv, go, mid)  # fmt: skip
         first = False
-        # keep the lanes that go on (most stop in round 1): every lane is copied to the next
-        # free place, which moves on past the lanes that go on (branch-free)
+        # the lanes that go on (most stop in round 1), in order: idx[w] >= w, so that their
+        # values can be moved down in place (branch-free)
         w = 0
         for n in range(nl):
-            for j in range(ntot):
-                apl[j, w] = apl[j, n]
-            lane[w] = lane[n]
-            rnt_l[w] = rnt_l[n]
-            cv[w] = cv[n]
-            sgv[w] = sgv[n]
-            thv[w] = thv[n]
-            emv[w] = emv[n]
+            idx[w] = n
             w += go[n]
-        nl = w
-        if nl == 0:
+        if w == 0:
             break
+        for t in range(w):
+            n = idx[t]
+            lane[t] = lane[n]
+            rnt_l[t] = rnt_l[n]
+            cv[t] = cv[n]
+            emv[t] = emv[n]
+            bl[t] = 0
         # flag every difference of the largest ratio |f32(|d| - c)| / sigma, difference by
-        # difference across the lanes (branch-free, vectorised), and leave it out of the next
-        # rounds. That ratio is at the largest or the smallest usable value (the float32
-        # numerator does not decrease away from c on either side), so its numerator is the
-        # larger of theirs (emv); in a lane that goes on sigma is finite and positive, and
-        # dividing distinct float32 numerators by it in float64 keeps them distinct, so the
-        # differences at that ratio are those at that numerator. It exceeds the threshold in
-        # every lane that went on (one of the two ratios did).
-        for n in range(nl):
-            bl[n] = 0
-            over[n] = np.float64(emv[n]) / sgv[n] > thv[n]
+        # difference across the lanes that go on (gathered into bpl), and leave it out of
+        # the next rounds. That ratio is at the largest or the smallest usable value (the
+        # float32 numerator does not decrease away from c on either side), so its numerator
+        # is the larger of theirs (emv); in a lane that goes on sigma is finite and positive,
+        # and dividing distinct float32 numerators by it in float64 keeps them distinct, so
+        # the differences at that ratio are those at that numerator. It exceeds the
+        # threshold in every lane that goes on (that is the test of go).
         for j in range(ntot):
             aj = apl[j]
+            bj = bpl[j]
             bit = np.int64(1) << j
-            for n in range(nl):
-                a = aj[n]
+            for t in range(w):
+                bj[t] = aj[idx[t]]
+            for t in range(w):
+                a = bj[t]
                 # stcal stores |d| - c in a float32 array
-                hit = (abs(np.float32(np.float64(a) - cv[n])) == emv[n]) & over[n]
-                bl[n] |= bit * hit
-                aj[n] = nan_e if hit else a
-        w = 0
-        for n in range(nl):
-            jmask[lane[n]] |= bl[n]
-            w += over[n]
-        if w < nl:
-            # (never taken, see above; kept so that the flags never depend on that argument)
-            w = 0
-            for n in range(nl):
-                if over[n]:
-                    for j in range(ntot):
-                        apl[j, w] = apl[j, n]
-                    lane[w] = lane[n]
-                    rnt_l[w] = rnt_l[n]
-                    w += 1
+                hit = abs(np.float32(np.float64(a) - cv[t])) == emv[t]
+                bl[t] |= bit * hit
+                bj[t] = nan_e if hit else a
+        for t in range(w):
+            jmask[lane[t]] |= bl[t]
+        apl, bpl = bpl, apl
         nl = w
 
 
