@@ -1,7 +1,7 @@
 """Numba internals of the two-point-difference jump kernel (see :mod:`stcal_dask.kernels.jump`).
 
 :func:`run_frame` streams the frame row by row through small buffers (three rows of group DQ,
-float64 first differences and neighbour-centre flags, and one row of electrons, all group-major
+first differences and neighbour-centre flags, and one row of electrons, all group-major
 as the frame is: the loops run along a row's pixels, unit-stride), so memory beyond the inputs
 and outputs is O(nx * nints * ngroups). Row y is detected, then post-processed (neighbour
 flags, after-jump flags, redundant-bit removal) once row y + 1 has been detected, and written
@@ -270,7 +270,7 @@ def _detect_pixel(
     The row buffers are group-major, indexed ``[q, x]`` (no per-pixel views, which would cost
     reference counting): ``grow[:, x]`` (nints * ngroups,) the pixel's group DQ (updated in
     place), ``erow[:, x]`` its electrons in the inputs' product dtype (NaN on SAT/DNU groups);
-    fills ``drow[:, x]`` (nints * (ngroups - 1),) with the float64 differences, and the
+    fills ``drow[:, x]`` (nints * (ngroups - 1),) with the differences, and the
     contiguous scratch ``dcol`` with them too (the pixel's medians are taken from it).
 
     Returns ``(m, sigma, have_m)``: the signed median of the differences and its read-noise sigma
@@ -426,8 +426,8 @@ def _clipped_round(apl, spl, nl, first, rnt_l, rej, thr_3diff, thr_2diff, nuse, 
 @njit(cache=True, nogil=True, inline="always")
 def _row_differences(erow, nints, ngroups, dpl, apl, absolute):
     """A row's first differences ``erow[g + 1] - erow[g]`` within each integration, taken in
-    the electrons' dtype: into ``dpl`` (ntot, nx) widened to float64 and into ``apl`` (same
-    shape, the electrons' dtype) as they are or, with ``absolute``, their magnitudes."""
+    the electrons' dtype: into ``dpl`` (ntot, nx) and into ``apl`` (same shape), both in the
+    electrons' dtype, as they are and, with ``absolute``, as their magnitudes."""
     nd = ngroups - 1
     nx = erow.shape[1]
     for i in range(nints):
@@ -438,7 +438,7 @@ def _row_differences(erow, nints, ngroups, dpl, apl, absolute):
             aj = apl[i * nd + k]
             for x in range(nx):
                 d = e1[x] - e0[x]
-                dj[x] = np.float64(d)
+                dj[x] = d
                 aj[x] = abs(d) if absolute else d
 
 
@@ -446,7 +446,7 @@ def _row_differences(erow, nints, ngroups, dpl, apl, absolute):
 def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jmask, mid):
     """The iterative path's detection for a whole row, pixels along the inner (vectorised)
     loops: ``jmask[x]`` gets bit ``j`` for each difference ``j`` that :func:`_detect_pixel`
-    would flag JUMP (in its later group), ``dpl[j, x]`` the float64 differences.
+    would flag JUMP (in its later group), ``dpl[j, x]`` the differences.
 
     Round 1 runs across the whole row; the flags and every later round only across the
     pixels still going on (gathered). ``erow`` (nints * ngroups, nx) electrons, ``rnt``
@@ -530,7 +530,7 @@ def single_row(erow, rnt, nints, ngroups, rej, dpl, jmask, mrow, srow):
     for bit.
 
     ``erow`` (nints * ngroups, nx) electrons (NaN on SAT/DNU groups), ``rnt`` (nx,) the
-    read-noise terms; fills ``dpl[j, x]`` with the float64 differences, ``jmask[x]`` with bit
+    read-noise terms; fills ``dpl[j, x]`` with the differences, ``jmask[x]`` with bit
     ``j`` for each difference flagged JUMP (in its later group), ``mrow``/``srow`` (nx,) with
     the signed median of the pixel's differences and its sigma. The median is taken over the
     differences in the electrons' dtype (the float64 values the scalar path sorts are exactly
@@ -645,7 +645,8 @@ class RowRings(NamedTuple):
     """(3, nints * ngroups, nx) bool: the difference ending at that group is a
     neighbour-flagging centre (the group DQ's layout; False at each integration's group 0)."""
     dring: np.ndarray
-    """(3, max(ntot, 1), nx) float64 first differences (electrons)."""
+    """(3, max(ntot, 1), nx) first differences (electrons), in the electrons' dtype, in which
+    they are taken: the float64 values that the medians and ratios use are these, widened."""
     mring: np.ndarray
     """(3, nx) float64 signed median of the differences, where ``mvalid``."""
     mvalid: np.ndarray
@@ -687,7 +688,7 @@ def row_rings(shape, edtype, gdtype, quick: bool) -> RowRings:
         np.empty((ng_all, nx), dtype=edtype),
         np.empty((3, ng_all, nx), dtype=gdtype),
         np.zeros((3, ng_all, nx), dtype=np.bool_),
-        np.empty((3, nd1, nx), dtype=np.float64),
+        np.empty((3, nd1, nx), dtype=edtype),
         np.empty((3, nx), dtype=np.float64),
         np.zeros((3, nx), dtype=np.bool_),
         np.zeros(ngroups, dtype=np.bool_),
@@ -759,7 +760,7 @@ def _row_medians(erow, nints, ngroups, rnt, lane, nl, mrow, srow, vrow, allmid):
                     aj[n] = e1[x] - e0[x]
     allmid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
-        x = n if dense else lane[n]
+        x = np.uint64(n) if dense else lane[n]
         lo64 = np.float64(lo[n])
         m = (lo64 + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan
         m = lo64 if (cnt[n] & 1) == 1 else m
@@ -833,7 +834,9 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
             c_q[x] = False
     if quick:
         # the pixels with a JUMP (branch-free)
-        lane = np.empty(nx, dtype=np.int64)
+        # (unsigned: indexing with them needs no negative-index check)
+        lane = np.empty(nx, dtype=np.uint64)
+        at = np.empty(nx, dtype=np.uint64)
         n_jump = 0
         for x in range(nx):
             lane[n_jump] = x
@@ -860,10 +863,18 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                         r0 = abs(d_j[x] - m_row[x]) / sq[x]
                         c_q[x] = ((g_q[x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
                 else:
+                    # only at the JUMP differences of those pixels (gathered branch-free; the
+                    # flags are False elsewhere already): a ratio for each, not one for each
+                    # difference of the pixel
+                    w = 0
                     for n in range(n_jump):
                         x = lane[n]
+                        at[w] = x
+                        w += (g_q[x] & _JUMP) != 0
+                    for t in range(w):
+                        x = at[t]
                         r0 = abs(d_j[x] - m_row[x]) / sq[x]
-                        c_q[x] = ((g_q[x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
+                        c_q[x] = (r0 < nbr_max) & (r0 > nbr_min)
         return
     for x in range(nx):
         if p_row[x] == 0:
@@ -997,7 +1008,6 @@ def detects_rowwise(path, ntot, rowwise):
 
 _ROW_DETECTIONS: dict[tuple, FunctionArg] = {}
 _F64 = types.Array(types.float64, 1, "C")
-_F64_2D = types.Array(types.float64, 2, "C")
 
 
 def _arr(dtype, ndim: int):
@@ -1012,7 +1022,8 @@ def single_detection(edtype, used: bool = True) -> FunctionArg:
     found = _ROW_DETECTIONS.get(key)
     if found is None:
         sig = signature(types.void, _arr(edtype, 2), _F64, types.int64, types.int64,
-                        types.float64, _F64_2D, types.Array(types.int64, 1, "C"), _F64, _F64)
+                        types.float64, _arr(edtype, 2), types.Array(types.int64, 1, "C"), _F64,
+                        _F64)
         found = _ROW_DETECTIONS[key] = FunctionArg(single_row if used else _single_unused, sig)
     return found
 
@@ -1025,7 +1036,7 @@ def pixel_detection(edtype, gdtype, used: bool = True) -> FunctionArg:
     found = _ROW_DETECTIONS.get(key)
     if found is None:
         sig = signature(
-            types.void, _arr(gdtype, 2), _arr(edtype, 2), _F64_2D, _F64, types.int64,
+            types.void, _arr(gdtype, 2), _arr(edtype, 2), _arr(edtype, 2), _F64, types.int64,
             types.int64, types.int64, types.boolean, types.Array(types.boolean, 2, "C"),
             types.float64, types.float64, types.float64, _F64, _F64, _F64, _F64, _F64, _F64,
             types.Array(types.boolean, 1, "C"),
