@@ -465,9 +465,12 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
     cv = np.empty(nx, dtype=np.float64)
     emv = np.empty(nx, dtype=np.float32)
     go = np.empty(nx, dtype=np.bool_)
-    bl = np.empty(nx, dtype=np.int64)
-    lane = np.empty(nx, dtype=np.int64)
-    idx = np.empty(nx, dtype=np.int64)
+    # the round's flag bits of each lane (ntot <= 32: see detects_rowwise); lane and gather
+    # indices unsigned (indexing with them needs no negative-index check)
+    bl = np.empty(nx, dtype=np.uint32)
+    lane = np.empty(nx, dtype=np.uint64)
+    idx = np.empty(nx, dtype=np.uint64)
+    none = np.uint32(0)
     nan_e = apl.dtype.type(np.nan)
     _row_differences(erow, nints, ngroups, dpl, apl, True)
     for x in range(nx):
@@ -491,11 +494,11 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         if w == 0:
             break
         for t in range(w):
-            n = idx[t]
-            lane[t] = lane[n]
-            rnt_l[t] = rnt_l[n]
-            cv[t] = cv[n]
-            emv[t] = emv[n]
+            src = idx[t]
+            lane[t] = lane[src]
+            rnt_l[t] = rnt_l[src]
+            cv[t] = cv[src]
+            emv[t] = emv[src]
             bl[t] = 0
         # flag every difference of the largest ratio |f32(|d| - c)| / sigma, difference by
         # difference across the lanes that go on (gathered into bpl), and leave it out of
@@ -508,17 +511,17 @@ def _iterative_row(erow, rnt, nints, ngroups, rej, thr_3diff, thr_2diff, dpl, jm
         for j in range(ntot):
             aj = apl[j]
             bj = bpl[j]
-            bit = np.int64(1) << j
+            bit = np.uint32(1 << j)
             for t in range(w):
                 bj[t] = aj[idx[t]]
             for t in range(w):
                 a = bj[t]
                 # stcal stores |d| - c in a float32 array
                 hit = abs(np.float32(np.float64(a) - cv[t])) == emv[t]
-                bl[t] |= bit * hit
+                bl[t] |= bit if hit else none
                 bj[t] = nan_e if hit else a
         for t in range(w):
-            jmask[lane[t]] |= bl[t]
+            jmask[lane[t]] |= np.int64(bl[t])
         apl, bpl = bpl, apl
         nl = w
 
@@ -729,45 +732,49 @@ def _load_row(inputs, yy, rings):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_medians(erow, nints, ngroups, rnt, lane, nl, mrow, srow, vrow, allmid):
+def _row_medians(dpl, rnt, lane, nl, mrow, srow, vrow, allmid):
     """The signed median of its first differences (NaN-skipping) and its sigma (:func:`_sigma`)
     of the pixels ``lane[:nl]`` of a row at once (of every pixel when they are more than half
     the row: gathering them would cost more), into ``mrow``/``srow`` (nx,), with ``vrow`` set
-    True there. The differences are taken in the electrons' dtype as the detections take them
-    (their float64 values are these, widened), pixels along the inner loops, and their middle
-    pair found by ``allmid``, the lane function of ``ntot`` values keeping every usable one
-    (:func:`~stcal_dask.kernels._median_numba.lane_mid` with ``keep_all``: a network across
-    the lanes), averaged in float64 for an even count: the value of the pixel's own median,
-    bit for bit."""
-    nd = ngroups - 1
-    nx = erow.shape[1]
+    True there. The differences ``dpl`` (ntot, nx) are the row's, in the electrons' dtype as
+    the detections take them (their float64 values are these, widened), pixels along the
+    inner loops, and their middle pair found by ``allmid``, the lane function of ``ntot``
+    values keeping every usable one (:func:`~stcal_dask.kernels._median_numba.lane_mid` with
+    ``keep_all``: a network across the lanes, which only reads them), averaged in float64 for
+    an even count: the value of the pixel's own median, bit for bit."""
+    ntot, nx = dpl.shape
     dense = 2 * nl > nx
     if dense:
-        nl = nx
-    apl = np.empty((nints * nd, nl), dtype=erow.dtype)
+        # every pixel: the network runs on the differences themselves
+        spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(dpl)
+        allmid(dpl, spl, nx, nuse, mxv, mnv, cnt, lo, hi)
+        for x in range(nx):
+            _lane_median(lo[x], hi[x], cnt[x], rnt[x], mrow, srow, vrow, x)
+        return
+    apl = np.empty((ntot, nl), dtype=dpl.dtype)
     spl, nuse, mxv, mnv, cnt, lo, hi = mid_scratch(apl)
-    for i in range(nints):
-        for k in range(nd):
-            e1 = erow[i * ngroups + k + 1]
-            e0 = erow[i * ngroups + k]
-            aj = apl[i * nd + k]
-            if dense:
-                for n in range(nl):
-                    aj[n] = e1[n] - e0[n]
-            else:
-                for n in range(nl):
-                    x = lane[n]
-                    aj[n] = e1[x] - e0[x]
+    for j in range(ntot):
+        dj = dpl[j]
+        aj = apl[j]
+        for n in range(nl):
+            aj[n] = dj[lane[n]]
     allmid(apl, spl, nl, nuse, mxv, mnv, cnt, lo, hi)
     for n in range(nl):
-        x = np.uint64(n) if dense else lane[n]
-        lo64 = np.float64(lo[n])
-        m = (lo64 + np.float64(hi[n])) / 2.0 if cnt[n] > 0 else np.nan
-        m = lo64 if (cnt[n] & 1) == 1 else m
-        sig = math.sqrt(abs(m) + rnt[x])
-        mrow[x] = m
-        srow[x] = np.nan if sig == 0.0 else sig
-        vrow[x] = True
+        x = lane[n]
+        _lane_median(lo[n], hi[n], cnt[n], rnt[x], mrow, srow, vrow, x)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _lane_median(lo, hi, cnt, rnt_x, mrow, srow, vrow, x):
+    """:func:`_row_medians` of one lane: the median from the lane function's middle pair and
+    count, its sigma, into ``mrow[x]``, ``srow[x]``, ``vrow[x]``."""
+    lo64 = np.float64(lo)
+    m = (lo64 + np.float64(hi)) / 2.0 if cnt > 0 else np.nan
+    m = lo64 if (cnt & 1) == 1 else m
+    sig = math.sqrt(abs(m) + rnt_x)
+    mrow[x] = m
+    srow[x] = np.nan if sig == 0.0 else sig
+    vrow[x] = True
 
 
 @njit(cache=True, nogil=True, error_model="numpy", no_cpython_wrapper=True)
@@ -847,7 +854,7 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
             # their signed medians and sigmas at once (vectorised: a median network across
             # them, as the single-pass path's), the values that the pixel's own median of its
             # differences would give, bit for bit
-            _row_medians(erow, nints, ngroups, rnt, lane, n_jump, m_row, sq, v_row, allmid)
+            _row_medians(drow, rnt, lane, n_jump, m_row, sq, v_row, allmid)
         # (m_row, sq: the median and sigma of every pixel with a JUMP) branch-free along the
         # row, or only at the pixels with a JUMP where they are at most half the row (the
         # centre flags are False elsewhere); a pixel without JUMP is never a centre
