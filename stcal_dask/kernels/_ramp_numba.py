@@ -604,33 +604,42 @@ def _ctz(typingctx, v):
 
 
 @numba.njit(**_JIT)
-def _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab, sc_r, sc_t,
-                lst, lst2, s_st, s_key, bkt, perm, f_x, fin, nseg):
+def _jump_lanes(data, groupdq, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab, sc_r,
+                sc_t, lst, lst2, s_st, s_key, bkt, perm, f_x, fin, nseg):
     """The JUMP_DET segments of integration ``i`` of row ``y`` for :func:`_lane_row`: of the
-    pixels ``jl[:nj]`` (group DQ bits JUMP_DET only, two unflagged groups or more; ``good[x]``:
-    bit g set where group g is unflagged), appended to the segment list from ``nseg``
+    pixels ``jl[:nj]`` (group DQ bits JUMP_DET only, two unflagged groups or more), appended to
+    the segment list from ``nseg``
     (``f_x`` the pixel, ``fin[:, 0:5]`` slope, length, gain, 12 (RN / TGROUP)^2, dark): every
     pixel's first segment, then the second ones, and so on (a pixel's in their order). Returns
     the new length of the list.
 
     The segments are those of :func:`_segments` and their slopes those of
     :func:`_fit_segment` (the same operations on the same values in the same order), without
-    branches that depend on where the jumps are: (1) from the bit masks, the runs of
-    unflagged groups (their first and last groups as bits; a run not at group 0 starts one
-    group earlier, a one-group run at group 0 -- the segment [0, 1) -- is dropped), taken
-    lowest first (``_ctz``), ordinal by ordinal over the pixels that have one more (``lst``,
-    ``lst2``: positions in ``jl``; ``sc_r``, ``sc_t`` the runs' bits not yet taken); (2) each
-    segment's exponent of the optimal weighting (its first and last samples) and length, and
-    the difference of those samples (the slope of a two-group segment); (3) the segments of
-    three groups or more sorted by length and exponent (a counting sort, ``s_key``, ``bkt``,
-    ``perm``), so that their weighted sums (:func:`_weighted_sums`) run with the same weights
-    and number of samples segment after segment (no mispredicted loop exits); (4) the slopes.
+    branches that depend on where the jumps are: (1) from bit masks of each pixel's unflagged
+    groups (``good``, across the row: bit g for group g), the runs of unflagged groups (their
+    first and last groups as bits; a run not at group 0 starts one group earlier, a one-group
+    run at group 0 -- the segment [0, 1) -- is dropped), taken lowest first (``_ctz``),
+    ordinal by ordinal over the pixels that have one more (``lst``, ``lst2``: positions in
+    ``jl``; ``sc_r``, ``sc_t`` the runs' bits not yet taken), with each segment's length and
+    the difference of its last and first samples (the slope of a two-group segment, times
+    TGROUP); (2) the exponent of the optimal weighting of each segment of three groups or more
+    (from that difference); (3) those segments sorted by length and exponent (a counting sort,
+    ``s_key``, ``bkt``, ``perm``), so that their weighted sums (:func:`_weighted_sums`) run
+    with the same weights and number of samples segment after segment (no mispredicted loop
+    exits); (4) the slopes.
     ``s_st``, ``s_key``, ``perm``: room for ``nj * (ngroups // 2)`` entries; ``bkt``:
     ``6 * (ngroups + 1) + 1``.
     """
-    ngroups = data.shape[1]
+    ngroups, nx = data.shape[1], data.shape[3]
     nk = 6 * (ngroups + 1)
     first_at = nseg
+    # each pixel's unflagged groups as a bit mask
+    for x in range(nx):
+        good[x] = 0
+    for g in range(ngroups):
+        qg = groupdq[i, g, y]
+        for x in range(nx):
+            good[x] |= np.uint64(qg[x] == 0) << np.uint64(g)
     # (1) the runs, then the segments ordinal by ordinal
     for j in range(nj):
         gm = good[jl[j]]
@@ -647,10 +656,15 @@ def _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab,
             j = lanes[jj]
             r = sc_r[j]
             t = sc_t[j]
+            x = jl[j]
             st = np.int64(_ctz(r))
-            f_x[nseg] = jl[j]
-            s_st[nseg - first_at] = st - (st > 0)
-            fin[nseg, 1] = float(np.int64(_ctz(t)) + 1 - (st - (st > 0)))
+            st -= st > 0
+            en = np.int64(_ctz(t)) + 1
+            f_x[nseg] = x
+            s_st[nseg - first_at] = st
+            fin[nseg, 1] = float(en - st)
+            # the last sample minus the first (a two-group segment's slope, times TGROUP)
+            fin[nseg, 0] = np.float64(data[i, en - 1, y, x]) - np.float64(data[i, st, y, x])
             nseg += 1
             r &= r - np.uint64(1)
             sc_r[j] = r
@@ -659,15 +673,9 @@ def _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab,
             m += r != 0
         lanes, spare = spare, lanes
         nl = m
-    # (2) each segment's last sample minus its first (a two-group segment's slope, times
-    # TGROUP); the segments of three groups or more listed (``s_idx``, allocated here: one more
+    # (2) the segments of three groups or more listed (``s_idx``, allocated here: one more
     # array in :func:`_lane_row` moved its others and slowed its loops), their sort key: length
-    # and exponent of the optimal weighting (from that difference)
-    for n in range(first_at, nseg):
-        x = f_x[n]
-        st = s_st[n - first_at]
-        ln = np.int64(fin[n, 1])
-        fin[n, 0] = np.float64(data[i, st + ln - 1, y, x]) - np.float64(data[i, st, y, x])
+    # and exponent of the optimal weighting (from the difference of the last and first samples)
     s_idx = np.empty(nseg - first_at, dtype=np.int64)
     m = 0
     for n in range(nseg - first_at):
@@ -803,8 +811,8 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     sw, sx, sxx, sy, sxy = sums[0], sums[1], sums[2], sums[3], sums[4]
 
     jl = np.empty(nx, dtype=np.int64)
-    # the JUMP_DET segmentation (_jump_lanes): per pixel, bit g set where group g is unflagged;
-    # scratch of at most ngroups // 2 segments per pixel
+    # scratch of the JUMP_DET segmentation (_jump_lanes; at most ngroups // 2 segments per
+    # pixel)
     good = np.empty(nx, dtype=np.uint64)
     sc_r = np.empty(nx, dtype=np.uint64)
     sc_t = np.empty(nx, dtype=np.uint64)
@@ -836,7 +844,6 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
         for x in range(nx):
             oi[x] = 0
             ngood[x] = 0
-            good[x] = 0
         sums[:] = 0.0
         # one pass over the groups; simple loops, each writing one array, so that they
         # vectorise
@@ -847,8 +854,6 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
                 oi[x] |= qk[x]
             for x in range(nx):
                 ngood[x] += np.uint8(qk[x] == 0)
-            for x in range(nx):
-                good[x] |= np.uint64(qk[x] == 0) << np.uint64(k)
             for x in range(nx):
                 bad[x] += dk[x] * np.float32(0.0)
             # each group's rate is divided once, then used by both of its differences
@@ -901,9 +906,9 @@ def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
             nj += (oi[x] != 0) & ((oi[x] | _JUMP) == _JUMP) & (ngood[x] >= 2)
         seg1_at[i] = nseg + nj
         if nj > 0:
-            nseg = _jump_lanes(data, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk_l, wtab,
-                               sc_r, sc_t, lst, lst2, s_st, s_key, bkt, perm, f_x, fin,
-                               nseg)  # fmt: skip
+            nseg = _jump_lanes(data, groupdq, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12,
+                               dk_l, wtab, sc_r, sc_t, lst, lst2, s_st, s_key, bkt, perm, f_x,
+                               fin, nseg)  # fmt: skip
         seg_at[i + 1] = nseg
 
     nl = 0
