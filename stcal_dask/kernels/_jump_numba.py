@@ -1126,14 +1126,20 @@ def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels, me
 
 
 @njit(cache=True, nogil=True)
-def flag_bad_gain(gain, pdq, bits):
-    """OR ``bits`` into ``pdq`` (in place) where the gain is <= 0 or NaN."""
+def with_bad_gain(gain, pixeldq, bits):
+    """A copy of ``pixeldq`` (ny, nx) with ``bits`` ORed in where the gain is <= 0 or NaN, in one
+    pass (branch-free)."""
     ny, nx = gain.shape
+    out = np.empty((ny, nx), dtype=pixeldq.dtype)
     for y in range(ny):
+        g_y = gain[y]
+        p_y = pixeldq[y]
+        o_y = out[y]
         for x in range(nx):
-            g = gain[y, x]
-            if g <= 0.0 or math.isnan(g):
-                pdq[y, x] |= bits
+            g = g_y[x]
+            bad = (g <= 0.0) | (g != g)
+            o_y[x] = p_y[x] | (bits * bad)
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -796,8 +796,7 @@ def _detect_jumps_tile(
     n2 = _after_jump_groups(params.after_jump_flag_time2, group_time)
 
     # PIXELDQ: bad gains (<= 0 or NaN) get NO_GAIN_VALUE | DO_NOT_USE.
-    pdq = pixeldq.copy()
-    _nb.flag_bad_gain(gain, pdq, dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE)
+    pdq = _nb.with_bad_gain(gain, readonly_c(pixeldq), dqflags.NO_GAIN_VALUE | dqflags.DO_NOT_USE)
 
     if jump_globals.skip or ny == 0 or nx == 0 or ngroups < 2:
         gdq = groupdq.copy()
