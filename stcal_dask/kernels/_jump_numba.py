@@ -645,8 +645,9 @@ class RowRings(NamedTuple):
     gring: np.ndarray
     """(3, nints * ngroups, nx) group DQ."""
     centre: np.ndarray
-    """(3, nints * ngroups, nx) bool: the difference ending at that group is a
-    neighbour-flagging centre (the group DQ's layout; False at each integration's group 0)."""
+    """(3, nints * ngroups, nx) uint8, 1 where the difference ending at that group is a
+    neighbour-flagging centre, else 0 (the group DQ's layout; 0 at each integration's group 0;
+    bytes rather than bools, so that the flagging combines them with integer operations)."""
     dring: np.ndarray
     """(3, max(ntot, 1), nx) first differences (electrons), in the electrons' dtype, in which
     they are taken: the float64 values that the medians and ratios use are these, widened."""
@@ -690,7 +691,7 @@ def row_rings(shape, edtype, gdtype, quick: bool) -> RowRings:
     return RowRings(
         np.empty((ng_all, nx), dtype=edtype),
         np.empty((3, ng_all, nx), dtype=gdtype),
-        np.zeros((3, ng_all, nx), dtype=np.bool_),
+        np.zeros((3, ng_all, nx), dtype=np.uint8),
         np.empty((3, nd1, nx), dtype=edtype),
         np.empty((3, nx), dtype=np.float64),
         np.zeros((3, nx), dtype=np.bool_),
@@ -903,11 +904,53 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
                 crow[q, x] = ((grow[q, x] & _JUMP) != 0) & (r0 < nbr_max) & (r0 > nbr_min)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _flag_plane(g_q, cu, cd, cr, dst, red):
+    """One group's row after neighbour flagging (and redundant-bit removal): ``dst[x]`` gets
+    ``g_q[x]`` with JUMP added where the same group of a 4-neighbour is a centre (``cu``,
+    ``cd``: the rows above and below, ``cr``: this row, whose pixels left and right count; 0/1
+    flags) unless the group is SATURATED or DO_NOT_USE, where instead the bits ``red`` (JUMP,
+    or 0 to keep them) are cleared. Branch-free along the row, in the group DQ's dtype (so
+    that it vectorises); ``dst`` may be ``g_q``."""
+    nx = g_q.shape[0]
+    gt = g_q.dtype.type
+    jump = gt(_JUMP)
+    sat_dnu = gt(_SAT_DNU)
+    red = gt(red)
+    zero = gt(0)
+    if nx >= 3:
+        # the inner pixels, through shifted views (an index like x - 1 would cost a
+        # negative-index check)
+        cu_m = cu[1 : nx - 1]
+        cd_m = cd[1 : nx - 1]
+        c_lf = cr[: nx - 2]
+        c_rt = cr[2:]
+        g_m = g_q[1 : nx - 1]
+        d_m = dst[1 : nx - 1]
+        for t in range(nx - 2):
+            h = cu_m[t] | cd_m[t] | c_lf[t] | c_rt[t]
+            v = g_m[t]
+            sd = (v & sat_dnu) != 0
+            v = v | ((h * jump) & (zero if sd else jump))
+            d_m[t] = v & ~(red if sd else zero)
+    for x in (0, nx - 1):
+        # the edge pixels (twice the same one when nx == 1: the result does not change)
+        h = cu[x] | cd[x]
+        if x > 0:
+            h |= cr[x - 1]
+        if x + 1 < nx:
+            h |= cr[x + 1]
+        v = g_q[x]
+        sd = (v & sat_dnu) != 0
+        v = v | ((h * jump) & (zero if sd else jump))
+        dst[x] = v & ~(red if sd else zero)
+
+
 @njit(cache=True, nogil=True, no_cpython_wrapper=True)
-def _finish_row(flags, y, ny, rings, median):
+def _finish_row(flags, y, ny, rings, gdq_out, median):
     """Post-process row ``y`` once rows y - 1, y and y + 1 are detected: neighbour flags,
-    after-jump flags and redundant-bit removal (``median``: see :func:`run_frame`, which calls
-    it through a function pointer, :func:`row_phases`)."""
+    after-jump flags and redundant-bit removal, and write it out into ``gdq_out`` (``median``:
+    see :func:`run_frame`, which calls it through a function pointer, :func:`row_phases`)."""
     (do_neighbors, nbr_min, nbr_max, do_after, e1, jmax1, e2, jmax2,
      remove_redundant_bits) = flags  # fmt: skip
     erow, gring, centre, dring, mring, mvalid, addf, rnt, jmask, mq, sq, hq, hit, absd, \
@@ -920,86 +963,64 @@ def _finish_row(flags, y, ny, rings, median):
     ry = y % 3
     grow = gring[ry]
     drow = dring[ry]
+    # a group is flagged where the same group of a 4-neighbour is a centre (the centre flags
+    # are 0 off the JUMP pixels, and everywhere without neighbour flagging); off the frame
+    # nothing is
     crow = centre[ry]
     cup = centre[(y + 2) % 3]
     cdn = centre[(y + 1) % 3]
-    if do_neighbors:
-        # a group is flagged where the same group of a 4-neighbour is a centre (the centre
-        # flags are False off the JUMP pixels): the rows above and below as they are, the
-        # pixels left and right shifted by one, applied where the group is neither SATURATED
-        # nor DO_NOT_USE (branch-free loops along the row, vectorised)
-        up_ok = y > 0
-        dn_ok = y + 1 < ny
-        for q in range(ng_all):
-            cu = cup[q]
-            cd = cdn[q]
-            cr = crow[q]
-            for x in range(nx):
-                hit[x] = (up_ok & cu[x]) | (dn_ok & cd[x])
-            # (shifted views: an index like x - 1 would cost a negative-index check)
-            h_rt = hit[1:]
-            c_lf = cr[: nx - 1]
-            for t in range(nx - 1):
-                h_rt[t] |= c_lf[t]
-            h_lf = hit[: nx - 1]
-            c_rt = cr[1:]
-            for t in range(nx - 1):
-                h_lf[t] |= c_rt[t]
-            g_q = grow[q]
-            for x in range(nx):
-                v = g_q[x]
-                g_q[x] = v | (_JUMP * (hit[x] & ((v & _SAT_DNU) == 0)))
-    if do_after:
-        for x in range(nx):
-            any_jump = False
-            for i in range(nints):
-                for g in range(1, ngroups):
-                    if grow[i * ngroups + g, x] & _JUMP:
-                        any_jump = True
-            if not any_jump:
-                continue
-            m = mring[ry, x]
-            if not mvalid[ry, x]:
-                for j in range(ntot):
-                    dcol[j] = drow[j, x]
-                m = _nanmedian_by(dcol, ntot, buf, median)
-            for i in range(nints):
-                for g in range(ngroups):
-                    addf[g] = False
-                for g in range(1, ngroups):
-                    if grow[i * ngroups + g, x] & _JUMP:
-                        ej = drow[i * nd + g - 1, x] - m
-                        if ej >= e1:
-                            for h in range(g, min(g + jmax1, ngroups - 1) + 1):
-                                addf[h] = True
-                        if ej >= e2:
-                            for h in range(g, min(g + jmax2, ngroups - 1) + 1):
-                                addf[h] = True
-                for g in range(ngroups):
-                    q = i * ngroups + g
-                    if addf[g] and (grow[q, x] & _SAT_DNU) == 0:
-                        grow[q, x] |= _JUMP
-    if remove_redundant_bits:
-        for q in range(ng_all):
-            g_q = grow[q]
-            for x in range(nx):
-                v = g_q[x]
-                bad = ((v & _JUMP) != 0) & ((v & _SAT_DNU) != 0)
-                g_q[x] = v ^ (_JUMP * bad)
-
-
-@njit(cache=True, nogil=True)
-def _write_row(rings, y, gdq_out):
-    """Write row ``y`` of the group DQ out."""
-    grow = rings.gring[y % 3]
-    nints, ngroups = gdq_out.shape[0], gdq_out.shape[1]
-    nx = gdq_out.shape[3]
+    if y == 0 or y + 1 == ny:
+        zero = np.zeros((ng_all, nx), dtype=centre.dtype)
+        cup = zero if y == 0 else cup
+        cdn = zero if y + 1 == ny else cdn
+    red = _JUMP if remove_redundant_bits else 0
+    if not do_after:
+        # neighbour flags, redundant-bit removal and the write, one pass per group
+        for i in range(nints):
+            for g in range(ngroups):
+                q = i * ngroups + g
+                _flag_plane(grow[q], cup[q], cdn[q], crow[q], gdq_out[i, g, y], red)
+        return
+    for q in range(ng_all):
+        _flag_plane(grow[q], cup[q], cdn[q], crow[q], grow[q], 0)
+    for x in range(nx):
+        any_jump = False
+        for i in range(nints):
+            for g in range(1, ngroups):
+                if grow[i * ngroups + g, x] & _JUMP:
+                    any_jump = True
+        if not any_jump:
+            continue
+        m = mring[ry, x]
+        if not mvalid[ry, x]:
+            for j in range(ntot):
+                dcol[j] = drow[j, x]
+            m = _nanmedian_by(dcol, ntot, buf, median)
+        for i in range(nints):
+            for g in range(ngroups):
+                addf[g] = False
+            for g in range(1, ngroups):
+                if grow[i * ngroups + g, x] & _JUMP:
+                    ej = drow[i * nd + g - 1, x] - m
+                    if ej >= e1:
+                        for h in range(g, min(g + jmax1, ngroups - 1) + 1):
+                            addf[h] = True
+                    if ej >= e2:
+                        for h in range(g, min(g + jmax2, ngroups - 1) + 1):
+                            addf[h] = True
+            for g in range(ngroups):
+                q = i * ngroups + g
+                if addf[g] and (grow[q, x] & _SAT_DNU) == 0:
+                    grow[q, x] |= _JUMP
+    # redundant-bit removal and the write
     for i in range(nints):
         for g in range(ngroups):
-            src = grow[i * ngroups + g]
+            g_q = grow[i * ngroups + g]
             dst = gdq_out[i, g, y]
+            gt = g_q.dtype.type
             for x in range(nx):
-                dst[x] = src[x]
+                v = g_q[x]
+                dst[x] = v & ~(gt(red) if (v & gt(_SAT_DNU)) != 0 else gt(0))
 
 
 @njit(cache=True, nogil=True)
@@ -1073,7 +1094,7 @@ def row_phases(inputs, detect, flags, out, rings, mid) -> tuple[FunctionArg, Fun
         detect_sig = signature(types.void, tin, tdet, types.boolean, f64, f64, i64,
                                types.boolean, trings, tout.types[1], tmid, tmid, tsingle,
                                tpixels, tmedian)
-        finish_sig = signature(types.void, tflags, i64, i64, trings, tmedian)
+        finish_sig = signature(types.void, tflags, i64, i64, trings, tout.types[0], tmedian)
         found = _ROW_PHASES[key] = (FunctionArg(_detect_row, detect_sig),
                                     FunctionArg(_finish_row, finish_sig))
     return found
@@ -1105,7 +1126,7 @@ def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels, me
 
     Rows are streamed through small group-major buffers (:class:`RowRings`): row y is copied in
     (:func:`_load_row`), detected (:func:`_detect_row`), and post-processed once row y + 1 has
-    been detected (:func:`_finish_row`), then written out (:func:`_write_row`). Only three rows
+    been detected (:func:`_finish_row`), which writes it out. Only three rows
     of group DQ, differences and neighbour centres are held.
 
     The per-row phases unpack the named tuples once per row; the per-pixel helpers take plain
@@ -1121,8 +1142,7 @@ def run_frame(inputs, detect, flags, out, rings, mid, allmid, single, pixels, me
                        rings, out.primary, mid, allmid, single, pixels, median)  # fmt: skip
         if yy == 0:
             continue
-        finish_row(flags, yy - 1, ny, rings, median)
-        _write_row(rings, yy - 1, out.groupdq)
+        finish_row(flags, yy - 1, ny, rings, out.groupdq, median)
 
 
 @njit(cache=True, nogil=True)
