@@ -841,16 +841,21 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
         for x in range(nx):
             c_q[x] = False
     if quick:
-        # the pixels with a JUMP (branch-free)
-        # (unsigned: indexing with them needs no negative-index check)
-        lane = np.empty(nx, dtype=np.uint64)
-        at = np.empty(nx, dtype=np.uint64)
+        # the pixels with a JUMP: their count, and where they are at most half the row (see
+        # dense below) their list (branch-free; unsigned: indexing with them needs no
+        # negative-index check)
         n_jump = 0
         for x in range(nx):
-            lane[n_jump] = x
             n_jump += p_row[x] != 0
         if n_jump == 0:
             return
+        lane = np.empty(nx, dtype=np.uint64)
+        at = np.empty(nx, dtype=np.uint64)
+        if 2 * n_jump <= nx:
+            n = 0
+            for x in range(nx):
+                lane[n] = x
+                n += p_row[x] != 0
         if not is_single:
             # their signed medians and sigmas at once (vectorised: a median network across
             # them, as the single-pass path's), the values that the pixel's own median of its
