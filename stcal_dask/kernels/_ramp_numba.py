@@ -409,6 +409,14 @@ def _weight_table(ngroups):
 
 
 @numba.njit(**_JIT, inline="always")
+def _add_sample(sumw, sumx, sumxx, sumy, sumxy, w, xval, v):
+    """The optimal-weighting sums ``(sumw, sumx, sumxx, sumy, sumxy)`` with the sample ``v``
+    (DN) at ``x = xval`` of weight ``w`` added (in this order: every caller's sums round alike)."""
+    xwt = xval * w
+    return sumw + w, sumx + xwt, sumxx + xval * xwt, sumy + v * w, sumxy + v * xwt
+
+
+@numba.njit(**_JIT, inline="always")
 def _weighted_sums(d, base, start, length, rn, gain, invrn2, wtab):
     """The optimal-weighting sums ``(sumw, sumx, sumxx, sumy, sumxy)`` of the segment
     ``[start, start + length)`` (length >= 3) of the samples ``d[base:]`` (NaN taken as 0):
@@ -428,12 +436,7 @@ def _weighted_sums(d, base, start, length, rn, gain, invrn2, wtab):
         v = d[base + start + k]
         if math.isnan(v):
             v = 0.0
-        xwt = xval * w
-        sumw += w
-        sumx += xwt
-        sumxx += xval * xwt
-        sumy += v * w
-        sumxy += v * xwt
+        sumw, sumx, sumxx, sumy, sumxy = _add_sample(sumw, sumx, sumxx, sumy, sumxy, w, xval, v)
     return sumw, sumx, sumxx, sumy, sumxy
 
 
@@ -717,12 +720,8 @@ def _jump_lanes(data, groupdq, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk
                 w = wrow[kk] * invrn2
                 xval = float(kk) + float(st)
                 v = np.float64(data[i, st + kk, y, x])
-                xwt = xval * w
-                sumw += w
-                sumx += xwt
-                sumxx += xval * xwt
-                sumy += v * w
-                sumxy += v * xwt
+                sumw, sumx, sumxx, sumy, sumxy = _add_sample(sumw, sumx, sumxx, sumy, sumxy, w,
+                                                             xval, v)  # fmt: skip
             num = sumw * sumxy - sumx * sumy
             invden = 1.0 / (sumw * sumxx - sumx * sumx)
             fin[n, 0] = num * invden
