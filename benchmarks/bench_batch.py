@@ -3,11 +3,11 @@
 * inputs: N seeded ``_ramp.fits`` exposures (default 8 x 1x10x2048x2048), one in four with ten
   times the cosmic-ray rate (many more flags), with their gain/readnoise references;
 * **ours**: ``stcal-dask run DIR -o OUT --report R`` (default LocalCluster, pipelined: up to
-  ``--max-in-flight`` exposures at once, the oldest first); the report gives each exposure's
-  start and end; the **steady-state wall per exposure** is the mean interval between
-  completions after the first, ``(last end - first end) / (N - 1)`` (the batch's throughput
-  once the pipeline is full: the start-up and the first exposure's latency are left out, every
-  later exposure, heavy ones included, counts);
+  ``--max-in-flight`` exposures at once, the oldest first; by default the command's own default);
+  the report gives each exposure's start and end; the **steady-state wall per exposure** is the
+  mean interval between completions after the first, ``(last end - first end) / (N - 1)`` (the
+  batch's throughput once the pipeline is full: the start-up and the first exposure's latency are
+  left out, every later exposure, heavy ones included, counts);
 * **stcal**: one Python process running the jump + OLS ramp-fit script of
   ``bench_pipeline.py`` (stcal 1.20.0: ``detect_jumps_data``, ``ramp_fit_data`` OLS_C, FITS in
   and out) on every exposure in turn, as the JWST pipeline processes an association;
@@ -30,7 +30,7 @@ per-exposure I/O floor; peak memory <= 1/2 of stcal's; with a worker killed the 
 < 50 % and the products are identical.
 
     python benchmarks/bench_batch.py [--n 8] [--shape 1x10x2048x2048] [--repeat 1]
-                                     [--max-in-flight 2] [--workdir DIR] [--keep] [--no-kill]
+                                     [--max-in-flight N] [--workdir DIR] [--keep] [--no-kill]
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="exposures (default 8)")
     ap.add_argument("--shape", default="1x10x2048x2048")
-    ap.add_argument("--max-in-flight", type=int, default=2)
+    ap.add_argument("--max-in-flight", type=int, default=None,
+                    help="passed to stcal-dask run (default: not passed, the command's default)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="interleaved runs of the floor, ours and stcal (medians quoted)")
     ap.add_argument("--no-kill", action="store_true", help="skip the worker-killed run")
@@ -188,8 +189,9 @@ def bench(args, work: Path) -> int:
     subprocess.run([exe, "warmup", "-q"], check=True)  # the kernel cache, untimed
 
     def ours_cmd(out: Path, report: Path) -> list[str]:
-        return [exe, "run", *ramps, "-o", str(out), "--report", str(report),
-                "--max-in-flight", str(args.max_in_flight)]
+        flight = [] if args.max_in_flight is None else ["--max-in-flight",
+                                                         str(args.max_in_flight)]
+        return [exe, "run", *ramps, "-o", str(out), "--report", str(report), *flight]
 
     jobs = {
         "floor": lambda: [sys.executable, str(loop), str(floor_script), str(dirs["floor"]),
@@ -232,8 +234,8 @@ def bench(args, work: Path) -> int:
     check = compare(dirs["ours"] / f"{last}_rate.fits", dirs["stcal"] / "stcal_rate.fits")
 
     print(f"\n{args.n} x {args.shape}, {psutil.cpu_count()} cores, ours: default "
-          f"LocalCluster, --max-in-flight {args.max_in_flight}; {args.repeat} interleaved "
-          f"run(s) of each job; load average (1, 5, 15 min) at the start "
+          f"LocalCluster, --max-in-flight {args.max_in_flight or 'default'}; {args.repeat} "
+          f"interleaved run(s) of each job; load average (1, 5, 15 min) at the start "
           f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end "
           f"{', '.join(f'{x:.2f}' for x in load_end)}")
     print(f"{'job':<24}{'total s':>9}{'CPU s':>8}{'busy cores':>12}{'machine busy':>14}"

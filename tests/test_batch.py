@@ -320,3 +320,40 @@ def test_interrupt_between_queue_and_future_keeps_the_outcome(exposures, tmp_pat
     assert report["e1_ramp.fits"]["primary_jumps"] > 0
     assert sorted(p.name for p in out.glob("*_complete.json")) == ["e0_complete.json",
                                                                    "e1_complete.json"]
+
+
+def test_in_flight_and_whole_frame_tiles_by_default(exposures):
+    """On the embedded LocalCluster the default --max-in-flight is its threads + 1 and every
+    exposure whose working memory fits its share is one whole-frame tile; an explicit bound no
+    larger than the threads, an external cluster or a memory limit too small for a frame keeps
+    the tiles of a single run."""
+    import argparse
+
+    from stcal_dask.cli import batch, steps
+    from stcal_dask.engine.cluster import local_layout
+
+    def ns(**kw):
+        base = {"max_in_flight": None, "scheduler": None, "n_workers": None,
+                "threads_per_worker": None, "memory_limit": None}
+        return argparse.Namespace(**{**base, **kw})
+
+    n, t = local_layout(None, None)
+    assert batch.in_flight(ns()) == n * t + 1
+    assert batch.in_flight(ns(n_workers=3)) == 4  # 3 single-threaded workers
+    assert batch.in_flight(ns(max_in_flight=1)) == 1
+    assert batch.in_flight(ns(scheduler="tcp://127.0.0.1:8786")) == batch.EXTERNAL_IN_FLIGHT
+    assert batch.frame_budget(ns(), n * t) is None  # no more exposures than threads
+    assert batch.frame_budget(ns(scheduler="tcp://127.0.0.1:8786"), 8) is None
+    assert batch.frame_budget(ns(n_workers=1, memory_limit="1GB"), 3) == 10**9 // 6
+
+    ramp_path = str(exposures / "e0_ramp.fits")
+    ny, nx = (int(v) for v in SHAPE.split("x")[2:])
+
+    def tile(**kw):
+        args = ns(input=ramp_path, gain=None, readnoise=None, **kw)
+        ramp = steps.open_input(args, ramp_path, None)
+        return steps.tile_of(steps._retile(args, ramp, 2))
+
+    assert tile(frame_budget=batch.frame_budget(ns(), n * t + 1)) == (ny, nx)
+    tiled = tile(frame_budget=1000, tiles_per_thread=batch.BATCH_TILES_PER_THREAD)
+    assert tiled[0] * tiled[1] < ny * nx  # the frame does not fit 1000 bytes: tiles

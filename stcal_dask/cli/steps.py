@@ -173,10 +173,21 @@ auto_tile`); a batch with several exposures in flight sets ``args.tiles_per_thre
 
 def _retile(args, ramp, n_threads: int):
     """Smaller tiles when the input's would leave workers idle (FITS: reopened with them);
-    ``args.tiles_per_thread`` tiles per thread (default :data:`TILES_PER_THREAD`)."""
+    ``args.tiles_per_thread`` tiles per thread (default :data:`TILES_PER_THREAD`). With
+    ``args.frame_budget`` (bytes, set by a batch) the whole frame is one tile when its working
+    memory fits that budget."""
     from stcal_dask.engine import dataflow
+    from stcal_dask.engine.datamodel import WORKING_MEMORY_FACTOR, ramp_bytes_per_pixel
 
     nints, ngroups, ny, nx = ramp["sci"].shape
+    budget = getattr(args, "frame_budget", None)
+    if budget and WORKING_MEMORY_FACTOR * ramp_bytes_per_pixel(nints, ngroups) * ny * nx <= budget:
+        # a batch's exposure as one whole-frame tile (cli.batch.frame_budget)
+        if tile_of(ramp) == (ny, nx):
+            return ramp
+        if is_fits(args.input):
+            return open_input(args, args.input, (ny, nx))
+        return dataflow.prepare_ramp(ramp, tile=(ny, nx))
     per_thread = getattr(args, "tiles_per_thread", None) or TILES_PER_THREAD
     want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads,
                               tiles_per_worker=per_thread)

@@ -52,9 +52,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--inputs-from", metavar="FILE", default=None,
                    help="read more inputs from FILE, one path per line ('#' comments; relative "
                    "paths are relative to FILE's folder)")
-    g.add_argument("--max-in-flight", type=int, default=2, metavar="N",
-                   help="exposures computed at once (default 2: the next one's reads overlap "
-                   "the current one's compute and writes; memory grows with N)")
+    g.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="exposures computed at once (default: the embedded cluster's threads "
+                   "+ 1, each exposure then one whole-frame tile where it fits its memory "
+                   "share; 2 with --scheduler; memory grows with N)")
     g.add_argument("--report", metavar="FILE", default=None,
                    help="write the batch's outcome per input (status, reason, primary jumps, "
                    "seconds, products) as JSON")
