@@ -341,9 +341,7 @@ def _prepare(args: argparse.Namespace, path: str, claimed: dict[str, str]):
     a = copy.copy(args)
     a.input = path
     a.quiet = True
-    n_in_flight = in_flight(args)
-    a.frame_budget = frame_budget(args, n_in_flight)
-    if n_in_flight > 1:
+    if args.max_in_flight > 1:
         # automatic tiles (where the whole frame is not one): 2 per thread, not a single run's
         # 4 (half the tasks, whose fixed cost in the scheduler and the worker's event loop is a
         # fifth of a batch's CPU at 4); the next exposure's tiles fill the threads that one
@@ -446,6 +444,8 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise UserInputError(f"--max-in-flight must be >= 1, got {args.max_in_flight}")
     args.max_in_flight = in_flight(args)
+    # once for the batch; every exposure's arguments are a copy of these (_prepare)
+    args.frame_budget = frame_budget(args, args.max_in_flight)
     paths, outcomes = expand_inputs(args.inputs, args.inputs_from)
     make_output_dir(out_dir)  # as a single run does
     for o in outcomes:

@@ -180,20 +180,18 @@ def _retile(args, ramp, n_threads: int):
     from stcal_dask.engine.datamodel import WORKING_MEMORY_FACTOR, ramp_bytes_per_pixel
 
     nints, ngroups, ny, nx = ramp["sci"].shape
+    have = tile_of(ramp)
     budget = getattr(args, "frame_budget", None)
     if budget and WORKING_MEMORY_FACTOR * ramp_bytes_per_pixel(nints, ngroups) * ny * nx <= budget:
-        # a batch's exposure as one whole-frame tile (cli.batch.frame_budget)
-        if tile_of(ramp) == (ny, nx):
+        want = (ny, nx)  # a batch's exposure as one whole-frame tile (cli.batch.frame_budget)
+        if have == want:
             return ramp
-        if is_fits(args.input):
-            return open_input(args, args.input, (ny, nx))
-        return dataflow.prepare_ramp(ramp, tile=(ny, nx))
-    per_thread = getattr(args, "tiles_per_thread", None) or TILES_PER_THREAD
-    want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads,
-                              tiles_per_worker=per_thread)
-    have = tile_of(ramp)
-    if want[0] * want[1] >= have[0] * have[1]:
-        return ramp
+    else:
+        per_thread = getattr(args, "tiles_per_thread", None) or TILES_PER_THREAD
+        want = dataflow.auto_tile(nints, ngroups, ny, nx, n_workers=n_threads,
+                                  tiles_per_worker=per_thread)
+        if want[0] * want[1] >= have[0] * have[1]:
+            return ramp
     if is_fits(args.input):
         return open_input(args, args.input, want)
     return dataflow.prepare_ramp(ramp, tile=want)
