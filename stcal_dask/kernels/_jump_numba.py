@@ -910,6 +910,14 @@ def _detect_row(inputs, detect, do_neighbors, nbr_min, nbr_max, yy, quick, rings
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _flag_value(v, h, jump, sat_dnu, red, zero):
+    """A group DQ value ``v`` after neighbour flagging and redundant-bit removal (see
+    :func:`_flag_plane`; ``h`` 1 where a 4-neighbour is a centre, else 0), branch-free."""
+    sd = (v & sat_dnu) != 0
+    return (v | ((h * jump) & (zero if sd else jump))) & ~(red if sd else zero)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _flag_plane(g_q, cu, cd, cr, dst, red):
     """One group's row after neighbour flagging (and redundant-bit removal): ``dst[x]`` gets
     ``g_q[x]`` with JUMP added where the same group of a 4-neighbour is a centre (``cu``,
@@ -933,11 +941,8 @@ def _flag_plane(g_q, cu, cd, cr, dst, red):
         g_m = g_q[1 : nx - 1]
         d_m = dst[1 : nx - 1]
         for t in range(nx - 2):
-            h = cu_m[t] | cd_m[t] | c_lf[t] | c_rt[t]
-            v = g_m[t]
-            sd = (v & sat_dnu) != 0
-            v = v | ((h * jump) & (zero if sd else jump))
-            d_m[t] = v & ~(red if sd else zero)
+            d_m[t] = _flag_value(g_m[t], cu_m[t] | cd_m[t] | c_lf[t] | c_rt[t], jump, sat_dnu,
+                                 red, zero)
     for x in (0, nx - 1):
         # the edge pixels (twice the same one when nx == 1: the result does not change)
         h = cu[x] | cd[x]
@@ -945,10 +950,7 @@ def _flag_plane(g_q, cu, cd, cr, dst, red):
             h |= cr[x - 1]
         if x + 1 < nx:
             h |= cr[x + 1]
-        v = g_q[x]
-        sd = (v & sat_dnu) != 0
-        v = v | ((h * jump) & (zero if sd else jump))
-        dst[x] = v & ~(red if sd else zero)
+        dst[x] = _flag_value(g_q[x], h, jump, sat_dnu, red, zero)
 
 
 @njit(cache=True, nogil=True, no_cpython_wrapper=True)

@@ -734,6 +734,7 @@ def _jump_lanes(data, groupdq, i, y, nj, jl, good, tg, rn_l, g_l, irn2, rn12, dk
         fin[n, 4] = dk_l[x]
     return nseg
 
+
 @numba.njit(**_ROW_JIT)
 def _lane_row(inp, st, times, y, wtab, rate, rateints, done, mid):
     """Fit every pixel of row ``y`` that needs no flag rule but the JUMP_DET segmentation
